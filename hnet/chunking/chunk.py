@@ -1,0 +1,69 @@
+"""Chunk (keep the boundary positions), dechunk (EMA back to every byte) and the straight-through estimator."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from hnet.ops.ema import ema_scan, ema_scan_official_bf16
+from hnet.ops.packed import seq_idx_from_cu_seqlens
+
+DECHUNK_P_MIN = 1e-4  # the official dechunk clamps p to [1e-4, 1 - 1e-4] (and only there)
+
+
+def chunk(h, boundary_mask, cu_seqlens=None, mask=None):
+    """Keep the hidden states at boundaries, in order. Returns (z, next_cu_seqlens, next_mask).
+
+    Packed (1, T, D) + cu_seqlens: z is (1, T', D) and next_cu_seqlens marks each sequence's chunks.
+    Padded (B, L, D): z is (B, M, D), M the largest chunk count, with next_mask (B, M) of real chunks.
+    """
+    if cu_seqlens is not None:
+        b = boundary_mask[0]
+        next_cu = F.pad(torch.cumsum(b, 0)[cu_seqlens[1:].long() - 1], (1, 0))
+        return h[:, b], next_cu, None
+    counts = boundary_mask.sum(-1)
+    order = _boundaries_first(boundary_mask)[:, : int(counts.max())]
+    z = torch.gather(h, 1, order[..., None].expand(-1, -1, h.shape[-1]))
+    next_mask = torch.arange(order.shape[1], device=h.device)[None, :] < counts[:, None]
+    return z, None, next_mask
+
+
+def _boundaries_first(boundary_mask):
+    """Per row, the positions of boundaries in order, then the others (a stable partition)."""
+    L = boundary_mask.shape[-1]
+    key = torch.arange(L, device=boundary_mask.device)[None, :] + (~boundary_mask).long() * L
+    return torch.argsort(key, dim=-1)
+
+
+def dechunk(z, boundary_mask, boundary_prob, next_cu_seqlens=None, official_bf16: bool = False):
+    """EMA over the chunk outputs z weighted by their boundary probability, then back to byte positions.
+
+    Byte t receives the EMA at the latest boundary at or before t. z is (B, M, D) padded or (1, T', D)
+    packed (then next_cu_seqlens resets the EMA per sequence). Returns (B, L, D) float32.
+    """
+    p = boundary_prob[..., 1].float().clamp(min=DECHUNK_P_MIN, max=1 - DECHUNK_P_MIN)
+    if next_cu_seqlens is not None:
+        p_chunks = p[boundary_mask].unsqueeze(0)
+        seq_idx = seq_idx_from_cu_seqlens(next_cu_seqlens, z.shape[1])
+    else:
+        p_chunks = torch.gather(p, 1, _boundaries_first(boundary_mask)[:, : z.shape[1]])
+        seq_idx = None
+    scan = ema_scan_official_bf16 if official_bf16 else ema_scan
+    ema = scan(z, p_chunks, seq_idx=seq_idx)
+    chunk_of_byte = (torch.cumsum(boundary_mask, dim=-1) - 1).clamp(min=0)
+    return torch.gather(ema, 1, chunk_of_byte[..., None].expand(-1, -1, ema.shape[-1]))
+
+
+class _STE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.ones_like(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def ste(selected_probs):
+    """Exactly 1 in the forward; passes the gradient to the selected probability unchanged."""
+    return _STE.apply(selected_probs)

@@ -1,0 +1,58 @@
+"""The routing module: a chunk begins where adjacent positions disagree.
+
+p_t = (1 - cos(W_q h_{t-1}, W_k h_t)) / 2, p = 1 at the first position of every sequence, and a boundary
+wherever p > 0.5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class RoutingOutput:
+    boundary_prob: torch.Tensor  # (B, L, 2): [1 - p, p]
+    boundary_mask: torch.Tensor  # (B, L) bool, already ANDed with the valid mask
+    selected_probs: torch.Tensor  # (B, L, 1): probability of the chosen side, max(p, 1 - p)
+
+
+def routing_output(p, mask=None) -> RoutingOutput:
+    """Boundary decisions from p (B, L); ties (p == 0.5) are not boundaries, as in the official argmax."""
+    boundary_prob = torch.stack((1 - p, p), dim=-1)
+    selected = boundary_prob.argmax(dim=-1)
+    boundary_mask = selected == 1
+    if mask is not None:
+        boundary_mask = boundary_mask & mask
+    return RoutingOutput(boundary_prob, boundary_mask, boundary_prob.gather(-1, selected.unsqueeze(-1)))
+
+
+class RoutingModule(nn.Module):
+    def __init__(self, d_model: int, device=None, dtype=None):
+        super().__init__()
+        self.q_proj_layer = nn.Linear(d_model, d_model, bias=False, device=device, dtype=dtype)
+        self.k_proj_layer = nn.Linear(d_model, d_model, bias=False, device=device, dtype=dtype)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        # Identity init: at the start p measures how much the encoder output itself changes.
+        with torch.no_grad():
+            self.q_proj_layer.weight.copy_(torch.eye(self.q_proj_layer.in_features))
+            self.k_proj_layer.weight.copy_(torch.eye(self.k_proj_layer.in_features))
+
+    def forward(self, h, cu_seqlens=None, mask=None) -> RoutingOutput:
+        """h (B, L, D) padded, or (1, T, D) packed with cu_seqlens."""
+        cos = torch.einsum(
+            "bld,bld->bl",
+            F.normalize(self.q_proj_layer(h[:, :-1]), dim=-1),
+            F.normalize(self.k_proj_layer(h[:, 1:]), dim=-1),
+        )
+        p = F.pad(torch.clamp((1 - cos) / 2, min=0.0, max=1.0), (1, 0), value=1.0)
+        if cu_seqlens is not None:
+            starts = torch.zeros_like(p, dtype=torch.bool)
+            starts[:, cu_seqlens[:-1].long()] = True
+            p = p.masked_fill(starts, 1.0)
+        return routing_output(p, mask)

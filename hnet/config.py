@@ -1,0 +1,368 @@
+"""Configs as typed dataclasses, validated on load.
+
+`HNetConfig` is the official model format (goombalab/hnet `configs/*.json`), read and written unchanged.
+The run config (data + training) is ours. Every error a user can cause is a `ValueError` that names the
+field, the value and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+LAYER_RE = re.compile(r"([mMtT])(\d+)")
+LAYOUT_RE = re.compile(r"^(?:[mMtT]\d+)+$")
+MAMBA_HEADDIM = 64  # mamba_ssm Mamba2 default, used by every official config
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_type_ok(value, t) for t in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def from_dict(cls, data: Any, source: str = "<dict>", prefix: str = ""):
+    """Build dataclass `cls` from `data`, refusing unknown fields and values of the wrong type."""
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: field '{where}' must be an object, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in known:
+            raise ValueError(
+                f"{source}: unknown field '{prefix}{key}' (value {value!r}); known fields: {', '.join(known)}"
+            )
+    kwargs = {}
+    for name, f in known.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ValueError(f"{source}: missing field '{prefix}{name}'")
+            continue
+        value, tp = data[name], hints[name]
+        if dataclasses.is_dataclass(tp):
+            value = from_dict(tp, value, source, f"{prefix}{name}.")
+        elif not _type_ok(value, tp):
+            raise ValueError(f"{source}: field '{prefix}{name}' has value {value!r}, expected {_type_name(tp)}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def to_dict(obj) -> dict:
+    """Dataclass to a JSON-ready dict, leaving out optional fields that are None."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        if value is None and f.default is None:
+            continue
+        out[f.name] = value
+    return out
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: config file does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model config: the official format
+
+
+@dataclass
+class SSMConfig:
+    chunk_size: int = 256
+    d_conv: int = 4
+    d_state: int = 128
+    expand: int = 2
+
+
+@dataclass
+class AttnConfig:
+    num_heads: list[int] = field(default_factory=list)
+    rotary_emb_dim: list[int] = field(default_factory=list)
+    window_size: list[int] = field(default_factory=list)
+
+
+@dataclass
+class HNetConfig:
+    """One H-Net (or, with a flat layout like ["T12"], an isotropic model) in the official JSON format."""
+
+    arch_layout: list
+    d_model: list[int]
+    d_intermediate: list[int]
+    vocab_size: int = 256
+    ssm_cfg: SSMConfig = field(default_factory=SSMConfig)
+    attn_cfg: AttnConfig = field(default_factory=AttnConfig)
+    tie_embeddings: bool = False
+
+    @property
+    def num_stages(self) -> int:
+        """Number of nesting levels: 1 for an isotropic model, 2 for a 1-stage H-Net, 3 for 2-stage."""
+        return layout_depth(self.arch_layout)
+
+    def stage_layout(self, stage: int) -> list:
+        layout = self.arch_layout
+        for _ in range(stage):
+            layout = layout[1]
+        return layout
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<dict>") -> "HNetConfig":
+        cfg = from_dict(cls, data, source)
+        cfg.validate(source)
+        return cfg
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "HNetConfig":
+        return cls.from_dict(read_json(path), str(path))
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=4) + "\n")
+
+    def validate(self, source: str = "<dict>") -> None:
+        def bad(name, value, why):
+            raise ValueError(f"{source}: field '{name}' has value {value!r}: {why}")
+
+        depth = check_layout(self.arch_layout, source)
+        per_stage = {
+            "d_model": self.d_model,
+            "d_intermediate": self.d_intermediate,
+            "attn_cfg.num_heads": self.attn_cfg.num_heads,
+            "attn_cfg.rotary_emb_dim": self.attn_cfg.rotary_emb_dim,
+            "attn_cfg.window_size": self.attn_cfg.window_size,
+        }
+        uses_attn = [any(k in "tT" for k in _stage_letters(self.stage_layout(s))) for s in range(depth)]
+        for name, values in per_stage.items():
+            if name.startswith("attn_cfg") and not any(uses_attn) and not values:
+                continue
+            if len(values) != depth:
+                bad(name, values, f"arch_layout has {depth} stage(s), so it needs {depth} entries")
+        for s in range(depth):
+            d = self.d_model[s]
+            if d <= 0:
+                bad("d_model", self.d_model, f"stage {s} width must be positive")
+            if s > 0 and d < self.d_model[s - 1]:
+                bad("d_model", self.d_model, "widths must not shrink toward the inner stages")
+            if any(k in "mM" for k in _stage_letters(self.stage_layout(s))) and (
+                (self.ssm_cfg.expand * d) % MAMBA_HEADDIM
+            ):
+                bad("d_model", self.d_model, f"stage {s}: expand*d_model must be divisible by the Mamba-2 head size {MAMBA_HEADDIM}")
+            if any(k in "MT" for k in _stage_letters(self.stage_layout(s))) and self.d_intermediate[s] <= 0:
+                bad("d_intermediate", self.d_intermediate, f"stage {s} has MLP layers, so it needs a positive width")
+            if uses_attn[s]:
+                heads = self.attn_cfg.num_heads[s]
+                if heads <= 0 or d % heads:
+                    bad("d_model", self.d_model, f"stage {s} width is not divisible by attn_cfg.num_heads {heads}")
+                rot = self.attn_cfg.rotary_emb_dim[s]
+                if rot < 0 or rot % 2 or rot > d // heads:
+                    bad("attn_cfg.rotary_emb_dim", self.attn_cfg.rotary_emb_dim, f"stage {s}: must be even and at most the head size {d // heads}")
+                if self.attn_cfg.window_size[s] < -1:
+                    bad("attn_cfg.window_size", self.attn_cfg.window_size, "use -1 for no window")
+        if self.vocab_size <= 0:
+            bad("vocab_size", self.vocab_size, "must be positive")
+        for name in ("chunk_size", "d_conv", "d_state", "expand"):
+            if getattr(self.ssm_cfg, name) <= 0:
+                bad(f"ssm_cfg.{name}", getattr(self.ssm_cfg, name), "must be positive")
+
+
+def _stage_letters(layout: list) -> list[str]:
+    strings = [layout[0]] if len(layout) == 1 else [layout[0], layout[2]]
+    return [k for s in strings for k, _ in LAYER_RE.findall(s)]
+
+
+def parse_layer_string(spec: str) -> list[tuple[str, bool]]:
+    """'m4T1' -> [('mamba', False)] * 4 + [('attn', True)]: (mixer kind, has SwiGLU MLP) per layer."""
+    out = []
+    for letter, count in LAYER_RE.findall(spec):
+        out += [("mamba" if letter in "mM" else "attn", letter.isupper())] * int(count)
+    return out
+
+
+def check_layout(layout: Any, source: str = "<dict>", path: str = "arch_layout") -> int:
+    """Check the nested layout grammar and return its depth (number of stages)."""
+
+    def bad(why):
+        raise ValueError(f"{source}: field '{path}' has value {layout!r}: {why}")
+
+    if not isinstance(layout, list) or len(layout) not in (1, 3):
+        bad("each level must be a list of 1 (innermost) or 3 (encoder, inner, decoder) entries")
+    strings = [layout[0]] if len(layout) == 1 else [layout[0], layout[2]]
+    for s in strings:
+        if not isinstance(s, str) or not LAYOUT_RE.match(s):
+            bad(f"{s!r} is not a layer string like 'm4', 'T22' or 'm4T1'")
+    if len(layout) == 1:
+        return 1
+    return 1 + check_layout(layout[1], source, path)
+
+
+def layout_depth(layout: list) -> int:
+    return 1 if len(layout) == 1 else 1 + layout_depth(layout[1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Run config: data + training (ours). Paths inside are relative to the working directory, except that
+# a path starting with "package:" names a file bundled in the `hnet/samples/` folder of the package.
+
+
+@dataclass
+class DataConfig:
+    kind: str = "text"  # text | dna | protein: what the bytes are (reports group by it)
+    source: str = "text"  # text (file or folder, raw bytes) | datasets (jsonl/json/parquet/csv) | fasta
+    path: Union[str, list[str]] = ""  # file(s) or folder(s); .gz is read directly
+    text_field: str = "text"  # column read by the `datasets` source
+    alphabet: Optional[str] = None  # fasta: "dna" | "protein" | the allowed letters (default by `kind`)
+    dna_lowercase: str = "upper"  # fasta dna: "upper" (soft-masked repeats -> upper case) | "keep"
+    dna_n_runs: str = "keep"  # fasta dna: "keep" | "collapse" (a run of N -> one N) | "drop"
+    split: str = "documents"  # documents (whole documents held out) | tail (the end of every document)
+    val_fraction: float = 0.05
+    val_bytes: Optional[int] = None  # if set, hold out about this many bytes instead of a fraction
+    split_seed: int = 0
+    max_bytes: Optional[int] = None  # read at most this many bytes of the source (quick runs)
+    tokenizer: str = "bytes"  # bytes | bpe
+    tokenizer_path: Optional[str] = None  # sentencepiece model for bpe (default: RUN_DIR/tokenizer)
+    vocab_size: int = 4096  # bpe vocabulary when the tokenizer is trained by the run
+    seq_len: int = 8192  # tokens per sequence
+    packing: str = "cu_seqlens"  # cu_seqlens (per-document resets) | separator (one stream, BOS between)
+    bos_id: int = 254  # prepended to every document, as the official generate.py does
+    cache_dir: Optional[str] = None  # shard cache; default $HNET_CACHE or ~/.cache/hnet-lm
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    batch_size: int = 8  # sequences per optimizer step, all processes together
+    grad_accum: int = 1
+    max_steps: int = 1000
+    lr: float = 6.25e-4
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    lr_multipliers: Optional[list[float]] = None  # per stage, outermost first (H-Net only)
+    schedule: str = "wsd"  # wsd (warmup-stable-decay) | cosine
+    warmup_fraction: float = 0.1
+    decay_fraction: float = 0.2
+    min_lr_fraction: float = 0.0
+    grad_clip: float = 1.0
+    ratio_loss_weight: float = 0.03  # alpha
+    ratio_targets: Optional[list[float]] = None  # target bytes per chunk N per routing stage
+    eval_every: int = 100
+    eval_batches: int = 8
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+
+
+@dataclass
+class RunConfig:
+    model: HNetConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model_type: str = "hnet"  # hnet | isotropic | hnet_fixed (boundaries from a rule)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<dict>") -> "RunConfig":
+        cfg = from_dict(cls, data, source)
+        cfg.model.validate(source)
+        cfg.validate(source)
+        return cfg
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "RunConfig":
+        return cls.from_dict(read_json(path), str(path))
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    def validate(self, source: str = "<dict>") -> None:
+        choices = {
+            "data.kind": ("text", "dna", "protein"),
+            "data.source": ("text", "datasets", "fasta"),
+            "data.dna_lowercase": ("upper", "keep"),
+            "data.dna_n_runs": ("keep", "collapse", "drop"),
+            "data.split": ("documents", "tail"),
+            "data.tokenizer": ("bytes", "bpe"),
+            "data.packing": ("cu_seqlens", "separator"),
+            "train.schedule": ("wsd", "cosine"),
+            "train.precision": ("auto", "fp32", "bf16"),
+            "model_type": ("hnet", "isotropic", "hnet_fixed"),
+        }
+        for name, allowed in choices.items():
+            value = self
+            for part in name.split("."):
+                value = getattr(value, part)
+            if value not in allowed:
+                raise ValueError(f"{source}: field '{name}' has value {value!r}; expected one of {', '.join(allowed)}")
+        positive = ["data.seq_len", "train.batch_size", "train.grad_accum", "train.max_steps", "train.eval_every",
+                    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints"]
+        for name in positive:
+            group, attr = name.split(".")
+            value = getattr(getattr(self, group), attr)
+            if value <= 0:
+                raise ValueError(f"{source}: field '{name}' has value {value!r}; must be positive")
+        if not 0.0 < self.data.val_fraction < 1.0:
+            raise ValueError(f"{source}: field 'data.val_fraction' has value {self.data.val_fraction!r}; must be in (0, 1)")
+        routing_stages = self.model.num_stages - 1
+        for name in ("lr_multipliers", "ratio_targets"):
+            value = getattr(self.train, name)
+            if value is not None and len(value) != (self.model.num_stages if name == "lr_multipliers" else routing_stages):
+                raise ValueError(
+                    f"{source}: field 'train.{name}' has value {value!r}; the model has {self.model.num_stages} "
+                    f"stage(s), {routing_stages} of them routing"
+                )
+        if self.train.ratio_targets is not None and any(n <= 1 for n in self.train.ratio_targets):
+            raise ValueError(f"{source}: field 'train.ratio_targets' has value {self.train.ratio_targets!r}; each N must be > 1")
+
+
+def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> dict:
+    """Apply `key.sub=value` overrides (value parsed as JSON, else kept as a string) to a config dict."""
+    data = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"{source}: '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{source}: field '{key}' does not name a config field")
+        node[parts[-1]] = value
+    return data

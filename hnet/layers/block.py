@@ -1,0 +1,48 @@
+"""The pre-norm residual block; the residual stream is kept in float32."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from hnet.layers.attention import CausalSelfAttention
+from hnet.layers.mamba2 import Mamba2
+from hnet.layers.mlp import SwiGLU
+from hnet.layers.norm import RMSNorm
+
+
+class Block(nn.Module):
+    """r = h + r; h = mixer(norm1(r)); with an MLP also r = h + r; h = mlp(norm2(r)). Returns (h, r)."""
+
+    def __init__(self, mixer: nn.Module, d_model: int, mlp: nn.Module | None = None, device=None, dtype=None):
+        super().__init__()
+        self.norm1 = RMSNorm(d_model, device=device, dtype=dtype)
+        self.mixer = mixer
+        if mlp is not None:
+            self.norm2 = RMSNorm(d_model, device=device, dtype=dtype)
+            self.mlp = mlp
+        else:
+            self.mlp = None
+
+    def forward(self, h, residual=None, cu_seqlens=None, seq_idx=None):
+        residual = h.float() if residual is None else h.float() + residual
+        x = self.norm1(residual).to(h.dtype)
+        if isinstance(self.mixer, Mamba2):
+            h = self.mixer(x, seq_idx=seq_idx)
+        else:
+            h = self.mixer(x, cu_seqlens=cu_seqlens)
+        if self.mlp is not None:
+            residual = h.float() + residual
+            h = self.mlp(self.norm2(residual).to(h.dtype))
+        return h, residual
+
+
+def make_block(kind: str, with_mlp: bool, d_model: int, d_intermediate: int, ssm_cfg, num_heads: int = 1,
+               rotary_emb_dim: int = 0, window_size: int = -1, device=None, dtype=None) -> Block:
+    kw = {"device": device, "dtype": dtype}
+    if kind == "mamba":
+        mixer = Mamba2(d_model, d_state=ssm_cfg.d_state, d_conv=ssm_cfg.d_conv, expand=ssm_cfg.expand,
+                       chunk_size=ssm_cfg.chunk_size, **kw)
+    else:
+        mixer = CausalSelfAttention(d_model, num_heads, rotary_emb_dim, window_size, **kw)
+    mlp = SwiGLU(d_model, d_intermediate, **kw) if with_mlp else None
+    return Block(mixer, d_model, mlp, **kw)

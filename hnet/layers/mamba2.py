@@ -1,0 +1,69 @@
+"""The Mamba-2 mixer (mamba_ssm `Mamba2` defaults: ngroups 1, no in/out bias, D per head)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hnet.layers.norm import GatedRMSNorm
+from hnet.ops.conv1d import causal_conv1d
+from hnet.ops.ssd import ssd_chunked
+
+
+class Mamba2(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 128,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        chunk_size: int = 256,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.d_inner = expand * d_model
+        self.d_state = d_state
+        self.headdim = headdim
+        self.nheads = self.d_inner // headdim
+        self.chunk_size = chunk_size
+        conv_dim = self.d_inner + 2 * d_state
+        # in_proj output: [z (d_inner), xBC (d_inner + 2 d_state), dt (nheads)]
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner + 2 * d_state + self.nheads, bias=False, **kw)
+        self.conv1d = nn.Conv1d(conv_dim, conv_dim, d_conv, groups=conv_dim, padding=d_conv - 1, **kw)
+        # dt_bias = softplus^-1 of a log-uniform dt in [dt_min, dt_max]; A = -exp(A_log) in [-16, -1].
+        dt = torch.exp(torch.rand(self.nheads, device=device) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=1e-4)
+        self.dt_bias = nn.Parameter((dt + torch.log(-torch.expm1(-dt))).to(dtype))
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.nheads, device=device).uniform_(1, 16)).to(dtype))
+        self.D = nn.Parameter(torch.ones(self.nheads, device=device))  # fp32, as upstream creates it
+        self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, **kw)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False, **kw)
+
+    def forward(self, u, seq_idx=None):
+        """u (B, L, D) -> (B, L, D); seq_idx (B, L) resets the conv and the state per packed sequence."""
+        B_, L, _ = u.shape
+        z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
+        xBC = causal_conv1d(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, seq_idx=seq_idx)
+        x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(dt.float() + self.dt_bias.float())  # identity above 20, as the kernel does
+        A = -torch.exp(self.A_log.float())
+        y = ssd_chunked(
+            x.view(B_, L, self.nheads, self.headdim),
+            dt,
+            A,
+            B.view(B_, L, 1, self.d_state),
+            C.view(B_, L, 1, self.d_state),
+            self.chunk_size,
+            D=self.D,
+            seq_idx=seq_idx,
+        )
+        y = self.norm(y.reshape(B_, L, self.d_inner), z)
+        return self.out_proj(y)

@@ -1,0 +1,18 @@
+"""Rotary position embeddings, GPT-NeoX style (channel i pairs with i + rot/2), on part of each head."""
+
+import torch
+
+
+def rotary_tables(positions, rot_dim: int, base: float = 10000.0):
+    """cos, sin of shape (len(positions), rot_dim // 2), float32."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, rot_dim, 2, device=positions.device, dtype=torch.float32) / rot_dim))
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x, cos, sin):
+    """x (..., L, H, hd): rotate the first 2 * cos.shape[-1] channels of every head; cos/sin (L, rot/2)."""
+    half = cos.shape[-1]
+    x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
+    cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)

@@ -1,0 +1,107 @@
+"""Weights in and out: our directory format (config.json + model.safetensors), official `.pt` files,
+and the optimizer parameter groups."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from hnet.config import HNetConfig
+
+NO_DECAY_SUFFIXES = (".bias", ".A_log", ".D", ".dt_bias", "pad_dimension")
+
+
+class WeightsMixin:
+    """save_pretrained / from_pretrained / load_weights / param_groups for our model classes."""
+
+    config: HNetConfig
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.to_json(directory / "config.json")
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        if self.config.tie_embeddings:
+            state.pop("lm_head.weight", None)  # the same tensor as embeddings.weight
+        save_file(state, str(directory / "model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device=None, dtype=None):
+        directory = Path(directory)
+        for name in ("config.json", "model.safetensors"):
+            if not (directory / name).is_file():
+                raise ValueError(f"{directory}: not a model directory (no {name})")
+        config = HNetConfig.from_json(directory / "config.json")
+        model = cls(config, device="meta")
+        model.load_weights(load_file(str(directory / "model.safetensors")), source=str(directory))
+        return model.to(device=device, dtype=dtype) if (device or dtype) else model
+
+    def load_weights(self, state: dict, source: str = "<state dict>") -> None:
+        """Load a state dict by the official key names; any missing, unexpected or misshapen key is an error
+        that lists them all. Tensors keep the dtype of the model's parameters (fp32 stays fp32)."""
+        expected = {k: v for k, v in self.state_dict().items()}
+        if self.config.tie_embeddings:
+            expected.pop("lm_head.weight", None)
+            state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        misshapen = [
+            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+            for k in expected
+            if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+        ]
+        problems = [("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)]
+        if any(items for _, items in problems):
+            lines = [f"{source}: the weights do not fit the model config"]
+            for label, items in problems:
+                if items:
+                    lines.append(f"  {label} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+            raise ValueError("\n".join(lines))
+        on_meta = any(p.is_meta for p in self.parameters())
+        converted = {k: state[k].to(expected[k].dtype) for k in expected}
+        self.load_state_dict(converted, strict=not self.config.tie_embeddings, assign=on_meta)
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.embeddings.weight
+
+    def param_groups(self, lr: float, weight_decay: float, lr_multipliers=None) -> list[dict]:
+        """AdamW groups: lr scaled per stage (outermost first), no decay on biases, norms and SSM scalars."""
+        multipliers = lr_multipliers or [1.0] * self.num_stages
+        groups: dict[tuple, dict] = {}
+        seen = set()
+        for name, param in self.named_parameters():
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            stage = self.stage_of(name)
+            no_decay = name.endswith(NO_DECAY_SUFFIXES) or "norm" in name.rsplit(".", 2)[-2]
+            key = (stage, no_decay)
+            group = groups.setdefault(key, {
+                "params": [], "names": [], "stage": stage,
+                "lr": lr * multipliers[stage], "lr_multiplier": multipliers[stage],
+                "weight_decay": 0.0 if no_decay else weight_decay,
+            })
+            group["params"].append(param)
+            group["names"].append(name)
+        return list(groups.values())
+
+
+def load_checkpoint(pt_path: str | Path, config_path: str | Path, device=None, dtype=None):
+    """An official H-Net `.pt` (a plain state dict) with its official config JSON."""
+    from hnet.models.hnet import HNetForCausalLM
+
+    pt_path = Path(pt_path)
+    if not pt_path.is_file():
+        raise ValueError(f"{pt_path}: checkpoint file does not exist")
+    config = HNetConfig.from_json(config_path)
+    try:
+        state = torch.load(pt_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle with anything but tensors is refused by weights_only
+        raise ValueError(f"{pt_path}: not a plain tensor checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{pt_path}: expected a flat state dict of tensors")
+    model = HNetForCausalLM(config, device="meta")
+    model.load_weights(state, source=str(pt_path))
+    return model.to(device=device, dtype=dtype) if (device or dtype) else model

@@ -1,0 +1,112 @@
+"""The SSD (state-space duality) scan of Mamba-2, chunked, in plain PyTorch.
+
+    h_t = exp(dt_t * A) h_{t-1} + dt_t * x_t B_t^T        (state h: headdim x d_state per head)
+    y_t = h_t C_t + D * x_t
+
+Within a chunk of `chunk_size` steps the recurrence is computed as masked matrix products (the
+"quadratic" dual form); only the chunk-to-chunk state passing is a scan. `seq_idx` marks packed
+sequences: the state is reset wherever it changes. This is the CPU path and the definition that the
+Triton kernels must equal; `ssd_sequential` is the step-by-step recurrence the tests hold it to.
+
+Shapes: x (b, l, h, p), dt (b, l, h) after softplus, A (h,), B and C (b, l, g, n) with h % g == 0,
+D (h,) or None, initial_state (b, h, p, n), seq_idx (b, l) int.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+
+
+def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=None, return_final_state=False):
+    b, l, h, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    out_dtype = x.dtype
+    x, dt, A, B, C = (t.float() for t in (x, dt, A, B, C))
+    B = repeat(B, "b l g n -> b l (g r) n", r=h // g)
+    C = repeat(C, "b l g n -> b l (g r) n", r=h // g)
+
+    pad = (-l) % chunk_size
+    if pad:  # padded steps have dt = 0: no decay and no input, so the state passes through them
+        x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
+        dt = F.pad(dt, (0, 0, 0, pad))
+        if seq_idx is not None:
+            seq_idx = torch.cat([seq_idx, seq_idx[:, -1:].expand(-1, pad)], dim=1)
+    x, B, C = (rearrange(t, "b (c q) h d -> b c q h d", q=chunk_size) for t in (x, B, C))
+    dt = rearrange(dt, "b (c q) h -> b h c q", q=chunk_size)
+    a_cumsum = torch.cumsum(dt * A[None, :, None, None], dim=-1)  # (b, h, c, q)
+
+    # 1. Within each chunk: y_i = sum_{j <= i} (C_i . B_j) exp(cs_i - cs_j) dt_j x_j.
+    decay = torch.exp(_segsum(a_cumsum))  # (b, h, c, q, q), zero above the diagonal
+    same_seq = None
+    if seq_idx is not None:
+        sidx = rearrange(seq_idx, "b (c q) -> b c q", q=chunk_size)
+        same_seq = sidx[..., :, None] == sidx[..., None, :]  # (b, c, q, q)
+        decay = decay * same_seq[:, None]
+    scores = torch.einsum("bcihn,bcjhn->bhcij", C, B) * decay
+    y = torch.einsum("bhcij,bhcj,bcjhp->bcihp", scores, dt, x)
+
+    # 2. The state each chunk adds by its end: sum_j exp(cs_last - cs_j) dt_j x_j B_j^T.
+    decay_to_end = torch.exp(a_cumsum[..., -1:] - a_cumsum)  # (b, h, c, q)
+    if seq_idx is not None:  # only steps of the sequence that is live at the chunk's end count
+        decay_to_end = decay_to_end * (sidx == sidx[..., -1:])[:, None]
+    chunk_states = torch.einsum("bhcj,bhcj,bcjhp,bcjhn->bchpn", decay_to_end, dt, x, B)
+
+    # 3. Pass states from chunk to chunk: the only sequential part, one step per chunk.
+    state = x.new_zeros(b, h, p, n) if initial_state is None else initial_state.float()
+    prev_seq = seq_idx[:, :1] if seq_idx is not None else None
+    chunk_decay = torch.exp(a_cumsum[..., -1])  # (b, h, c)
+    states_in = []
+    for c in range(x.shape[1]):
+        states_in.append(state)
+        carry = chunk_decay[:, :, c, None, None]
+        if seq_idx is not None:
+            last = sidx[:, c, -1:]
+            carry = carry * (last == prev_seq).float()[:, :, None, None]
+            prev_seq = last
+        state = carry * state + chunk_states[:, c]
+    states_in = torch.stack(states_in, dim=1)  # (b, c, h, p, n): the state entering each chunk
+
+    # 4. What the entering state contributes inside the chunk: C_i exp(cs_i) state_in.
+    state_decay = torch.exp(a_cumsum)  # (b, h, c, q)
+    if seq_idx is not None:
+        entering_seq = torch.cat([seq_idx[:, :1], sidx[:, :-1, -1]], dim=1)  # (b, c)
+        state_decay = state_decay * (sidx == entering_seq[..., None])[:, None]
+    y = y + torch.einsum("bcihn,bchpn,bhci->bcihp", C, states_in, state_decay)
+
+    y = rearrange(y, "b c q h p -> b (c q) h p")[:, :l]
+    if D is not None:
+        y = y + rearrange(x, "b c q h p -> b (c q) h p")[:, :l] * D.float().view(1, 1, h, -1)
+    y = y.to(out_dtype)
+    return (y, state) if return_final_state else y
+
+
+def _segsum(a):
+    """segsum[..., i, j] = a_i - a_j (from the cumulative sums a) for j <= i, -inf above the diagonal."""
+    q = a.shape[-1]
+    diff = a[..., :, None] - a[..., None, :]
+    causal = torch.ones(q, q, dtype=torch.bool, device=a.device).tril()
+    return diff.masked_fill(~causal, float("-inf"))
+
+
+def ssd_sequential(x, dt, A, B, C, D=None, initial_state=None, seq_idx=None):
+    """The recurrence one step at a time, in float64: the definition the chunked scan is tested against."""
+    b, l, h, p = x.shape
+    g = B.shape[2]
+    x, dt, A, B, C = (t.double() for t in (x, dt, A, B, C))
+    B = repeat(B, "b l g n -> b l (g r) n", r=h // g)
+    C = repeat(C, "b l g n -> b l (g r) n", r=h // g)
+    state = x.new_zeros(b, h, p, B.shape[-1]) if initial_state is None else initial_state.double().clone()
+    ys = []
+    for t in range(l):
+        if seq_idx is not None and t > 0:
+            new_seq = (seq_idx[:, t] != seq_idx[:, t - 1]).double()[:, None, None, None]
+            state = state * (1 - new_seq)
+        decay = torch.exp(dt[:, t] * A)[:, :, None, None]
+        state = decay * state + (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, :, None, :]
+        y = torch.einsum("bhpn,bhn->bhp", state, C[:, t])
+        if D is not None:
+            y = y + x[:, t] * D.double().view(1, h, -1)
+        ys.append(y)
+    return torch.stack(ys, dim=1), state
