@@ -1,0 +1,88 @@
+"""Routing, chunk, dechunk, STE and the ratio loss on inputs whose answers are known by hand."""
+
+import math
+
+import pytest
+import torch
+
+from hnet.chunking.chunk import chunk, dechunk, ste
+from hnet.chunking.ratio_loss import ratio_loss
+from hnet.chunking.routing import RoutingModule, routing_output
+
+
+def test_routing_probabilities_by_hand():
+    routing = RoutingModule(2)  # identity q/k at init: p_t = (1 - cos(h_{t-1}, h_t)) / 2
+    h = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [-1.0, 0.0]]])
+    r = routing(h)
+    # cos: (same)=1 -> p 0, (orthogonal)=0 -> p 0.5 (not a boundary: strictly > 0.5), (opposite-ish)=0 -> 0.5, same -> 0
+    assert torch.allclose(r.boundary_prob[0, :, 1], torch.tensor([1.0, 0.0, 0.5, 0.5, 0.0]))
+    assert r.boundary_mask.tolist() == [[True, False, False, False, False]]
+    h[0, 3] = torch.tensor([0.0, -1.0])  # opposite of position 2: p = 1
+    r = routing(h)
+    assert r.boundary_mask.tolist() == [[True, False, False, True, False]]
+    assert torch.allclose(r.selected_probs[0, :, 0], torch.tensor([1.0, 1.0, 0.5, 1.0, 0.5]))
+
+
+def test_packed_sequence_starts_are_boundaries():
+    routing = RoutingModule(2)
+    h = torch.tensor([[[1.0, 0.0]] * 6])  # identical vectors: p = 0 except at sequence starts
+    r = routing(h, cu_seqlens=torch.tensor([0, 2, 6]))
+    assert r.boundary_mask.tolist() == [[True, False, True, False, False, False]]
+
+
+def test_chunk_selects_positions_0_3_4_and_dechunk_by_hand():
+    mask = torch.tensor([[True, False, False, True, True, False]])
+    h = torch.arange(6, dtype=torch.float32).view(1, 6, 1) * 10
+    z, next_cu, next_mask = chunk(h, mask, mask=torch.ones_like(mask))
+    assert z[0, :, 0].tolist() == [0.0, 30.0, 40.0] and next_mask.tolist() == [[True] * 3]
+
+    p = torch.tensor([[1.0, 0.1, 0.2, 0.5, 0.8, 0.3]])
+    boundary_prob = torch.stack([1 - p, p], -1)
+    out = dechunk(torch.tensor([[[2.0], [4.0], [8.0]]]), mask, boundary_prob)
+    e0 = (1 - 1e-4) * 2.0  # p clamped to 1 - 1e-4 in the dechunk only
+    e1 = 0.5 * 4.0 + 0.5 * e0
+    e2 = 0.8 * 8.0 + 0.2 * e1
+    assert torch.allclose(out[0, :, 0], torch.tensor([e0, e0, e0, e1, e2, e2]), atol=1e-5)
+
+
+def test_chunk_padded_rows_of_different_counts():
+    mask = torch.tensor([[True, True, False, True], [True, False, False, False]])
+    h = torch.arange(8, dtype=torch.float32).view(2, 4, 1)
+    z, _, next_mask = chunk(h, mask, mask=torch.ones_like(mask))
+    assert z[0, :, 0].tolist() == [0.0, 1.0, 3.0]
+    assert z[1, 0, 0].item() == 4.0 and next_mask.tolist() == [[True] * 3, [True, False, False]]
+
+
+def test_chunk_and_dechunk_packed():
+    mask = torch.tensor([[True, False, True, True, False]])
+    cu = torch.tensor([0, 2, 5])
+    h = torch.arange(5, dtype=torch.float32).view(1, 5, 1)
+    z, next_cu, _ = chunk(h, mask, cu_seqlens=cu)
+    assert z[0, :, 0].tolist() == [0.0, 2.0, 3.0] and next_cu.tolist() == [0, 1, 3]
+    p = torch.tensor([[1.0, 0.0, 1.0, 0.5, 0.0]])
+    out = dechunk(torch.tensor([[[2.0], [4.0], [8.0]]]), mask, torch.stack([1 - p, p], -1), next_cu)
+    e0 = 0.9999 * 2.0
+    e1 = 0.9999 * 4.0  # the EMA restarts with the second sequence
+    e2 = 0.5 * 8.0 + 0.5 * e1
+    assert torch.allclose(out[0, :, 0], torch.tensor([e0, e0, e1, e2, e2]), atol=1e-5)
+
+
+def test_ste_is_one_forward_and_identity_backward():
+    x = torch.tensor([0.7, 0.9], requires_grad=True)
+    y = ste(x)
+    assert y.tolist() == [1.0, 1.0]
+    (y * torch.tensor([2.0, 3.0])).sum().backward()
+    assert x.grad.tolist() == [2.0, 3.0]
+
+
+def test_ratio_loss_by_hand():
+    p = torch.tensor([[1.0, 0.2, 0.6, 0.2]])
+    r = routing_output(p)  # boundaries at 0 and 2: F = 0.5, G = 0.5
+    N = 4.0
+    expected = N / (N - 1) * ((N - 1) * 0.5 * 0.5 + 0.5 * 0.5)
+    assert math.isclose(ratio_loss([r], [N]).item(), expected, rel_tol=1e-6)
+    # at the target rate (F = G = 1/N) the loss is 1
+    p = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    assert math.isclose(ratio_loss([routing_output(p)], [4.0]).item(), 1.0, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="target"):
+        ratio_loss([r], [4.0, 2.0])

@@ -1,0 +1,85 @@
+"""Config files: the official format round-trips unchanged, and every error names field, value and file."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hnet.config import HNetConfig, RunConfig, apply_overrides
+
+OFFICIAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "configs"
+TINY = {
+    "arch_layout": ["m2", ["T2"], "m2"],
+    "d_model": [64, 128],
+    "d_intermediate": [0, 256],
+    "vocab_size": 256,
+    "ssm_cfg": {"chunk_size": 16, "d_conv": 4, "d_state": 16, "expand": 2},
+    "attn_cfg": {"num_heads": [2, 4], "rotary_emb_dim": [16, 16], "window_size": [-1, -1]},
+    "tie_embeddings": False,
+}
+
+
+@pytest.mark.skipif(not OFFICIAL.is_dir(), reason="../shared/reference is not beside the repo")
+@pytest.mark.parametrize("path", sorted(OFFICIAL.glob("*.json")), ids=lambda p: p.stem)
+def test_official_configs_round_trip_unchanged(path, tmp_path):
+    config = HNetConfig.from_json(path)
+    assert config.to_dict() == json.loads(path.read_text())
+    config.to_json(tmp_path / "c.json")
+    assert json.loads((tmp_path / "c.json").read_text()) == json.loads(path.read_text())
+
+
+def write(tmp_path, data):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def with_change(**changes):
+    data = json.loads(json.dumps(TINY))
+    for key, value in changes.items():
+        node = data
+        *parents, last = key.split("__")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return data
+
+
+BAD = {
+    "unknown-field": (dict(TINY, colour="blue"), "colour", "blue"),
+    "unknown-nested-field": (with_change(ssm_cfg__headdim2=32), "ssm_cfg.headdim2", "32"),
+    "layout-letter": (with_change(arch_layout=["m2", ["X2"], "m2"]), "arch_layout", "X2"),
+    "layout-no-count": (with_change(arch_layout=["m", ["T2"], "m2"]), "arch_layout", "'m'"),
+    "layout-length-2": (with_change(arch_layout=["m2", ["T2"]]), "arch_layout", "T2"),
+    "stage-count": (with_change(d_model=[64, 128, 256]), "d_model", "[64, 128, 256]"),
+    "stage-count-heads": (with_change(attn_cfg__num_heads=[2]), "attn_cfg.num_heads", "[2]"),
+    "head-size": (with_change(attn_cfg__num_heads=[2, 3]), "d_model", "[64, 128]"),
+    "mamba-head-size": (with_change(d_model=[48, 128]), "d_model", "[48, 128]"),
+    "wrong-type": (with_change(vocab_size="256"), "vocab_size", "'256'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD.values(), ids=BAD.keys())
+def test_bad_model_config_names_field_value_and_file(case, tmp_path):
+    data, field, value = case
+    path = write(tmp_path, data)
+    with pytest.raises(ValueError) as err:
+        HNetConfig.from_json(path)
+    message = str(err.value)
+    assert str(path) in message and f"'{field}'" in message and value in message
+
+
+def test_run_config_errors_and_overrides(tmp_path):
+    run = {"model": TINY, "data": {"path": "x.txt", "packing": "zip"}}
+    path = write(tmp_path, run)
+    with pytest.raises(ValueError, match=r"bad\.json.*'data\.packing'.*'zip'"):
+        RunConfig.from_json(path)
+    run["data"]["packing"] = "cu_seqlens"
+    run["train"] = {"ratio_targets": [6.0, 2.0]}
+    with pytest.raises(ValueError, match=r"'train\.ratio_targets'.*\[6\.0, 2\.0\]"):
+        RunConfig.from_json(write(tmp_path, run))
+    data = apply_overrides(run, ["train.ratio_targets=[5]", "train.lr=0.001", "data.path=other.txt"])
+    config = RunConfig.from_dict(data)
+    assert config.train.ratio_targets == [5] and config.train.lr == 0.001 and config.data.path == "other.txt"
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides(run, ["train.lr"])

@@ -1,0 +1,111 @@
+"""The model's shape: official key names, weights in and out, packed vs padded, parameter groups."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hnet import HNetConfig, HNetForCausalLM, load_checkpoint, load_model
+from test_config import TINY
+
+REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference"
+OFFICIAL = sorted((REFERENCE / "configs").glob("*.json"))
+
+
+@pytest.mark.skipif(not OFFICIAL, reason="../shared/reference is not beside the repo")
+@pytest.mark.parametrize("path", OFFICIAL, ids=lambda p: p.stem)
+def test_meta_model_has_official_keys_shapes_and_count(path):
+    model = HNetForCausalLM(HNetConfig.from_json(path), device="meta")
+    official = json.loads((REFERENCE / "official_keys" / path.name).read_text())
+    ours = [(k, list(v.shape)) for k, v in model.state_dict().items()]
+    assert ours == [(e["key"], e["shape"]) for e in official["state_dict"]]
+    assert sum(p.numel() for p in model.parameters()) == official["total_parameters"]
+
+
+def tiny_model(seed=0, **changes):
+    torch.manual_seed(seed)
+    return HNetForCausalLM(HNetConfig.from_dict(dict(TINY, **changes)))
+
+
+def test_save_and_load_pretrained_round_trip(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    ids = torch.randint(0, 256, (2, 40))
+    assert torch.equal(model(ids).logits, loaded(ids).logits)
+    assert loaded.backbone.residual_proj.weight.dtype == torch.float32
+
+
+def test_tied_embeddings_round_trip(tmp_path):
+    model = tiny_model(tie_embeddings=True)
+    assert model.lm_head.weight is model.embeddings.weight
+    model.save_pretrained(tmp_path / "m")
+    loaded = HNetForCausalLM.from_pretrained(tmp_path / "m")
+    assert loaded.lm_head.weight is loaded.embeddings.weight
+    assert torch.equal(loaded.embeddings.weight, model.embeddings.weight)
+
+
+def test_load_errors_list_missing_unexpected_and_misshapen_keys(tmp_path):
+    model = tiny_model()
+    state = model.state_dict()
+    state.pop("backbone.routing_module.q_proj_layer.weight")
+    state["backbone.extra.weight"] = torch.zeros(3)
+    state["lm_head.weight"] = torch.zeros(256, 32)
+    with pytest.raises(ValueError) as err:
+        tiny_model().load_weights(state, source="ckpt")
+    message = str(err.value)
+    assert "missing (1): backbone.routing_module.q_proj_layer.weight" in message
+    assert "unexpected (1): backbone.extra.weight" in message
+    assert "lm_head.weight: checkpoint (256, 32) vs model (256, 64)" in message
+
+
+def test_official_pt_checkpoint_loads(tmp_path):
+    model = tiny_model()
+    torch.save({k: v.to(torch.bfloat16) if v.dtype == torch.float32 else v for k, v in model.state_dict().items()}, tmp_path / "m.pt")
+    (tmp_path / "c.json").write_text(json.dumps(TINY))
+    loaded = load_checkpoint(tmp_path / "m.pt", tmp_path / "c.json")
+    assert loaded.backbone.residual_proj.weight.dtype == torch.float32
+    ids = torch.randint(0, 256, (1, 30))
+    assert (loaded(ids).logits - model(ids).logits).abs().max() < 0.5  # bf16 rounding of every weight
+
+
+@pytest.mark.parametrize("layout", [["m2", ["T2"], "m2"], ["m1", ["t1m1", ["T1"], "m1t1"], "m1"], ["T2"]], ids=["1stage", "2stage", "isotropic"])
+def test_padded_and_packed_give_the_same_logits(layout):
+    depth = 1 if len(layout) == 1 else (2 if len(layout[1]) == 1 else 3)
+    changes = dict(
+        arch_layout=layout,
+        d_model=[64, 128, 192][:depth],
+        d_intermediate=[0, 256, 256][:depth] if depth > 1 else [256],
+        attn_cfg={"num_heads": [2, 4, 4][:depth], "rotary_emb_dim": [16] * depth, "window_size": [-1, 7, -1][:depth]},
+    )
+    model = tiny_model(**changes)
+    torch.manual_seed(1)
+    lengths = [33, 50, 7]
+    seqs = [torch.randint(0, 256, (n,)) for n in lengths]
+    padded = torch.zeros(3, 50, dtype=torch.long)
+    mask = torch.zeros(3, 50, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        padded[i, : len(s)], mask[i, : len(s)] = s, True
+    cu = torch.tensor([0, 33, 83, 90], dtype=torch.int32)
+    out_padded = model(padded, mask=mask)
+    out_packed = model(torch.cat(seqs)[None], cu_seqlens=cu)
+    assert (out_padded.logits[mask] - out_packed.logits[0]).abs().max() < 1e-4
+    for rp, rk in zip(out_padded.routing[:1], out_packed.routing[:1]):
+        assert torch.equal(rp.boundary_mask[mask], rk.boundary_mask[0])
+
+
+def test_param_groups_per_stage_multipliers_and_no_decay():
+    model = tiny_model()
+    groups = model.param_groups(lr=1e-3, weight_decay=0.1, lr_multipliers=[2.0, 1.0])
+    by_name = {n: g for g in groups for n in g["names"]}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert by_name["embeddings.weight"]["lr"] == 2e-3 and by_name["lm_head.weight"]["lr"] == 2e-3
+    assert by_name["backbone.main_network.main_network.layers.0.mixer.Wqkv.weight"]["lr"] == 1e-3
+    assert by_name["backbone.main_network.pad_dimension"]["lr"] == 1e-3
+    for name in ["backbone.residual_proj.bias", "backbone.encoder.layers.0.norm1.weight",
+                 "backbone.encoder.layers.0.mixer.norm.weight", "backbone.encoder.rmsnorm.weight",
+                 "backbone.encoder.layers.0.mixer.A_log", "backbone.encoder.layers.0.mixer.D"]:
+        assert by_name[name]["weight_decay"] == 0.0, name
+    for name in ["backbone.encoder.layers.0.mixer.in_proj.weight", "backbone.routing_module.q_proj_layer.weight"]:
+        assert by_name[name]["weight_decay"] == 0.1, name
