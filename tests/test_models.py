@@ -109,3 +109,14 @@ def test_param_groups_per_stage_multipliers_and_no_decay():
         assert by_name[name]["weight_decay"] == 0.0, name
     for name in ["backbone.encoder.layers.0.mixer.in_proj.weight", "backbone.routing_module.q_proj_layer.weight"]:
         assert by_name[name]["weight_decay"] == 0.1, name
+
+
+def test_bf16_load_keeps_fp32_residual_and_runs(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "m")
+    loaded = load_model(tmp_path / "m", dtype=torch.bfloat16)
+    assert loaded.embeddings.weight.dtype == torch.bfloat16
+    assert loaded.backbone.residual_proj.weight.dtype == torch.float32
+    ids = torch.randint(0, 256, (1, 40))
+    assert (loaded(ids).logits.float() - model(ids).logits).abs().max() < 0.5
+    assert torch.isfinite(tiny_model().to(torch.bfloat16)(ids).logits).all()  # a plain .to(dtype) runs too

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
+from hnet.ops.cache import update_rows_
 from hnet.ops.ema import ema_scan, ema_scan_official_bf16
 from hnet.ops.packed import seq_idx_from_cu_seqlens
 
@@ -52,6 +55,20 @@ def dechunk(z, boundary_mask, boundary_prob, next_cu_seqlens=None, official_bf16
     ema = scan(z, p_chunks, seq_idx=seq_idx)
     chunk_of_byte = (torch.cumsum(boundary_mask, dim=-1) - 1).clamp(min=0)
     return torch.gather(ema, 1, chunk_of_byte[..., None].expand(-1, -1, ema.shape[-1]))
+
+
+@dataclass
+class DechunkCache:
+    last_value: torch.Tensor  # (B, D) float32: the EMA at the row's latest boundary
+
+
+def dechunk_step(z, boundary_mask, boundary_prob, cache: DechunkCache):
+    """One position: where a boundary falls (boundary_mask (B,)), e = p z + (1 - p) e_prev with z (B, D)
+    the main network's output; elsewhere e stays. Computed in fp32, as the official step does whatever
+    the dechunk's dtype. Returns e (B, D) float32; the prefill stores e at each row's last byte."""
+    p = boundary_prob[..., 1].float().clamp(min=DECHUNK_P_MIN, max=1 - DECHUNK_P_MIN)[:, None]
+    update_rows_(cache.last_value, p * z.float() + (1 - p) * cache.last_value, boundary_mask)
+    return cache.last_value
 
 
 class _STE(torch.autograd.Function):

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hnet.ops.cache import update_rows_
+
 
 @dataclass
 class RoutingOutput:
@@ -20,8 +22,15 @@ class RoutingOutput:
     selected_probs: torch.Tensor  # (B, L, 1): probability of the chosen side, max(p, 1 - p)
 
 
+@dataclass
+class RoutingCache:
+    last_hidden: torch.Tensor  # (B, D): the encoder output at the row's previous position
+    has_seen_tokens: torch.Tensor  # (B,) bool: False before the row's first position (whose p is 1)
+
+
 def routing_output(p, mask=None) -> RoutingOutput:
-    """Boundary decisions from p (B, L); ties (p == 0.5) are not boundaries, as in the official argmax."""
+    """Boundary decisions from p (B, L), or (B,) in a decoding step; ties (p == 0.5) are not boundaries,
+    as in the official argmax."""
     boundary_prob = torch.stack((1 - p, p), dim=-1)
     selected = boundary_prob.argmax(dim=-1)
     boundary_mask = selected == 1
@@ -43,8 +52,16 @@ class RoutingModule(nn.Module):
             self.q_proj_layer.weight.copy_(torch.eye(self.q_proj_layer.in_features))
             self.k_proj_layer.weight.copy_(torch.eye(self.k_proj_layer.in_features))
 
-    def forward(self, h, cu_seqlens=None, mask=None) -> RoutingOutput:
-        """h (B, L, D) padded, or (1, T, D) packed with cu_seqlens."""
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> RoutingCache:
+        w = self.q_proj_layer.weight
+        return RoutingCache(
+            torch.zeros(batch_size, w.shape[1], device=w.device, dtype=dtype or w.dtype),
+            torch.zeros(batch_size, dtype=torch.bool, device=w.device),
+        )
+
+    def forward(self, h, cu_seqlens=None, mask=None, cache=None) -> RoutingOutput:
+        """h (B, L, D) padded, or (1, T, D) packed with cu_seqlens. A cache (prefill, rows without
+        padding) keeps the last position of every row."""
         cos = torch.einsum(
             "bld,bld->bl",
             F.normalize(self.q_proj_layer(h[:, :-1]), dim=-1),
@@ -55,4 +72,17 @@ class RoutingModule(nn.Module):
             starts = torch.zeros_like(p, dtype=torch.bool)
             starts[:, cu_seqlens[:-1].long()] = True
             p = p.masked_fill(starts, 1.0)
+        if cache is not None:
+            cache.last_hidden.copy_(h[:, -1])
+            cache.has_seen_tokens.fill_(True)
+        return routing_output(p, mask)
+
+    def step(self, h, cache: RoutingCache, mask=None) -> RoutingOutput:
+        """One position: h (B, D). p compares it with the row's previous position (p = 1 at a row's first);
+        rows where mask (B,) is False keep their cache and get no boundary."""
+        q = F.normalize(self.q_proj_layer(cache.last_hidden), dim=-1)
+        cos = (q * F.normalize(self.k_proj_layer(h), dim=-1)).sum(-1)
+        p = torch.where(cache.has_seen_tokens, torch.clamp((1 - cos) / 2, min=0.0, max=1.0), 1.0)
+        update_rows_(cache.last_hidden, h, mask)
+        update_rows_(cache.has_seen_tokens, torch.ones_like(cache.has_seen_tokens), mask)
         return routing_output(p, mask)

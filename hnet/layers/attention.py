@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hnet.layers.rotary import apply_rotary, rotary_tables
 from hnet.ops.packed import unpack
+
+
+@dataclass
+class KVCache:
+    """Keys (rotated) and values of the positions a query may still attend to.
+
+    With a sliding window w the cache is a ring of w + 1 slots (position t in slot t mod (w + 1)): it
+    holds exactly the window, for any length. Without one it has a slot per position up to `max_seqlen`.
+    """
+
+    k: torch.Tensor  # (B, H, slots, head_dim)
+    v: torch.Tensor  # (B, H, slots, head_dim)
+    seqlen: torch.Tensor  # (B,) int64: positions cached so far (the next position's index)
 
 
 class CausalSelfAttention(nn.Module):
@@ -22,8 +37,19 @@ class CausalSelfAttention(nn.Module):
         self.Wqkv = nn.Linear(d_model, 3 * d_model, bias=False, device=device, dtype=dtype)
         self.out_proj = nn.Linear(d_model, d_model, bias=False, device=device, dtype=dtype)
 
-    def forward(self, x, cu_seqlens=None):
-        """x (B, L, D); or packed (1, T, D) with cu_seqlens, every sequence attending only to itself."""
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> KVCache:
+        w = self.Wqkv.weight
+        slots = max_seqlen if self.window_size < 0 else self.window_size + 1
+        shape = (batch_size, self.num_heads, slots, self.head_dim)
+        kw = {"device": w.device, "dtype": dtype or w.dtype}
+        seqlen = torch.zeros(batch_size, dtype=torch.long, device=w.device)
+        return KVCache(torch.zeros(shape, **kw), torch.zeros(shape, **kw), seqlen)
+
+    def forward(self, x, cu_seqlens=None, cache=None):
+        """x (B, L, D); or packed (1, T, D) with cu_seqlens, every sequence attending only to itself.
+
+        With a cache (and no cu_seqlens), the L positions of every row are written into it (prefill).
+        """
         if cu_seqlens is not None:
             rows, valid = unpack(x[0], cu_seqlens)
             return self.forward(rows)[valid].unsqueeze(0)
@@ -33,6 +59,14 @@ class CausalSelfAttention(nn.Module):
             cos, sin = rotary_tables(torch.arange(L, device=x.device), self.rotary_emb_dim)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            slots = cache.k.shape[2]
+            if self.window_size < 0 and L > slots:
+                raise ValueError(f"KV cache full: allocated for {slots} positions, prefill of {L}")
+            kept = torch.arange(max(0, L - slots), L, device=x.device)
+            cache.k[:, :, kept % slots] = k[:, :, kept].to(cache.k.dtype)
+            cache.v[:, :, kept % slots] = v[:, :, kept].to(cache.v.dtype)
+            cache.seqlen.fill_(L)
         if self.window_size < 0:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -42,3 +76,29 @@ class CausalSelfAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         return self.out_proj(out.transpose(1, 2).reshape(B, L, -1))
 
+    def step(self, x, cache: KVCache, mask=None):
+        """One position: x (B, D) -> (B, D), each row at its own position `cache.seqlen`. Rows where mask
+        (B,) is False do not advance (what they write is overwritten at their next real step)."""
+        B = x.shape[0]
+        slots = cache.k.shape[2]
+        if self.window_size < 0:
+            # Read only the filled part of the cache (one host sync): the cost follows the longest row.
+            n = int(cache.seqlen.max()) + 1
+            if n > slots:
+                raise ValueError(f"KV cache full: allocated for {slots} positions")
+        else:
+            n = slots  # the ring holds exactly the window
+        q, k, v = self.Wqkv(x).view(B, 3, self.num_heads, self.head_dim).unbind(1)  # (B, H, hd) each
+        if self.rotary_emb_dim > 0:
+            cos, sin = rotary_tables(cache.seqlen, self.rotary_emb_dim)  # one position per row
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        rows = torch.arange(B, device=x.device)
+        slot = cache.seqlen % slots
+        cache.k[rows, :, slot] = k.to(cache.k.dtype)
+        cache.v[rows, :, slot] = v.to(cache.v.dtype)
+        # Filled slots are all in the window: a ring never holds more than w + 1 positions.
+        filled = torch.arange(n, device=x.device)[None, :] <= cache.seqlen[:, None]  # (B, n)
+        k, v = cache.k[:, :, :n].to(q.dtype), cache.v[:, :, :n].to(q.dtype)
+        out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=filled[:, None, None, :])
+        cache.seqlen += 1 if mask is None else mask.long()
+        return self.out_proj(out.reshape(B, -1))

@@ -23,13 +23,21 @@ class Block(nn.Module):
         else:
             self.mlp = None
 
-    def forward(self, h, residual=None, cu_seqlens=None, seq_idx=None):
-        residual = h.float() if residual is None else h.float() + residual
-        x = self.norm1(residual).to(h.dtype)
+    def forward(self, h, residual=None, cu_seqlens=None, seq_idx=None, cache=None):
         if isinstance(self.mixer, Mamba2):
-            h = self.mixer(x, seq_idx=seq_idx)
-        else:
-            h = self.mixer(x, cu_seqlens=cu_seqlens)
+            return self._residual(h, residual, lambda x: self.mixer(x, seq_idx=seq_idx, cache=cache))
+        return self._residual(h, residual, lambda x: self.mixer(x, cu_seqlens=cu_seqlens, cache=cache))
+
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None):
+        return self.mixer.allocate_inference_cache(batch_size, max_seqlen, dtype)
+
+    def step(self, h, residual, cache, mask=None):
+        """One position per row: h (B, D); the mixer's cache advances where mask (B,) is True."""
+        return self._residual(h, residual, lambda x: self.mixer.step(x, cache, mask))
+
+    def _residual(self, h, residual, mix):
+        residual = h.float() if residual is None else h.float() + residual
+        h = mix(self.norm1(residual).to(h.dtype))
         if self.mlp is not None:
             residual = h.float() + residual
             h = self.mlp(self.norm2(residual).to(h.dtype))

@@ -30,12 +30,28 @@ class Isotropic(nn.Module):
         # Residual additions per layer (2 with an MLP): scales the init of output projections.
         self.height = sum(2 if with_mlp else 1 for _, with_mlp in specs)
 
-    def forward(self, x, cu_seqlens=None):
-        """x (B, L, D), or packed (1, T, D) with cu_seqlens (every sequence independent)."""
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> list:
+        """One cache per layer (Mamba2Cache or KVCache)."""
+        return [layer.allocate_inference_cache(batch_size, max_seqlen, dtype) for layer in self.layers]
+
+    def forward(self, x, cu_seqlens=None, cache=None):
+        """x (B, L, D), or packed (1, T, D) with cu_seqlens (every sequence independent).
+
+        With a cache (a list from `allocate_inference_cache`), the layers' states are written into it (prefill).
+        """
         seq_idx = None if cu_seqlens is None else seq_idx_from_cu_seqlens(cu_seqlens, x.shape[1])
         h, residual = x, None
-        for layer in self.layers:
-            h, residual = layer(h, residual, cu_seqlens=cu_seqlens, seq_idx=seq_idx)
-        residual = h.float() if residual is None else h.float() + residual
-        return self.rmsnorm(residual).to(x.dtype)
+        for layer, layer_cache in zip(self.layers, cache or [None] * len(self.layers)):
+            h, residual = layer(h, residual, cu_seqlens=cu_seqlens, seq_idx=seq_idx, cache=layer_cache)
+        return self._final_norm(h, residual)
 
+    def step(self, x, cache: list, mask=None):
+        """One position per row: x (B, D) -> (B, D); the caches advance where mask (B,) is True."""
+        h, residual = x, None
+        for layer, layer_cache in zip(self.layers, cache):
+            h, residual = layer.step(h, residual, layer_cache, mask)
+        return self._final_norm(h, residual)
+
+    def _final_norm(self, h, residual):
+        residual = h.float() if residual is None else h.float() + residual
+        return self.rmsnorm(residual).to(h.dtype)

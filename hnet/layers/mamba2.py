@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hnet.layers.norm import GatedRMSNorm
+from hnet.ops.cache import update_rows_
 from hnet.ops.conv1d import causal_conv1d
 from hnet.ops.ssd import ssd_chunked
+
+
+@dataclass
+class Mamba2Cache:
+    """Fixed size, whatever the sequence length."""
+
+    conv_state: torch.Tensor  # (B, d_conv - 1, conv_dim): the last inputs of the short convolution
+    ssm_state: torch.Tensor  # (B, nheads, headdim, d_state) float32
 
 
 class Mamba2(nn.Module):
@@ -47,15 +57,30 @@ class Mamba2(nn.Module):
         self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, **kw)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False, **kw)
 
-    def forward(self, u, seq_idx=None):
-        """u (B, L, D) -> (B, L, D); seq_idx (B, L) resets the conv and the state per packed sequence."""
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> Mamba2Cache:
+        w = self.in_proj.weight
+        conv_dim, _, d_conv = self.conv1d.weight.shape
+        return Mamba2Cache(
+            torch.zeros(batch_size, d_conv - 1, conv_dim, device=w.device, dtype=dtype or w.dtype),
+            # The state is a running sum over the whole sequence: kept in fp32 whatever the weights' dtype.
+            torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=w.device, dtype=torch.float32),
+        )
+
+    def forward(self, u, seq_idx=None, cache=None):
+        """u (B, L, D) -> (B, L, D); seq_idx (B, L) resets the conv and the state per packed sequence.
+
+        With a cache (and no seq_idx), the rows' states after position L-1 are written into it (prefill).
+        """
         B_, L, _ = u.shape
         z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
+        if cache is not None:
+            k = cache.conv_state.shape[1]
+            cache.conv_state.copy_(F.pad(xBC, (0, 0, k, 0))[:, -k:])  # zeros before the first position
         xBC = causal_conv1d(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, seq_idx=seq_idx)
         x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(dt.float() + self.dt_bias.float())  # identity above 20, as the kernel does
         A = -torch.exp(self.A_log.float())
-        y = ssd_chunked(
+        y, final_state = ssd_chunked(
             x.view(B_, L, self.nheads, self.headdim),
             dt,
             A,
@@ -64,6 +89,33 @@ class Mamba2(nn.Module):
             self.chunk_size,
             D=self.D,
             seq_idx=seq_idx,
+            return_final_state=True,
         )
+        if cache is not None:
+            cache.ssm_state.copy_(final_state)
         y = self.norm(y.reshape(B_, L, self.d_inner), z)
+        return self.out_proj(y)
+
+    def step(self, u, cache: Mamba2Cache, mask=None):
+        """One position: u (B, D) -> (B, D). Rows where mask (B,) is False keep their cache.
+
+        The recurrence of `forward` one step at a time: conv over the cached inputs and this one, then
+        h = exp(dt A) h + dt x B^T, y = h C + D x.
+        """
+        b = u.shape[0]
+        z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
+        window = torch.cat([cache.conv_state, xBC[:, None].to(cache.conv_state.dtype)], dim=1)  # (B, d_conv, conv_dim)
+        update_rows_(cache.conv_state, window[:, 1:], mask)
+        weight = self.conv1d.weight.squeeze(1).t()  # (d_conv, conv_dim)
+        # Rounded to the model dtype as the parallel path rounds its conv output; the scan runs in fp32.
+        xBC = F.silu((window.float() * weight.float()).sum(1) + self.conv1d.bias.float()).to(u.dtype).float()
+        x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
+        x = x.view(b, self.nheads, self.headdim)
+        dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, nheads)
+        A = -torch.exp(self.A_log.float())
+        dBx = (dt[..., None] * x)[..., None] * B[:, None, None, :]  # (B, nheads, headdim, d_state)
+        state = torch.exp(dt * A)[..., None, None] * cache.ssm_state + dBx
+        update_rows_(cache.ssm_state, state, mask)
+        y = torch.einsum("bhpn,bn->bhp", state, C) + self.D.float()[:, None] * x
+        y = self.norm(y.reshape(b, self.d_inner).to(u.dtype), z)
         return self.out_proj(y)

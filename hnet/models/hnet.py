@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from hnet.chunking.chunk import chunk, dechunk, ste
-from hnet.chunking.routing import RoutingModule, RoutingOutput
+from hnet.chunking.chunk import DechunkCache, chunk, dechunk, dechunk_step, ste
+from hnet.chunking.routing import RoutingCache, RoutingModule, RoutingOutput
 from hnet.config import HNetConfig
 from hnet.layers.isotropic import Isotropic
 from hnet.layers.mlp import SwiGLU
@@ -20,6 +20,17 @@ from hnet.models.weights import WeightsMixin
 class ModelOutput:
     logits: torch.Tensor  # (B, L, vocab) or (1, T, vocab) packed
     routing: list[RoutingOutput] = field(default_factory=list)  # one per routing stage, outermost first
+
+
+@dataclass
+class HNetCache:
+    """The inference cache of one stage: the innermost stage has only `main_network` (its layers' caches)."""
+
+    main_network: list | HNetCache
+    encoder: list | None = None
+    routing: RoutingCache | None = None
+    dechunk: DechunkCache | None = None
+    decoder: list | None = None
 
 
 class HNet(nn.Module):
@@ -43,31 +54,88 @@ class HNet(nn.Module):
             self.main_network = HNet(config, stage + 1, **kw)
             self.decoder = Isotropic(config, stage, layout[2], **kw)
             self.routing_module = RoutingModule(d, **kw)
-            # The residual around the main network is computed in fp32 (weights too); zero weight at init.
+            # fp32 weights, as the residual is computed in fp32 (`_residual`); zero weight at init.
             self.residual_proj = nn.Linear(d, d, device=device, dtype=torch.float32)
             nn.init.zeros_(self.residual_proj.weight)
         pad = d - config.d_model[stage - 1] if stage > 0 else 0
         self.pad_dimension = nn.Parameter(torch.zeros(pad, **kw)) if pad > 0 else None
         self.official_bf16_dechunk = False
 
-    def forward(self, x, cu_seqlens=None, mask=None):
-        """x (B, L, D_in) with mask (B, L), or packed (1, T, D_in) with cu_seqlens. Returns (h, routing)."""
-        d_in = x.shape[-1]
-        if self.pad_dimension is not None:
-            x = torch.cat((x, self.pad_dimension.to(x.dtype).expand(*x.shape[:-1], -1)), dim=-1)
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> HNetCache:
+        """Every stage gets `max_seqlen` positions: a row's chunks never outnumber its bytes."""
+        main = self.main_network.allocate_inference_cache(batch_size, max_seqlen, dtype)
         if self.is_innermost:
-            return self.main_network(x, cu_seqlens)[..., :d_in], []
+            return HNetCache(main)
+        last_value = torch.zeros(batch_size, self.residual_proj.in_features, device=self.residual_proj.weight.device)
+        return HNetCache(
+            main,
+            self.encoder.allocate_inference_cache(batch_size, max_seqlen, dtype),
+            self.routing_module.allocate_inference_cache(batch_size, max_seqlen, dtype),
+            DechunkCache(last_value),
+            self.decoder.allocate_inference_cache(batch_size, max_seqlen, dtype),
+        )
 
-        h = self.encoder(x, cu_seqlens)
-        with torch.autocast(h.device.type, enabled=False):
-            residual = self.residual_proj(h.float())
-        routing = self.routing_module(h, cu_seqlens, mask)
+    def forward(self, x, cu_seqlens=None, mask=None, cache=None):
+        """x (B, L, D_in) with mask (B, L), or packed (1, T, D_in) with cu_seqlens. Returns (h, routing).
+
+        A cache is filled with the state after the last position (prefill). A routing stage takes one
+        sequence then, as rows of a batch would chunk to different lengths.
+        """
+        d_in = x.shape[-1]
+        x = self._pad(x)
+        if self.is_innermost:
+            return self.main_network(x, cu_seqlens, cache=None if cache is None else cache.main_network)[..., :d_in], []
+        if cache is None:
+            cache = HNetCache(None)  # nothing to fill
+        elif x.shape[0] != 1:
+            raise ValueError(f"prefill of an H-Net stage takes one sequence at a time, got {x.shape[0]}")
+
+        h = self.encoder(x, cu_seqlens, cache=cache.encoder)
+        residual = self._residual(h)
+        routing = self.routing_module(h, cu_seqlens, mask, cache=cache.routing)
         z, next_cu, next_mask = chunk(h, routing.boundary_mask, cu_seqlens, mask)
-        z, inner_routing = self.main_network(z, next_cu, next_mask)
+        z, inner_routing = self.main_network(z, next_cu, next_mask, cache=cache.main_network)
         d = dechunk(z, routing.boundary_mask, routing.boundary_prob, next_cu, self.official_bf16_dechunk)
+        if cache.dechunk is not None:
+            cache.dechunk.last_value.copy_(d[:, -1])
         h = (d * ste(routing.selected_probs) + residual).to(h.dtype)
-        h = self.decoder(h, cu_seqlens)
+        h = self.decoder(h, cu_seqlens, cache=cache.decoder)
         return h[..., :d_in], [routing, *inner_routing]
+
+    def step(self, x, cache: HNetCache, mask=None):
+        """One position per row: x (B, D_in) -> (h (B, D_in), routing). Rows where mask (B,) is False keep
+        their cache; their outputs are meaningless.
+
+        The main network steps only the rows where a chunk begins: it runs on every row with mask =
+        boundary, so rows without a boundary keep their inner state. No boundary in any row: it is skipped.
+        """
+        d_in = x.shape[-1]
+        x = self._pad(x)
+        if self.is_innermost:
+            return self.main_network.step(x, cache.main_network, mask)[..., :d_in], []
+
+        h = self.encoder.step(x, cache.encoder, mask)
+        residual = self._residual(h)
+        routing = self.routing_module.step(h, cache.routing, mask)
+        boundary = routing.boundary_mask  # already False where mask is
+        d, inner_routing = cache.dechunk.last_value, []
+        if boundary.any():  # one host sync per stage and step
+            z, inner_routing = self.main_network.step(h, cache.main_network, boundary)
+            d = dechunk_step(z, boundary, routing.boundary_prob, cache.dechunk)
+        h = (d + residual).to(h.dtype)  # the STE is exactly 1 in the forward
+        h = self.decoder.step(h, cache.decoder, mask)
+        return h[..., :d_in], [routing, *inner_routing]
+
+    def _residual(self, h):
+        # The residual around the main network is computed in fp32 (weights too), unless the whole
+        # model was cast to another dtype with `.to(dtype)`.
+        with torch.autocast(h.device.type, enabled=False):
+            return self.residual_proj(h.to(self.residual_proj.weight.dtype)).float()
+
+    def _pad(self, x):
+        if self.pad_dimension is None:
+            return x
+        return torch.cat((x, self.pad_dimension.to(x.dtype).expand(*x.shape[:-1], -1)), dim=-1)
 
     def init_weights(self, initializer_range: float = 0.02, parent_residuals: int = 0):
         """The official init: normal(0.02) linears; output projections scaled by 1/sqrt(residual count)."""
@@ -116,17 +184,38 @@ class HNetForCausalLM(WeightsMixin, nn.Module):
                 m.official_bf16_dechunk = enabled
         return self
 
-    def forward(self, input_ids, cu_seqlens=None, mask=None) -> ModelOutput:
+    def forward(self, input_ids, cu_seqlens=None, mask=None, cache=None) -> ModelOutput:
         """input_ids (B, L) with an optional mask (B, L) of real positions (right padding), or packed
-        (1, T) with cu_seqlens (num_seqs + 1,) int."""
+        (1, T) with cu_seqlens (num_seqs + 1,) int. A cache from `allocate_inference_cache` is filled for
+        decoding with `step` (prefill): every position real, one sequence at a time for an H-Net."""
         if cu_seqlens is not None:
             if input_ids.shape[0] != 1:
                 raise ValueError(f"packed input must have shape (1, T), got {tuple(input_ids.shape)}")
             mask = None
         elif mask is None:
             mask = torch.ones_like(input_ids, dtype=torch.bool)
-        h, routing = self.backbone(self.embeddings(input_ids), cu_seqlens=cu_seqlens, mask=mask)
+        if cache is not None and (cu_seqlens is not None or not mask.all()):
+            raise ValueError("prefill takes unpadded rows: no mask with False entries, no cu_seqlens")
+        h, routing = self.backbone(self.embeddings(input_ids), cu_seqlens=cu_seqlens, mask=mask, cache=cache)
         return ModelOutput(self.lm_head(h), routing)
+
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> HNetCache:
+        """Caches for decoding `batch_size` rows of up to `max_seqlen` positions (prompt + new bytes).
+        dtype: of the cached activations (default: the weights'); SSM states and the EMA stay fp32."""
+        return self.backbone.allocate_inference_cache(batch_size, max_seqlen, dtype)
+
+    def step(self, input_ids, cache: HNetCache, mask=None) -> ModelOutput:
+        """One byte per row: input_ids (B,) -> logits (B, vocab) for the next byte. Rows where mask (B,) is
+        False do not advance. The routing holds this step's decisions per stage (an inner stage only when
+        some row had a boundary; its rows without one are masked out)."""
+        h, routing = self.backbone.step(self.embeddings(input_ids), cache, mask)
+        return ModelOutput(self.lm_head(h), routing)
+
+    def generate(self, prompts, max_new_bytes, temperature=1.0, top_k=None, top_p=None, stop=None, seed=None):
+        """New bytes after each prompt (a list of bytes); see `hnet.generation.generate`."""
+        from hnet.generation import generate  # generation consumes models: imported on use, not at load
+
+        return generate(self, prompts, max_new_bytes, temperature, top_k, top_p, stop, seed)
 
     def stage_of(self, param_name: str) -> int:
         """The stage a parameter belongs to: each `main_network.` step goes one stage in."""

@@ -35,9 +35,9 @@ class WeightsMixin:
             if not (directory / name).is_file():
                 raise ValueError(f"{directory}: not a model directory (no {name})")
         config = HNetConfig.from_json(directory / "config.json")
-        model = cls(config, device="meta")
+        model = cls(config, device="meta", dtype=dtype)  # built in dtype, so fp32-only weights stay fp32
         model.load_weights(load_file(str(directory / "model.safetensors")), source=str(directory))
-        return model.to(device=device, dtype=dtype) if (device or dtype) else model
+        return model.to(device) if device else model
 
     def load_weights(self, state: dict, source: str = "<state dict>") -> None:
         """Load a state dict by the official key names; any missing, unexpected or misshapen key is an error
@@ -102,6 +102,6 @@ def load_checkpoint(pt_path: str | Path, config_path: str | Path, device=None, d
         raise ValueError(f"{pt_path}: not a plain tensor checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{pt_path}: expected a flat state dict of tensors")
-    model = HNetForCausalLM(config, device="meta")
+    model = HNetForCausalLM(config, device="meta", dtype=dtype)
     model.load_weights(state, source=str(pt_path))
-    return model.to(device=device, dtype=dtype) if (device or dtype) else model
+    return model.to(device) if device else model

@@ -1,0 +1,95 @@
+"""Each layer's inference cache: prefill with the parallel forward, then `step`, equals the forward."""
+
+import pytest
+import torch
+
+from hnet.generation.cache import select_rows
+from hnet.layers.attention import CausalSelfAttention
+from hnet.layers.mamba2 import Mamba2
+
+
+def cached(layer, x, prefill: int, mask=None):
+    """Outputs at every position of x (B, L, D): the forward over `prefill` positions, then steps."""
+    cache = layer.allocate_inference_cache(x.shape[0], x.shape[1])
+    outs = [layer(x[:, :prefill], cache=cache)]
+    outs += [layer.step(x[:, t], cache, mask)[:, None] for t in range(prefill, x.shape[1])]
+    return torch.cat(outs, dim=1), cache
+
+
+def mamba(seed=0):
+    torch.manual_seed(seed)
+    return Mamba2(64, d_state=16, chunk_size=16)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("prefill", [1, 3, 20])
+def test_mamba2_steps_equal_the_forward(prefill):
+    layer = mamba()
+    x = torch.randn(2, 40, 64)
+    out, _ = cached(layer, x, prefill)
+    assert (out - layer(x)).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_mamba2_state_has_a_fixed_size():
+    layer = mamba()
+    sizes = lambda c: [tuple(c.conv_state.shape), tuple(c.ssm_state.shape)]
+    small, large = layer.allocate_inference_cache(2, 8), layer.allocate_inference_cache(2, 100_000)
+    assert sizes(small) == sizes(large) == [(2, 3, 128 + 2 * 16), (2, 2, 64, 16)]
+    cache = layer.allocate_inference_cache(2, 8)
+    layer(torch.randn(2, 5, 64), cache=cache)
+    storage = [cache.conv_state.data_ptr(), cache.ssm_state.data_ptr()]
+    for _ in range(200):  # far beyond max_seqlen: the state does not depend on it
+        layer.step(torch.randn(2, 64), cache)
+    assert sizes(cache) == sizes(small)
+    assert [cache.conv_state.data_ptr(), cache.ssm_state.data_ptr()] == storage
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("window", [-1, 0, 4])
+def test_attention_steps_equal_the_forward_beyond_the_window(window):
+    """The official cached decode once ignored the window; here the cache is a ring of window + 1 slots."""
+    torch.manual_seed(0)
+    layer = CausalSelfAttention(64, num_heads=2, rotary_emb_dim=16, window_size=window)
+    x = torch.randn(2, 30, 64)
+    full = layer(x)
+    for prefill in (1, 3, 12):
+        out, cache = cached(layer, x, prefill)
+        assert (out - full).abs().max() < 1e-5, f"prefill {prefill}"
+    assert cache.k.shape[2] == (30 if window < 0 else window + 1)
+    if window >= 0:  # the window matters at these lengths
+        unwindowed = CausalSelfAttention(64, num_heads=2, rotary_emb_dim=16)
+        unwindowed.load_state_dict(layer.state_dict())
+        assert (unwindowed(x) - full)[:, window + 1:].abs().max() > 1e-2
+
+
+def windowed_attention():
+    torch.manual_seed(0)
+    return CausalSelfAttention(64, num_heads=2, rotary_emb_dim=16, window_size=3)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("make", [mamba, windowed_attention])
+def test_masked_rows_keep_their_cache(make):
+    """Row 1 skips every other step: its outputs at its real steps equal the forward over those only."""
+    layer = make()
+    x = torch.randn(2, 16, 64)
+    cache = layer.allocate_inference_cache(2, 16)
+    layer(x[:, :2], cache=cache)
+    outs = []
+    for t in range(2, 16):
+        mask = torch.tensor([True, t % 2 == 0])
+        outs.append(layer.step(x[:, t], cache, mask))
+    outs = torch.stack(outs, dim=1)
+    assert (outs[0] - layer(x[:1])[0, 2:]).abs().max() < 1e-5
+    row1 = torch.cat([x[1, :2], x[1, 2::2]])[None]
+    assert (outs[1, ::2] - layer(row1)[0, 2:]).abs().max() < 1e-5
+
+
+def test_select_rows_gives_views_that_prefill_writes_through():
+    layer = mamba()
+    cache = layer.allocate_inference_cache(3, 8)
+    with torch.no_grad():
+        layer(torch.randn(1, 5, 64), cache=select_rows(cache, slice(1, 2)))
+    assert cache.ssm_state[1].abs().sum() > 0
+    assert cache.ssm_state[0].abs().sum() == 0 and cache.ssm_state[2].abs().sum() == 0

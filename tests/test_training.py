@@ -1,0 +1,150 @@
+"""The training loop: exact resume, several processes, atomic checkpoints, divergence guard, learning."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hnet.training.checkpoint as checkpoint_module
+import hnet.training.loop as loop_module
+from hnet.cli import main
+from hnet.config import RunConfig
+from hnet.models import latest_checkpoint
+from hnet.training import TrainingError, train
+
+REPO = Path(__file__).resolve().parents[1]
+SHAKESPEARE = REPO / ".." / "shared" / "data" / "text" / "tinyshakespeare.txt"
+
+
+def tiny_run_config(tmp_path, **train_changes) -> dict:
+    model = {
+        "arch_layout": ["m1", ["T1"], "m1"], "d_model": [32, 64], "d_intermediate": [0, 128], "vocab_size": 256,
+        "ssm_cfg": {"chunk_size": 16, "d_conv": 4, "d_state": 8, "expand": 2},
+        "attn_cfg": {"num_heads": [1, 2], "rotary_emb_dim": [16, 16], "window_size": [-1, -1]},
+    }
+    data = {"path": "package:tinyshakespeare.txt", "max_bytes": 40000, "seq_len": 64,
+            "cache_dir": str(tmp_path / "cache")}
+    train_cfg = {"batch_size": 4, "max_steps": 6, "lr": 3e-3, "eval_every": 3, "eval_batches": 2, "log_every": 1,
+                 "checkpoint_every": 3, "keep_checkpoints": 2, "ratio_targets": [4.0]}
+    train_cfg.update(train_changes)
+    return {"model": model, "data": data, "train": train_cfg}
+
+
+def write_config(tmp_path, data: dict, name="run.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def weights(run_dir: Path) -> dict:
+    return load_file(str(latest_checkpoint(run_dir) / "model.safetensors"))
+
+
+def test_resume_is_bit_exact(tmp_path):
+    config = RunConfig.from_dict(tiny_run_config(tmp_path))
+    train(config, tmp_path / "straight", progress=False)
+    half = RunConfig.from_dict(tiny_run_config(tmp_path))
+    half.train.checkpoint_every = 3
+    train(half, tmp_path / "resumed", progress=False)  # writes step 3 and step 6
+    # Throw away the end, then resume from step 3.
+    import shutil
+
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step_000006")
+    train(half, tmp_path / "resumed", resume=True, progress=False)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_run_directory_is_not_overwritten(tmp_path):
+    path = write_config(tmp_path, tiny_run_config(tmp_path, max_steps=3))
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(out)]) == 0
+    before = (out / "metrics.jsonl").read_text()
+    assert main(["train", str(path), "--out", str(out)]) == 2  # neither --resume nor --overwrite
+    assert (out / "metrics.jsonl").read_text() == before
+    assert main(["train", str(path), "--out", str(tmp_path / "fresh"), "--resume"]) == 2
+    assert main(["train", str(path), "--out", str(out), "--overwrite", "--max-steps", "2"]) == 0
+    assert latest_checkpoint(out).name == "step_000002"
+
+
+def test_bad_config_names_field_and_file_and_writes_nothing(tmp_path, capsys):
+    data = tiny_run_config(tmp_path)
+    data["train"]["schedule"] = "linear"
+    path = write_config(tmp_path, data, "bad.json")
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.json" in err and "'train.schedule'" in err and "'linear'" in err
+    assert not (tmp_path / "run").exists()
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--set", "train.schedule=wsd", "--set", "data.path=nope.txt"]) == 2
+    assert "nope.txt" in capsys.readouterr().err
+
+
+def test_crash_mid_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    config = RunConfig.from_dict(tiny_run_config(tmp_path))
+    real_save = torch.save
+
+    def failing_save(obj, path, *a, **k):
+        if "step_000006" in str(path):
+            raise OSError("disk full (simulated)")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", failing_save)
+    with pytest.raises(OSError):
+        train(config, tmp_path / "run", progress=False)
+    last = latest_checkpoint(tmp_path / "run")
+    assert last.name == "step_000003"
+    assert {p.name for p in last.iterdir()} == {"config.json", "model.safetensors", "optimizer.pt", "state.json"}
+    monkeypatch.undo()
+    train(config, tmp_path / "run", resume=True, progress=False)  # and it resumes from there
+    assert latest_checkpoint(tmp_path / "run").name == "step_000006"
+
+
+def test_non_finite_loss_stops_naming_the_step(tmp_path, monkeypatch):
+    config = RunConfig.from_dict(tiny_run_config(tmp_path))
+    real = loop_module.forward_loss
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss, ce, ratio, routing = real(*a, **k)
+        return (loss * float("nan") if calls["n"] == 5 else loss), ce, ratio, routing
+
+    monkeypatch.setattr(loop_module, "forward_loss", poisoned)
+    with pytest.raises(TrainingError, match="step 5"):
+        train(config, tmp_path / "run", progress=False)
+    assert latest_checkpoint(tmp_path / "run").name == "step_000003"
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    path = write_config(tmp_path, tiny_run_config(tmp_path, max_steps=4, checkpoint_every=4))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    common = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no"]
+    for n in (1, 2):
+        cmd = [*common, "--num_processes", str(n), *(["--multi_gpu"] if False else []), str(REPO / "train.py"),
+               str(path), "--out", str(tmp_path / f"p{n}")]
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    one, two = weights(tmp_path / "p1"), weights(tmp_path / "p2")
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-4), key
+    assert not all(torch.equal(one[k], load_file(str(latest_checkpoint(tmp_path / "p1") / "model.safetensors"))[k]) is False for k in one)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="../shared/data is not beside the repo")
+def test_200_steps_on_tinyshakespeare_learn(tmp_path):
+    data = tiny_run_config(tmp_path, max_steps=200, eval_every=200, eval_batches=8, checkpoint_every=200,
+                           log_every=50, lr=3e-3)
+    data["data"].update(path=str(SHAKESPEARE), max_bytes=None, seq_len=128)
+    result = train(RunConfig.from_dict(data), tmp_path / "run", progress=False)
+    assert result.initial_val_bpb > 7.5
+    assert result.val_bpb < 4.0, result.val_bpb
