@@ -121,7 +121,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
     run_dir = Path(run_dir)
     tc, dc = config.train, config.data
     precision = tc.precision if tc.precision != "auto" else ("bf16" if torch.cuda.is_available() else "fp32")
-    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
+    # cpu=True on a machine without CUDA makes `accelerate launch --multi_gpu` start gloo processes there.
+    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=not torch.cuda.is_available())
     world, rank = accelerator.num_processes, accelerator.process_index
     if tc.batch_size % (world * tc.grad_accum):
         raise ValueError(f"train.batch_size {tc.batch_size} is not divisible by processes x grad_accum = {world * tc.grad_accum}")
@@ -177,7 +178,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
     initial = None
     if start_step == 0:
         initial = validation()
-        metrics.write(dict(step=0, **initial))
+        metrics.write(dict(step=0, processes=world, **initial))
     bar = tqdm(total=tc.max_steps, initial=start_step, disable=not (progress and accelerator.is_main_process), desc="train")
     last_eval, window_start, window_tokens = initial, time.perf_counter(), 0
     batches = iter(loader)
