@@ -64,7 +64,7 @@ def ratio_loss_global(routing, targets, reduce_sum, world_size: int) -> torch.Te
 
 
 def forward_loss(model, batch, targets, alpha, reduce_sum, world_size):
-    out = model(batch["input_ids"].view(1, -1), cu_seqlens=batch["cu_seqlens"]) if batch.get("cu_seqlens") is not None \
+    out = model(batch["input_ids"].reshape(1, -1), cu_seqlens=batch["cu_seqlens"]) if batch.get("cu_seqlens") is not None \
         else model(batch["input_ids"])
     logits = out.logits.view(-1, out.logits.shape[-1]).float()
     labels = batch["labels"].view(-1)
@@ -81,7 +81,7 @@ def evaluate(model, batches, token_bytes=None) -> dict:
     model.eval()
     nll, n_bytes, chunks = 0.0, 0, None
     for batch in batches:
-        out = model(batch["input_ids"].view(1, -1), cu_seqlens=batch["cu_seqlens"]) if batch.get("cu_seqlens") is not None \
+        out = model(batch["input_ids"].reshape(1, -1), cu_seqlens=batch["cu_seqlens"]) if batch.get("cu_seqlens") is not None \
             else model(batch["input_ids"])
         labels = batch["labels"].view(-1)
         nll += F.cross_entropy(out.logits.view(-1, out.logits.shape[-1]).float(), labels, ignore_index=-100, reduction="sum").item()
