@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
+from torch.utils.checkpoint import checkpoint
 
 
 def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=None, return_final_state=False):
@@ -37,15 +38,13 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=
     dt = rearrange(dt, "b (c q) h -> b h c q", q=chunk_size)
     a_cumsum = torch.cumsum(dt * A[None, :, None, None], dim=-1)  # (b, h, c, q)
 
-    # 1. Within each chunk: y_i = sum_{j <= i} (C_i . B_j) exp(cs_i - cs_j) dt_j x_j.
-    decay = torch.exp(_segsum(a_cumsum))  # (b, h, c, q, q), zero above the diagonal
-    same_seq = None
-    if seq_idx is not None:
-        sidx = rearrange(seq_idx, "b (c q) -> b c q", q=chunk_size)
-        same_seq = sidx[..., :, None] == sidx[..., None, :]  # (b, c, q, q)
-        decay = decay * same_seq[:, None]
-    scores = torch.einsum("bcihn,bcjhn->bhcij", C, B) * decay
-    y = torch.einsum("bhcij,bhcj,bcjhp->bcihp", scores, dt, x)
+    # 1. Within each chunk: y_i = sum_{j <= i} (C_i . B_j) exp(cs_i - cs_j) dt_j x_j. Its (q x q) per-chunk
+    # matrices dominate memory, so under autograd they are recomputed in the backward instead of kept.
+    sidx = None if seq_idx is None else rearrange(seq_idx, "b (c q) -> b c q", q=chunk_size)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, dt, A, B, C)):
+        y = checkpoint(_intra_chunk, C, B, a_cumsum, dt, x, sidx, use_reentrant=False)
+    else:
+        y = _intra_chunk(C, B, a_cumsum, dt, x, sidx)
 
     # 2. The state each chunk adds by its end: sum_j exp(cs_last - cs_j) dt_j x_j B_j^T.
     decay_to_end = torch.exp(a_cumsum[..., -1:] - a_cumsum)  # (b, h, c, q)
@@ -82,12 +81,15 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=
     return (y, state) if return_final_state else y
 
 
-def _segsum(a):
-    """segsum[..., i, j] = a_i - a_j (from the cumulative sums a) for j <= i, -inf above the diagonal."""
-    q = a.shape[-1]
-    diff = a[..., :, None] - a[..., None, :]
-    causal = torch.ones(q, q, dtype=torch.bool, device=a.device).tril()
-    return diff.masked_fill(~causal, float("-inf"))
+def _intra_chunk(C, B, a_cumsum, dt, x, sidx):
+    """The diagonal blocks: decay[i, j] = exp(cs_i - cs_j) for j <= i within the same packed sequence."""
+    q = a_cumsum.shape[-1]
+    keep = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
+    if sidx is not None:
+        keep = keep & (sidx[..., :, None] == sidx[..., None, :])[:, None]  # (b, 1, c, q, q)
+    decay = torch.exp((a_cumsum[..., :, None] - a_cumsum[..., None, :]).masked_fill(~keep, float("-inf")))
+    scores = torch.einsum("bcihn,bcjhn->bhcij", C, B) * decay
+    return torch.einsum("bhcij,bcjhp->bcihp", scores * dt[..., None, :], x)
 
 
 def ssd_sequential(x, dt, A, B, C, D=None, initial_state=None, seq_idx=None):
