@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from hnet.ops.cache import update_rows_
-from hnet.ops.ema import ema_scan, ema_scan_official_bf16
+from hnet.ops.dispatch import ema_scan
+from hnet.ops.ema import ema_scan_official_bf16
 from hnet.ops.packed import seq_idx_from_cu_seqlens
 
 DECHUNK_P_MIN = 1e-4  # the official dechunk clamps p to [1e-4, 1 - 1e-4] (and only there)

@@ -11,8 +11,7 @@ from torch import nn
 
 from hnet.layers.norm import GatedRMSNorm
 from hnet.ops.cache import update_rows_
-from hnet.ops.conv1d import causal_conv1d
-from hnet.ops.ssd import ssd_chunked
+from hnet.ops.dispatch import causal_conv1d, ssd_chunked
 
 
 @dataclass

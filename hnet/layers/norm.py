@@ -1,7 +1,8 @@
 import torch
 from torch import nn
 
-from hnet.ops.norm import gated_rms_norm, rms_norm
+from hnet.ops.dispatch import gated_rms_norm
+from hnet.ops.norm import rms_norm
 
 
 class RMSNorm(nn.Module):

@@ -1,0 +1,235 @@
+"""Triton kernels vs their PyTorch references (eager and torch.compile): time, error, and % of the ceilings.
+
+    python benchmarks/kernels.py                                      # real shapes, CUDA (an H100)
+    TRITON_INTERPRET=1 python benchmarks/kernels.py --quick --device cpu   # tiny shapes: checks the code path
+
+For each op, forward and forward+backward: median ms (triton.testing.do_bench, after warmup; a plain
+wall clock on CPU), relative error ||out - truth|| / ||truth|| against a float64 computation, and the
+achieved GB/s (bytes the op must read and write, a lower bound on its traffic) or TFLOP/s (the SSD's
+model FLOPs), as a fraction of ceilings measured in this run: a large device-to-device copy and a bf16
+8192^3 matmul. Shapes are those of a Mamba-2 layer of d_model 1024 (d_inner 2048, 24 heads of 64,
+d_state 128, chunk 256) at batch 8 x 8192, and the dechunk EMA over ~1400 chunks of width 1536. Then
+a whole Mamba-2 layer forward+backward, fast path vs reference, and mamba_ssm's scan where importable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from hnet.ops import conv1d, ema, norm, ssd
+from hnet.ops.triton import conv1d as triton_conv1d
+from hnet.ops.triton import ema as triton_ema
+from hnet.ops.triton import norm as triton_norm
+from hnet.ops.triton import ssd as triton_ssd
+
+import triton  # noqa: E402  (after hnet.ops.triton, which needs it anyway)
+
+
+def shapes(quick: bool) -> dict:
+    if quick:
+        return {"b": 2, "l": 64, "h": 4, "p": 16, "n": 16, "chunk": 16, "d_model": 32, "m": 40, "d_ema": 48}
+    return {"b": 8, "l": 8192, "h": 24, "p": 64, "n": 128, "chunk": 256, "d_model": 1024, "m": 1400, "d_ema": 1536}
+
+
+def bench(fn, device, reps: int = 3) -> float:
+    """Median milliseconds of fn()."""
+    if device.type == "cuda":
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def ceilings(device) -> tuple[float, float]:
+    """(GB/s of a device-to-device copy, bf16 matmul TFLOP/s) measured now."""
+    if device.type != "cuda":
+        return float("nan"), float("nan")
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    gbps = 2 * src.numel() / bench(lambda: dst.copy_(src), device) / 1e6
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    tflops = 2 * 8192**3 / bench(lambda: a @ a, device) / 1e9
+    return gbps, tflops
+
+
+def rel(a, b) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def fwd_bwd(fn, inputs):
+    """A callable running fn forward then backward with a fixed random output gradient."""
+    out = fn(*inputs)
+    outs = out if isinstance(out, tuple) else (out,)
+    grads = [torch.randn_like(o) for o in outs]
+
+    def run():
+        for t in inputs:
+            if isinstance(t, torch.Tensor) and t.grad is not None:
+                t.grad = None
+        res = fn(*inputs)
+        torch.autograd.backward(res if isinstance(res, tuple) else (res,), grads)
+
+    return run
+
+
+def compiled(fn, device):
+    if device.type != "cuda":
+        return None  # torch.compile on CPU is a C++ toolchain question, not this benchmark's
+    return torch.compile(fn)
+
+
+def ms_or_error(fn, device) -> float | str:
+    try:
+        return bench(fn, device)
+    except Exception as exc:  # a reference that does not compile is a row, not the end of the run
+        return f"failed: {type(exc).__name__}"
+
+
+# ---- the ops: (name, triton fn, reference fn, inputs, float64 truth, bytes or flops) -----------------------
+
+def op_cases(s: dict, device, dtype):
+    b, l, h, p, n, Q = s["b"], s["l"], s["h"], s["p"], s["n"], s["chunk"]
+    d_inner, conv_dim = h * p, h * p + 2 * n
+    size = torch.finfo(dtype).bits // 8
+
+    def leaf(*shape, scale=1.0, dt=dtype):
+        return (torch.randn(*shape, device=device) * scale).to(dt).requires_grad_()
+
+    cases = []
+    x, z, w = leaf(b, l, d_inner), leaf(b, l, d_inner), leaf(d_inner)
+
+    def norm_truth():
+        g = x.double() * F.silu(z.double())
+        return g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + 1e-5) * w.double()
+
+    cases.append(("gated_rms_norm", triton_norm.gated_rms_norm, norm.gated_rms_norm, (x, z, w), norm_truth,
+                  ("GB/s", (2 * size + 4) * x.numel())))
+
+    xc, wc, bc = leaf(b, l, conv_dim), leaf(conv_dim, 4), leaf(conv_dim)
+    cases.append(("causal_conv1d", triton_conv1d.causal_conv1d, conv1d.causal_conv1d, (xc, wc, bc),
+                  lambda: conv1d.causal_conv1d(xc.double(), wc.double(), bc.double()), ("GB/s", 2 * size * xc.numel())))
+
+    xe = leaf(b, s["m"], s["d_ema"], dt=torch.float32)
+    pe = torch.rand(b, s["m"], device=device).clamp(1e-4, 1 - 1e-4).requires_grad_()
+
+    def ema_truth():
+        e, out = torch.zeros_like(xe[:, 0], dtype=torch.float64), []
+        for t in range(xe.shape[1]):
+            pt = pe[:, t, None].double()
+            e = pt * xe[:, t].double() + (1 - pt) * e
+            out.append(e)
+        return torch.stack(out, 1)
+
+    cases.append(("ema_scan (fp32)", triton_ema.ema_scan, ema.ema_scan, (xe, pe), ema_truth, ("GB/s", 8 * xe.numel())))
+
+    xs, Bs, Cs = leaf(b, l, h, p), leaf(b, l, 1, n), leaf(b, l, 1, n, scale=n**-0.5)
+    dts = F.softplus(torch.randn(b, l, h, device=device) - 3).requires_grad_()
+    As = (-torch.rand(h, device=device) * 8 - 1).requires_grad_()
+    Ds = torch.ones(h, device=device, requires_grad=True)
+    flops = 2 * b * l * h * (Q * p / 2 + 2 * p * n) + b * l * Q * n  # intra-chunk, states, C.B (causal halves)
+
+    def ssd_fn(impl):
+        return lambda x_, dt_, A_, B_, C_, D_: impl(x_, dt_, A_, B_, C_, Q, D_)
+
+    cases.append(("ssd_chunked", ssd_fn(triton_ssd.ssd_chunked), ssd_fn(ssd.ssd_chunked), (xs, dts, As, Bs, Cs, Ds),
+                  lambda: ssd.ssd_sequential(xs, dts, As, Bs, Cs, Ds)[0], ("TFLOP/s", flops)))
+    return cases
+
+
+def mamba_ssm_case(s, device, dtype):
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except ImportError:
+        return None
+    b, l, h, p, n, Q = s["b"], s["l"], s["h"], s["p"], s["n"], s["chunk"]
+    inputs = (torch.randn(b, l, h, p, device=device, dtype=dtype).requires_grad_(),
+              F.softplus(torch.randn(b, l, h, device=device) - 3).requires_grad_(),
+              (-torch.rand(h, device=device) * 8 - 1).requires_grad_(),
+              torch.randn(b, l, 1, n, device=device, dtype=dtype).requires_grad_(),
+              torch.randn(b, l, 1, n, device=device, dtype=dtype).requires_grad_(),
+              torch.ones(h, device=device, requires_grad=True))
+    return lambda *t: mamba_chunk_scan_combined(*t[:5], Q, D=t[5]), inputs
+
+
+def fmt(v) -> str:
+    return v if isinstance(v, str) else f"{v:9.3f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes: check that everything runs")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile(reference) rows")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the interpreter's bf16 is not faithful
+    s = shapes(args.quick)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (Triton interpreter)"
+    print(f"device {name} | torch {torch.__version__} | triton {triton.__version__} | inputs {dtype}")
+    print(f"shapes {s}")
+    gbps, tflops = ceilings(device)
+    print(f"ceilings: copy {gbps:.0f} GB/s, bf16 matmul {tflops:.0f} TFLOP/s\n")
+
+    header = f"{'op':<22}{'pass':<9}{'impl':<10}{'ms':>10}{'rel err':>10}{'rate':>18}{'% ceil':>8}"
+    print(header + "\n" + "-" * len(header))
+    for op, fast, ref, inputs, truth, (unit, amount) in op_cases(s, device, dtype):
+        with torch.no_grad():
+            true_out = truth()
+            errors = {"triton": rel(fast(*inputs), true_out), "eager": rel(ref(*inputs), true_out)}
+        impls = {"triton": fast, "eager": ref}
+        if not args.no_compile and (c := compiled(ref, device)) is not None:
+            impls["compile"] = c
+        for pass_name in ("fwd", "fwd+bwd"):
+            for impl, fn in impls.items():
+                run = (lambda fn=fn: fn(*inputs)) if pass_name == "fwd" else None
+                try:
+                    run = run or fwd_bwd(fn, inputs)
+                    ms = ms_or_error(run, device)
+                except Exception as exc:
+                    ms = f"failed: {type(exc).__name__}"
+                rate, ceil = "", ""
+                if not isinstance(ms, str):
+                    scale = 1 if pass_name == "fwd" else 3  # backward ~ 2x forward's traffic and FLOPs
+                    value = scale * amount / ms / (1e6 if unit == "GB/s" else 1e9)
+                    rate = f"{value:10.1f} {unit}"
+                    ceil = f"{100 * value / (gbps if unit == 'GB/s' else tflops):7.1f}%"
+                err = f"{errors[impl]:10.2e}" if impl in errors and pass_name == "fwd" else ""
+                print(f"{op:<22}{pass_name:<9}{impl:<10}{fmt(ms):>10}{err:>10}{rate:>18}{ceil:>8}")
+
+    mamba = mamba_ssm_case(s, device, dtype) if device.type == "cuda" else None
+    if mamba is None:
+        print("\nmamba_ssm: absent (not importable here)")
+    else:
+        fn, inputs = mamba
+        print(f"\nmamba_ssm mamba_chunk_scan_combined: fwd {fmt(bench(lambda: fn(*inputs), device))} ms, "
+              f"fwd+bwd {fmt(bench(fwd_bwd(fn, inputs), device))} ms")
+
+    from hnet.layers.mamba2 import Mamba2
+    layer = Mamba2(s["d_model"], d_state=s["n"], chunk_size=s["chunk"], headdim=s["p"], device=device, dtype=dtype)
+    u = torch.randn(s["b"], s["l"], s["d_model"], device=device, dtype=dtype, requires_grad=True)
+    run = fwd_bwd(layer, (u,))
+    print(f"\nMamba2({s['d_model']}) forward+backward at {s['b']} x {s['l']}:")
+    for label, reference in (("fast path", "0"), ("reference", "1")):
+        os.environ["HNET_REFERENCE"] = reference
+        if device.type != "cuda":
+            from hnet.ops import dispatch
+            with dispatch.force_triton():
+                print(f"  {label:<10} {fmt(bench(run, device))} ms")
+        else:
+            print(f"  {label:<10} {fmt(bench(run, device))} ms")
+    os.environ.pop("HNET_REFERENCE")
+
+
+if __name__ == "__main__":
+    main()

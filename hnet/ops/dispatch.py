@@ -1,0 +1,66 @@
+"""Choose, per call, between the plain PyTorch reference of an op and its Triton kernel.
+
+The Triton kernels run on CUDA tensors when triton imports; CPU tensors, a missing triton, or the
+environment variable HNET_REFERENCE=1 take the reference, which stays the definition. Inside
+`force_triton()` the kernels also take CPU tensors, which only works under TRITON_INTERPRET=1: the
+tests use it to run whole models through the kernels on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from contextlib import contextmanager
+
+from hnet.ops import conv1d as _conv1d_ref
+from hnet.ops import ema as _ema_ref
+from hnet.ops import norm as _norm_ref
+from hnet.ops import ssd as _ssd_ref
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+_forced = False
+
+
+@contextmanager
+def force_triton():
+    """Route every dispatched op to its Triton kernel, whatever the device (tests under the interpreter)."""
+    global _forced
+    previous, _forced = _forced, True
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+def use_triton(x) -> bool:
+    if not HAS_TRITON or os.environ.get("HNET_REFERENCE") == "1":
+        return False
+    return _forced or x.is_cuda
+
+
+def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=None, return_final_state=False):
+    impl = _ssd_ref.ssd_chunked
+    if use_triton(x):
+        from hnet.ops.triton.ssd import ssd_chunked as impl
+    return impl(x, dt, A, B, C, chunk_size, D, initial_state, seq_idx, return_final_state)
+
+
+def causal_conv1d(x, weight, bias=None, seq_idx=None, activation: str | None = "silu"):
+    impl = _conv1d_ref.causal_conv1d
+    if use_triton(x):
+        from hnet.ops.triton.conv1d import causal_conv1d as impl
+    return impl(x, weight, bias, seq_idx, activation)
+
+
+def gated_rms_norm(x, z, weight, eps: float = 1e-5):
+    impl = _norm_ref.gated_rms_norm
+    if use_triton(x):
+        from hnet.ops.triton.norm import gated_rms_norm as impl
+    return impl(x, z, weight, eps)
+
+
+def ema_scan(x, p, seq_idx=None, chunk_size: int = 64):
+    impl = _ema_ref.ema_scan
+    if use_triton(x):
+        from hnet.ops.triton.ema import ema_scan as impl
+    return impl(x, p, seq_idx, chunk_size)

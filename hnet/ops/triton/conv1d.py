@@ -1,0 +1,131 @@
+"""Depthwise causal conv1d (+ SiLU), forward and backward, packed-sequence aware; equals
+`hnet.ops.conv1d.causal_conv1d`. x (b, l, d) with unit stride over d, weight (d, K), K <= 4 in
+Mamba-2 but any small K works: the taps are unrolled."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _preactivation(X, W, BIAS, SEQ, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
+                   K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """bias + sum_k w[:, k] x[t - (K-1) + k] at positions t (BLOCK_L,) and channels cols (BLOCK_D,)."""
+    in_d = cols < d
+    acc = tl.zeros([t.shape[0], cols.shape[0]], dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(BIAS + cols, mask=in_d, other=0.0).to(tl.float32)[None, :]
+    if HAS_SEQ:
+        seq_t = tl.load(SEQ + b * stride_sb + t, mask=t < l, other=-1)
+    for k in tl.static_range(K):
+        src = t - (K - 1 - k)
+        live = (src >= 0) & (t < l)
+        if HAS_SEQ:  # a tap never reaches into an earlier packed sequence
+            live &= tl.load(SEQ + b * stride_sb + src, mask=live, other=-2) == seq_t
+        xs = tl.load(X + b * stride_xb + src[:, None] * stride_xl + cols[None, :], mask=live[:, None] & in_d[None, :], other=0.0)
+        acc += xs.to(tl.float32) * tl.load(W + cols * K + k, mask=in_d, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def _conv1d_fwd(X, W, BIAS, SEQ, OUT, l, d, stride_xb, stride_xl, stride_sb,
+                K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
+                BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    b = tl.program_id(0)
+    t = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    cols = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    a = _preactivation(X, W, BIAS, SEQ, b, t, cols, l, d, stride_xb, stride_xl, stride_sb, K, HAS_BIAS, HAS_SEQ)
+    if SILU:
+        a = a * tl.sigmoid(a)
+    tl.store(OUT + b * l * d + t[:, None] * d + cols[None, :], a, mask=(t < l)[:, None] & (cols < d)[None, :])
+
+
+@triton.jit
+def _conv1d_bwd(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, l, d, stride_xb, stride_xl, stride_sb,
+                K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
+                BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dx_t = sum_s w[:, K-1-s] da_{t+s} over taps that stay in t's sequence, da the gradient at the
+    pre-activation. The da_{t+s} this block needs reach past its end, so each is recomputed here from
+    x (K^2 cached loads) rather than written out by a first pass and read back."""
+    b = tl.program_id(0)
+    t = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    cols = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    in_d = cols < d
+    if HAS_SEQ:
+        seq_t = tl.load(SEQ + b * stride_sb + t, mask=t < l, other=-1)
+    dx = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+    for s in tl.static_range(K):
+        dst = t + s
+        live = dst < l
+        dout = tl.load(DOUT + b * l * d + dst[:, None] * d + cols[None, :], mask=live[:, None] & in_d[None, :], other=0.0)
+        da = dout.to(tl.float32)
+        if SILU:
+            a = _preactivation(X, W, BIAS, SEQ, b, dst, cols, l, d, stride_xb, stride_xl, stride_sb, K, HAS_BIAS, HAS_SEQ)
+            sig = tl.sigmoid(a)
+            da = da * sig * (1 + a * (1 - sig))
+        if s == 0:  # this block's own da gives its share of dweight and dbias
+            if HAS_BIAS:
+                tl.store(DB_PARTIAL + (b * tl.num_programs(1) + tl.program_id(1)) * d + cols, tl.sum(da, axis=0), mask=in_d)
+            for k in tl.static_range(K):
+                src = t - (K - 1 - k)
+                ok = (src >= 0) & (t < l)
+                if HAS_SEQ:
+                    ok &= tl.load(SEQ + b * stride_sb + src, mask=ok, other=-2) == seq_t
+                xs = tl.load(X + b * stride_xb + src[:, None] * stride_xl + cols[None, :], mask=ok[:, None] & in_d[None, :], other=0.0)
+                dw = tl.sum(da * xs.to(tl.float32), axis=0)
+                tl.store(DW_PARTIAL + ((b * tl.num_programs(1) + tl.program_id(1)) * d + cols) * K + k, dw, mask=in_d)
+        if HAS_SEQ:
+            live &= tl.load(SEQ + b * stride_sb + dst, mask=live, other=-2) == seq_t
+        dx += tl.where(live[:, None], da, 0.0) * tl.load(W + cols * K + (K - 1 - s), mask=in_d, other=0.0).to(tl.float32)[None, :]
+    tl.store(DX + b * l * d + t[:, None] * d + cols[None, :], dx, mask=(t < l)[:, None] & in_d[None, :])
+
+
+BLOCK_L, BLOCK_D = 64, 64
+
+
+class _CausalConv1d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, seq_idx, silu):
+        if x.stride(-1) != 1:
+            x = x.contiguous()
+        b, l, d = x.shape
+        K = weight.shape[-1]
+        weight = weight.contiguous()
+        out = torch.empty(b, l, d, device=x.device, dtype=x.dtype)
+        grid = (b, triton.cdiv(l, BLOCK_L), triton.cdiv(d, BLOCK_D))
+        seq_stride = seq_idx.stride(0) if seq_idx is not None else 0
+        _conv1d_fwd[grid](x, weight, bias, seq_idx, out, l, d, x.stride(0), x.stride(1), seq_stride,
+                          K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu,
+                          BLOCK_L=BLOCK_L, BLOCK_D=BLOCK_D)
+        ctx.save_for_backward(x, weight, bias, seq_idx)
+        ctx.silu = silu
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, bias, seq_idx = ctx.saved_tensors
+        b, l, d = x.shape
+        K = weight.shape[-1]
+        dout = dout.contiguous()
+        grid = (b, triton.cdiv(l, BLOCK_L), triton.cdiv(d, BLOCK_D))
+        dx = torch.empty(b, l, d, device=x.device, dtype=x.dtype)
+        dw_partial = torch.empty(b * grid[1], d, K, device=x.device, dtype=torch.float32)
+        db_partial = torch.empty(b * grid[1], d, device=x.device, dtype=torch.float32) if bias is not None else None
+        seq_stride = seq_idx.stride(0) if seq_idx is not None else 0
+        _conv1d_bwd[grid](x, weight, bias, seq_idx, dout, dx, dw_partial, db_partial, l, d,
+                          x.stride(0), x.stride(1), seq_stride,
+                          K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=ctx.silu,
+                          BLOCK_L=BLOCK_L, BLOCK_D=BLOCK_D)
+        dw = dw_partial.sum(0).to(weight.dtype)
+        db = db_partial.sum(0).to(bias.dtype) if bias is not None else None
+        return dx, dw, db, None, None
+
+
+def causal_conv1d(x, weight, bias=None, seq_idx=None, activation: str | None = "silu"):
+    if activation not in (None, "silu"):
+        raise ValueError(f"causal_conv1d: activation must be 'silu' or None, got {activation!r}")
+    if seq_idx is not None and seq_idx.stride(-1) != 1:
+        seq_idx = seq_idx.contiguous()
+    return _CausalConv1d.apply(x, weight, bias, seq_idx, activation == "silu")

@@ -1,0 +1,89 @@
+"""Gated RMSNorm, y = RMSNorm(x * silu(z)) * weight, fused forward and backward; equals
+`hnet.ops.norm.gated_rms_norm` (float32 math, float32 output). x, z (..., d), weight (d,)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _gated_rms_norm_fwd(X, Z, W, Y, RSTD, n_rows, d, eps, ROWS_PER_PROGRAM: tl.constexpr, BLOCK_D: tl.constexpr):
+    cols = tl.arange(0, BLOCK_D)
+    in_row = cols < d
+    w = tl.load(W + cols, mask=in_row, other=0.0).to(tl.float32)
+    for i in range(ROWS_PER_PROGRAM):
+        row = tl.program_id(0) * ROWS_PER_PROGRAM + i
+        if row < n_rows:
+            x = tl.load(X + row * d + cols, mask=in_row, other=0.0).to(tl.float32)
+            z = tl.load(Z + row * d + cols, mask=in_row, other=0.0).to(tl.float32)
+            g = x * z * tl.sigmoid(z)
+            rstd = 1.0 / tl.sqrt(tl.sum(g * g, axis=0) / d + eps)
+            tl.store(Y + row * d + cols, g * rstd * w, mask=in_row)
+            tl.store(RSTD + row, rstd)
+
+
+@triton.jit
+def _gated_rms_norm_bwd(
+    X, Z, W, RSTD, DY, DX, DZ, DW_PARTIAL, n_rows, d, ROWS_PER_PROGRAM: tl.constexpr, BLOCK_D: tl.constexpr
+):
+    cols = tl.arange(0, BLOCK_D)
+    in_row = cols < d
+    w = tl.load(W + cols, mask=in_row, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_D], dtype=tl.float32)  # this program's rows' share of dweight
+    for i in range(ROWS_PER_PROGRAM):
+        row = tl.program_id(0) * ROWS_PER_PROGRAM + i
+        if row < n_rows:
+            x = tl.load(X + row * d + cols, mask=in_row, other=0.0).to(tl.float32)
+            z = tl.load(Z + row * d + cols, mask=in_row, other=0.0).to(tl.float32)
+            dy = tl.load(DY + row * d + cols, mask=in_row, other=0.0).to(tl.float32)
+            rstd = tl.load(RSTD + row)
+            sig = tl.sigmoid(z)
+            g_hat = x * z * sig * rstd  # the normalised gated input
+            dw += dy * g_hat
+            dg_hat = dy * w
+            # d/dg of g * rstd(g): rstd * (dg_hat - g_hat * mean(dg_hat * g_hat))
+            dg = rstd * (dg_hat - g_hat * tl.sum(dg_hat * g_hat, axis=0) / d)
+            tl.store(DX + row * d + cols, dg * z * sig, mask=in_row)
+            tl.store(DZ + row * d + cols, dg * x * sig * (1 + z * (1 - sig)), mask=in_row)
+    tl.store(DW_PARTIAL + tl.program_id(0) * d + cols, dw, mask=in_row)
+
+
+def _launch_shape(n_rows: int, d: int):
+    block_d = triton.next_power_of_2(d)
+    rows_per_program = 8 if n_rows >= 8 * 1024 else 1  # amortise the weight load when rows are plenty
+    return block_d, rows_per_program, triton.cdiv(n_rows, rows_per_program)
+
+
+class _GatedRMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, z, weight, eps):
+        shape, d = x.shape, x.shape[-1]
+        x2, z2 = x.reshape(-1, d).contiguous(), z.reshape(-1, d).contiguous()
+        n_rows = x2.shape[0]
+        y = torch.empty(n_rows, d, device=x.device, dtype=torch.float32)
+        rstd = torch.empty(n_rows, device=x.device, dtype=torch.float32)
+        block_d, rows, grid = _launch_shape(n_rows, d)
+        _gated_rms_norm_fwd[(grid,)](x2, z2, weight, y, rstd, n_rows, d, eps, ROWS_PER_PROGRAM=rows, BLOCK_D=block_d)
+        ctx.save_for_backward(x2, z2, weight, rstd)
+        ctx.shape = shape
+        return y.view(shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, z2, weight, rstd = ctx.saved_tensors
+        n_rows, d = x2.shape
+        dy = dy.reshape(n_rows, d).contiguous()
+        dx, dz = torch.empty_like(x2), torch.empty_like(z2)
+        block_d, rows, grid = _launch_shape(n_rows, d)
+        dw_partial = torch.empty(grid, d, device=x2.device, dtype=torch.float32)
+        _gated_rms_norm_bwd[(grid,)](
+            x2, z2, weight, rstd, dy, dx, dz, dw_partial, n_rows, d, ROWS_PER_PROGRAM=rows, BLOCK_D=block_d
+        )
+        dw = dw_partial.sum(0).to(weight.dtype)
+        return dx.view(ctx.shape), dz.view(ctx.shape), dw, None
+
+
+def gated_rms_norm(x, z, weight, eps: float = 1e-5):
+    return _GatedRMSNorm.apply(x, z, weight, eps)

@@ -1,0 +1,54 @@
+"""The chunked SSD scan of Mamba-2 in Triton; equals `hnet.ops.ssd.ssd_chunked` (same signature).
+
+The forward is four steps, each a kernel in its own file and testable alone: chunk_cumsum (dA_cumsum
+per chunk), chunk_state (the state each chunk adds, and C.B per chunk), state_passing (the state
+entering each chunk) and chunk_scan (the output). The backward (backward.py) reuses the first three
+to recompute what it needs and does the rest in torch; a Triton backward is the next step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hnet.ops.triton.ssd.backward import ssd_backward
+from hnet.ops.triton.ssd.chunk_cumsum import chunk_cumsum
+from hnet.ops.triton.ssd.chunk_scan import chunk_scan
+from hnet.ops.triton.ssd.chunk_state import chunk_cb, chunk_state
+from hnet.ops.triton.ssd.state_passing import state_passing
+
+
+def ssd_forward(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=None):
+    """(y, final_state): y in x's dtype, the final state float32."""
+    if chunk_size < 16 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"ssd_chunked (Triton): chunk_size must be a power of 2 and >= 16, got {chunk_size}")
+    B, C = B.to(x.dtype), C.to(x.dtype)
+    if seq_idx is not None:
+        seq_idx = seq_idx.contiguous()
+    dt_chunked, cs = chunk_cumsum(dt, A, chunk_size)
+    states = chunk_state(x, B, dt_chunked, cs, seq_idx)
+    states_in, final_state = state_passing(states, cs, initial_state, seq_idx, seqlen=x.shape[1])
+    cb = chunk_cb(B, C, chunk_size)
+    y = chunk_scan(x, C, cb, dt_chunked, cs, states_in, D, seq_idx)
+    return y, final_state
+
+
+class _SSDChunked(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, initial_state, seq_idx, chunk_size):
+        y, final_state = ssd_forward(x, dt, A, B, C, chunk_size, D, initial_state, seq_idx)
+        ctx.save_for_backward(x, dt, A, B, C, D, initial_state, seq_idx)
+        ctx.chunk_size = chunk_size
+        ctx.set_materialize_grads(False)
+        return y, final_state
+
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        x, dt, A, B, C, D, initial_state, seq_idx = ctx.saved_tensors
+        grads = ssd_backward(dy, dfinal, x, dt, A, B, C, D, initial_state, seq_idx, ctx.chunk_size)
+        inputs = (x, dt, A, B, C, D, initial_state)
+        return (*(g.to(t.dtype) if g is not None else None for g, t in zip(grads, inputs)), None, None)
+
+
+def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=None, return_final_state=False):
+    y, final_state = _SSDChunked.apply(x, dt, A, B, C, D, initial_state, seq_idx, chunk_size)
+    return (y, final_state) if return_final_state else y

@@ -1,0 +1,50 @@
+"""Step 3 of the SSD scan, the only sequential part: the state entering each chunk,
+state_{c+1} = exp(cs_last(c)) [same sequence at the ends of c-1 and c] state_c + states[c], from the
+initial state (or zero). Parallel over (batch, head, state elements), sequential over chunks.
+
+states (b, c, h, p, n), cs (b, h, c, Q) -> states_in (b, c, h, p, n), final state (b, h, p, n), float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _state_passing(STATES, CS, SEQ, INIT, STATES_IN, FINAL, l, h, n_chunks, size, s_seq,
+                   Q: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, BLOCK: tl.constexpr):
+    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    b, hd = tl.program_id(1), tl.program_id(2)
+    live = e < size
+    if HAS_INIT:
+        state = tl.load(INIT + (b * h + hd) * size + e, mask=live, other=0.0).to(tl.float32)
+    else:
+        state = tl.zeros([BLOCK], dtype=tl.float32)
+    if HAS_SEQ:
+        prev_seq = tl.load(SEQ + b * s_seq)  # the initial state belongs to the first sequence
+    for c in range(n_chunks):
+        offset = ((b * n_chunks + c) * h + hd) * size + e
+        tl.store(STATES_IN + offset, state, mask=live)
+        carry = tl.exp(tl.load(CS + ((b * h + hd) * n_chunks + c) * Q + Q - 1))
+        if HAS_SEQ:
+            seq_last = tl.load(SEQ + b * s_seq + tl.minimum(c * Q + Q - 1, l - 1))
+            carry = tl.where(seq_last == prev_seq, carry, 0.0)
+            prev_seq = seq_last
+        state = carry * state + tl.load(STATES + offset, mask=live, other=0.0)
+    tl.store(FINAL + (b * h + hd) * size + e, state, mask=live)
+
+
+def state_passing(states, cs, initial_state=None, seq_idx=None, seqlen=None):
+    b, n_chunks, h, p, n = states.shape
+    Q = cs.shape[-1]
+    states_in = torch.empty_like(states)
+    final = torch.empty(b, h, p, n, device=states.device, dtype=torch.float32)
+    block = min(1024, triton.next_power_of_2(p * n))
+    init = initial_state.contiguous() if initial_state is not None else None
+    grid = (triton.cdiv(p * n, block), b, h)
+    _state_passing[grid](states, cs, seq_idx, init, states_in, final, seqlen or n_chunks * Q, h, n_chunks, p * n,
+                         seq_idx.stride(0) if seq_idx is not None else 0,
+                         Q=Q, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_state is not None, BLOCK=block)
+    return states_in, final

@@ -1,0 +1,255 @@
+"""Each Triton kernel of hnet/ops/triton against the PyTorch reference it must equal, forward and backward.
+
+Without a GPU the kernels run under Triton's interpreter at small shapes (fp32 only: the interpreter's
+bf16 dots and casts are not faithful). On a GPU the same tests run compiled, in bf16 too, and
+HNET_REAL_SHAPES=1 adds the shapes of a Mamba-2 layer of d_model 1024 at batch 8 x 8192.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when triton's kernels are defined: before any import
+
+triton = pytest.importorskip("triton")
+
+import torch.nn.functional as F  # noqa: E402
+
+from hnet.ops import dispatch  # noqa: E402
+from hnet.ops.conv1d import causal_conv1d  # noqa: E402
+from hnet.ops.ema import ema_scan  # noqa: E402
+from hnet.ops.norm import gated_rms_norm  # noqa: E402
+from hnet.ops.ssd import ssd_chunked, ssd_sequential  # noqa: E402
+from hnet.ops.triton import conv1d as triton_conv1d  # noqa: E402
+from hnet.ops.triton import ema as triton_ema  # noqa: E402
+from hnet.ops.triton import norm as triton_norm  # noqa: E402
+from hnet.ops.triton import ssd as triton_ssd  # noqa: E402
+from hnet.ops.triton.ssd.chunk_cumsum import chunk_cumsum  # noqa: E402
+from hnet.ops.triton.ssd.chunk_state import chunk_cb, chunk_state  # noqa: E402
+from hnet.ops.triton.ssd.state_passing import state_passing  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+REAL_SHAPES = os.environ.get("HNET_REAL_SHAPES") == "1" and DEVICE == "cuda"
+DTYPES = [torch.float32] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
+real = pytest.mark.skipif(not REAL_SHAPES, reason="real shapes: set HNET_REAL_SHAPES=1 on a GPU")
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
+
+
+def packed_seq_idx(b, l, n_seqs, generator=None):
+    """(b, l) int32, non-decreasing: n_seqs packed sequences of random lengths per row."""
+    cuts = torch.sort(torch.randint(0, l, (b, n_seqs - 1), generator=generator), dim=1).values
+    return (torch.arange(l)[None, :, None] >= cuts[:, None, :]).sum(-1).int().to(DEVICE)
+
+
+def leaves(*tensors):
+    return [t.detach().clone().requires_grad_() if t is not None else None for t in tensors]
+
+
+def check_grads(out_fast, ins_fast, out_ref, ins_ref, tol, names):
+    dy = torch.randn_like(out_ref.float()).to(out_ref.dtype)
+    g_fast = torch.autograd.grad(out_fast, [t for t in ins_fast if t is not None], dy)
+    g_ref = torch.autograd.grad(out_ref, [t for t in ins_ref if t is not None], dy)
+    for name, a, b in zip([n for n, t in zip(names, ins_ref) if t is not None], g_fast, g_ref):
+        assert rel(a, b) < tol, f"d{name}: rel err {rel(a, b):.2e}"
+
+
+# ---- gated RMSNorm ------------------------------------------------------------------------------------
+
+NORM_SHAPES = [(1, 1, 7), (3, 5, 40), (2, 33, 128)] + ([(8, 8192, 2048)] if REAL_SHAPES else [])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", NORM_SHAPES, ids=str)
+def test_gated_rms_norm(shape, dtype):
+    torch.manual_seed(0)
+    x, z = (torch.randn(shape, device=DEVICE, dtype=dtype) for _ in range(2))
+    w = torch.randn(shape[-1], device=DEVICE, dtype=dtype)
+    fast, ref = leaves(x, z, w), leaves(x, z, w)
+    y_fast, y_ref = triton_norm.gated_rms_norm(*fast), gated_rms_norm(*ref)
+    assert y_fast.dtype == y_ref.dtype == torch.float32
+    assert rel(y_fast, y_ref) < TOL[dtype]
+    check_grads(y_fast, fast, y_ref, ref, TOL[dtype], "xzw")
+
+
+# ---- causal conv1d --------------------------------------------------------------------------------------
+
+CONV_CASES = [  # b, l, d, K, packed, activation
+    (2, 70, 40, 4, False, "silu"),
+    (1, 1, 7, 4, False, "silu"),
+    (2, 130, 100, 4, True, "silu"),
+    (1, 50, 9, 3, True, None),
+    (2, 20, 16, 2, False, None),
+] + ([(8, 8192, 2304, 4, False, "silu"), (1, 65536, 2304, 4, True, "silu")] if REAL_SHAPES else [])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_causal_conv1d(case, dtype):
+    b, l, d, K, packed, activation = case
+    torch.manual_seed(0)
+    # x as Mamba-2 takes it: a slice of the wider in_proj output, so its rows are strided.
+    x = torch.randn(b, l, d + 8, device=DEVICE, dtype=dtype)[..., :d]
+    w, bias = torch.randn(d, K, device=DEVICE, dtype=dtype), torch.randn(d, device=DEVICE, dtype=dtype)
+    seq_idx = packed_seq_idx(b, l, 4) if packed else None
+    fast, ref = leaves(x, w, bias), leaves(x, w, bias)
+    y_fast = triton_conv1d.causal_conv1d(*fast, seq_idx=seq_idx, activation=activation)
+    y_ref = causal_conv1d(*ref, seq_idx=seq_idx, activation=activation)
+    assert y_fast.dtype == y_ref.dtype
+    assert rel(y_fast, y_ref) < TOL[dtype]
+    check_grads(y_fast, fast, y_ref, ref, TOL[dtype], ["x", "weight", "bias"])
+
+
+def test_causal_conv1d_without_bias():
+    x, w = torch.randn(2, 20, 8, device=DEVICE), torch.randn(8, 4, device=DEVICE)
+    assert rel(triton_conv1d.causal_conv1d(x, w), causal_conv1d(x, w)) < 1e-4
+
+
+# ---- dechunk EMA ----------------------------------------------------------------------------------------
+
+EMA_CASES = [(2, 70, 40, False), (1, 1, 7, False), (2, 100, 33, True)] + (
+    [(8, 1400, 1536, False), (1, 11200, 1536, True)] if REAL_SHAPES else []
+)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", EMA_CASES, ids=str)
+def test_ema_scan(case, dtype):
+    b, m, d, packed = case
+    torch.manual_seed(0)
+    x = torch.randn(b, m, d, device=DEVICE, dtype=dtype)
+    p = torch.rand(b, m, device=DEVICE).clamp(1e-4, 1 - 1e-4)
+    seq_idx = packed_seq_idx(b, m, 3) if packed else None
+    fast, ref = leaves(x, p), leaves(x.double(), p.double())  # the reference in float64: the truth
+    e_fast = triton_ema.ema_scan(*fast, seq_idx=seq_idx)
+    e_ref = ema_scan(*ref, seq_idx=seq_idx)
+    assert e_fast.dtype == torch.float32
+    assert rel(e_fast, e_ref) < TOL[dtype]
+    de = torch.randn_like(e_fast)
+    g_fast = torch.autograd.grad(e_fast, fast, de)
+    g_ref = torch.autograd.grad(e_ref, ref, de.double())
+    for name, a, b_ in zip(["x", "p"], g_fast, g_ref):
+        assert rel(a, b_) < TOL[dtype], f"d{name}: rel err {rel(a, b_):.2e}"
+
+
+# ---- SSD: the four steps alone, then the whole scan -------------------------------------------------------
+
+def ssd_inputs(b, l, h, p, g, n, dtype, packed=False, init=False, with_d=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(DEVICE)
+
+    x = randn(b, l, h, p).to(dtype)
+    dt = F.softplus(randn(b, l, h) - 2)
+    A = -torch.exp(torch.rand(h, generator=gen) * 2).to(DEVICE)
+    B, C = randn(b, l, g, n).to(dtype), randn(b, l, g, n, scale=n**-0.5).to(dtype)
+    D = randn(h) if with_d else None
+    s0 = randn(b, h, p, n) if init else None
+    seq_idx = packed_seq_idx(b, l, 3, gen) if packed else None
+    return x, dt, A, B, C, D, s0, seq_idx
+
+
+def test_ssd_steps():
+    """The intermediates of steps 1-3 against their definitions in torch (step 4 is the output itself)."""
+    b, l, h, p, g, n, Q = 2, 50, 4, 8, 2, 16, 16
+    x, dt, A, B, C, _, s0, seq_idx = ssd_inputs(b, l, h, p, g, n, torch.float32, packed=True, init=True)
+    dt_chunked, cs = chunk_cumsum(dt, A, Q)
+    c = cs.shape[2]
+    dt_pad = F.pad(dt, (0, 0, 0, c * Q - l)).view(b, c, Q, h).permute(0, 3, 1, 2)
+    assert torch.equal(dt_chunked, dt_pad)
+    assert rel(cs, torch.cumsum(dt_pad * A[None, :, None, None], -1)) < 1e-6
+
+    seq_pad = torch.cat([seq_idx, seq_idx[:, -1:].expand(-1, c * Q - l)], 1).view(b, c, Q)
+    weight = torch.exp(cs[..., -1:] - cs) * dt_chunked * (seq_pad == seq_pad[..., -1:])[:, None]  # (b, h, c, Q)
+    xq, Bq = (F.pad(t, (0, 0, 0, 0, 0, c * Q - l)).view(b, c, Q, t.shape[2], -1) for t in (x, B))
+    Bq = Bq.repeat_interleave(h // g, dim=3)
+    expected = torch.einsum("bhcj,bcjhp,bcjhn->bchpn", weight, xq, Bq)
+    states = chunk_state(x, B, dt_chunked, cs, seq_idx)
+    assert rel(states, expected) < 1e-5
+
+    states_in, final = state_passing(states, cs, s0, seq_idx, seqlen=l)
+    state, prev = s0, seq_idx[:, 0]
+    for k in range(c):
+        assert rel(states_in[:, k], state) < 1e-6
+        carry = torch.exp(cs[:, :, k, -1]) * (seq_pad[:, k, -1] == prev)[:, None]
+        state, prev = carry[..., None, None] * state + states[:, k], seq_pad[:, k, -1]
+    assert rel(final, state) < 1e-6
+
+    Cq = F.pad(C, (0, 0, 0, 0, 0, c * Q - l)).view(b, c, Q, g, n)
+    Bg = F.pad(B, (0, 0, 0, 0, 0, c * Q - l)).view(b, c, Q, g, n)
+    cb = torch.einsum("bcign,bcjgn->bcgij", Cq, Bg).tril()
+    assert rel(chunk_cb(B, C, Q).tril(), cb) < 1e-6
+
+
+SSD_CASES = [  # b, l, h, p, g, n, chunk, packed, initial state, D
+    (2, 40, 4, 8, 2, 16, 16, False, False, True),
+    (1, 1, 2, 8, 1, 16, 16, False, True, True),
+    (2, 70, 2, 16, 1, 32, 32, True, True, True),
+    (1, 33, 3, 8, 3, 8, 16, True, False, False),
+] + ([(8, 8192, 24, 64, 1, 128, 256, False, False, True), (1, 32768, 24, 64, 1, 128, 256, True, False, True)]
+     if REAL_SHAPES else [])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", SSD_CASES, ids=str)
+def test_ssd_chunked(case, dtype):
+    b, l, h, p, g, n, Q, packed, init, with_d = case
+    x, dt, A, B, C, D, s0, seq_idx = ssd_inputs(b, l, h, p, g, n, dtype, packed, init, with_d)
+    fast, ref = leaves(x, dt, A, B, C, D, s0), leaves(x, dt, A, B, C, D, s0)
+    y_fast, s_fast = triton_ssd.ssd_chunked(*fast[:5], Q, *fast[5:], seq_idx=seq_idx, return_final_state=True)
+    y_ref, s_ref = ssd_chunked(*ref[:5], Q, *ref[5:], seq_idx=seq_idx, return_final_state=True)
+    assert y_fast.dtype == x.dtype and s_fast.dtype == torch.float32
+    assert rel(y_fast, y_ref) < TOL[dtype] and rel(s_fast, s_ref) < TOL[dtype]
+    if l <= 128:  # the step-by-step float64 recurrence: the definition both must meet
+        y_seq, s_seq = ssd_sequential(x, dt, A, B, C, D, s0, seq_idx)
+        assert rel(y_fast, y_seq) < TOL[dtype] and rel(s_fast, s_seq) < TOL[dtype]
+    dy, ds = torch.randn_like(y_ref.float()).to(dtype), torch.randn_like(s_ref)
+    wanted = [t for t in fast if t is not None]
+    g_fast = torch.autograd.grad((y_fast, s_fast), wanted, (dy, ds))
+    g_ref = torch.autograd.grad((y_ref, s_ref), [t for t in ref if t is not None], (dy, ds))
+    names = [nm for nm, t in zip(["x", "dt", "A", "B", "C", "D", "initial_state"], fast) if t is not None]
+    for name, a, b_ in zip(names, g_fast, g_ref):
+        assert rel(a, b_) < TOL[dtype], f"d{name}: rel err {rel(a, b_):.2e}"
+
+
+# ---- dispatch and the whole model ------------------------------------------------------------------------
+
+def test_dispatch_picks_reference_on_cpu_and_when_asked(monkeypatch):
+    x = torch.randn(2, 3)
+    assert not dispatch.use_triton(x)
+    with dispatch.force_triton():
+        assert dispatch.use_triton(x)
+        monkeypatch.setenv("HNET_REFERENCE", "1")
+        assert not dispatch.use_triton(x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["tiny_1stage", "tiny_hybrid_window"])
+def test_model_fast_path_equals_reference(case):
+    golden = pytest.importorskip("golden")
+    if not golden.GOLDEN.exists():
+        pytest.skip(f"no golden cases at {golden.GOLDEN}")
+    model, inputs = golden.load_case(case)
+    model = model.to(DEVICE)
+    for packed in (False, True):
+        kwargs = {"cu_seqlens": inputs["cu_seqlens"].to(DEVICE)} if packed else {"mask": inputs["mask"].to(DEVICE)}
+        ids = inputs["input_ids_packed" if packed else "input_ids"].to(DEVICE)
+        os.environ["HNET_REFERENCE"] = "1"
+        try:
+            ref = golden.run_with_intermediates(model, ids, **kwargs)
+        finally:
+            del os.environ["HNET_REFERENCE"]
+        with dispatch.force_triton():
+            fast = golden.run_with_intermediates(model, ids, **kwargs)
+        for name, r in ref.items():
+            if r.dtype == torch.bool:
+                assert torch.equal(fast[name], r), name
+            else:
+                assert rel(fast[name], r) < 1e-4, f"{name}: rel err {rel(fast[name], r):.2e}"
