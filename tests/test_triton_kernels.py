@@ -26,9 +26,15 @@ from hnet.ops.triton import conv1d as triton_conv1d  # noqa: E402
 from hnet.ops.triton import ema as triton_ema  # noqa: E402
 from hnet.ops.triton import norm as triton_norm  # noqa: E402
 from hnet.ops.triton import ssd as triton_ssd  # noqa: E402
-from hnet.ops.triton.ssd.chunk_cumsum import chunk_cumsum  # noqa: E402
-from hnet.ops.triton.ssd.chunk_state import chunk_cb, chunk_state  # noqa: E402
-from hnet.ops.triton.ssd.state_passing import state_passing  # noqa: E402
+from hnet.ops.triton.ssd.chunk_cumsum import chunk_cumsum, chunk_cumsum_bwd  # noqa: E402
+from hnet.ops.triton.ssd.chunk_scan import chunk_scan_bwd_dc, chunk_scan_bwd_dx  # noqa: E402
+from hnet.ops.triton.ssd.chunk_state import (  # noqa: E402
+    chunk_cb,
+    chunk_state,
+    chunk_state_bwd_db,
+    state_grad_from_output,
+)
+from hnet.ops.triton.ssd.state_passing import state_passing, state_passing_bwd  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 REAL_SHAPES = os.environ.get("HNET_REAL_SHAPES") == "1" and DEVICE == "cuda"
@@ -188,11 +194,87 @@ def test_ssd_steps():
     assert rel(chunk_cb(B, C, Q).tril(), cb) < 1e-6
 
 
+def test_ssd_backward_steps():
+    """Each backward kernel against the same intermediate written in torch, one (Q, Q) matrix per chunk and
+    head. Chunks of 128 steps make two 64-step blocks, so the kernels' loops over blocks run; 4 heads in
+    2 groups make the dB and dC kernels sum over heads; p and n are not powers of 2."""
+    b, l, h, p, g, n, Q = 2, 150, 4, 12, 2, 20, 128
+    x, dt, A, B, C, D, s0, seq_idx = ssd_inputs(b, l, h, p, g, n, torch.float32, packed=True, init=True)
+    dy, dfinal = torch.randn_like(x), torch.randn(b, h, p, n, device=DEVICE)
+    dt_chunked, cs = chunk_cumsum(dt, A, Q)
+    states = chunk_state(x, B, dt_chunked, cs, seq_idx)
+    states_in, _ = state_passing(states, cs, s0, seq_idx, seqlen=l)
+    cb = chunk_cb(B, C, Q)
+    c, pad = cs.shape[2], cs.shape[2] * Q - l
+
+    def chunked(t, heads=True):  # (b, l, k, d) -> (b, c, h, Q, d), zero past l
+        t = F.pad(t, (0, 0, 0, 0, 0, pad)).view(b, c, Q, t.shape[2], t.shape[3]).transpose(2, 3)
+        return t.repeat_interleave(h // g, 2) if heads and t.shape[2] != h else t
+
+    def unchunked(t):  # (b, c, k, Q, d) -> (b, l, k, d)
+        return t.transpose(2, 3).reshape(b, c * Q, t.shape[2], t.shape[-1])[:, :l]
+
+    def per_group(t):  # (b, c, h, Q, n) summed over each group's heads
+        return unchunked(t.view(b, c, g, h // g, Q, n).sum(3))
+
+    X, Bh, Ch, dY = chunked(x), chunked(B), chunked(C), chunked(dy)
+    s, dtc = cs.transpose(1, 2), dt_chunked.transpose(1, 2)  # (b, c, h, Q)
+    sidx = torch.cat([seq_idx, seq_idx[:, -1:].expand(-1, pad)], 1).view(b, c, Q)
+    entering = torch.cat([seq_idx[:, :1], sidx[:, :-1, -1]], 1)
+    E = torch.exp(s) * (sidx == entering[..., None])[:, :, None]
+    W = torch.exp(s[..., -1:] - s) * (sidx == sidx[..., -1:])[:, :, None]
+    a = torch.exp(s[..., -1]) * (sidx[..., -1] == entering)[..., None]  # (b, c, h)
+    keep = torch.ones(Q, Q, dtype=torch.bool, device=DEVICE).tril() & (sidx[..., :, None] == sidx[..., None, :])
+    L = torch.exp((s[..., :, None] - s[..., None, :]).masked_fill(~keep[:, :, None], float("-inf")))
+    G = Ch @ Bh.transpose(-1, -2)
+    GL = G * L
+
+    # y's gradient on the entering states, then the recurrence backwards.
+    dS_from_y = (dY * E[..., None]).transpose(-1, -2) @ Ch
+    dstates = state_grad_from_output(dy, C, cs, seq_idx)
+    assert rel(dstates, dS_from_y) < 1e-5
+    grad, dS_out, ds_last = dfinal, torch.empty_like(states), torch.empty_like(a)
+    for k in reversed(range(c)):
+        dS_out[:, k] = grad
+        ds_last[:, k] = (grad * (a[:, k, :, None, None] * states_in[:, k] + states[:, k])).sum((-1, -2))
+        grad = dS_from_y[:, k] + a[:, k, :, None, None] * grad
+    dinit, ds_last_fast = state_passing_bwd(dstates, states, states_in, cs, dfinal, seq_idx, l, has_initial_state=True)
+    assert rel(dstates, dS_out) < 1e-5 and rel(dinit, grad) < 1e-5
+    assert rel(ds_last_fast, ds_last.transpose(1, 2)) < 1e-5
+
+    # dx, dD and ddt's direct part: through the chunk's added state and the quadratic form.
+    dScores = dY @ X.transpose(-1, -2)  # (b, c, h, Q_i, Q_j)
+    U = Bh @ dS_out.transpose(-1, -2)
+    dX = (W * dtc)[..., None] * U + (GL * dtc[..., None, :]).transpose(-1, -2) @ dY + D[:, None, None] * dY
+    ddt_part = W * (X * U).sum(-1) + (dScores * GL).sum(-2)
+    dx, ddt_part_fast, dD = chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dS_out, D, seq_idx)
+    assert rel(dx, unchunked(dX)) < 1e-5 and rel(dD, (dy * x).sum((0, 1, 3))) < 1e-5
+    assert rel(ddt_part_fast, ddt_part.transpose(1, 2)) < 1e-5
+
+    # dC and the gradient of y's rows on their cumulative sums; dB.
+    dG = dScores * L * dtc[..., None, :]
+    dC_state = E[..., None] * (dY @ states_in)
+    ds_row = (dC_state * Ch).sum(-1) + (dG * G).sum(-1)
+    dC, ds_row_fast = chunk_scan_bwd_dc(x, B, C, dy, cb, dt_chunked, cs, states_in, seq_idx)
+    assert rel(dC, per_group(dC_state + dG @ Bh)) < 1e-5 and rel(ds_row_fast, ds_row.transpose(1, 2)) < 1e-5
+    dB = chunk_state_bwd_db(x, C, dy, dt_chunked, cs, dS_out, seq_idx)
+    assert rel(dB, per_group((W * dtc)[..., None] * (X @ dS_out) + dG.transpose(-1, -2) @ Ch)) < 1e-5
+
+    # Through the cumulative sums into ddt and dA.
+    ds = ds_row - dtc * ddt_part
+    ds[..., -1] += ds_last
+    d_dtA = ds.flip(-1).cumsum(-1).flip(-1)
+    ddt, dA = chunk_cumsum_bwd(ds_row_fast, ddt_part_fast, dt_chunked, ds_last_fast, A, l)
+    expected_ddt = (ddt_part + d_dtA * A[None, None, :, None]).permute(0, 1, 3, 2).reshape(b, c * Q, h)[:, :l]
+    assert rel(ddt, expected_ddt) < 1e-5 and rel(dA, (d_dtA * dtc).sum((0, 1, 3))) < 1e-5
+
+
 SSD_CASES = [  # b, l, h, p, g, n, chunk, packed, initial state, D
     (2, 40, 4, 8, 2, 16, 16, False, False, True),
     (1, 1, 2, 8, 1, 16, 16, False, True, True),
     (2, 70, 2, 16, 1, 32, 32, True, True, True),
     (1, 33, 3, 8, 3, 8, 16, True, False, False),
+    (1, 150, 8, 12, 1, 20, 128, True, True, True),  # two blocks per chunk, 4 runs of 2 heads in dB and dC
 ] + ([(8, 8192, 24, 64, 1, 128, 256, False, False, True), (1, 32768, 24, 64, 1, 128, 256, True, False, True)]
      if REAL_SHAPES else [])
 
@@ -217,6 +299,12 @@ def test_ssd_chunked(case, dtype):
     names = [nm for nm, t in zip(["x", "dt", "A", "B", "C", "D", "initial_state"], fast) if t is not None]
     for name, a, b_ in zip(names, g_fast, g_ref):
         assert rel(a, b_) < TOL[dtype], f"d{name}: rel err {rel(a, b_):.2e}"
+    if l <= 160:  # and the gradients of the float64 recurrence
+        seq = leaves(*(t.double() if t is not None else None for t in (x, dt, A, B, C, D, s0)))
+        y_seq, s_seq = ssd_sequential(*seq, seq_idx=seq_idx)
+        g_seq = torch.autograd.grad((y_seq, s_seq), [t for t in seq if t is not None], (dy.double(), ds.double()))
+        for name, a, b_ in zip(names, g_fast, g_seq):
+            assert rel(a, b_) < TOL[dtype], f"d{name} vs the recurrence: rel err {rel(a, b_):.2e}"
 
 
 # ---- dispatch and the whole model ------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 The forward is four steps, each a kernel in its own file and testable alone: chunk_cumsum (dA_cumsum
 per chunk), chunk_state (the state each chunk adds, and C.B per chunk), state_passing (the state
-entering each chunk) and chunk_scan (the output). The backward (backward.py) reuses the first three
-to recompute what it needs and does the rest in torch; a Triton backward is the next step.
+entering each chunk) and chunk_scan (the output). The backward (backward.py) recomputes with the
+forward kernels, then runs a backward kernel per step, each next to the forward kernel it inverts.
 """
 
 from __future__ import annotations

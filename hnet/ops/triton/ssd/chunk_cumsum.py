@@ -2,6 +2,8 @@
 
 dt (b, l, h) -> dt_chunked, dA_cumsum (b, h, c, Q) float32; steps past l get dt = 0 (no decay, no input),
 so a last, partial chunk needs no other special case downstream.
+
+`chunk_cumsum_bwd` ends the backward: it pushes the gradient on the cumulative sums into ddt and dA.
 """
 
 from __future__ import annotations
@@ -35,3 +37,39 @@ def chunk_cumsum(dt, A, chunk_size: int):
     grid = (b, n_chunks, triton.cdiv(h, block_h))
     _chunk_cumsum[grid](dt, A, dt_out, cs, l, h, n_chunks, *dt.stride(), Q=chunk_size, BLOCK_H=block_h)
     return dt_out, cs
+
+
+@triton.jit
+def _chunk_cumsum_bwd(DS, DDT_PART, DT, DS_LAST, A, DDT, DA, l, h, n_chunks, stride_db, stride_dl, stride_dh,
+                      Q: tl.constexpr, BLOCK_H: tl.constexpr):
+    """ds_i = ds_row_i - dt_i ddt_part_i (+ ds_last at the chunk's last step): every term of the backward that
+    holds exp(cs_i - cs_j) gives +t at i and -t at j, and t_j = dt_j times its share of ddt_j. Then the
+    cumulative sum's backward, a reversed cumulative sum: ddt_i += A d(dt A)_i, dA += dt_i d(dt A)_i."""
+    b, c = tl.program_id(0), tl.program_id(1)
+    heads = tl.program_id(2) * BLOCK_H + tl.arange(0, BLOCK_H)
+    q = tl.arange(0, Q)
+    h_live = heads < h
+    base = ((b * h + heads[:, None]) * n_chunks + c) * Q + q[None, :]
+    ddt_part = tl.load(DDT_PART + base, mask=h_live[:, None], other=0.0)
+    dt = tl.load(DT + base, mask=h_live[:, None], other=0.0)
+    ds = tl.load(DS + base, mask=h_live[:, None], other=0.0) - dt * ddt_part
+    ds_last = tl.load(DS_LAST + (b * h + heads) * n_chunks + c, mask=h_live, other=0.0)
+    ds += tl.where(q[None, :] == Q - 1, ds_last[:, None], 0.0)
+    d_dta = tl.cumsum(ds, axis=1, reverse=True)
+    a = tl.load(A + heads, mask=h_live, other=0.0).to(tl.float32)
+    t = c * Q + q
+    tl.store(DDT + b * stride_db + t[None, :] * stride_dl + heads[:, None] * stride_dh, ddt_part + a[:, None] * d_dta,
+             mask=h_live[:, None] & (t < l)[None, :])
+    tl.store(DA + (b * n_chunks + c) * h + heads, tl.sum(d_dta * dt, axis=1), mask=h_live)
+
+
+def chunk_cumsum_bwd(ds, ddt_part, dt_chunked, ds_last, A, seqlen: int):
+    """(ddt (b, l, h), dA (h,)) float32 from ds and ddt_part (b, h, c, Q) and ds_last (b, h, c)."""
+    b, h, n_chunks, Q = ds.shape
+    ddt = torch.empty(b, seqlen, h, device=ds.device, dtype=torch.float32)
+    da = torch.empty(b, n_chunks, h, device=ds.device, dtype=torch.float32)
+    block_h = min(triton.next_power_of_2(h), max(1, 2048 // Q))
+    grid = (b, n_chunks, triton.cdiv(h, block_h))
+    _chunk_cumsum_bwd[grid](ds, ddt_part, dt_chunked, ds_last, A, ddt, da, seqlen, h, n_chunks, *ddt.stride(),
+                            Q=Q, BLOCK_H=block_h)
+    return ddt, da.sum((0, 1))

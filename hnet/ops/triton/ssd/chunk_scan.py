@@ -3,6 +3,10 @@ y_i = exp(cs_i) [i in the entering sequence] C_i states_in
       + sum_{j <= i, same sequence} (C_i . B_j) exp(cs_i - cs_j) dt_j x_j + D x_i.
 
 x (b, l, h, p), C (b, l, g, n), CB (b, c, g, Q, Q), states_in (b, c, h, p, n) -> y (b, l, h, p) in x's dtype.
+
+Its backward is two kernels over the same (Q, Q) blocks, which live only in registers: `chunk_scan_bwd_dx`
+(dx, with the chunk-state term, dD and a part of ddt) and `chunk_scan_bwd_dc` (dC and the gradient of
+the cumulative sums that y's rows carry).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hnet.ops.triton.ssd.chunk_state import dot_block
+from hnet.ops.triton.ssd.chunk_state import dot_block, head_runs, mm
 
 
 @triton.jit
@@ -87,3 +91,158 @@ def chunk_scan(x, C, cb, dt_chunked, cs, states_in, D=None, seq_idx=None):
                       Q=Q, HAS_SEQ=seq_idx is not None, HAS_D=D is not None, IEEE=x.dtype == torch.float32,
                       BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_N=block_n, num_warps=4)
     return y
+
+
+@triton.jit
+def _chunk_scan_bwd_dx(X, B, DY, CB, DT, CS, SEQ, DSTATES, D, DX, DDT, DD, l, h, g, n_chunks, p_dim, n_dim,
+                       heads_per_group, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, sdb, sdl, sdh, sdp,
+                       sob, sol, soh, sop, s_seq,
+                       Q: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, IEEE: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """For a block of steps j of one head, with U_j = B_j dS_out^T and P_ji = (C_i . B_j) exp(cs_i - cs_j) M_ij:
+        dx_j  = W_j dt_j U_j + sum_{i >= j} P_ji dt_j dy_i + D dy_j
+        ddt_j = W_j (x_j . U_j) + sum_{i >= j} P_ji (dy_i . x_j)       (before the cumulative-sum term)
+    and the partial sum of dy_j . x_j for dD. W_j is the decay weight of the state each chunk adds."""
+    j0 = tl.program_id(0) * BLOCK_M
+    j = j0 + tl.arange(0, BLOCK_M)
+    b, c, hd = tl.program_id(1) // n_chunks, tl.program_id(1) % n_chunks, tl.program_id(2)
+    grp = hd // heads_per_group
+    lowp = X.dtype.element_ty
+    tj = c * Q + j
+    pp, nn = tl.arange(0, BLOCK_P), tl.arange(0, BLOCK_N)
+    p_live, n_live = pp < p_dim, nn < n_dim
+    chunk_base = ((b * h + hd) * n_chunks + c) * Q
+    cs_j, dt_j = tl.load(CS + chunk_base + j), tl.load(DT + chunk_base + j)
+    w = tl.exp(tl.load(CS + chunk_base + Q - 1) - cs_j)
+    if HAS_SEQ:
+        seq_j = tl.load(SEQ + b * s_seq + tj, mask=tj < l, other=-1)
+        w = tl.where(seq_j == tl.load(SEQ + b * s_seq + tl.minimum(c * Q + Q - 1, l - 1)), w, 0.0)
+
+    # Through the state the chunk adds.
+    bj = tl.load(B + b * sbb + tj[:, None] * sbl + grp * sbg + nn[None, :] * sbn,
+                 mask=(tj < l)[:, None] & n_live[None, :], other=0.0)  # (M, N)
+    ds_out_t = tl.load(DSTATES + (((b * n_chunks + c) * h + hd) * p_dim + pp[None, :]) * n_dim + nn[:, None],
+                       mask=n_live[:, None] & p_live[None, :], other=0.0)  # (N, P)
+    u = mm(bj, ds_out_t.to(lowp), IEEE)
+    xj_live = (tj < l)[:, None] & p_live[None, :]
+    xj = tl.load(X + b * sxb + tj[:, None] * sxl + hd * sxh + pp[None, :] * sxp, mask=xj_live, other=0.0)
+    acc = u * (w * dt_j)[:, None]
+    ddt = w * tl.sum(xj.to(tl.float32) * u, axis=1)
+    if HAS_D:
+        dyj = tl.load(DY + b * sdb + tj[:, None] * sdl + hd * sdh + pp[None, :] * sdp, mask=xj_live, other=0.0)
+        acc += tl.load(D + hd).to(tl.float32) * dyj.to(tl.float32)
+        tl.store(DD + (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)) * h + hd,
+                 tl.sum(tl.sum(dyj.to(tl.float32) * xj.to(tl.float32), axis=1), axis=0))
+
+    # Within the chunk: the blocks of steps i at and below the diagonal.
+    cb_base = ((b * n_chunks + c) * g + grp) * Q * Q
+    for i0 in range(j0, Q, BLOCK_M):
+        i = i0 + tl.arange(0, BLOCK_M)
+        ti = c * Q + i
+        keep = i[None, :] >= j[:, None]
+        if HAS_SEQ:
+            keep &= tl.load(SEQ + b * s_seq + ti, mask=ti < l, other=-2)[None, :] == seq_j[:, None]
+        cs_i = tl.load(CS + chunk_base + i)
+        cb_t = tl.load(CB + cb_base + i[None, :] * Q + j[:, None])  # (M_j, M_i): C_i . B_j
+        pt = tl.where(keep, cb_t * tl.exp(tl.where(keep, cs_i[None, :] - cs_j[:, None], 0.0)), 0.0)
+        dyi = tl.load(DY + b * sdb + ti[:, None] * sdl + hd * sdh + pp[None, :] * sdp,
+                      mask=(ti < l)[:, None] & p_live[None, :], other=0.0)  # (M_i, P)
+        acc += mm((pt * dt_j[:, None]).to(lowp), dyi, IEEE)
+        ddt += tl.sum(mm(xj, tl.trans(dyi), IEEE) * pt, axis=1)
+    tl.store(DX + b * sob + tj[:, None] * sol + hd * soh + pp[None, :] * sop, acc, mask=xj_live)
+    tl.store(DDT + chunk_base + j, ddt)
+
+
+@triton.jit
+def _chunk_scan_bwd_dc(X, B, C, DY, CB, DT, CS, SEQ, STATES_IN, DC, DS, l, h, g, n_chunks, p_dim, n_dim,
+                       heads_per_group, heads_per_program, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn,
+                       scb, scl, scg, scn, sdb, sdl, sdh, sdp, s_seq,
+                       Q: tl.constexpr, HAS_SEQ: tl.constexpr, IEEE: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """For a block of steps i, summed over a run of the group's heads (one partial sum per run):
+        dC_i = E_i dy_i states_in + sum_{j <= i} dG_ij B_j,   dG_ij = (dy_i . x_j) exp(cs_i - cs_j) dt_j M_ij,
+    E_i = exp(cs_i) [i in the entering sequence]; and per head the gradient that y_i puts on cs_i through
+    its own decays, ds_i = C_i . (E_i dy_i states_in) + sum_j dG_ij (C_i . B_j)."""
+    i0 = tl.program_id(0) * BLOCK_M
+    i = i0 + tl.arange(0, BLOCK_M)
+    b, c = tl.program_id(1) // n_chunks, tl.program_id(1) % n_chunks
+    grp, run = tl.program_id(2) % g, tl.program_id(2) // g
+    lowp = X.dtype.element_ty
+    ti = c * Q + i
+    pp, nn = tl.arange(0, BLOCK_P), tl.arange(0, BLOCK_N)
+    p_live, n_live = pp < p_dim, nn < n_dim
+    ci = tl.load(C + b * scb + ti[:, None] * scl + grp * scg + nn[None, :] * scn,
+                 mask=(ti < l)[:, None] & n_live[None, :], other=0.0)  # (M, N)
+    if HAS_SEQ:
+        seq_i = tl.load(SEQ + b * s_seq + ti, mask=ti < l, other=-1)
+        entering = seq_i == tl.load(SEQ + b * s_seq + tl.maximum(c * Q - 1, 0))
+    cb_base = ((b * n_chunks + c) * g + grp) * Q * Q
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k in range(heads_per_program):
+        hd = grp * heads_per_group + run * heads_per_program + k
+        chunk_base = ((b * h + hd) * n_chunks + c) * Q
+        cs_i = tl.load(CS + chunk_base + i)
+        e = tl.exp(cs_i)
+        if HAS_SEQ:
+            e = tl.where(entering, e, 0.0)
+        dyi = tl.load(DY + b * sdb + ti[:, None] * sdl + hd * sdh + pp[None, :] * sdp,
+                      mask=(ti < l)[:, None] & p_live[None, :], other=0.0)  # (M, P)
+        s_in = tl.load(STATES_IN + (((b * n_chunks + c) * h + hd) * p_dim + pp[:, None]) * n_dim + nn[None, :],
+                       mask=p_live[:, None] & n_live[None, :], other=0.0)  # (P, N)
+        dc_state = mm(dyi, s_in.to(lowp), IEEE) * e[:, None]
+        ds = tl.sum(dc_state * ci.to(tl.float32), axis=1)
+        acc += dc_state
+        for j0 in range(0, i0 + BLOCK_M, BLOCK_M):  # blocks of steps j up to the diagonal
+            j = j0 + tl.arange(0, BLOCK_M)
+            tj = c * Q + j
+            keep = j[None, :] <= i[:, None]
+            if HAS_SEQ:
+                keep &= tl.load(SEQ + b * s_seq + tj, mask=tj < l, other=-2)[None, :] == seq_i[:, None]
+            cs_j, dt_j = tl.load(CS + chunk_base + j), tl.load(DT + chunk_base + j)
+            decay = tl.where(keep, tl.exp(tl.where(keep, cs_i[:, None] - cs_j[None, :], 0.0)), 0.0)
+            xt = tl.load(X + b * sxb + tj[None, :] * sxl + hd * sxh + pp[:, None] * sxp,
+                         mask=(tj < l)[None, :] & p_live[:, None], other=0.0)  # (P, M_j)
+            dg = mm(dyi, xt, IEEE) * decay * dt_j[None, :]
+            ds += tl.sum(dg * tl.load(CB + cb_base + i[:, None] * Q + j[None, :]), axis=1)
+            bj = tl.load(B + b * sbb + tj[:, None] * sbl + grp * sbg + nn[None, :] * sbn,
+                         mask=(tj < l)[:, None] & n_live[None, :], other=0.0)  # (M_j, N)
+            acc += mm(dg.to(lowp), bj, IEEE)
+        tl.store(DS + chunk_base + i, ds)
+    out = DC + (((run * tl.num_programs(1) + tl.program_id(1)) * Q + i[:, None]) * g + grp) * n_dim + nn[None, :]
+    tl.store(out, acc, mask=n_live[None, :])
+
+
+def chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D=None, seq_idx=None):
+    """(dx in x's dtype, ddt part (b, h, c, Q) float32, dD (h,) float32 or None) given dS_out (b, c, h, p, n)."""
+    b, l, h, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    n_chunks, Q = cs.shape[2], cs.shape[3]
+    dx = torch.empty_like(x)
+    ddt = torch.empty_like(cs)
+    block_m = min(64, Q)
+    grid = (Q // block_m, b * n_chunks, h)
+    dd = torch.empty(grid[0] * grid[1], h, device=x.device, dtype=torch.float32) if D is not None else None
+    _chunk_scan_bwd_dx[grid](x, B, dy, cb, dt_chunked, cs, seq_idx, dstates, D, dx, ddt, dd, l, h, g, n_chunks, p, n,
+                             h // g, *x.stride(), *B.stride(), *dy.stride(), *dx.stride(),
+                             seq_idx.stride(0) if seq_idx is not None else 0,
+                             Q=Q, HAS_SEQ=seq_idx is not None, HAS_D=D is not None, IEEE=x.dtype == torch.float32,
+                             BLOCK_M=block_m, BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), num_warps=4)
+    return dx, ddt, dd.sum(0) if D is not None else None
+
+
+def chunk_scan_bwd_dc(x, B, C, dy, cb, dt_chunked, cs, states_in, seq_idx=None):
+    """(dC (b, l, g, n) float32, ds (b, h, c, Q) float32: y's gradient on the cumulative sums, per row)."""
+    b, l, h, p = x.shape
+    g, n = C.shape[2], C.shape[3]
+    n_chunks, Q = cs.shape[2], cs.shape[3]
+    runs = head_runs(h // g)
+    dc = torch.empty(runs, b, n_chunks * Q, g, n, device=x.device, dtype=torch.float32)
+    ds = torch.empty_like(cs)
+    block_m = min(64, Q)
+    grid = (Q // block_m, b * n_chunks, g * runs)
+    _chunk_scan_bwd_dc[grid](x, B, C, dy, cb, dt_chunked, cs, seq_idx, states_in, dc, ds, l, h, g, n_chunks, p, n,
+                             h // g, h // g // runs, *x.stride(), *B.stride(), *C.stride(), *dy.stride(),
+                             seq_idx.stride(0) if seq_idx is not None else 0,
+                             Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32,
+                             BLOCK_M=block_m, BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), num_warps=4)
+    return dc.sum(0)[:, :l], ds

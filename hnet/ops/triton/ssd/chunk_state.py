@@ -3,6 +3,9 @@ states[b, c, h] = sum_j exp(cs_last - cs_j) dt_j x_j B_j^T over the steps j of t
 chunk's end. Also CB[b, c, g, i, j] = C_i . B_j (j <= i), which step 4 shares across a group's heads.
 
 x (b, l, h, p), B and C (b, l, g, n) with any strides; states (b, c, h, p, n) and CB float32.
+
+The backward has two pieces here: `state_grad_from_output`, the same kernel weighted from the chunk's
+start (the gradient that y puts on the entering state), and `chunk_state_bwd_db`, dB.
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ import triton.language as tl
 @triton.jit
 def _chunk_state(X, B, DT, CS, SEQ, STATES, l, h, n_chunks, p_dim, n_dim, heads_per_group,
                  sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, s_seq,
-                 Q: tl.constexpr, HAS_SEQ: tl.constexpr, IEEE: tl.constexpr,
+                 Q: tl.constexpr, HAS_SEQ: tl.constexpr, IEEE: tl.constexpr, FROM_START: tl.constexpr,
                  BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """sum_j w_j X_j^T B_j per chunk. w_j = exp(cs_last - cs_j) dt_j [j in the last step's sequence] (the
+    state added by the chunk's end), or with FROM_START w_j = exp(cs_j) [j in the entering sequence]
+    (with X = dy and B = C: the gradient of y through C_j exp(cs_j) states_in)."""
     n_blocks_n = tl.cdiv(n_dim, BLOCK_N)
     rows = (tl.program_id(0) // n_blocks_n) * BLOCK_P + tl.arange(0, BLOCK_P)
     cols = (tl.program_id(0) % n_blocks_n) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -25,7 +31,10 @@ def _chunk_state(X, B, DT, CS, SEQ, STATES, l, h, n_chunks, p_dim, n_dim, heads_
     chunk_base = ((b * h + hd) * n_chunks + c) * Q
     cs_last = tl.load(CS + chunk_base + Q - 1)
     if HAS_SEQ:
-        seq_last = tl.load(SEQ + b * s_seq + tl.minimum(c * Q + Q - 1, l - 1))
+        if FROM_START:
+            seq_ref = tl.load(SEQ + b * s_seq + tl.maximum(c * Q - 1, 0))
+        else:
+            seq_ref = tl.load(SEQ + b * s_seq + tl.minimum(c * Q + Q - 1, l - 1))
     acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, Q, BLOCK_K):
         j = k0 + tl.arange(0, BLOCK_K)
@@ -34,9 +43,12 @@ def _chunk_state(X, B, DT, CS, SEQ, STATES, l, h, n_chunks, p_dim, n_dim, heads_
                     mask=(rows < p_dim)[:, None] & (t < l)[None, :], other=0.0)  # (P, K)
         bm = tl.load(B + b * sbb + t[:, None] * sbl + grp * sbg + cols[None, :] * sbn,
                      mask=(t < l)[:, None] & (cols < n_dim)[None, :], other=0.0)  # (K, N)
-        w = tl.exp(cs_last - tl.load(CS + chunk_base + j)) * tl.load(DT + chunk_base + j)
+        if FROM_START:
+            w = tl.exp(tl.load(CS + chunk_base + j))
+        else:
+            w = tl.exp(cs_last - tl.load(CS + chunk_base + j)) * tl.load(DT + chunk_base + j)
         if HAS_SEQ:
-            w = tl.where(tl.load(SEQ + b * s_seq + t, mask=t < l, other=-1) == seq_last, w, 0.0)
+            w = tl.where(tl.load(SEQ + b * s_seq + t, mask=t < l, other=-1) == seq_ref, w, 0.0)
         bw = (bm.to(tl.float32) * w[:, None]).to(x.dtype)
         if IEEE:
             acc += tl.dot(x, bw, input_precision="ieee")
@@ -71,12 +83,83 @@ def _chunk_cb(B, C, CB, l, g, n_chunks, n_dim, sbb, sbl, sbg, sbn, scb, scl, scg
         tl.store(CB + out, acc)
 
 
+@triton.jit
+def mm(a, b, IEEE: tl.constexpr):
+    """tl.dot of two same-dtype tiles, float32 accumulation; exact float32 products when IEEE (fp32 inputs)."""
+    if IEEE:
+        out = tl.dot(a, b, input_precision="ieee")
+    else:
+        out = tl.dot(a, b)
+    return out
+
+
+@triton.jit
+def _chunk_state_bwd_db(X, C, DY, DT, CS, SEQ, DSTATES, DB, l, h, g, n_chunks, p_dim, n_dim,
+                        heads_per_group, heads_per_program,
+                        sxb, sxl, sxh, sxp, scb, scl, scg, scn, sdb, sdl, sdh, sdp, s_seq,
+                        Q: tl.constexpr, HAS_SEQ: tl.constexpr, IEEE: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dB_j for a block of steps j, summed over a run of the group's heads (one partial sum per run):
+        dB_j = W_j dt_j x_j dS_out + sum_{i >= j} dG_ij C_i,   dG_ij = (dy_i . x_j) exp(cs_i - cs_j) dt_j M_ij,
+    with dS_out the gradient of the state leaving the chunk and W_j its decay weight (see _chunk_state)."""
+    j0 = tl.program_id(0) * BLOCK_M
+    j = j0 + tl.arange(0, BLOCK_M)
+    b, c = tl.program_id(1) // n_chunks, tl.program_id(1) % n_chunks
+    grp, run = tl.program_id(2) % g, tl.program_id(2) // g
+    lowp = X.dtype.element_ty
+    tj = c * Q + j
+    pp, nn = tl.arange(0, BLOCK_P), tl.arange(0, BLOCK_N)
+    p_live, n_live = pp < p_dim, nn < n_dim
+    if HAS_SEQ:
+        seq_j = tl.load(SEQ + b * s_seq + tj, mask=tj < l, other=-1)
+        seq_last = tl.load(SEQ + b * s_seq + tl.minimum(c * Q + Q - 1, l - 1))
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k in range(heads_per_program):
+        hd = grp * heads_per_group + run * heads_per_program + k
+        chunk_base = ((b * h + hd) * n_chunks + c) * Q
+        cs_j, dt_j = tl.load(CS + chunk_base + j), tl.load(DT + chunk_base + j)
+        w = tl.exp(tl.load(CS + chunk_base + Q - 1) - cs_j) * dt_j
+        if HAS_SEQ:
+            w = tl.where(seq_j == seq_last, w, 0.0)
+        xj = tl.load(X + b * sxb + tj[:, None] * sxl + hd * sxh + pp[None, :] * sxp,
+                     mask=(tj < l)[:, None] & p_live[None, :], other=0.0)  # (M, P)
+        ds_out = tl.load(DSTATES + (((b * n_chunks + c) * h + hd) * p_dim + pp[:, None]) * n_dim + nn[None, :],
+                         mask=p_live[:, None] & n_live[None, :], other=0.0)  # (P, N)
+        acc += w[:, None] * mm(xj, ds_out.to(lowp), IEEE)
+        for i0 in range(j0, Q, BLOCK_M):  # blocks of steps i at and below the diagonal
+            i = i0 + tl.arange(0, BLOCK_M)
+            ti = c * Q + i
+            keep = i[None, :] >= j[:, None]
+            if HAS_SEQ:
+                keep &= tl.load(SEQ + b * s_seq + ti, mask=ti < l, other=-2)[None, :] == seq_j[:, None]
+            cs_i = tl.load(CS + chunk_base + i)
+            decay = tl.where(keep, tl.exp(tl.where(keep, cs_i[None, :] - cs_j[:, None], 0.0)), 0.0)  # (M_j, M_i)
+            dyt = tl.load(DY + b * sdb + ti[None, :] * sdl + hd * sdh + pp[:, None] * sdp,
+                          mask=(ti < l)[None, :] & p_live[:, None], other=0.0)  # (P, M_i)
+            dg = mm(xj, dyt, IEEE) * decay * dt_j[:, None]
+            ci = tl.load(C + b * scb + ti[:, None] * scl + grp * scg + nn[None, :] * scn,
+                         mask=(ti < l)[:, None] & n_live[None, :], other=0.0)  # (M_i, N)
+            acc += mm(dg.to(lowp), ci, IEEE)
+    out = DB + (((run * tl.num_programs(1) + tl.program_id(1)) * Q + j[:, None]) * g + grp) * n_dim + nn[None, :]
+    tl.store(out, acc, mask=n_live[None, :])
+
+
 def dot_block(dim: int, cap: int) -> int:
-    """A block size for a tl.dot dimension: a power of 2 covering dim, at most cap, at least 16 (its minimum)."""
-    return max(16, min(cap, triton.next_power_of_2(dim)))
+    """A block size for a tl.dot dimension: a power of 2 covering dim, at most cap rounded up to a power of 2
+    (cap = dim asks for the whole dimension), at least 16 (tl.dot's minimum)."""
+    return max(16, min(triton.next_power_of_2(cap), triton.next_power_of_2(dim)))
 
 
 def chunk_state(x, B, dt_chunked, cs, seq_idx=None):
+    return _launch_chunk_state(x, B, dt_chunked, cs, seq_idx, from_start=False)
+
+
+def state_grad_from_output(dy, C, cs, seq_idx=None):
+    """d(states_in) (b, c, h, p, n) float32 from y alone: sum_i exp(cs_i) [i in the entering sequence] dy_i^T C_i."""
+    return _launch_chunk_state(dy, C, None, cs, seq_idx, from_start=True)
+
+
+def _launch_chunk_state(x, B, dt_chunked, cs, seq_idx, from_start):
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     n_chunks, Q = cs.shape[2], cs.shape[3]
@@ -86,7 +169,7 @@ def chunk_state(x, B, dt_chunked, cs, seq_idx=None):
     grid = (triton.cdiv(p, block_p) * triton.cdiv(n, block_n), b * n_chunks, h)
     _chunk_state[grid](x, B, dt_chunked, cs, seq_idx, states, l, h, n_chunks, p, n, h // g,
                        *x.stride(), *B.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
-                       Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32,
+                       Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32, FROM_START=from_start,
                        BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
     return states
 
@@ -101,3 +184,25 @@ def chunk_cb(B, C, chunk_size: int):
     _chunk_cb[grid](B, C, cb, l, g, n_chunks, n, *B.stride(), *C.stride(), Q=chunk_size,
                     IEEE=B.dtype == torch.float32, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_N=block_n, num_warps=4)
     return cb
+
+
+def head_runs(heads_per_group: int, target: int = 4) -> int:
+    """Into how many runs the dB and dC kernels split a group's heads: more programs, fewer partial sums."""
+    return max(k for k in range(1, min(target, heads_per_group) + 1) if heads_per_group % k == 0)
+
+
+def chunk_state_bwd_db(x, C, dy, dt_chunked, cs, dstates, seq_idx=None):
+    """dB (b, l, g, n) float32 given dS_out (b, c, h, p, n), the gradient of the state each chunk adds."""
+    b, l, h, p = x.shape
+    g, n = C.shape[2], C.shape[3]
+    n_chunks, Q = cs.shape[2], cs.shape[3]
+    runs = head_runs(h // g)
+    db = torch.empty(runs, b, n_chunks * Q, g, n, device=x.device, dtype=torch.float32)
+    block_m = min(64, Q)
+    grid = (Q // block_m, b * n_chunks, g * runs)
+    _chunk_state_bwd_db[grid](x, C, dy, dt_chunked, cs, seq_idx, dstates, db, l, h, g, n_chunks, p, n,
+                              h // g, h // g // runs, *x.stride(), *C.stride(), *dy.stride(),
+                              seq_idx.stride(0) if seq_idx is not None else 0,
+                              Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32, BLOCK_M=block_m,
+                              BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), num_warps=4)
+    return db.sum(0)[:, :l]

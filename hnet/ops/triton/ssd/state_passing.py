@@ -3,6 +3,8 @@ state_{c+1} = exp(cs_last(c)) [same sequence at the ends of c-1 and c] state_c +
 initial state (or zero). Parallel over (batch, head, state elements), sequential over chunks.
 
 states (b, c, h, p, n), cs (b, h, c, Q) -> states_in (b, c, h, p, n), final state (b, h, p, n), float32.
+
+`state_passing_bwd` runs the same recurrence backwards over the chunks (see there).
 """
 
 from __future__ import annotations
@@ -48,3 +50,51 @@ def state_passing(states, cs, initial_state=None, seq_idx=None, seqlen=None):
                          seq_idx.stride(0) if seq_idx is not None else 0,
                          Q=Q, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_state is not None, BLOCK=block)
     return states_in, final
+
+
+@triton.jit
+def _state_passing_bwd(DSTATES, STATES, STATES_IN, CS, SEQ, DFINAL, DINIT, DS_LAST, l, h, n_chunks, size, s_seq,
+                       Q: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr, HAS_INIT: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    b, hd = tl.program_id(1), tl.program_id(2)
+    live = e < size
+    if HAS_DFINAL:
+        grad = tl.load(DFINAL + (b * h + hd) * size + e, mask=live, other=0.0).to(tl.float32)
+    else:
+        grad = tl.zeros([BLOCK], dtype=tl.float32)
+    for k in range(n_chunks):
+        c = n_chunks - 1 - k
+        offset = ((b * n_chunks + c) * h + hd) * size + e
+        carry = tl.exp(tl.load(CS + ((b * h + hd) * n_chunks + c) * Q + Q - 1))
+        if HAS_SEQ:
+            seq_last = tl.load(SEQ + b * s_seq + tl.minimum(c * Q + Q - 1, l - 1))
+            carry = tl.where(seq_last == tl.load(SEQ + b * s_seq + tl.maximum(c * Q - 1, 0)), carry, 0.0)
+        # Read y's gradient on the entering state before overwriting it with the leaving state's gradient.
+        from_y = tl.load(DSTATES + offset, mask=live, other=0.0)
+        tl.store(DSTATES + offset, grad, mask=live)
+        leaving = carry * tl.load(STATES_IN + offset, mask=live, other=0.0) + tl.load(STATES + offset, mask=live, other=0.0)
+        tl.store(DS_LAST + ((tl.program_id(0) * tl.num_programs(1) + b) * h + hd) * n_chunks + c,
+                 tl.sum(grad * leaving, axis=0))
+        grad = from_y + carry * grad
+    if HAS_INIT:
+        tl.store(DINIT + (b * h + hd) * size + e, grad, mask=live)
+
+
+def state_passing_bwd(dstates, states, states_in, cs, dfinal=None, seq_idx=None, seqlen=None, has_initial_state=False):
+    """The recurrence state_{c+1} = a_c state_c + states[c] backwards, in place: on entry dstates holds the
+    gradient that y puts on each chunk's entering state, on return the gradient of the state each chunk adds
+    (dS_out[c] = d state_{c+1}). Returns (d initial state or None, ds_last (b, h, c)): the gradient on each
+    chunk's last cumulative sum cs_last, through a_c = exp(cs_last) and the decays inside states[c]
+    (d cs_last = <dS_out[c], a_c states_in[c] + states[c]>: both scale with exp(cs_last))."""
+    b, n_chunks, h, p, n = dstates.shape
+    Q = cs.shape[-1]
+    block = min(1024, triton.next_power_of_2(p * n))
+    n_blocks = triton.cdiv(p * n, block)
+    dinit = torch.empty(b, h, p, n, device=dstates.device, dtype=torch.float32) if has_initial_state else None
+    ds_last = torch.empty(n_blocks, b, h, n_chunks, device=dstates.device, dtype=torch.float32)
+    _state_passing_bwd[(n_blocks, b, h)](
+        dstates, states, states_in, cs, seq_idx, dfinal.contiguous() if dfinal is not None else None, dinit, ds_last,
+        seqlen or n_chunks * Q, h, n_chunks, p * n, seq_idx.stride(0) if seq_idx is not None else 0,
+        Q=Q, HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None, HAS_INIT=has_initial_state, BLOCK=block)
+    return dinit, ds_last.sum(0)

@@ -1,0 +1,104 @@
+"""Forward bytes/s of the official H-Net configs (random weights, bf16): Triton fast path vs the PyTorch
+reference path (HNET_REFERENCE=1, read by `hnet.ops.dispatch` at every call).
+
+    python benchmarks/forward.py                                         # .ref/configs L and XL, batch 8 x 8192
+    python benchmarks/forward.py --config .ref/configs/hnet_2stage_XL.json --batch 4
+    TRITON_INTERPRET=1 python benchmarks/forward.py --device cpu --quick      # tiny presets: checks the code path
+
+Weights and activations in bf16 (fp32 on CPU), under torch.inference_mode, on packed batches of the
+bundled text (documents of 2048 bytes). If a batch does not fit, it is halved until it does and the row
+says the batch used. Rows are printed as a markdown table for benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hnet import HNetForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_step import REPO, QUICK_CONFIGS, device_info, fitting, kernel_path, load_model_config, print_header, sync  # noqa: E402
+from train_throughput import text_batch  # noqa: E402
+
+DEFAULT_CONFIGS = [f".ref/configs/hnet_{s}.json" for s in ("1stage_L", "2stage_L", "1stage_XL", "2stage_XL")]
+
+
+def forward_once(model, device, batch: int, seq_len: int, steps: int, warmup: int) -> dict:
+    data = text_batch(batch, seq_len, device)
+    ids, cu = data["input_ids"].reshape(1, -1), data["cu_seqlens"]
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(ids, cu_seqlens=cu)
+        sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = model(ids, cu_seqlens=cu)
+        sync(device)
+    seconds = (time.perf_counter() - start) / steps
+    return {
+        "ms": seconds * 1e3,
+        "bytes_per_s": ids.numel() / seconds,
+        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan"),
+        "bytes_per_chunk": [ids.numel() / max(int(r.boundary_mask.sum()), 1) for r in out.routing],
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", nargs="+", default=DEFAULT_CONFIGS, help="H-Net model JSONs")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=8, help="rows of --seq-len bytes (halved while it does not fit)")
+    parser.add_argument("--seq-len", type=int, default=8192)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="tiny presets, batch 2 x 128, 1 step: checks the code path")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if args.quick:
+        args.config, args.batch, args.seq_len, args.steps, args.warmup = QUICK_CONFIGS, 2, 128, 1, 0
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    name, _ = device_info(device)
+    print_header(name)
+    print(f"forward: {dtype}, inference_mode, {args.warmup} warmup + {args.steps} timed, "
+          f"requested batch {args.batch} x {args.seq_len} bytes")
+
+    rows, times = [], {}
+    for path in args.config:
+        config = load_model_config(str(REPO / path) if not Path(path).is_absolute() else path)
+        torch.manual_seed(0)
+        model = HNetForCausalLM(config, device=device, dtype=dtype).eval()
+        params = sum(p.numel() for p in model.parameters())
+        for kpath in ("fast", "reference"):
+            with kernel_path(kpath, device):
+                batch, r = fitting(lambda b: forward_once(model, device, b, args.seq_len, args.steps, args.warmup),
+                                   args.batch, device)
+            label = f"{Path(path).stem} {kpath}"
+            if r is None:
+                rows.append((label, f"{params / 1e6:.1f}M", f"OOM at 1 x {args.seq_len}", "-", "-", "-", "-", "-"))
+                continue
+            times[path, kpath] = r["bytes_per_s"]
+            speedup = f"{times[path, 'fast'] / r['bytes_per_s']:.2f}x" if kpath == "reference" and (path, "fast") in times else "-"
+            rows.append((label, f"{params / 1e6:.1f}M", f"{batch} x {args.seq_len}", f"{r['ms']:.1f}",
+                         f"{r['bytes_per_s']:,.0f}", speedup, f"{r['peak_gib']:.1f}",
+                         ", ".join(f"{x:.2f}" for x in r["bytes_per_chunk"]) or "-"))
+            print(" | ".join(rows[-1]), flush=True)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    print()
+    print("| model / path | params | batch | ms | bytes/s | fast speedup | peak GiB | bytes/chunk (cumulative) |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""A whole training step of the paper's L-sized H-Nets: Triton fast path vs the PyTorch reference path vs an
+isotropic Transformer of matched FLOPs per byte, trained by the same step.
+
+    python benchmarks/train_step.py                                      # .ref/configs/hnet_{1,2}stage_L.json, CUDA
+    python benchmarks/train_step.py --config path/to/hnet_2stage_L.json --batch 2
+    TRITON_INTERPRET=1 python benchmarks/train_step.py --device cpu --quick   # tiny models: checks the code path
+
+Rows are printed as a markdown table, to paste into benchmarks/RESULTS.md with the header lines above it.
+
+A step: forward in bf16 autocast (fp32 on CPU) on packed batches of the bundled text (documents of 2048
+bytes), cross-entropy + ratio loss (`hnet.training.loop.forward_loss`, alpha 0.03, targets N = 6 or
+(3, 3)), backward, gradient clipping, fused AdamW; random weights. The reference path is the same step
+with HNET_REFERENCE=1, which `hnet.ops.dispatch` reads at every call. If a batch does not fit, it is
+halved until it does and the row says the batch used.
+
+Model FLOPs per byte come from `hnet.eval.flops.flops_per_byte` (forward; training counted as 3x): for the
+H-Net at the bytes per chunk its (untrained) router produced in the timed step, so MFU counts the work
+the step did. The Transformer ("T<n>", `hnet.eval.baselines.size_baseline`) is sized to the H-Net's
+forward FLOPs per byte at the target bytes per chunk (6, or 3 then 9 cumulative), the budget the H-Net is
+trained for. MFU = 3 x FLOPs/byte x bytes/s / the dense bf16 peak (989 TFLOP/s for H100/H200 SXM, or
+--peak-tflops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch
+
+from hnet import HNetConfig, HNetForCausalLM
+from hnet.config import RunConfig, TrainConfig
+from hnet.eval.baselines import size_baseline
+from hnet.eval.flops import flops_per_byte
+from hnet.ops import dispatch
+from hnet.training.loop import default_ratio_targets, forward_loss
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_throughput import text_batch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIGS = [".ref/configs/hnet_1stage_L.json", ".ref/configs/hnet_2stage_L.json"]
+QUICK_CONFIGS = ["configs/text/hnet_1stage_tiny.json", "configs/text/hnet_2stage_tiny.json"]
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16, SXM
+
+
+def load_model_config(path: str) -> HNetConfig:
+    """An official model JSON, or the model of one of our run presets."""
+    try:
+        return HNetConfig.from_json(path)
+    except ValueError:
+        return RunConfig.from_json(path).model
+
+
+@contextmanager
+def kernel_path(path: str, device):
+    """'fast': the Triton kernels (on CPU only under TRITON_INTERPRET=1, forced); 'reference': HNET_REFERENCE=1."""
+    previous = os.environ.pop("HNET_REFERENCE", None)
+    if path == "reference":
+        os.environ["HNET_REFERENCE"] = "1"
+    try:
+        forced = device.type != "cuda" and path == "fast" and os.environ.get("TRITON_INTERPRET") == "1"
+        with dispatch.force_triton() if forced else nullcontext():
+            yield
+    finally:
+        os.environ.pop("HNET_REFERENCE", None)
+        if previous is not None:
+            os.environ["HNET_REFERENCE"] = previous
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def halving(batch: int):
+    """batch, batch / 2, ..., 1: the sizes tried until one fits."""
+    return [batch >> k for k in range(batch.bit_length())]
+
+
+def cumulative(targets) -> list[float]:
+    return list(itertools.accumulate(targets, lambda a, b: a * b))
+
+
+def train_step_once(config: HNetConfig, device, batch: int, seq_len: int, steps: int, warmup: int) -> dict:
+    torch.manual_seed(0)
+    model = HNetForCausalLM(config, device=device)
+    tc = TrainConfig()
+    optimizer = torch.optim.AdamW(model.param_groups(tc.lr, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas),
+                                  fused=device.type == "cuda")
+    targets = default_ratio_targets(config.num_stages - 1)
+    data = text_batch(batch, seq_len, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def step():
+        with autocast:
+            loss, _, _, routing = forward_loss(model, data, targets, tc.ratio_loss_weight, lambda t: t, 1)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return routing
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        routing = step()
+    sync(device)
+    seconds = (time.perf_counter() - start) / steps
+    n_bytes = data["input_ids"].numel()
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "ms": seconds * 1e3,
+        "bytes_per_s": n_bytes / seconds,
+        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan"),
+        # Stage s's boundary count is its number of chunks of the whole batch: bytes per chunk is cumulative.
+        "bytes_per_chunk": [n_bytes / max(int(r.boundary_mask.sum()), 1) for r in routing],
+    }
+
+
+def fitting(run, batch: int, device) -> tuple[int, dict | None]:
+    """run(b) at the largest of batch, batch / 2, ..., 1 that fits in memory: (that b, its result)."""
+    for b in halving(batch):
+        try:
+            return b, run(b)
+        except torch.cuda.OutOfMemoryError:
+            pass
+        torch.cuda.empty_cache()  # outside the handler: its traceback no longer holds the failed step's tensors
+    return 0, None
+
+
+def mfu(flops_per_byte_fwd: float, bytes_per_s: float, peak_tflops: float, passes: int = 3) -> float:
+    return passes * flops_per_byte_fwd * bytes_per_s / (peak_tflops * 1e12)
+
+
+def device_info(device) -> tuple[str, float]:
+    """(the device's name, its dense bf16 peak in TFLOP/s or nan)."""
+    if device.type != "cuda":
+        return "cpu", float("nan")
+    name = torch.cuda.get_device_name(device)
+    return name, next((v for k, v in PEAK_TFLOPS.items() if k in name), float("nan"))
+
+
+def print_header(name: str):
+    import triton
+
+    print(f"device: {name}; torch {torch.__version__}; triton {triton.__version__}; "
+          f"CUDA {torch.version.cuda}; TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", nargs="+", default=DEFAULT_CONFIGS, help="H-Net model JSONs")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=8, help="rows of --seq-len bytes (halved while it does not fit)")
+    parser.add_argument("--seq-len", type=int, default=8192)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU (default: known H100/H200)")
+    parser.add_argument("--no-transformer", action="store_true", help="skip the matched Transformer")
+    parser.add_argument("--quick", action="store_true", help="tiny presets, batch 2 x 128, 1 step: checks the code path")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if args.quick:
+        args.config, args.batch, args.seq_len, args.steps, args.warmup = QUICK_CONFIGS, 2, 128, 1, 0
+    name, peak = device_info(device)
+    peak = args.peak_tflops or peak
+    print_header(name)
+    print(f"training step: bf16 autocast={device.type == 'cuda'}, {args.warmup} warmup + {args.steps} timed steps, "
+          f"requested batch {args.batch} x {args.seq_len} bytes, MFU against {peak} TFLOP/s")
+
+    rows = []
+    for path in args.config:
+        config = load_model_config(str(REPO / path) if not Path(path).is_absolute() else path)
+        targets = cumulative(default_ratio_targets(config.num_stages - 1))
+        budget = flops_per_byte(config, args.seq_len, targets)
+        runs = [(f"{Path(path).stem} fast", config, "fast"), (f"{Path(path).stem} reference", config, "reference")]
+        if not args.no_transformer:
+            tconfig = size_baseline("transformer", budget, args.seq_len, config)
+            runs.append((f"{tconfig.arch_layout[0]} d{tconfig.d_model[0]} (matched to {Path(path).stem})", tconfig, "fast"))
+        for label, cfg, kpath in runs:
+            with kernel_path(kpath, device):
+                batch, r = fitting(lambda b: train_step_once(cfg, device, b, args.seq_len, args.steps, args.warmup),
+                                   args.batch, device)
+            if r is None:
+                rows.append((label, "-", f"OOM at 1 x {args.seq_len}", "-", "-", "-", "-", "-", "-"))
+                continue
+            fpb = flops_per_byte(cfg, args.seq_len, r["bytes_per_chunk"]) if r["bytes_per_chunk"] else \
+                flops_per_byte(cfg, args.seq_len)
+            rows.append((label, f"{r['params'] / 1e6:.1f}M", f"{batch} x {args.seq_len}", f"{r['ms']:.1f}",
+                         f"{r['bytes_per_s']:,.0f}", f"{fpb / 1e9:.3f}", f"{100 * mfu(fpb, r['bytes_per_s'], peak):.1f}",
+                         f"{r['peak_gib']:.1f}", ", ".join(f"{x:.2f}" for x in r["bytes_per_chunk"]) or "-"))
+            print(" | ".join(rows[-1]), flush=True)
+
+    print()
+    print("| model | params | batch | ms/step | bytes/s | fwd GFLOP/byte | MFU % | peak GiB | bytes/chunk (cumulative) |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    if math.isnan(peak):
+        print("(MFU: no known peak for this device; pass --peak-tflops)")
+
+
+if __name__ == "__main__":
+    main()
