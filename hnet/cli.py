@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="RUN_OR_MODEL")
     p.add_argument("--data", required=True, metavar="FILE_OR_CONFIG")
     p.add_argument("--out")
+    p.add_argument("--window", type=int, help="ids per window (default: the run's seq_len, else 8192)")
+    p.add_argument("--stride", type=int, help="ids between window starts (default: window / 2)")
 
     p = sub.add_parser("compare", help="one report over several runs")
     p.add_argument("runs", nargs="+", metavar="RUN")

@@ -292,6 +292,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     model_type: str = "hnet"  # hnet | isotropic | hnet_fixed (boundaries from a rule)
+    fixed_boundaries: str = "space"  # hnet_fixed: space (SpaceByte's space-like bytes) | bpe (token starts)
+    fixed_tokenizer_path: Optional[str] = None  # hnet_fixed with bpe: the sentencepiece model whose tokens start chunks
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<dict>") -> "RunConfig":
@@ -319,6 +321,7 @@ class RunConfig:
             "train.schedule": ("wsd", "cosine"),
             "train.precision": ("auto", "fp32", "bf16"),
             "model_type": ("hnet", "isotropic", "hnet_fixed"),
+            "fixed_boundaries": ("space", "bpe"),
         }
         for name, allowed in choices.items():
             value = self
@@ -326,6 +329,7 @@ class RunConfig:
                 value = getattr(value, part)
             if value not in allowed:
                 raise ValueError(f"{source}: field '{name}' has value {value!r}; expected one of {', '.join(allowed)}")
+        self._validate_model_type(source)
         positive = ["data.seq_len", "train.batch_size", "train.grad_accum", "train.max_steps", "train.eval_every",
                     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints"]
         for name in positive:
@@ -345,6 +349,37 @@ class RunConfig:
                 )
         if self.train.ratio_targets is not None and any(n <= 1 for n in self.train.ratio_targets):
             raise ValueError(f"{source}: field 'train.ratio_targets' has value {self.train.ratio_targets!r}; each N must be > 1")
+
+    def _validate_model_type(self, source: str) -> None:
+        """The layout depth, tokenizer and vocabulary that each model_type needs."""
+        def bad(name, value, why):
+            raise ValueError(f"{source}: field '{name}' has value {value!r}; {why}")
+
+        stages, layout = self.model.num_stages, self.model.arch_layout
+        if self.model_type == "isotropic" and stages != 1:
+            bad("model.arch_layout", layout, "model_type 'isotropic' needs a 1-level layout like [\"T8\"]")
+        if self.model_type == "hnet" and stages < 2:
+            bad("model.arch_layout", layout, "model_type 'hnet' needs 2 or more levels like [\"m4\", [\"T8\"], \"m4\"] "
+                "(a flat layout is model_type 'isotropic')")
+        if self.model_type == "hnet_fixed":
+            if stages != 2:
+                bad("model.arch_layout", layout, "model_type 'hnet_fixed' takes one chunking stage (2 levels), "
+                    "as the rule gives the outer boundaries only")
+            if self.train.ratio_loss_weight != 0:
+                bad("train.ratio_loss_weight", self.train.ratio_loss_weight, "must be 0 for model_type 'hnet_fixed' "
+                    "(its boundaries come from a rule, not from the routing module)")
+            if self.fixed_boundaries == "bpe" and not self.fixed_tokenizer_path:
+                bad("fixed_tokenizer_path", self.fixed_tokenizer_path,
+                    "fixed_boundaries 'bpe' needs a sentencepiece model")
+        if self.model_type != "isotropic" and self.data.tokenizer != "bytes":
+            bad("data.tokenizer", self.data.tokenizer, f"model_type '{self.model_type}' reads bytes; a BPE baseline is "
+                "model_type 'isotropic'")
+        # The embedding must fit the ids exactly: a larger one wastes FLOPs and parameters, a smaller one fails.
+        # A BPE model read from data.tokenizer_path is checked against that file when the model is built.
+        expected = 256 if self.data.tokenizer == "bytes" else None if self.data.tokenizer_path else self.data.vocab_size
+        if expected is not None and self.model.vocab_size != expected:
+            bad("model.vocab_size", self.model.vocab_size, f"data.tokenizer '{self.data.tokenizer}' has {expected} ids"
+                + (" (data.vocab_size)" if self.data.tokenizer == "bpe" else ""))
 
 
 def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> dict:

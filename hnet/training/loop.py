@@ -46,9 +46,9 @@ def default_ratio_targets(num_routing_stages: int) -> list[float]:
 
 
 def build_model(config: RunConfig):
-    from hnet.models import HNetForCausalLM
+    from hnet.models import model_for_run
 
-    return HNetForCausalLM(config.model)
+    return model_for_run(config)
 
 
 def ratio_loss_global(routing, targets, reduce_sum, world_size: int) -> torch.Tensor:

@@ -1,0 +1,141 @@
+"""Fixed chunk boundaries: a rule over the input bytes in place of the routing module's decisions.
+
+space (SpaceByte's rule, Slagle 2024). A byte is space-like unless it is an ASCII letter or digit
+[A-Za-z0-9] or a UTF-8 continuation byte [0x80-0xBF]: spaces, punctuation, control bytes, BOS (254) and
+the lead byte of every multi-byte character are space-like. A chunk begins at the first space-like byte
+of every run of them, and at the first position of every sequence. In H-Net a chunk that begins at
+position t is read by the main network through byte t and serves the predictions from t on, so the
+main network runs just after each word and predicts the first byte of the next one: where SpaceByte
+puts its global blocks. "hello, world" -> "hello" ", world"; each CJK character is a chunk of its own.
+The decision at t reads bytes t-1 and t only, so the rule is causal and runs in cached decoding.
+
+bpe. A chunk begins at the first byte of every token of a sentencepiece model's tokenization of each
+sequence (each packed sequence is tokenized alone). Our BPE tokens carry their leading space
+(" world"), so on plain words this is the space rule's placement. The rule is not causal: whether a
+token starts at t can depend on bytes after t, which the model may exploit a little; it cannot run in
+cached decoding.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hnet.chunking.routing import RoutingCache, RoutingModule, RoutingOutput
+
+RULES = ("space", "bpe")
+
+
+def is_space_like(ids: torch.Tensor) -> torch.Tensor:
+    letter_or_digit = ((ids >= 48) & (ids <= 57)) | ((ids >= 65) & (ids <= 90)) | ((ids >= 97) & (ids <= 122))
+    continuation = (ids >= 0x80) & (ids <= 0xBF)
+    return ~(letter_or_digit | continuation)
+
+
+def _sequence_starts(shape, cu_seqlens, device) -> torch.Tensor:
+    """(B, L) bool: the first position of every row, and every packed sequence start."""
+    starts = torch.zeros(shape, dtype=torch.bool, device=device)
+    starts[:, 0] = True
+    if cu_seqlens is not None:
+        starts[:, cu_seqlens[:-1].long()] = True
+    return starts
+
+
+def space_boundaries(ids: torch.Tensor, cu_seqlens=None) -> torch.Tensor:
+    """ids (B, L) bytes, or (1, T) packed -> (B, L) bool: the first space-like byte of every run."""
+    space = is_space_like(ids)
+    after_space = torch.nn.functional.pad(space[:, :-1], (1, 0), value=False)
+    return (space & ~after_space) | _sequence_starts(ids.shape, cu_seqlens, ids.device)
+
+
+def token_start_boundaries(ids: torch.Tensor, tokenizer, cu_seqlens=None) -> torch.Tensor:
+    """ids (B, L) bytes, or (1, T) packed -> (B, L) bool: the first byte of every token.
+
+    tokenizer: anything with `encode(bytes) -> ids` and `token_bytes()` (raw bytes per id), e.g.
+    `hnet.data.BPETokenizer`; a byte piece of a byte >= 0x80 counts for its first half only, so the
+    token lengths of a sequence sum to its length.
+    """
+    lengths = tokenizer.token_bytes()
+    rows = ids.detach().cpu().numpy().astype(np.uint8)
+    out = np.zeros(rows.shape, dtype=bool)
+    cuts = [0, rows.shape[1]] if cu_seqlens is None else cu_seqlens.tolist()
+    for r, row in enumerate(rows):
+        for start, end in zip(cuts[:-1], cuts[1:]):
+            token_lengths = lengths[tokenizer.encode(row[start:end].tobytes())]
+            offsets = np.cumsum(token_lengths) - token_lengths
+            out[r, start + offsets[token_lengths > 0]] = True
+    return torch.from_numpy(out).to(ids.device) | _sequence_starts(ids.shape, cu_seqlens, ids.device)
+
+
+@dataclass
+class FixedRoutingCache(RoutingCache):
+    last_space_like: torch.Tensor = None  # (B,) bool: was the row's previous byte space-like
+
+
+class FixedRouting(RoutingModule):
+    """The routing module with its boundaries from a rule. p is still computed: it weights the dechunk
+    EMA, and the STE passes the gradient to the probability of the side the rule chose.
+
+    The rule reads the input ids, which the stage does not pass down: the model hands them over around
+    each call with `reading(input_ids)`. The parameters are the routing module's, under the same names.
+    """
+
+    def __init__(self, d_model: int, rule: str = "space", tokenizer=None, device=None, dtype=None):
+        super().__init__(d_model, device=device, dtype=dtype)
+        if rule not in RULES:
+            raise ValueError(f"fixed_boundaries: unknown rule {rule!r}; expected one of {', '.join(RULES)}")
+        if rule == "bpe" and tokenizer is None:
+            raise ValueError("fixed_boundaries 'bpe' needs a tokenizer")
+        self.rule, self.tokenizer = rule, tokenizer
+        self.input_ids = None
+
+    @contextmanager
+    def reading(self, input_ids):
+        self.input_ids = input_ids
+        try:
+            yield
+        finally:
+            self.input_ids = None
+
+    def boundaries(self, ids, cu_seqlens=None) -> torch.Tensor:
+        if self.rule == "space":
+            return space_boundaries(ids, cu_seqlens)
+        return token_start_boundaries(ids, self.tokenizer, cu_seqlens)
+
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> FixedRoutingCache:
+        cache = super().allocate_inference_cache(batch_size, max_seqlen, dtype)
+        return FixedRoutingCache(cache.last_hidden, cache.has_seen_tokens,
+                                 torch.zeros(batch_size, dtype=torch.bool, device=cache.last_hidden.device))
+
+    def forward(self, h, cu_seqlens=None, mask=None, cache=None) -> RoutingOutput:
+        learned = super().forward(h, cu_seqlens, mask, cache)
+        ids = self._ids(h.shape[:2])
+        if cache is not None:
+            cache.last_space_like.copy_(is_space_like(ids[:, -1]))
+        return _decided(learned.boundary_prob, self.boundaries(ids, cu_seqlens), mask)
+
+    def step(self, h, cache: FixedRoutingCache, mask=None) -> RoutingOutput:
+        if self.rule != "space":
+            raise ValueError(f"fixed_boundaries '{self.rule}' needs the whole text: it cannot decode byte by byte")
+        first = ~cache.has_seen_tokens  # read before the parent's step marks the row as seen
+        learned = super().step(h, cache, mask)
+        space = is_space_like(self._ids(h.shape[:1]))
+        boundary = first | (space & ~cache.last_space_like)
+        cache.last_space_like.copy_(space if mask is None else torch.where(mask, space, cache.last_space_like))
+        return _decided(learned.boundary_prob, boundary, mask)
+
+    def _ids(self, shape) -> torch.Tensor:
+        if self.input_ids is None or tuple(self.input_ids.shape) != tuple(shape):
+            raise RuntimeError("FixedRouting needs the input ids: call it inside `reading(input_ids)`")
+        return self.input_ids
+
+
+def _decided(boundary_prob, boundary, mask=None) -> RoutingOutput:
+    """The routing output for boundaries chosen by the rule; `selected_probs` is the chosen side's p."""
+    if mask is not None:
+        boundary = boundary & mask
+    selected = boundary_prob.gather(-1, boundary.long().unsqueeze(-1))
+    return RoutingOutput(boundary_prob, boundary, selected)

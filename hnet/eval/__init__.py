@@ -1,0 +1,18 @@
+"""Fair comparison: bits per byte on held-out text, FLOPs per byte, baselines sized to a FLOPs budget,
+and the report over several runs.
+
+    bits_per_byte(model, docs, tokenizer=None)        # {"bpb", "bytes", "nll_bits", ...}
+    flops_per_byte(config, seq_len, bytes_per_chunk)  # forward FLOPs per byte, counted per layer
+    size_baseline("transformer", target, seq_len, like=hnet_config)
+    compare_runs(run_dirs, out_dir)                   # report.md, report.csv, plots
+"""
+
+from hnet.eval.baselines import baseline_config, size_baseline
+from hnet.eval.bpb import bits_per_byte, eval_from_cli, evaluate_path
+from hnet.eval.compare import compare_from_cli, compare_runs
+from hnet.eval.flops import flops_breakdown, flops_per_byte
+
+__all__ = [
+    "baseline_config", "size_baseline", "bits_per_byte", "evaluate_path", "eval_from_cli",
+    "compare_runs", "compare_from_cli", "flops_breakdown", "flops_per_byte",
+]

@@ -1,0 +1,188 @@
+"""`hnet compare RUN... --out DIR`: one table and two plots over several runs.
+
+Per run, from run.json and metrics.jsonl: data kind, model kind, parameters, forward FLOPs per byte (at
+the bytes per chunk measured at the last evaluation, or the bytes per token of its training split),
+training bytes, bytes per chunk per stage or bytes per token, the last validation bpb, wall-clock and
+throughput. Training FLOPs = 3 x forward FLOPs per byte x bytes, the FLOPs per byte of an H-Net taken
+at the bytes per chunk logged for each stretch of training (its chunks, and so its cost, change as the
+routing learns).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hnet.config import RunConfig, parse_layer_string
+from hnet.eval.flops import flops_per_byte
+from hnet.eval.runs import bytes_per_token, read_metrics, run_config
+
+TRAIN_FLOPS_PER_FORWARD = 3  # forward + a backward of twice its cost
+
+
+@dataclass
+class RunSummary:
+    run: str
+    data: str
+    model: str
+    parameters: int
+    flops_per_byte: float
+    training_bytes: float
+    training_flops: float
+    bytes_per_chunk: list[float]
+    bytes_per_token: float
+    val_bpb: float | None
+    steps: int
+    wall_clock_s: float
+    bytes_per_s: float | None
+    curve: list[tuple[float, float, float]] = field(default_factory=list)  # (training bytes, training FLOPs, val bpb)
+
+
+def model_kind(config: RunConfig) -> str:
+    if config.model_type == "hnet":
+        return f"hnet_{config.model.num_stages - 1}stage"
+    if config.model_type == "hnet_fixed":
+        return f"hnet_{config.fixed_boundaries}"
+    kinds = {kind for kind, _ in parse_layer_string(config.model.arch_layout[0])}
+    name = "hybrid" if len(kinds) > 1 else "transformer" if kinds == {"attn"} else "mamba2"
+    return f"bpe_{name}" if config.data.tokenizer == "bpe" else name
+
+
+def _wall_clock(records: list[dict]) -> float:
+    """Seconds of training: the clock restarts at each resume, so add up the segments."""
+    total, last = 0.0, 0.0
+    for t in (r["time"] for r in records if "time" in r):
+        if t < last:
+            total += last
+        last = t
+    return total + last
+
+
+def _by_step(records) -> list[dict]:
+    """One record per step, the last written: a run resumed from an earlier checkpoint logs its steps again."""
+    return sorted({r["step"]: r for r in records}.values(), key=lambda r: r["step"])
+
+
+def summarize(run_dir: str | Path) -> RunSummary:
+    from hnet.models import HNetForCausalLM
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file():
+        raise ValueError(f"{run_dir}: not a run directory (no run.json)")
+    config = run_config(run_dir)
+    records = read_metrics(run_dir)
+    trained, evals = _by_step(r for r in records if "loss" in r), _by_step(r for r in records if "val_bpb" in r)
+    bpt = bytes_per_token(run_dir, config)
+    seq_len, routing_stages = config.data.seq_len, config.model.num_stages - 1
+    bytes_per_step = config.train.batch_size * seq_len * bpt
+
+    default_bpc = list(np.cumprod(config.train.ratio_targets or [1.0] * routing_stages)) if routing_stages else []
+    last_eval = evals[-1].get("bytes_per_chunk") if evals else None
+    last_train = next((r["bytes_per_chunk"] for r in reversed(trained) if "bytes_per_chunk" in r), None)
+    bpc = last_eval or last_train or default_bpc
+
+    def fpb(chunks):
+        return flops_per_byte(config.model, seq_len, chunks if routing_stages else (), bpt)
+
+    steps, flops = [0], [0.0]
+    for r in trained:
+        cost = fpb(r.get("bytes_per_chunk", bpc))
+        flops.append(flops[-1] + TRAIN_FLOPS_PER_FORWARD * (r["step"] - steps[-1]) * bytes_per_step * cost)
+        steps.append(r["step"])
+    last_step = steps[-1]
+    curve = [(r["step"] * bytes_per_step, float(np.interp(r["step"], steps, flops)), r["val_bpb"]) for r in evals]
+    throughput = [r["bytes_per_s"] * bpt for r in trained if "bytes_per_s" in r]  # the loop logs ids per second
+    return RunSummary(
+        run=run_dir.name, data=config.data.kind, model=model_kind(config),
+        parameters=sum(p.numel() for p in HNetForCausalLM(config.model, device="meta").parameters()),
+        flops_per_byte=fpb(bpc), training_bytes=last_step * bytes_per_step, training_flops=flops[-1],
+        bytes_per_chunk=[float(x) for x in bpc], bytes_per_token=bpt, val_bpb=evals[-1]["val_bpb"] if evals else None,
+        steps=last_step, wall_clock_s=_wall_clock(records),
+        bytes_per_s=float(np.mean(throughput)) if throughput else None, curve=curve,
+    )
+
+
+COLUMNS = ("run", "data", "model", "parameters", "flops_per_byte", "training_bytes", "training_flops",
+           "bytes_per_chunk", "bytes_per_token", "val_bpb", "steps", "wall_clock_s", "bytes_per_s")
+
+
+def _cell(name: str, value) -> str:
+    if value is None:
+        return ""
+    if name == "bytes_per_chunk":
+        return "/".join(f"{x:.2f}" for x in value)
+    if name in ("val_bpb", "bytes_per_token"):
+        return f"{value:.4f}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def write_report(summaries: list[RunSummary], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "report.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for s in summaries:
+            row = asdict(s)
+            writer.writerow([_cell(c, row[c]) for c in COLUMNS])
+    plots = plot_curves(summaries, out)
+    lines = [
+        "# Comparison", "",
+        "Validation bits per byte = total NLL in bits / raw bytes of the same text (a BPE model's token NLL over "
+        "the bytes its tokens cover, which slightly favours BPE). FLOPs per byte: forward, counted per layer by "
+        "`hnet.eval.flops` at the measured bytes per chunk (H-Net) or bytes per token (BPE); training FLOPs = 3 x "
+        "forward x training bytes.", "",
+        "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS),
+    ]
+    for s in summaries:
+        row = asdict(s)
+        lines.append("| " + " | ".join(_cell(c, row[c]) for c in COLUMNS) + " |")
+    lines += ["", *[f"![{p.stem}]({p.name})" for p in plots]]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def plot_curves(summaries: list[RunSummary], out: Path) -> list[Path]:
+    """Validation bpb against training bytes and against training FLOPs, one panel per data kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = sorted({s.data for s in summaries})
+    paths = []
+    for axis, label in ((0, "training bytes"), (1, "training FLOPs")):
+        fig, panels = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
+        for panel, kind in zip(panels[0], kinds):
+            for s in (s for s in summaries if s.data == kind):
+                points = [(p[axis], p[2]) for p in s.curve if p[axis] > 0]  # step 0 has no place on a log axis
+                if points:
+                    x, y = zip(*points)
+                    panel.plot(x, y, marker="o", markersize=3, label=f"{s.run} ({s.model})")
+            panel.set(xscale="log", xlabel=label, ylabel="validation bits per byte", title=kind)
+            panel.grid(alpha=0.3)
+            panel.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"bpb_vs_{'bytes' if axis == 0 else 'flops'}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def compare_runs(run_dirs, out) -> list[RunSummary]:
+    summaries = [summarize(r) for r in run_dirs]
+    names = [s.run for s in summaries]
+    for s, run_dir in zip(summaries, run_dirs):
+        if names.count(s.run) > 1:  # the same folder name under different parents: tell them apart
+            s.run = str(run_dir)
+    write_report(summaries, Path(out))
+    return summaries
+
+
+def compare_from_cli(args) -> None:
+    summaries = compare_runs(args.runs, args.out)
+    print(f"compared {len(summaries)} runs; wrote {args.out}/report.md, report.csv, bpb_vs_bytes.png, bpb_vs_flops.png")

@@ -1,0 +1,101 @@
+"""Bits per byte: a hand computation, windows that score every id once, BPE over raw bytes, bad inputs."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hnet import HNetConfig, HNetForCausalLM
+from hnet.cli import main
+from hnet.data import Document, train_bpe
+from hnet.eval.bpb import bits_per_byte, plan_windows, token_nll
+
+TEXT = "To be, or not to be, that is the question: café, naïve, 三国.\n".encode() * 3
+SSM = {"chunk_size": 16, "d_conv": 4, "d_state": 8, "expand": 2}
+
+
+def tiny_hnet() -> HNetForCausalLM:
+    torch.manual_seed(0)
+    return HNetForCausalLM(HNetConfig.from_dict({
+        "arch_layout": ["m1", ["T1"], "m1"], "d_model": [32, 64], "d_intermediate": [0, 128], "ssm_cfg": SSM,
+        "attn_cfg": {"num_heads": [1, 2], "rotary_emb_dim": [16, 16], "window_size": [-1, -1]},
+    })).eval()
+
+
+def windowed_transformer(vocab_size=256, window=-1) -> HNetForCausalLM:
+    torch.manual_seed(0)
+    return HNetForCausalLM(HNetConfig.from_dict({
+        "arch_layout": ["T1"], "d_model": [32], "d_intermediate": [64], "vocab_size": vocab_size,
+        "attn_cfg": {"num_heads": [2], "rotary_emb_dim": [16], "window_size": [window]},
+    })).eval()
+
+
+def test_hnet_eval_equals_a_hand_computation(tmp_path):
+    model = tiny_hnet()
+    model.save_pretrained(tmp_path / "model")
+    (tmp_path / "text.txt").write_bytes(TEXT)
+    assert main(["eval", str(tmp_path / "model"), "--data", str(tmp_path / "text.txt"), "--out", str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+
+    ids = torch.tensor([[254, *TEXT]])
+    with torch.no_grad():
+        logp = F.log_softmax(model(ids[:, :-1]).logits.double(), dim=-1)
+    bits = -logp[0].gather(-1, ids[0, 1:, None]).sum().item() / math.log(2)
+    assert result["bytes"] == len(TEXT)
+    assert result["nll_bits"] == pytest.approx(bits, rel=1e-6)
+    assert result["bpb"] == pytest.approx(bits / len(TEXT), rel=1e-6)
+    assert result["model"] == str(tmp_path / "model") and result["data"] == str(tmp_path / "text.txt")
+
+
+@pytest.mark.parametrize("n,window,stride", [(2, 8, 4), (9, 8, 4), (10, 8, 8), (100, 16, 5), (101, 7, 1), (50, 64, 32)])
+def test_windows_score_every_target_once(n, window, stride):
+    scored, plan = [], plan_windows(n, window, stride)
+    w = min(window, n - 1)
+    for i, (start, skip) in enumerate(plan):
+        assert 0 <= start and start + w <= n - 1
+        scored += range(start + skip + 1, start + w + 1)
+        if i > 0:
+            assert skip >= w - stride  # every scored target after the first window has this much context
+    assert scored == list(range(1, n))
+
+
+def test_windows_equal_one_pass_when_the_context_fits():
+    # One attention layer with a window of 8 keys: any 8 ids of context give the exact logits.
+    model = windowed_transformer(window=8)
+    ids = torch.tensor([254, *TEXT[:150]])
+    whole = token_nll(model, ids, window=len(ids), stride=len(ids))
+    windowed = token_nll(model, ids, window=32, stride=16, batch_size=3)
+    assert not torch.isnan(windowed).any()
+    torch.testing.assert_close(windowed, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_bpe_bpb_is_token_nll_over_raw_bytes(tmp_path):
+    tokenizer = train_bpe([Document(TEXT * 20)], 300, tmp_path / "tok")
+    text = TEXT + b"\xff unseen \x00 bytes"  # bytes never seen in training fall back to byte pieces
+    model = windowed_transformer(vocab_size=tokenizer.vocab_size)
+    result = bits_per_byte(model, [text], tokenizer, window=4096)
+
+    ids = torch.tensor([[tokenizer.bos_id, *tokenizer.encode(text).tolist()]])
+    with torch.no_grad():
+        nll = F.cross_entropy(model(ids[:, :-1]).logits[0].double(), ids[0, 1:], reduction="sum").item()
+    assert result["tokens"] == ids.shape[1] - 1 < len(text)
+    assert result["bytes"] == len(text)
+    assert result["bpb"] == pytest.approx(nll / (math.log(2) * len(text)), rel=1e-6)
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
+    tiny_hnet().save_pretrained(tmp_path / "model")
+    (tmp_path / "text.txt").write_bytes(TEXT)
+    cases = [
+        (["eval", str(tmp_path / "no_run"), "--data", str(tmp_path / "text.txt")], "no_run"),
+        (["eval", str(tmp_path / "model"), "--data", str(tmp_path / "missing.txt")], "missing.txt"),
+        (["compare", str(tmp_path / "no_run"), "--out", str(tmp_path / "cmp")], "no_run"),
+        (["compare", str(tmp_path / "model"), "--out", str(tmp_path / "cmp")], "not a run directory"),
+    ]
+    for argv, named in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and named in err, err

@@ -1,0 +1,27 @@
+"""`hnet compare` over two tiny runs: the report, the CSV and the plots."""
+
+import csv
+import json
+
+from hnet.cli import main
+from tiny_runs import tiny_hnet, tiny_transformer
+
+
+def test_compare_two_tiny_runs(tmp_path):
+    for name, config in (("hnet", tiny_hnet(tmp_path)), ("transformer", tiny_transformer(tmp_path))):
+        (tmp_path / f"{name}.json").write_text(json.dumps(config))
+        assert main(["train", str(tmp_path / f"{name}.json"), "--out", str(tmp_path / name)]) == 0
+    out = tmp_path / "report"
+    assert main(["compare", str(tmp_path / "hnet"), str(tmp_path / "transformer"), "--out", str(out)]) == 0
+
+    for name in ("report.md", "report.csv", "bpb_vs_bytes.png", "bpb_vs_flops.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "bpb_vs_flops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = {r["run"]: r for r in csv.DictReader(open(out / "report.csv"))}
+    assert rows["hnet"]["model"] == "hnet_1stage" and rows["transformer"]["model"] == "transformer"
+    assert rows["hnet"]["training_bytes"] == rows["transformer"]["training_bytes"] == str(10 * 4 * 128)
+    assert float(rows["hnet"]["bytes_per_chunk"]) > 1 and rows["transformer"]["bytes_per_chunk"] == ""
+    for row in rows.values():
+        assert float(row["flops_per_byte"]) > 0 and 0 < float(row["val_bpb"]) < 9
+    report = (out / "report.md").read_text()
+    assert "| hnet | text | hnet_1stage |" in report and "bpb_vs_flops.png" in report
