@@ -40,6 +40,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 REAL_SHAPES = os.environ.get("HNET_REAL_SHAPES") == "1" and DEVICE == "cuda"
 DTYPES = [torch.float32] + ([torch.bfloat16] if DEVICE == "cuda" else [])
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
+# dA and dD are one number per head, each a sum over every (batch, position, channel) of products that the
+# bf16 kernels round: cancellation in those sums leaves a larger relative error than elementwise outputs.
+REDUCED_GRAD_TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
 real = pytest.mark.skipif(not REAL_SHAPES, reason="real shapes: set HNET_REAL_SHAPES=1 on a GPU")
 
 
@@ -298,7 +301,8 @@ def test_ssd_chunked(case, dtype):
     g_ref = torch.autograd.grad((y_ref, s_ref), [t for t in ref if t is not None], (dy, ds))
     names = [nm for nm, t in zip(["x", "dt", "A", "B", "C", "D", "initial_state"], fast) if t is not None]
     for name, a, b_ in zip(names, g_fast, g_ref):
-        assert rel(a, b_) < TOL[dtype], f"d{name}: rel err {rel(a, b_):.2e}"
+        tol = REDUCED_GRAD_TOL[dtype] if name in ("A", "D") else TOL[dtype]
+        assert rel(a, b_) < tol, f"d{name}: rel err {rel(a, b_):.2e}"
     if l <= 160:  # and the gradients of the float64 recurrence
         seq = leaves(*(t.double() if t is not None else None for t in (x, dt, A, B, C, D, s0)))
         y_seq, s_seq = ssd_sequential(*seq, seq_idx=seq_idx)

@@ -67,7 +67,7 @@ class CausalSelfAttention(nn.Module):
             cache.k[:, :, kept % slots] = k[:, :, kept].to(cache.k.dtype)
             cache.v[:, :, kept % slots] = v[:, :, kept].to(cache.v.dtype)
             cache.seqlen.fill_(L)
-        if self.window_size < 0:
+        if self.window_size < 0 or self.window_size >= L - 1:  # the window reaches back to 0: plain causal (flash)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             i = torch.arange(L, device=x.device)
