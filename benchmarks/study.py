@@ -1,0 +1,198 @@
+"""The headline study: learned chunking (H-Net) against BPE and raw bytes, one modality at a time.
+
+    python benchmarks/study.py --data text --budget-bytes 10000000 --runs-dir runs/study
+    python benchmarks/study.py --dry-run          # the whole grid at tiny size on a few kB, on CPU (CI)
+
+For the modality, every model of the grid (the `configs/<data>/<model>_<size>.json` presets, sized to
+matched forward FLOPs per byte) trains through the normal loop on exactly `--budget-bytes` training bytes
+(the same number of steps of the same bytes per batch); one configuration repeats with a second seed.
+Runs already finished in the runs directory are skipped, so a later session picks up where one stopped.
+Then the modality's section of `docs/results.md` is (re)written from the runs' own metrics files: the
+table and plots of `hnet compare`, the bytes-per-chunk trajectory of each H-Net stage against its
+target, and boundary statistics of the trained H-Net on validation text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hnet.config import RunConfig, apply_overrides, read_json  # noqa: E402
+from hnet.eval.compare import compare_runs  # noqa: E402
+from hnet.eval.runs import read_metrics  # noqa: E402
+from hnet.models import latest_checkpoint, load_model  # noqa: E402
+from hnet.training import train  # noqa: E402
+
+GRID = {
+    "text": ["hnet_1stage", "hnet_2stage", "bpe_transformer", "transformer", "mamba2", "hnet_space"],
+    "dna": ["hnet_1stage", "hnet_2stage", "bpe_transformer", "transformer", "mamba2"],
+    "protein": ["hnet_1stage", "hnet_2stage", "bpe_transformer", "transformer", "mamba2"],
+}
+SECOND_SEED = "hnet_1stage"  # repeated with seed 1 so the table shows the noise
+EVALS_PER_RUN = 5
+
+
+def run_configs(data: str, size: str, budget_bytes: int, data_overrides: list[str], quick: bool) -> dict[str, RunConfig]:
+    configs = {}
+    for model in GRID[data]:
+        preset = REPO / "configs" / data / f"{model}_{size}.json"
+        raw = read_json(preset)
+        bpe = raw["data"].get("tokenizer") == "bpe"
+        if quick:
+            raw = apply_overrides(raw, ["data.seq_len=128", "train.batch_size=2", "train.eval_batches=2",
+                                        *(["data.vocab_size=400", "model.vocab_size=400"] if bpe else [])])
+        bytes_per_step = raw["train"]["batch_size"] * raw["data"]["seq_len"]
+        if bpe:  # its seq_len counts tokens, sized in the preset to hold the H-Net's bytes per sequence
+            bytes_per_step = configs["hnet_1stage"].train.batch_size * configs["hnet_1stage"].data.seq_len
+        steps = max(1, budget_bytes // bytes_per_step)
+        overrides = [f"train.max_steps={steps}", f"train.eval_every={max(1, steps // EVALS_PER_RUN)}",
+                     f"train.checkpoint_every={steps}", f"train.log_every={max(1, steps // 20)}", *data_overrides]
+        configs[model] = RunConfig.from_dict(apply_overrides(raw, overrides, f"{preset} (study)"), str(preset))
+    seeded = RunConfig.from_dict(apply_overrides(configs[SECOND_SEED].to_dict(), ["train.seed=1"]), "seed 1")
+    configs[f"{SECOND_SEED}_seed1"] = seeded
+    return configs
+
+
+def finished(run_dir: Path, config: RunConfig) -> bool:
+    last = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+    return last is not None and int(last.name.split("_")[1]) >= config.train.max_steps
+
+
+def train_grid(configs: dict[str, RunConfig], runs_dir: Path, progress: bool) -> list[Path]:
+    dirs = []
+    for name, config in configs.items():
+        run_dir = runs_dir / name
+        dirs.append(run_dir)
+        if finished(run_dir, config):
+            print(f"{name}: finished earlier, skipped")
+            continue
+        resume = run_dir.is_dir() and latest_checkpoint(run_dir) is not None
+        print(f"{name}: training {config.train.max_steps} steps" + (" (resuming)" if resume else ""), flush=True)
+        start = time.perf_counter()
+        result = train(config, run_dir, resume=resume, overwrite=not resume, progress=progress)
+        print(f"{name}: val bpb {result.val_bpb:.4f} in {time.perf_counter() - start:.0f} s", flush=True)
+    return dirs
+
+
+def plot_bytes_per_chunk(run_dirs: list[Path], out: Path) -> Path | None:
+    """Each H-Net stage's bytes per chunk at every evaluation, against its target N (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    drawn = False
+    for run_dir in run_dirs:
+        config = RunConfig.from_json(run_dir / "run.json")
+        records = [r for r in read_metrics(run_dir) if "val_bpb" in r and "bytes_per_chunk" in r]
+        if config.model_type != "hnet" or not records:
+            continue
+        targets = config.train.ratio_targets or []
+        for stage in range(len(records[0]["bytes_per_chunk"])):
+            # the ratio loss targets each stage's compression over the stage before: cumulative = product
+            target = float(torch.tensor(targets[: stage + 1]).prod()) if targets else None
+            line, = ax.plot([r["step"] for r in records], [r["bytes_per_chunk"][stage] for r in records],
+                            marker="o", markersize=3, label=f"{run_dir.name} stage {stage + 1}")
+            if target:
+                ax.axhline(target, color=line.get_color(), linestyle="--", linewidth=0.8)
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set(xlabel="step", ylabel="bytes per chunk (cumulative)", title="routing: bytes per chunk vs target (dashed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "bytes_per_chunk.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def boundary_section(runs_dir: Path, data: str, max_bytes: int = 8192) -> list[str]:
+    """Boundary statistics of the trained 1-stage H-Net on the start of its validation split."""
+    from hnet.chunking import boundary_stats, extract_boundaries
+    from hnet.data import BPETokenizer, prepare_data, tokenizer_for_run
+
+    run_dir = runs_dir / "hnet_1stage"
+    config = RunConfig.from_json(run_dir / "run.json")
+    data_split = prepare_data(config.data, tokenizer_for_run(config.data, run_dir))
+    text = data_split.val.doc(0)[:max_bytes].tobytes()
+    model = load_model(run_dir).eval()
+    bpe_dir = runs_dir / "bpe_transformer" / "tokenizer"
+    tokenizer = BPETokenizer(bpe_dir / "tokenizer.model") if (bpe_dir / "tokenizer.model").is_file() else None
+    stats = boundary_stats(extract_boundaries(model, text), tokenizer=tokenizer)
+    for stage in stats["stages"]:
+        stage["bytes_per_chunk"].pop("histogram", None)
+    return [f"Boundary statistics of `hnet_1stage` on the first {len(text):,} bytes of validation text "
+            f"(`hnet.chunking.boundary_stats`; token agreement against the `bpe_transformer` run's tokenizer):",
+            "", "```json", json.dumps(stats["stages"], indent=1), "```"]
+
+
+def write_section(data: str, runs_dir: Path, run_dirs: list[Path], docs: Path, command: str) -> None:
+    out = docs / data
+    summaries = compare_runs(run_dirs, out)
+    trajectory = plot_bytes_per_chunk(run_dirs, out)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
+    report = (out / "report.md").read_text().split("\n", 2)[2]  # without its title
+    report = report.replace("](bpb_vs", f"]({data}/bpb_vs")
+    lines = [
+        f"<!-- section: {data} -->", f"## {data}", "",
+        f"Command: `{command}`", f"Date: {time.strftime('%Y-%m-%d')}; device: {device}; torch {torch.__version__}.", "",
+        report.strip(), "",
+    ]
+    if trajectory:
+        lines += [f"![bytes per chunk]({data}/{trajectory.name})", ""]
+    try:
+        lines += boundary_section(runs_dir, data)
+    except (FileNotFoundError, ValueError) as e:
+        lines += [f"(no boundary statistics: {e})"]
+    lines += ["", f"<!-- end: {data} -->"]
+    results = docs / "results.md"
+    existing = results.read_text() if results.exists() else "# Results of the headline study\n\nWritten by `benchmarks/study.py`; each section from its runs' metrics files.\n"
+    pattern = re.compile(rf"<!-- section: {data} -->.*?<!-- end: {data} -->", re.S)
+    section = "\n".join(lines)
+    existing = pattern.sub(lambda _: section, existing) if pattern.search(existing) else existing.rstrip() + "\n\n" + section + "\n"
+    results.write_text(existing)
+    best = min((s for s in summaries if s.val_bpb is not None), key=lambda s: s.val_bpb, default=None)
+    print(f"wrote {results} ({data}: {len(summaries)} runs; lowest val bpb {best.val_bpb:.4f} by {best.run})" if best else f"wrote {results}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=sorted(GRID), default="text")
+    parser.add_argument("--budget-bytes", type=int, default=10_000_000, help="training bytes for every model")
+    parser.add_argument("--runs-dir", help="default runs/study (a temporary folder with --dry-run)")
+    parser.add_argument("--size", choices=["tiny", "small"], default="small")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override for every run, e.g. data.path=... where the corpus lives elsewhere")
+    parser.add_argument("--docs", help="where results.md goes: default docs/ (a temporary folder with --dry-run)")
+    parser.add_argument("--dry-run", action="store_true", help="tiny grid on a few kB of the bundled sample, CPU")
+    args = parser.parse_args(argv)
+    command = "python benchmarks/study.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.dry_run:
+        tmp = Path(tempfile.mkdtemp(prefix="hnet-study-"))
+        args.size, args.budget_bytes = "tiny", 3 * 2 * 128
+        args.runs_dir, args.docs = args.runs_dir or str(tmp / "runs"), args.docs or str(tmp / "docs")
+        args.set = ["data.max_bytes=12000", f"data.cache_dir={tmp / 'cache'}", *args.set]
+    args.runs_dir, args.docs = args.runs_dir or "runs/study", args.docs or str(REPO / "docs")
+    configs = run_configs(args.data, args.size, args.budget_bytes, args.set, quick=args.dry_run)
+    runs_dir = Path(args.runs_dir)
+    run_dirs = train_grid(configs, runs_dir, progress=not args.dry_run)
+    write_section(args.data, runs_dir, run_dirs, Path(args.docs), command)
+
+
+if __name__ == "__main__":
+    main()

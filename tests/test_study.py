@@ -1,0 +1,22 @@
+"""The headline study's script runs its whole grid at tiny size, so it cannot rot."""
+
+import importlib.util
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_study_dry_run(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("study", REPO / "benchmarks" / "study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    args = ["--dry-run", "--runs-dir", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
+            "--set", f"data.cache_dir={tmp_path / 'cache'}"]
+    study.main(args)
+    results = (tmp_path / "docs" / "results.md").read_text()
+    assert "<!-- section: text -->" in results and "| hnet_1stage_seed1 |" in results
+    for name in ("bpb_vs_bytes.png", "bpb_vs_flops.png", "bytes_per_chunk.png"):
+        assert (tmp_path / "docs" / "text" / name).stat().st_size > 1000
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted([*study.GRID["text"], "hnet_1stage_seed1"])
+    study.main(args)  # a second pass skips every finished run
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 7
