@@ -10,6 +10,9 @@ import argparse
 import sys
 
 
+QUICKSTART_CONFIGS = [f"configs/text/{name}_tiny.json" for name in ("hnet_1stage", "bpe_transformer", "transformer")]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hnet", description="Byte-level H-Net language models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -23,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true")
     group.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("quickstart", help="train a tiny H-Net, BPE Transformer and byte Transformer, then compare")
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--configs", nargs="+", default=QUICKSTART_CONFIGS, metavar="CONFIG")
+    p.add_argument("--max-steps", type=int, help="override every config's train.max_steps")
 
     p = sub.add_parser("eval", help="bits per byte on held-out data")
     p.add_argument("model", metavar="RUN_OR_MODEL")
@@ -73,6 +81,8 @@ def run(args: argparse.Namespace) -> None:
         from hnet.training import train_from_cli
 
         train_from_cli(args)
+    elif args.command == "quickstart":
+        quickstart(args.configs, args.out, args.max_steps)
     elif args.command == "convert":
         from hnet.models import load_checkpoint
 
@@ -89,6 +99,33 @@ def run(args: argparse.Namespace) -> None:
         import importlib
 
         getattr(importlib.import_module(module), f"{args.command}_from_cli")(args)
+
+
+def quickstart(configs: list[str], out: str, max_steps: int | None = None) -> None:
+    """The toolkit's main job in small: train each config on the bundled sample (matched FLOPs per byte),
+    then one comparison table. Each run directory is left for eval / inspect / generate."""
+    from pathlib import Path
+
+    from hnet.eval import compare_runs
+    from hnet.training import load_run_config, train
+
+    runs = []
+    for config_path in configs:
+        config = load_run_config(config_path, max_steps=max_steps)
+        run_dir = Path(out) / Path(config_path).stem.removesuffix("_tiny")
+        print(f"== {run_dir.name}: {config.train.max_steps} steps of {config.train.batch_size} x {config.data.seq_len} "
+              f"{'tokens' if config.data.tokenizer == 'bpe' else 'bytes'} on {config.data.path}", flush=True)
+        result = train(config, run_dir, overwrite=True)
+        chunks = f", bytes per chunk {', '.join(f'{x:.2f}' for x in result.bytes_per_chunk)}" if result.bytes_per_chunk else ""
+        print(f"   validation bits per byte {result.initial_val_bpb:.3f} before -> {result.val_bpb:.3f} after{chunks}")
+        runs.append(run_dir)
+    summaries = compare_runs(runs, Path(out) / "report")
+    print(f"\n{'run':18} {'params':>10} {'FLOPs/byte':>11} {'train bytes':>12} {'val bpb':>8}  bytes/chunk or token")
+    for s in summaries:
+        unit = "/".join(f"{x:.2f}" for x in s.bytes_per_chunk) if s.bytes_per_chunk else f"{s.bytes_per_token:.2f}"
+        print(f"{s.run:18} {s.parameters:>10,} {s.flops_per_byte:>11.3g} {s.training_bytes:>12,.0f} {s.val_bpb:>8.3f}  {unit}")
+    print(f"\nreport: {Path(out) / 'report' / 'report.md'} (with plots); the runs are in {out}/, e.g.\n"
+          f"  hnet inspect {runs[0]} --text TEXT\n  hnet generate {runs[0]} --prompt TEXT")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -151,3 +151,14 @@ def test_200_steps_on_tinyshakespeare_learn(tmp_path):
     result = train(RunConfig.from_dict(data), tmp_path / "run", progress=False)
     assert result.initial_val_bpb > 7.5
     assert result.val_bpb < 4.0, result.val_bpb
+
+
+def test_quickstart_trains_and_compares(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(REPO)  # the preset paths are relative to the repository
+    assert main(["quickstart", "--out", str(tmp_path / "qs"), "--max-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    for name in ("hnet_1stage", "bpe_transformer", "transformer"):
+        assert latest_checkpoint(tmp_path / "qs" / name).name == "step_000002"
+        assert f"\n{name} " in out
+    assert "validation bits per byte" in out and (tmp_path / "qs" / "report" / "report.md").is_file()
