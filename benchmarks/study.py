@@ -111,7 +111,8 @@ def plot_bytes_per_chunk(run_dirs: list[Path], out: Path) -> Path | None:
     if not drawn:
         plt.close(fig)
         return None
-    ax.set(xlabel="step", ylabel="bytes per chunk (cumulative)", title="routing: bytes per chunk vs target (dashed)")
+    ax.set(xlabel="step", ylabel="bytes per chunk (cumulative)", yscale="log",
+           title="routing: bytes per chunk vs target (dashed)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
