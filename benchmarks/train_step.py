@@ -28,7 +28,6 @@ import itertools
 import math
 import os
 import sys
-import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -39,10 +38,10 @@ from hnet.config import RunConfig, TrainConfig
 from hnet.eval.baselines import size_baseline
 from hnet.eval.flops import flops_per_byte
 from hnet.ops import dispatch
-from hnet.training.loop import default_ratio_targets, forward_loss
+from hnet.training.loop import default_ratio_targets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import text_batch  # noqa: E402
+from train_throughput import text_batch, time_train_steps  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = [".ref/configs/hnet_1stage_L.json", ".ref/configs/hnet_2stage_L.json"]
@@ -91,41 +90,10 @@ def cumulative(targets) -> list[float]:
 def train_step_once(config: HNetConfig, device, batch: int, seq_len: int, steps: int, warmup: int) -> dict:
     torch.manual_seed(0)
     model = HNetForCausalLM(config, device=device)
-    tc = TrainConfig()
-    optimizer = torch.optim.AdamW(model.param_groups(tc.lr, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas),
-                                  fused=device.type == "cuda")
-    targets = default_ratio_targets(config.num_stages - 1)
-    data = text_batch(batch, seq_len, device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-    def step():
-        with autocast:
-            loss, _, _, routing = forward_loss(model, data, targets, tc.ratio_loss_weight, lambda t: t, 1)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return routing
-
-    for _ in range(warmup):
-        step()
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        routing = step()
-    sync(device)
-    seconds = (time.perf_counter() - start) / steps
-    n_bytes = data["input_ids"].numel()
-    return {
-        "params": sum(p.numel() for p in model.parameters()),
-        "ms": seconds * 1e3,
-        "bytes_per_s": n_bytes / seconds,
-        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan"),
-        # Stage s's boundary count is its number of chunks of the whole batch: bytes per chunk is cumulative.
-        "bytes_per_chunk": [n_bytes / max(int(r.boundary_mask.sum()), 1) for r in routing],
-    }
+    r = time_train_steps(model, TrainConfig(), text_batch(batch, seq_len, device), device, steps, warmup)
+    peak = r["peak_memory_gib"]
+    return {"params": r["params"], "ms": r["ms_per_step"], "bytes_per_s": r["bytes_per_s"],
+            "peak_gib": float("nan") if peak is None else peak, "bytes_per_chunk": r["bytes_per_chunk"]}
 
 
 def fitting(run, batch: int, device) -> tuple[int, dict | None]:

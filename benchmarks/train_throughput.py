@@ -44,17 +44,11 @@ def text_batch(batch_size: int, seq_len: int, device, doc_len: int = 2048) -> di
     return {"input_ids": ids[:, :-1].contiguous().to(device), "labels": labels.to(device), "cu_seqlens": cu.to(device)}
 
 
-def measure(config_path: str, device, steps: int, warmup: int, overrides: dict) -> dict:
-    config = RunConfig.from_json(config_path)
-    for key, value in overrides.items():
-        setattr(config.train if hasattr(config.train, key) else config.data, key, value)
-    torch.manual_seed(0)
-    model = build_model(config).to(device)
-    tc = config.train
+def time_train_steps(model, tc, batch: dict, device, steps: int, warmup: int) -> dict:
+    """Warmup, then the mean time of `steps` training steps of `model` on one fixed batch."""
     optimizer = torch.optim.AdamW(model.param_groups(tc.lr, tc.weight_decay, tc.lr_multipliers), lr=tc.lr,
                                   betas=tuple(tc.betas), fused=device.type == "cuda")
     targets = tc.ratio_targets or default_ratio_targets(model.num_stages - 1)
-    batch = text_batch(tc.batch_size, config.data.seq_len, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def step():
@@ -69,25 +63,32 @@ def measure(config_path: str, device, steps: int, warmup: int, overrides: dict) 
     for _ in range(warmup):
         step()
     if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(steps):
         routing = step()
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - start) / steps
     n_bytes = batch["input_ids"].numel()
-    chunks = [int(r.boundary_mask.sum()) for r in routing]
     return {
-        "config": config_path,
         "params": sum(p.numel() for p in model.parameters()),
-        "batch": f"{tc.batch_size} x {config.data.seq_len}",
         "ms_per_step": seconds * 1e3,
         "bytes_per_s": n_bytes / seconds,
-        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
-        "bytes_per_chunk": [n_bytes / max(c, 1) for c in chunks],
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        # stage s's boundaries count its chunks over the whole batch: bytes per chunk is cumulative
+        "bytes_per_chunk": [n_bytes / max(int(r.boundary_mask.sum()), 1) for r in routing],
     }
+
+
+def measure(config_path: str, device, steps: int, warmup: int) -> dict:
+    config = RunConfig.from_json(config_path)
+    torch.manual_seed(0)
+    model = build_model(config).to(device)
+    batch = text_batch(config.train.batch_size, config.data.seq_len, device)
+    result = time_train_steps(model, config.train, batch, device, steps, warmup)
+    return {"config": config_path, "batch": f"{config.train.batch_size} x {config.data.seq_len}", **result}
 
 
 def main():
@@ -100,12 +101,12 @@ def main():
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     device = torch.device(args.device)
-    configs, overrides = args.configs, {}
+    configs = args.configs
     if args.quick:
-        configs, overrides, args.steps, args.warmup = ["configs/text/hnet_1stage_tiny.json"], {}, 2, 1
+        configs, args.steps, args.warmup = ["configs/text/hnet_1stage_tiny.json"], 2, 1
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name}; torch {torch.__version__}")
-    results = [measure(c, device, args.steps, args.warmup, overrides) for c in configs]
+    results = [measure(c, device, args.steps, args.warmup) for c in configs]
     print(f"{'config':45} {'params':>11} {'batch':>10} {'ms/step':>9} {'bytes/s':>11} {'peak GiB':>9}  bytes/chunk")
     for r in results:
         peak = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "-"

@@ -12,7 +12,6 @@ from hnet.chunking.chunk import DechunkCache, chunk, dechunk, dechunk_step, ste
 from hnet.chunking.routing import RoutingCache, RoutingModule, RoutingOutput
 from hnet.config import HNetConfig
 from hnet.layers.isotropic import Isotropic
-from hnet.layers.mlp import SwiGLU
 from hnet.models.weights import WeightsMixin
 
 

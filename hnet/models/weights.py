@@ -3,7 +3,6 @@ and the optimizer parameter groups."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hnet.config import RunConfig, apply_overrides, read_json, to_dict
+from hnet.config import RunConfig, apply_overrides, read_json
 from hnet.training.checkpoint import latest_checkpoint, load_checkpoint_state, save_checkpoint
 from hnet.training.metrics import MetricsWriter, bytes_per_chunk
 from hnet.training.schedule import lr_multiplier
