@@ -99,3 +99,52 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and named in err, err
+
+
+def uniform(model: HNetForCausalLM) -> HNetForCausalLM:
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # every logit 0: the uniform distribution over the vocabulary
+    return model
+
+
+def test_uniform_model_scores_exactly_8_bits_per_byte():
+    result = bits_per_byte(uniform(tiny_hnet()), [TEXT, b"\x00\xff" * 50], window=64)
+    assert result["bpb"] == pytest.approx(8.0, abs=1e-6)  # log-softmax runs in float32
+
+
+def test_uniform_bpe_model_is_scored_per_byte_not_per_token(tmp_path):
+    tokenizer = train_bpe([Document(TEXT * 20)], 300, tmp_path / "tok")
+    result = bits_per_byte(uniform(windowed_transformer(vocab_size=tokenizer.vocab_size)), [TEXT], tokenizer)
+    per_token = math.log2(tokenizer.vocab_size)
+    assert result["bpb"] == pytest.approx(per_token * result["tokens"] / len(TEXT), rel=1e-6)
+    assert result["bpb"] < per_token  # tokens cover several bytes each
+
+
+def test_run_errors_name_what_is_wrong(tmp_path, capsys):
+    from hnet.data import train_bpe as train
+
+    run = tmp_path / "run"
+    (tmp_path / "text.txt").write_bytes(TEXT)
+    (tmp_path / "empty.txt").write_bytes(b"")
+    model = windowed_transformer(vocab_size=400)
+    config = {"model_type": "isotropic", "model": model.config.to_dict(),
+              "data": {"path": str(tmp_path / "text.txt"), "tokenizer": "bpe", "vocab_size": 400}}
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps(config))
+    cases = [
+        (["eval", str(run), "--data", str(tmp_path / "text.txt")], "no checkpoint"),
+    ]
+    model.save_pretrained(run / "checkpoints" / "step_000001")
+    train([Document(TEXT * 20)], 300, run / "tokenizer")  # a tokenizer that does not match the model
+    cases += [
+        (["eval", str(run), "--data", str(tmp_path / "empty.txt")], "empty.txt"),
+        (["eval", str(run), "--data", str(tmp_path / "text.txt")], "do not belong together"),
+    ]
+    (run / "checkpoints").rename(tmp_path / "ckpt")
+    assert main(cases[0][0]) == 2 and cases[0][1] in capsys.readouterr().err
+    (tmp_path / "ckpt").rename(run / "checkpoints")
+    for argv, named in cases[1:]:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and named in err, err

@@ -25,3 +25,9 @@ def test_compare_two_tiny_runs(tmp_path):
         assert float(row["flops_per_byte"]) > 0 and 0 < float(row["val_bpb"]) < 9
     report = (out / "report.md").read_text()
     assert "| hnet | text | hnet_1stage |" in report and "bpb_vs_flops.png" in report
+    import matplotlib.image
+
+    for name in ("bpb_vs_bytes.png", "bpb_vs_flops.png"):
+        image = matplotlib.image.imread(out / name)
+        assert image.shape[:2] == (4 * 120, int(5.5 * 120)), image.shape  # one data kind: a 5.5 x 4 in panel at 120 dpi
+        assert image[..., :3].std() > 0.01  # not blank

@@ -103,6 +103,9 @@ def evaluate_path(model_path, data, out=None, window: int | None = None, stride:
     run = run_dir_of(model_path)
     config = run_config(run) if run else None
     tokenizer = run_tokenizer(run, config) if config else None
+    if tokenizer is not None and tokenizer.vocab_size != model.config.vocab_size:
+        raise ValueError(f"{model_path}: the run's tokenizer has {tokenizer.vocab_size} pieces but the model "
+                         f"predicts {model.config.vocab_size} ids: they do not belong together")
     if tokenizer is None and model.config.vocab_size != 256:
         raise ValueError(f"{model_path}: a model over {model.config.vocab_size} ids needs the tokenizer of its run "
                          "directory")

@@ -58,4 +58,7 @@ def eval_documents(spec: str | Path) -> tuple[list[bytes], str]:
         if isinstance(data, dict) and "model" in data:
             val = read_split(RunConfig.from_dict(data, str(path)).data)[1]
             return [d.text for d in val], f"{path.stem}_val"
-    return [path.read_bytes()], path.stem
+    text = path.read_bytes()
+    if not text:
+        raise ValueError(f"{path}: the data file is empty (0 bytes): nothing to evaluate")
+    return [text], path.stem
