@@ -56,6 +56,8 @@ def test_resume_is_bit_exact(tmp_path):
 
     shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step_000006")
     train(half, tmp_path / "resumed", resume=True, progress=False)
+    snapshots = sorted(p.name for p in (tmp_path / "straight" / "boundaries").iterdir())
+    assert snapshots == ["step_000003.html", "step_000006.html"]  # a validation snippet at every evaluation
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert a.keys() == b.keys()
     for key in a:
