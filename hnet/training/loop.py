@@ -13,6 +13,7 @@ import json
 import math
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,7 +188,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
         for micro in range(tc.grad_accum):
             batch = {k: (v.to(accelerator.device) if torch.is_tensor(v) else v) for k, v in next(batches).items()}
             sync = micro == tc.grad_accum - 1
-            with accelerator.no_sync(model) if not sync else _nullcontext():
+            with accelerator.no_sync(model) if not sync else nullcontext():
                 loss, ce, ratio, routing = forward_loss(model, batch, targets, tc.ratio_loss_weight, reduce_sum, world)
                 if not torch.isfinite(loss):
                     raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1}; the last good checkpoint is kept in {run_dir}/checkpoints")
@@ -224,14 +225,6 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
     metrics.close()
     return TrainResult(run_dir, step, last_eval and last_eval["val_bpb"], initial and initial["val_bpb"],
                        (last_eval or {}).get("bytes_per_chunk", []))
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _write_boundaries(model, snippet: bytes, path: Path) -> None:
