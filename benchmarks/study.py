@@ -137,9 +137,38 @@ def boundary_section(runs_dir: Path, data: str, max_bytes: int = 8192) -> list[s
     stats = boundary_stats(extract_boundaries(model, text), tokenizer=tokenizer)
     for stage in stats["stages"]:
         stage["bytes_per_chunk"].pop("histogram", None)
-    return [f"Boundary statistics of `hnet_1stage` on the first {len(text):,} bytes of validation text "
-            f"(`hnet.chunking.boundary_stats`; token agreement against the `bpe_transformer` run's tokenizer):",
-            "", "```json", json.dumps(stats["stages"], indent=1), "```"]
+    lines = [f"Boundary statistics of `hnet_1stage` on the first {len(text):,} bytes of validation text "
+             f"(`hnet.chunking.boundary_stats`; token agreement against the `bpe_transformer` run's tokenizer):",
+             "", "```json", json.dumps(stats["stages"], indent=1), "```"]
+    if data == "protein":
+        lines += ["", *record_start_section(model, data_split.val, max_bytes)]
+    return lines
+
+
+def record_start_section(model, val, max_bytes: int) -> list[str]:
+    """Protein: the boundary rate by residue offset from the start of each record, over whole validation
+    records (each run alone, as it is trained), written as one FASTA text for `protein_stats`."""
+    import numpy as np
+
+    from hnet.chunking import extract_boundaries
+    from hnet.chunking.stats import protein_stats
+
+    fasta, starts, used = b"", [], 0
+    for i in range(val.num_docs):
+        record = val.doc(i).tobytes()
+        if used and used + len(record) > max_bytes:
+            break
+        first = len(fasta) + 2  # after ">\n"
+        starts += [first + s for s in extract_boundaries(model, record).stages[0].starts]
+        fasta += b">\n" + record + b"\n"
+        used += len(record)
+    is_start = np.zeros(len(fasta), dtype=bool)
+    is_start[starts] = True
+    by_offset = protein_stats(fasta, is_start)["rate_by_offset_from_record_start"]
+    rows = [f"| {k} | {v['bytes']} | {v['boundaries']} | {v['rate']:.3f} |" for k, v in by_offset.items() if v["bytes"]]
+    return [f"Stage-1 boundary rate by residue offset from the start of each of the first {fasta.count(b'>')} "
+            f"validation records ({used:,} residues):", "", "| offset | residues | boundaries | rate |",
+            "| --- | ---: | ---: | ---: |", *rows]
 
 
 def write_section(data: str, runs_dir: Path, run_dirs: list[Path], docs: Path, command: str) -> None:

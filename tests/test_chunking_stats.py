@@ -126,3 +126,36 @@ def test_plots_are_written_and_not_blank(tmp_path):
         assert image.shape[0] > 100 and image[..., :3].std() > 0.05, name
     with pytest.raises(ValueError, match="span"):
         plot_boundary_prob(b, tmp_path / "empty.png", start=10_000)
+
+
+def test_orf_scan_and_codon_position_rates_by_hand():
+    from hnet.chunking.stats import open_reading_frames
+
+    orf = b"ATG" + b"GCA" * 3 + b"TAA"  # 5 codons, in frame 1 after one leading base
+    sequence = b"C" + orf + b"ATGCC"  # the trailing ATG has no stop: not an ORF
+    in_orf, position = open_reading_frames(sequence, min_codons=5)
+    assert in_orf.tolist() == [False] + [True] * 15 + [False] * 5
+    assert position[1:16].tolist() == [0, 1, 2] * 5
+    assert not open_reading_frames(sequence, min_codons=6)[0].any()  # too short
+
+    # boundaries at every first codon position of the ORF, plus one outside it
+    is_start = np.zeros(len(sequence), dtype=bool)
+    is_start[[1, 4, 7, 10, 13, 18]] = True
+    text = b">seq\n" + sequence
+    offsets = np.arange(len(sequence)) + 5  # the header line takes 5 bytes
+    is_text_start = np.zeros(len(text), dtype=bool)
+    is_text_start[offsets[is_start]] = True
+    dna = dna_stats(text, is_text_start, motifs=(), orf_min_codons=5)
+    assert dna["orf_nucleotides"] == 15
+    by_position = {k: (v["bytes"], v["boundaries"]) for k, v in dna["rate_by_codon_position_in_orfs"].items()}
+    assert by_position == {"1": (5, 5), "2": (5, 0), "3": (5, 0)}
+
+
+def test_protein_rate_by_offset_from_record_start():
+    text = b">a\nMKV\n>b\nMKVLA\n"
+    is_start = np.zeros(len(text), dtype=bool)
+    is_start[[3, 10, 12]] = True  # record a: offset 0; record b: offsets 0 and 2
+    protein = protein_stats(text, is_start)
+    by_offset = {k: (v["bytes"], v["boundaries"]) for k, v in protein["rate_by_offset_from_record_start"].items()}
+    assert by_offset["0"] == (2, 2) and by_offset["1"] == (2, 0) and by_offset["2"] == (2, 1)
+    assert by_offset["3"] == (1, 0) and by_offset["4"] == (1, 0) and by_offset[">=10"] == (0, 0)

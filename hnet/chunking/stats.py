@@ -21,6 +21,9 @@ HISTOGRAM_MAX = 64  # chunk lengths 1..64 bytes are counted one by one, longer o
 DNA_ALPHABET = b"ACGTN"
 PROTEIN_ALPHABET = b"ACDEFGHIKLMNPQRSTVWYBXZJUO*"
 DNA_MOTIFS = ("ATG", "TAA", "TAG", "TGA")  # start and stop codons
+STOP_CODONS = (b"TAA", b"TAG", b"TGA")
+ORF_MIN_CODONS = 100  # "long" open reading frames: 300 nucleotides or more
+RECORD_START_SPAN = 10  # protein: residues counted as "near the start of a record"
 SEQUENCE_SHARE = 0.9  # DNA (protein) when this share of the non-space bytes outside headers is in the alphabet
 
 
@@ -130,7 +133,7 @@ def sequence_kind(text: bytes) -> str:
     return "text"
 
 
-def dna_stats(text: bytes, is_start: np.ndarray, motifs=DNA_MOTIFS) -> dict:
+def dna_stats(text: bytes, is_start: np.ndarray, motifs=DNA_MOTIFS, orf_min_codons: int = ORF_MIN_CODONS) -> dict:
     """Boundary rate by nucleotide position modulo 3 (counted from the first nucleotide of the text, so
     a phase, not a reading frame) and at the starts of each motif (found across line breaks)."""
     at, letters = _residues(text, DNA_ALPHABET, fold_case=True)
@@ -141,16 +144,48 @@ def dna_stats(text: bytes, is_start: np.ndarray, motifs=DNA_MOTIFS) -> dict:
         hits = at[[m.start() for m in re.finditer(pattern, sequence)]]
         found[motif] = {"count": len(hits), "boundaries": int(is_start[hits].sum()),
                         "rate": _ratio(int(is_start[hits].sum()), len(hits))}
+    in_orf, codon_position = open_reading_frames(sequence, orf_min_codons)
     return {"nucleotides": len(at), "rate": _ratio(int(is_start[at].sum()), len(at)),
-            "rate_by_phase": rates(is_start[at], np.arange(len(at)) % 3, ("0", "1", "2")), "motifs": found}
+            "rate_by_phase": rates(is_start[at], np.arange(len(at)) % 3, ("0", "1", "2")), "motifs": found,
+            "orf_nucleotides": int(in_orf.sum()),
+            "rate_by_codon_position_in_orfs": rates(is_start[at][in_orf], codon_position[in_orf], ("1", "2", "3"))}
+
+
+def open_reading_frames(sequence: bytes, min_codons: int = ORF_MIN_CODONS) -> tuple[np.ndarray, np.ndarray]:
+    """A simple forward-strand ORF scan: from an ATG to the first in-frame stop codon (included), kept when
+    it spans at least `min_codons` codons. Returns, per nucleotide, whether it lies in such an ORF and its
+    position in its codon (0, 1, 2; meaningful inside ORFs only)."""
+    n = len(sequence)
+    in_orf = np.zeros(n, dtype=bool)
+    codon_position = np.zeros(n, dtype=np.int64)
+    for frame in range(3):
+        start = None
+        for i in range(frame, n - 2, 3):
+            codon = sequence[i:i + 3]
+            if start is None and codon == b"ATG":
+                start = i
+            elif start is not None and codon in STOP_CODONS:
+                if (i + 3 - start) // 3 >= min_codons:
+                    in_orf[start:i + 3] = True
+                    codon_position[start:i + 3] = np.arange(i + 3 - start) % 3
+                start = None
+    return in_orf, codon_position
 
 
 def protein_stats(text: bytes, is_start: np.ndarray) -> dict:
-    """Boundary rate by residue letter, for the letters present."""
+    """Boundary rate by residue letter (for the letters present), and by offset from the start of its record
+    (the text's start, or the first residue after each FASTA header): offsets 0..9 apart, the rest together."""
     at, letters = _residues(text, PROTEIN_ALPHABET, fold_case=False)
     present = np.unique(letters)
     by_residue = rates(is_start[at], np.searchsorted(present, letters), [chr(c) for c in present])
-    return {"residues": len(at), "rate": _ratio(int(is_start[at].sum()), len(at)), "rate_by_residue": by_residue}
+    headers = np.flatnonzero(_bytes(text) == ord(">"))
+    record = np.searchsorted(headers, at)  # residues after the same number of '>' share a record
+    first = np.r_[True, record[1:] != record[:-1]]
+    offset = np.arange(len(at)) - np.maximum.accumulate(np.where(first, np.arange(len(at)), 0))
+    names = [str(i) for i in range(RECORD_START_SPAN)] + [f">={RECORD_START_SPAN}"]
+    by_offset = rates(is_start[at], np.minimum(offset, RECORD_START_SPAN), names)
+    return {"residues": len(at), "rate": _ratio(int(is_start[at].sum()), len(at)), "rate_by_residue": by_residue,
+            "rate_by_offset_from_record_start": by_offset}
 
 
 def stage_stats(text: bytes, starts: np.ndarray, tokens: np.ndarray | None = None, kind: str = "text",
