@@ -12,7 +12,6 @@ says the batch used. Rows are printed as a markdown table for benchmarks/RESULTS
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from hnet import HNetForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import REPO, QUICK_CONFIGS, device_info, fitting, kernel_path, load_model_config, print_header, sync  # noqa: E402
+from train_step import REPO, QUICK_CONFIGS, common_parser, device_info, fitting, kernel_path, load_model_config, print_header, sync  # noqa: E402
 from train_throughput import text_batch  # noqa: E402
 
 DEFAULT_CONFIGS = [f".ref/configs/hnet_{s}.json" for s in ("1stage_L", "2stage_L", "1stage_XL", "2stage_XL")]
@@ -51,14 +50,7 @@ def forward_once(model, device, batch: int, seq_len: int, steps: int, warmup: in
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", nargs="+", default=DEFAULT_CONFIGS, help="H-Net model JSONs")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=8, help="rows of --seq-len bytes (halved while it does not fit)")
-    parser.add_argument("--seq-len", type=int, default=8192)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="tiny presets, batch 2 x 128, 1 step: checks the code path")
+    parser = common_parser(__doc__, DEFAULT_CONFIGS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.quick:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from hnet.config import RunConfig, apply_overrides, read_json
 from hnet.training.checkpoint import latest_checkpoint, load_checkpoint_state, save_checkpoint
-from hnet.training.metrics import MetricsWriter, bytes_per_chunk
+from hnet.training.metrics import MetricsWriter, bytes_per_chunk, chunk_counts
 from hnet.training.schedule import lr_multiplier
 
 LN2 = math.log(2)
@@ -64,9 +64,15 @@ def ratio_loss_global(routing, targets, reduce_sum, world_size: int) -> torch.Te
     return total
 
 
+def run_batch(model, batch):
+    """A loader batch through the model: packed (1, B*L) with cu_seqlens, or plain rows (separator packing)."""
+    if batch.get("cu_seqlens") is not None:
+        return model(batch["input_ids"].reshape(1, -1), cu_seqlens=batch["cu_seqlens"])
+    return model(batch["input_ids"])
+
+
 def forward_loss(model, batch, targets, alpha, reduce_sum, world_size):
-    out = model(batch["input_ids"].reshape(1, -1), cu_seqlens=batch["cu_seqlens"]) if batch.get("cu_seqlens") is not None \
-        else model(batch["input_ids"])
+    out = run_batch(model, batch)
     logits = out.logits.view(-1, out.logits.shape[-1]).float()
     labels = batch["labels"].view(-1)
     nll = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
@@ -82,14 +88,13 @@ def evaluate(model, batches, token_bytes=None) -> dict:
     model.eval()
     nll, n_bytes, chunks = 0.0, 0, None
     for batch in batches:
-        out = model(batch["input_ids"].reshape(1, -1), cu_seqlens=batch["cu_seqlens"]) if batch.get("cu_seqlens") is not None \
-            else model(batch["input_ids"])
+        out = run_batch(model, batch)
         labels = batch["labels"].view(-1)
         nll += F.cross_entropy(out.logits.view(-1, out.logits.shape[-1]).float(), labels, ignore_index=-100, reduction="sum").item()
         scored = labels[labels != -100]
         n_bytes += int(scored.numel() if token_bytes is None else token_bytes[scored.cpu()].sum())
         if out.routing:
-            counts = torch.tensor([batch["input_ids"].numel()] + [r.boundary_mask.sum().item() for r in out.routing], dtype=torch.float64)
+            counts = chunk_counts(batch, out.routing)
             chunks = counts if chunks is None else chunks + counts
     model.train()
     result = {"val_bpb": nll / LN2 / max(n_bytes, 1), "val_bytes": n_bytes}
@@ -207,8 +212,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
             record = dict(step=step, loss=loss.item(), ce=ce.item(), ratio_loss=ratio.item(),
                           lr=schedule.get_last_lr()[0], bytes_per_s=window_tokens / elapsed)
             if routing:
-                counts = torch.tensor([batch["input_ids"].numel()] + [r.boundary_mask.sum().item() for r in routing], dtype=torch.float64)
-                record["bytes_per_chunk"] = bytes_per_chunk(counts)
+                record["bytes_per_chunk"] = bytes_per_chunk(chunk_counts(batch, routing))
             metrics.write(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", **({"B/chunk": "/".join(f"{x:.1f}" for x in record["bytes_per_chunk"])} if routing else {}))
             window_start, window_tokens = time.perf_counter(), 0

@@ -6,6 +6,14 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
+
+def chunk_counts(batch: dict, routing) -> torch.Tensor:
+    """[positions of the batch, chunks at stage 1, chunks at stage 2, ...] as float64."""
+    return torch.tensor([batch["input_ids"].numel()] + [r.boundary_mask.sum().item() for r in routing],
+                        dtype=torch.float64)
+
 
 def bytes_per_chunk(counts) -> list[float]:
     """counts = [bytes, chunks at stage 1, chunks at stage 2, ...] -> bytes per chunk at each stage."""
