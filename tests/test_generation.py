@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from golden import CASES, GOLDEN, load_case
+from golden import CASES, GOLDEN, load_case, requires_golden
 from hnet import HNetConfig, HNetForCausalLM
 from hnet.cli import main
 from hnet.generation.cache import select_rows
@@ -63,7 +63,7 @@ def decode(model, ids, prefill: int):
     return torch.cat(logits), routing
 
 
-@pytest.mark.parametrize("name", [*CASES, *CONFIGS])
+@pytest.mark.parametrize("name", [*(pytest.param(c, marks=requires_golden) for c in CASES), *CONFIGS])
 def test_steps_equal_the_parallel_forward(name):
     if name in CASES:  # official weights on the golden text
         model, inputs = load_case(name)
@@ -81,6 +81,7 @@ def test_steps_equal_the_parallel_forward(name):
 
 
 @pytest.mark.parametrize("official_bf16_dechunk", [False, True], ids=["dechunk_fp32", "official_default"])
+@requires_golden
 @pytest.mark.parametrize("case", CASES)
 def test_decode_matches_the_official_trace(case, official_bf16_dechunk):
     """../shared/reference README 5.4: prefill 23 bytes of sequence 0, then step through byte 84."""
@@ -103,20 +104,20 @@ def test_decode_matches_the_official_trace(case, official_bf16_dechunk):
 PROMPTS = [b"", b"H-Net", "na\u00efve caf\u00e9 \u6771\u4eac".encode(), b"Dynamic chunking learns boundaries.\n" * 2]
 
 
-@pytest.mark.parametrize("case", ["tiny_2stage", "tiny_hybrid_window"])
-def test_batch_of_different_lengths_equals_each_prompt_alone(case):
-    model, _ = load_case(case)
+@pytest.mark.parametrize("name", ["2stage", "1stage_hybrid"])
+def test_batch_of_different_lengths_equals_each_prompt_alone(name):
+    model = random_model(name)
     batch = model.generate(PROMPTS, 40, temperature=0)
     alone = [model.generate([p], 40, temperature=0)[0] for p in PROMPTS]
     assert batch == alone
     assert all(len(out) == 40 for out in batch)
 
 
-@pytest.mark.parametrize("case", ["tiny_2stage", "tiny_hybrid_window"])
-def test_batched_steps_equal_the_parallel_forward_row_by_row(case):
+@pytest.mark.parametrize("name", ["2stage", "1stage_hybrid"])
+def test_batched_steps_equal_the_parallel_forward_row_by_row(name):
     """Logits, not just argmaxes (greedy output of a random model soon repeats one byte): rows of
     different lengths fed random bytes, stepped together, each at its own position and boundaries."""
-    model, _ = load_case(case)
+    model = random_model(name)
     rows = [torch.tensor([254, *p]) for p in PROMPTS]
     new = torch.randint(0, 256, (len(rows), 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -130,7 +131,7 @@ def test_batched_steps_equal_the_parallel_forward_row_by_row(case):
 
 
 def test_stop_sequence_ends_a_row_and_is_kept():
-    model, _ = load_case("tiny_1stage")
+    model = random_model("1stage_hybrid")
     free = model.generate([b"ab", b"xyz"], 30, temperature=0)
     stop = free[0][10:12]
     end = free[0].index(stop) + len(stop)
@@ -140,7 +141,7 @@ def test_stop_sequence_ends_a_row_and_is_kept():
 
 
 def test_seed_makes_sampling_reproducible_and_top_k_1_is_greedy():
-    model, _ = load_case("tiny_2stage")
+    model = random_model("2stage")
     sampled = model.generate(PROMPTS[:2], 24, temperature=1.0, seed=7)
     assert sampled == model.generate(PROMPTS[:2], 24, temperature=1.0, seed=7)
     assert sampled != model.generate(PROMPTS[:2], 24, temperature=1.0, seed=8)
@@ -158,7 +159,7 @@ def test_generate_on_an_isotropic_model(name):
 
 
 def test_generate_rejects_bad_arguments():
-    model, _ = load_case("tiny_1stage")
+    model = random_model("1stage_hybrid")
     for kwargs, field in [({"prompts": b"abc"}, "list of bytes"), ({"temperature": -1}, "temperature"),
                           ({"top_k": 0}, "top_k"), ({"top_p": 0}, "top_p"), ({"stop": [b""]}, "stop")]:
         args = {"prompts": [b"abc"], "max_new_bytes": 4, **kwargs}
@@ -168,7 +169,7 @@ def test_generate_rejects_bad_arguments():
 
 
 def test_cli_streams_valid_utf8(tmp_path, capsys):
-    model, _ = load_case("tiny_1stage")
+    model = random_model("1stage_hybrid")
     model.save_pretrained(tmp_path / "m")
     assert main(["generate", str(tmp_path / "m"), "--prompt", "caf\u00e9", "--max-new-bytes", "64", "--seed", "1"]) == 0
     expected = model.generate(["caf\u00e9".encode()], 64, seed=1)[0]
