@@ -7,7 +7,11 @@ For the modality, every model of the grid (the `configs/<data>/<model>_<size>.js
 matched forward FLOPs per byte) trains through the normal loop on exactly `--budget-bytes` training bytes
 (the same number of steps of the same bytes per batch); one configuration repeats with a second seed.
 Runs already finished in the runs directory are skipped, so a later session picks up where one stopped.
-Then the modality's section of `docs/results.md` is (re)written from the runs' own metrics files: the
+A run counts as finished once its metrics hold the final evaluation, checkpoint or not: the files a
+report needs (run.json, metrics.jsonl, study.json with the device, the BPE tokenizer, and
+boundary_stats.json of the 1-stage H-Net, written right after it trains) are small, so a runs directory
+without its `checkpoints/` can travel from a GPU machine to another, or back to a laptop, and the report
+can be written there. The modality's section of `docs/results.md` is (re)written from those files: the
 table and plots of `hnet compare`, the bytes-per-chunk trajectory of each H-Net stage against its
 target, and boundary statistics of the trained H-Net on validation text.
 """
@@ -34,11 +38,13 @@ from hnet.eval.runs import read_metrics  # noqa: E402
 from hnet.models import latest_checkpoint, load_model  # noqa: E402
 from hnet.training import train  # noqa: E402
 
+# bpe_transformer first: its tokenizer is what the H-Net's boundaries are compared with
 GRID = {
-    "text": ["hnet_1stage", "hnet_2stage", "bpe_transformer", "transformer", "mamba2", "hnet_space"],
-    "dna": ["hnet_1stage", "hnet_2stage", "bpe_transformer", "transformer", "mamba2"],
-    "protein": ["hnet_1stage", "hnet_2stage", "bpe_transformer", "transformer", "mamba2"],
+    "text": ["bpe_transformer", "hnet_1stage", "hnet_2stage", "transformer", "mamba2", "hnet_space"],
+    "dna": ["bpe_transformer", "hnet_1stage", "hnet_2stage", "transformer", "mamba2"],
+    "protein": ["bpe_transformer", "hnet_1stage", "hnet_2stage", "transformer", "mamba2"],
 }
+BOUNDARY_RUN = "hnet_1stage"  # whose boundaries the section describes
 SECOND_SEED = "hnet_1stage"  # repeated with seed 1 so the table shows the noise
 EVALS_PER_RUN = 5
 
@@ -52,9 +58,11 @@ def run_configs(data: str, size: str, budget_bytes: int, data_overrides: list[st
         if quick:
             raw = apply_overrides(raw, ["data.seq_len=128", "train.batch_size=2", "train.eval_batches=2",
                                         *(["data.vocab_size=400", "model.vocab_size=400"] if bpe else [])])
-        bytes_per_step = raw["train"]["batch_size"] * raw["data"]["seq_len"]
-        if bpe:  # its seq_len counts tokens, sized in the preset to hold the H-Net's bytes per sequence
-            bytes_per_step = configs["hnet_1stage"].train.batch_size * configs["hnet_1stage"].data.seq_len
+        # a BPE preset's seq_len counts tokens, sized to hold the H-Net's bytes per sequence: count H-Net bytes
+        byte_preset = read_json(REPO / "configs" / data / f"hnet_1stage_{size}.json") if bpe else raw
+        if quick:
+            byte_preset = apply_overrides(byte_preset, ["data.seq_len=128", "train.batch_size=2"])
+        bytes_per_step = byte_preset["train"]["batch_size"] * byte_preset["data"]["seq_len"]
         steps = max(1, budget_bytes // bytes_per_step)
         overrides = [f"train.max_steps={steps}", f"train.eval_every={max(1, steps // EVALS_PER_RUN)}",
                      f"train.checkpoint_every={steps}", f"train.log_every={max(1, steps // 20)}", *data_overrides]
@@ -65,8 +73,10 @@ def run_configs(data: str, size: str, budget_bytes: int, data_overrides: list[st
 
 
 def finished(run_dir: Path, config: RunConfig) -> bool:
-    last = latest_checkpoint(run_dir) if run_dir.is_dir() else None
-    return last is not None and int(last.name.split("_")[1]) >= config.train.max_steps
+    """The run's metrics hold its final evaluation (its checkpoints may have been left behind)."""
+    if not (run_dir / "metrics.jsonl").is_file():
+        return False
+    return any("val_bpb" in r and r["step"] >= config.train.max_steps for r in read_metrics(run_dir))
 
 
 def train_grid(configs: dict[str, RunConfig], runs_dir: Path, progress: bool) -> list[Path]:
@@ -81,8 +91,17 @@ def train_grid(configs: dict[str, RunConfig], runs_dir: Path, progress: bool) ->
         print(f"{name}: training {config.train.max_steps} steps" + (" (resuming)" if resume else ""), flush=True)
         start = time.perf_counter()
         result = train(config, run_dir, resume=resume, overwrite=not resume, progress=progress)
-        print(f"{name}: val bpb {result.val_bpb:.4f} in {time.perf_counter() - start:.0f} s", flush=True)
+        seconds = time.perf_counter() - start
+        print(f"{name}: val bpb {result.val_bpb:.4f} in {seconds:.0f} s", flush=True)
+        (run_dir / "study.json").write_text(json.dumps(dict(
+            device=device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"), seconds=round(seconds, 1))))
+        if name == BOUNDARY_RUN:
+            save_boundary_stats(runs_dir, config.data.kind)
     return dirs
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
 
 
 def plot_bytes_per_chunk(run_dirs: list[Path], out: Path) -> Path | None:
@@ -122,12 +141,13 @@ def plot_bytes_per_chunk(run_dirs: list[Path], out: Path) -> Path | None:
     return path
 
 
-def boundary_section(runs_dir: Path, data: str, max_bytes: int = 8192) -> list[str]:
-    """Boundary statistics of the trained 1-stage H-Net on the start of its validation split."""
+def save_boundary_stats(runs_dir: Path, data: str, max_bytes: int = 8192) -> dict:
+    """Boundary statistics of the trained 1-stage H-Net on the start of its validation split, written to
+    its run directory as boundary_stats.json (the report reads them there, with or without checkpoints)."""
     from hnet.chunking import boundary_stats, extract_boundaries
     from hnet.data import BPETokenizer, prepare_data, tokenizer_for_run
 
-    run_dir = runs_dir / "hnet_1stage"
+    run_dir = runs_dir / BOUNDARY_RUN
     config = RunConfig.from_json(run_dir / "run.json")
     data_split = prepare_data(config.data, tokenizer_for_run(config.data, run_dir))
     text = data_split.val.doc(0)[:max_bytes].tobytes()
@@ -137,15 +157,29 @@ def boundary_section(runs_dir: Path, data: str, max_bytes: int = 8192) -> list[s
     stats = boundary_stats(extract_boundaries(model, text), tokenizer=tokenizer)
     for stage in stats["stages"]:
         stage["bytes_per_chunk"].pop("histogram", None)
-    lines = [f"Boundary statistics of `hnet_1stage` on the first {len(text):,} bytes of validation text "
-             f"(`hnet.chunking.boundary_stats`; token agreement against the `bpe_transformer` run's tokenizer):",
-             "", "```json", json.dumps(stats["stages"], indent=1), "```"]
+    saved = {"text_bytes": len(text), "token_agreement": tokenizer is not None, "stages": stats["stages"]}
     if data == "protein":
-        lines += ["", *record_start_section(model, data_split.val, max_bytes)]
+        saved["record_starts"] = record_start_rates(model, data_split.val, max_bytes)
+    (run_dir / "boundary_stats.json").write_text(json.dumps(saved, indent=1))
+    return saved
+
+
+def boundary_section(runs_dir: Path, data: str) -> list[str]:
+    path = runs_dir / BOUNDARY_RUN / "boundary_stats.json"
+    saved = json.loads(path.read_text()) if path.is_file() else save_boundary_stats(runs_dir, data)
+    against = "; token agreement against the `bpe_transformer` run's tokenizer" if saved["token_agreement"] else ""
+    lines = [f"Boundary statistics of `{BOUNDARY_RUN}` on the first {saved['text_bytes']:,} bytes of validation text "
+             f"(`hnet.chunking.boundary_stats`{against}):", "", "```json", json.dumps(saved["stages"], indent=1), "```"]
+    if "record_starts" in saved:
+        starts = saved["record_starts"]
+        rows = [f"| {k} | {v['bytes']} | {v['boundaries']} | {v['rate']:.3f} |" for k, v in starts["by_offset"].items() if v["bytes"]]
+        lines += ["", f"Stage-1 boundary rate by residue offset from the start of each of the first {starts['records']} "
+                  f"validation records ({starts['residues']:,} residues):", "", "| offset | residues | boundaries | rate |",
+                  "| --- | ---: | ---: | ---: |", *rows]
     return lines
 
 
-def record_start_section(model, val, max_bytes: int) -> list[str]:
+def record_start_rates(model, val, max_bytes: int) -> dict:
     """Protein: the boundary rate by residue offset from the start of each record, over whole validation
     records (each run alone, as it is trained), written as one FASTA text for `protein_stats`."""
     import numpy as np
@@ -165,29 +199,36 @@ def record_start_section(model, val, max_bytes: int) -> list[str]:
     is_start = np.zeros(len(fasta), dtype=bool)
     is_start[starts] = True
     by_offset = protein_stats(fasta, is_start)["rate_by_offset_from_record_start"]
-    rows = [f"| {k} | {v['bytes']} | {v['boundaries']} | {v['rate']:.3f} |" for k, v in by_offset.items() if v["bytes"]]
-    return [f"Stage-1 boundary rate by residue offset from the start of each of the first {fasta.count(b'>')} "
-            f"validation records ({used:,} residues):", "", "| offset | residues | boundaries | rate |",
-            "| --- | ---: | ---: | ---: |", *rows]
+    return {"records": fasta.count(b">"), "residues": used, "by_offset": by_offset}
+
+
+def where_trained(run_dirs: list[Path]) -> list[str]:
+    """Date, device and torch of every run, from the study.json each run wrote when it finished training."""
+    seen: dict[tuple, list[str]] = {}
+    for run_dir in run_dirs:
+        path = run_dir / "study.json"
+        info = json.loads(path.read_text()) if path.is_file() else {}
+        key = (info.get("date", "?"), info.get("device", "?"), info.get("torch", "?"))
+        seen.setdefault(key, []).append(run_dir.name)
+    if len(seen) == 1:
+        (date, device, version), = seen
+        return [f"Trained {date} on {device}, torch {version}."]
+    return [f"- {', '.join(names)}: trained {date} on {device}, torch {version}" for (date, device, version), names in seen.items()]
 
 
 def write_section(data: str, runs_dir: Path, run_dirs: list[Path], docs: Path, command: str) -> None:
     out = docs / data
     summaries = compare_runs(run_dirs, out)
     trajectory = plot_bytes_per_chunk(run_dirs, out)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
     report = (out / "report.md").read_text().split("\n", 2)[2]  # without its title
     report = report.replace("](bpb_vs", f"]({data}/bpb_vs")
-    lines = [
-        f"<!-- section: {data} -->", f"## {data}", "",
-        f"Command: `{command}`", f"Date: {time.strftime('%Y-%m-%d')}; device: {device}; torch {torch.__version__}.", "",
-        report.strip(), "",
-    ]
+    lines = [f"<!-- section: {data} -->", f"## {data}", "", f"Command: `{command}`", "", *where_trained(run_dirs), "",
+             report.strip(), ""]
     if trajectory:
         lines += [f"![bytes per chunk]({data}/{trajectory.name})", ""]
     try:
         lines += boundary_section(runs_dir, data)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # no 1-stage run, or neither its stats nor its checkpoint
         lines += [f"(no boundary statistics: {e})"]
     lines += ["", f"<!-- end: {data} -->"]
     results = docs / "results.md"

@@ -1,6 +1,7 @@
 """The headline study's script runs its whole grid at tiny size, so it cannot rot."""
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,8 +16,16 @@ def test_study_dry_run(tmp_path, capsys):
     study.main(args)
     results = (tmp_path / "docs" / "results.md").read_text()
     assert "<!-- section: text -->" in results and "| hnet_1stage_seed1 |" in results
+    assert "Trained " in results and "Boundary statistics of `hnet_1stage`" in results
     for name in ("bpb_vs_bytes.png", "bpb_vs_flops.png", "bytes_per_chunk.png"):
         assert (tmp_path / "docs" / "text" / name).stat().st_size > 1000
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted([*study.GRID["text"], "hnet_1stage_seed1"])
-    study.main(args)  # a second pass skips every finished run
+    runs = tmp_path / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == sorted([*study.GRID["text"], "hnet_1stage_seed1"])
+
+    # Runs that travelled without their checkpoints still count as finished, and the section is
+    # written again from their small files alone, the same as before.
+    for checkpoints in runs.glob("*/checkpoints"):
+        shutil.rmtree(checkpoints)
+    study.main(args)
     assert capsys.readouterr().out.count("finished earlier, skipped") == 7
+    assert (tmp_path / "docs" / "results.md").read_text() == results
