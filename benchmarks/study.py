@@ -36,7 +36,7 @@ from hnet.config import RunConfig, apply_overrides, read_json  # noqa: E402
 from hnet.eval.compare import compare_runs  # noqa: E402
 from hnet.eval.runs import read_metrics  # noqa: E402
 from hnet.models import latest_checkpoint, load_model  # noqa: E402
-from hnet.training import train  # noqa: E402
+from hnet.training import TrainingError, train  # noqa: E402
 
 # bpe_transformer first: its tokenizer is what the H-Net's boundaries are compared with
 GRID = {
@@ -90,11 +90,16 @@ def train_grid(configs: dict[str, RunConfig], runs_dir: Path, progress: bool) ->
         resume = run_dir.is_dir() and latest_checkpoint(run_dir) is not None
         print(f"{name}: training {config.train.max_steps} steps" + (" (resuming)" if resume else ""), flush=True)
         start = time.perf_counter()
-        result = train(config, run_dir, resume=resume, overwrite=not resume, progress=progress)
+        info = dict(device=device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"))
+        try:
+            result = train(config, run_dir, resume=resume, overwrite=not resume, progress=progress)
+        except TrainingError as e:  # one diverged run must not cost the rest of the grid
+            print(f"{name}: {e}", flush=True)
+            (run_dir / "study.json").write_text(json.dumps(dict(info, error=str(e))))
+            continue
         seconds = time.perf_counter() - start
         print(f"{name}: val bpb {result.val_bpb:.4f} in {seconds:.0f} s", flush=True)
-        (run_dir / "study.json").write_text(json.dumps(dict(
-            device=device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"), seconds=round(seconds, 1))))
+        (run_dir / "study.json").write_text(json.dumps(dict(info, seconds=round(seconds, 1))))
         if name == BOUNDARY_RUN:
             save_boundary_stats(runs_dir, config.data.kind)
     return dirs
@@ -206,8 +211,7 @@ def where_trained(run_dirs: list[Path]) -> list[str]:
     """Date, device and torch of every run, from the study.json each run wrote when it finished training."""
     seen: dict[tuple, list[str]] = {}
     for run_dir in run_dirs:
-        path = run_dir / "study.json"
-        info = json.loads(path.read_text()) if path.is_file() else {}
+        info = study_info(run_dir)
         key = (info.get("date", "?"), info.get("device", "?"), info.get("torch", "?"))
         seen.setdefault(key, []).append(run_dir.name)
     if len(seen) == 1:
@@ -216,14 +220,24 @@ def where_trained(run_dirs: list[Path]) -> list[str]:
     return [f"- {', '.join(names)}: trained {date} on {device}, torch {version}" for (date, device, version), names in seen.items()]
 
 
+def study_info(run_dir: Path) -> dict:
+    path = run_dir / "study.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def write_section(data: str, runs_dir: Path, run_dirs: list[Path], docs: Path, command: str) -> None:
     out = docs / data
+    failed = {d.name: study_info(d)["error"] for d in run_dirs if "error" in study_info(d)}
+    run_dirs = [d for d in run_dirs if d.name not in failed and (d / "metrics.jsonl").is_file()]
     summaries = compare_runs(run_dirs, out)
     trajectory = plot_bytes_per_chunk(run_dirs, out)
     report = (out / "report.md").read_text().split("\n", 2)[2]  # without its title
     report = report.replace("](bpb_vs", f"]({data}/bpb_vs")
     lines = [f"<!-- section: {data} -->", f"## {data}", "", f"Command: `{command}`", "", *where_trained(run_dirs), "",
              report.strip(), ""]
+    if failed:
+        lines += ["Runs that stopped without a result (left out of the table):", "",
+                  *[f"- {name}: {error}" for name, error in failed.items()], ""]
     if trajectory:
         lines += [f"![bytes per chunk]({data}/{trajectory.name})", ""]
     try:

@@ -29,3 +29,24 @@ def test_study_dry_run(tmp_path, capsys):
     study.main(args)
     assert capsys.readouterr().out.count("finished earlier, skipped") == 7
     assert (tmp_path / "docs" / "results.md").read_text() == results
+
+
+def test_study_goes_on_past_a_diverged_run(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("study", REPO / "benchmarks" / "study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    real_train = study.train
+
+    def train(config, run_dir, **kwargs):
+        if run_dir.name == "hnet_2stage":
+            run_dir.mkdir(parents=True)
+            raise study.TrainingError("non-finite loss (nan) at step 3")
+        return real_train(config, run_dir, **kwargs)
+
+    monkeypatch.setattr(study, "train", train)
+    study.main(["--dry-run", "--runs-dir", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
+                "--set", f"data.cache_dir={tmp_path / 'cache'}"])
+    results = (tmp_path / "docs" / "results.md").read_text()
+    assert "- hnet_2stage: non-finite loss (nan) at step 3" in results
+    assert "| hnet_2stage |" not in results and "| mamba2 |" in results and "| hnet_1stage_seed1 |" in results
+    assert not study.finished(tmp_path / "runs" / "hnet_2stage", study.run_configs("text", "tiny", 768, [], True)["hnet_2stage"])
