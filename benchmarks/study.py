@@ -79,13 +79,14 @@ def finished(run_dir: Path, config: RunConfig) -> bool:
     return any("val_bpb" in r and r["step"] >= config.train.max_steps for r in read_metrics(run_dir))
 
 
-def train_grid(configs: dict[str, RunConfig], runs_dir: Path, progress: bool) -> list[Path]:
-    dirs = []
+def train_grid(configs: dict[str, RunConfig], runs_dir: Path, progress: bool, report_only: bool = False) -> None:
     for name, config in configs.items():
         run_dir = runs_dir / name
-        dirs.append(run_dir)
         if finished(run_dir, config):
             print(f"{name}: finished earlier, skipped")
+            continue
+        if report_only:
+            print(f"{name}: not finished, left out of the report")
             continue
         resume = run_dir.is_dir() and latest_checkpoint(run_dir) is not None
         print(f"{name}: training {config.train.max_steps} steps" + (" (resuming)" if resume else ""), flush=True)
@@ -102,7 +103,6 @@ def train_grid(configs: dict[str, RunConfig], runs_dir: Path, progress: bool) ->
         (run_dir / "study.json").write_text(json.dumps(dict(info, seconds=round(seconds, 1))))
         if name == BOUNDARY_RUN:
             save_boundary_stats(runs_dir, config.data.kind)
-    return dirs
 
 
 def device_name() -> str:
@@ -225,19 +225,23 @@ def study_info(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def write_section(data: str, runs_dir: Path, run_dirs: list[Path], docs: Path, command: str) -> None:
+def write_section(data: str, runs_dir: Path, configs: dict[str, RunConfig], docs: Path, command: str) -> None:
     out = docs / data
-    failed = {d.name: study_info(d)["error"] for d in run_dirs if "error" in study_info(d)}
-    run_dirs = [d for d in run_dirs if d.name not in failed and (d / "metrics.jsonl").is_file()]
+    failed = {name: study_info(runs_dir / name)["error"] for name in configs if "error" in study_info(runs_dir / name)}
+    missing = [name for name in configs if name not in failed and not finished(runs_dir / name, configs[name])]
+    run_dirs = [runs_dir / name for name in configs if name not in failed and name not in missing]
+    if not run_dirs:
+        raise SystemExit(f"{runs_dir}: no finished run of the {data} grid, nothing to report")
     summaries = compare_runs(run_dirs, out)
     trajectory = plot_bytes_per_chunk(run_dirs, out)
     report = (out / "report.md").read_text().split("\n", 2)[2]  # without its title
     report = report.replace("](bpb_vs", f"]({data}/bpb_vs")
     lines = [f"<!-- section: {data} -->", f"## {data}", "", f"Command: `{command}`", "", *where_trained(run_dirs), "",
              report.strip(), ""]
-    if failed:
-        lines += ["Runs that stopped without a result (left out of the table):", "",
-                  *[f"- {name}: {error}" for name, error in failed.items()], ""]
+    if failed or missing:
+        lines += ["Runs of the grid without a result (left out of the table):", "",
+                  *[f"- {name}: {error}" for name, error in failed.items()],
+                  *[f"- {name}: not trained yet" for name in missing], ""]
     if trajectory:
         lines += [f"![bytes per chunk]({data}/{trajectory.name})", ""]
     try:
@@ -265,8 +269,11 @@ def main(argv=None) -> None:
                         help="override for every run, e.g. data.path=... where the corpus lives elsewhere")
     parser.add_argument("--docs", help="where results.md goes: default docs/ (a temporary folder with --dry-run)")
     parser.add_argument("--dry-run", action="store_true", help="tiny grid on a few kB of the bundled sample, CPU")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write the section from the finished runs (e.g. runs brought back from a GPU machine)")
     args = parser.parse_args(argv)
-    command = "python benchmarks/study.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    # the command that (re)produces the section: without --report-only it trains what is missing, then writes it
+    command = "python benchmarks/study.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only")
     if args.dry_run:
         tmp = Path(tempfile.mkdtemp(prefix="hnet-study-"))
         args.size, args.budget_bytes = "tiny", 3 * 2 * 128
@@ -275,8 +282,8 @@ def main(argv=None) -> None:
     args.runs_dir, args.docs = args.runs_dir or "runs/study", args.docs or str(REPO / "docs")
     configs = run_configs(args.data, args.size, args.budget_bytes, args.set, quick=args.dry_run)
     runs_dir = Path(args.runs_dir)
-    run_dirs = train_grid(configs, runs_dir, progress=not args.dry_run)
-    write_section(args.data, runs_dir, run_dirs, Path(args.docs), command)
+    train_grid(configs, runs_dir, progress=not args.dry_run, report_only=args.report_only)
+    write_section(args.data, runs_dir, configs, Path(args.docs), command)
 
 
 if __name__ == "__main__":

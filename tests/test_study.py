@@ -30,6 +30,13 @@ def test_study_dry_run(tmp_path, capsys):
     assert capsys.readouterr().out.count("finished earlier, skipped") == 7
     assert (tmp_path / "docs" / "results.md").read_text() == results
 
+    # --report-only trains nothing: a run not there is named as missing, not trained
+    shutil.rmtree(runs / "transformer")
+    study.main([*args, "--report-only"])
+    results = (tmp_path / "docs" / "results.md").read_text()
+    assert "- transformer: not trained yet" in results and "| transformer |" not in results
+    assert "--report-only" not in results and not (runs / "transformer").exists()
+
 
 def test_study_goes_on_past_a_diverged_run(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("study", REPO / "benchmarks" / "study.py")
@@ -50,3 +57,4 @@ def test_study_goes_on_past_a_diverged_run(tmp_path, monkeypatch):
     assert "- hnet_2stage: non-finite loss (nan) at step 3" in results
     assert "| hnet_2stage |" not in results and "| mamba2 |" in results and "| hnet_1stage_seed1 |" in results
     assert not study.finished(tmp_path / "runs" / "hnet_2stage", study.run_configs("text", "tiny", 768, [], True)["hnet_2stage"])
+
