@@ -73,10 +73,28 @@ def run_configs(data: str, size: str, budget_bytes: int, data_overrides: list[st
 
 
 def finished(run_dir: Path, config: RunConfig) -> bool:
-    """The run's metrics hold its final evaluation (its checkpoints may have been left behind)."""
+    """The run's metrics hold its final evaluation (its checkpoints may have been left behind), and it was
+    trained with this very config: a run of another budget or preset is not a result of this grid."""
     if not (run_dir / "metrics.jsonl").is_file():
         return False
+    changed = config_changes(RunConfig.from_json(run_dir / "run.json"), config)
+    if changed:
+        print(f"{run_dir.name}: trained with another config ({'; '.join(changed)}), not counted as finished")
+        return False
     return any("val_bpb" in r and r["step"] >= config.train.max_steps for r in read_metrics(run_dir))
+
+
+def config_changes(saved: RunConfig, wanted: RunConfig) -> list[str]:
+    """'field: saved -> wanted' for every field that differs (where the shard cache lives does not count)."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in d.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    a, b = flat(saved.to_dict()), flat(wanted.to_dict())
+    return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k) and k != "data.cache_dir"]
 
 
 def train_grid(configs: dict[str, RunConfig], runs_dir: Path, progress: bool, report_only: bool = False) -> None:
