@@ -29,7 +29,7 @@ def _preactivation(X, W, BIAS, SEQ, b, t, cols, l, d, stride_xb, stride_xl, stri
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["l", "stride_sb"])
 def _conv1d_fwd(X, W, BIAS, SEQ, OUT, l, d, stride_xb, stride_xl, stride_sb,
                 K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
                 BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -42,7 +42,7 @@ def _conv1d_fwd(X, W, BIAS, SEQ, OUT, l, d, stride_xb, stride_xl, stride_sb,
     tl.store(OUT + b * l * d + t[:, None] * d + cols[None, :], a, mask=(t < l)[:, None] & (cols < d)[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["l", "stride_sb"])
 def _conv1d_bwd(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, l, d, stride_xb, stride_xl, stride_sb,
                 K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
                 BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):

@@ -31,7 +31,7 @@ def _decay(P, SEQ, b, t, m, HAS_SEQ: tl.constexpr):
     return a, p
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["m"])
 def _ema_fwd(X, P, SEQ, E, m, d, stride_xb, stride_xm,
              HAS_SEQ: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     b = tl.program_id(0)
@@ -50,7 +50,7 @@ def _ema_fwd(X, P, SEQ, E, m, d, stride_xb, stride_xm,
         carry = tl.sum(tl.where((t == start + BLOCK_T - 1)[:, None], e, 0.0), axis=0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["m"])
 def _ema_bwd(X, P, SEQ, E, DE, DX, DP_PARTIAL, m, d, stride_xb, stride_xm,
              HAS_SEQ: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     """The adjoint g_t = de_t + a_{t+1} g_{t+1} runs backwards in time; then dx_t = p_t g_t and

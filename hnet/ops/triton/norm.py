@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])
 def _gated_rms_norm_fwd(X, Z, W, Y, RSTD, n_rows, d, eps, ROWS_PER_PROGRAM: tl.constexpr, BLOCK_D: tl.constexpr):
     cols = tl.arange(0, BLOCK_D)
     in_row = cols < d
@@ -24,7 +24,7 @@ def _gated_rms_norm_fwd(X, Z, W, Y, RSTD, n_rows, d, eps, ROWS_PER_PROGRAM: tl.c
             tl.store(RSTD + row, rstd)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])
 def _gated_rms_norm_bwd(
     X, Z, W, RSTD, DY, DX, DZ, DW_PARTIAL, n_rows, d, ROWS_PER_PROGRAM: tl.constexpr, BLOCK_D: tl.constexpr
 ):

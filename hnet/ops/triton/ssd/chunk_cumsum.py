@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["l", "n_chunks"])
 def _chunk_cumsum(DT, A, DT_OUT, CS, l, h, n_chunks, stride_db, stride_dl, stride_dh,
                   Q: tl.constexpr, BLOCK_H: tl.constexpr):
     b, c = tl.program_id(0), tl.program_id(1)
@@ -39,7 +39,7 @@ def chunk_cumsum(dt, A, chunk_size: int):
     return dt_out, cs
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["l", "n_chunks"])
 def _chunk_cumsum_bwd(DS, DDT_PART, DT, DS_LAST, A, DDT, DA, l, h, n_chunks, stride_db, stride_dl, stride_dh,
                       Q: tl.constexpr, BLOCK_H: tl.constexpr):
     """ds_i = ds_row_i - dt_i ddt_part_i (+ ds_last at the chunk's last step): every term of the backward that

@@ -18,7 +18,7 @@ import triton.language as tl
 from hnet.ops.triton.ssd.chunk_state import dot_block, head_runs, mm
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["l", "n_chunks", "s_seq"])
 def _chunk_scan(X, C, CB, DT, CS, SEQ, STATES_IN, D, Y, l, h, g, n_chunks, p_dim, n_dim, heads_per_group,
                 sxb, sxl, sxh, sxp, scb, scl, scg, scn, syb, syl, syh, syp, s_seq,
                 Q: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, IEEE: tl.constexpr,
@@ -93,7 +93,7 @@ def chunk_scan(x, C, cb, dt_chunked, cs, states_in, D=None, seq_idx=None):
     return y
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["l", "n_chunks", "s_seq"])
 def _chunk_scan_bwd_dx(X, B, DY, CB, DT, CS, SEQ, DSTATES, D, DX, DDT, DD, l, h, g, n_chunks, p_dim, n_dim,
                        heads_per_group, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, sdb, sdl, sdh, sdp,
                        sob, sol, soh, sop, s_seq,
@@ -153,7 +153,7 @@ def _chunk_scan_bwd_dx(X, B, DY, CB, DT, CS, SEQ, DSTATES, D, DX, DDT, DD, l, h,
     tl.store(DDT + chunk_base + j, ddt)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["l", "n_chunks", "s_seq"])
 def _chunk_scan_bwd_dc(X, B, C, DY, CB, DT, CS, SEQ, STATES_IN, DC, DS, l, h, g, n_chunks, p_dim, n_dim,
                        heads_per_group, heads_per_program, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn,
                        scb, scl, scg, scn, sdb, sdl, sdh, sdp, s_seq,

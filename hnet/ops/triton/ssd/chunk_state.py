@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["l", "n_chunks", "s_seq"])
 def _chunk_state(X, B, DT, CS, SEQ, STATES, l, h, n_chunks, p_dim, n_dim, heads_per_group,
                  sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, s_seq,
                  Q: tl.constexpr, HAS_SEQ: tl.constexpr, IEEE: tl.constexpr, FROM_START: tl.constexpr,
@@ -58,7 +58,7 @@ def _chunk_state(X, B, DT, CS, SEQ, STATES, l, h, n_chunks, p_dim, n_dim, heads_
     tl.store(STATES + out, acc, mask=(rows < p_dim)[:, None] & (cols < n_dim)[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["l", "n_chunks"])
 def _chunk_cb(B, C, CB, l, g, n_chunks, n_dim, sbb, sbl, sbg, sbn, scb, scl, scg, scn,
               Q: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
               BLOCK_N: tl.constexpr):
@@ -93,7 +93,7 @@ def mm(a, b, IEEE: tl.constexpr):
     return out
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["l", "n_chunks", "s_seq"])
 def _chunk_state_bwd_db(X, C, DY, DT, CS, SEQ, DSTATES, DB, l, h, g, n_chunks, p_dim, n_dim,
                         heads_per_group, heads_per_program,
                         sxb, sxl, sxh, sxp, scb, scl, scg, scn, sdb, sdl, sdh, sdp, s_seq,

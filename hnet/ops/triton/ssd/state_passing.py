@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["l", "n_chunks", "s_seq"])
 def _state_passing(STATES, CS, SEQ, INIT, STATES_IN, FINAL, l, h, n_chunks, size, s_seq,
                    Q: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, BLOCK: tl.constexpr):
     e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -52,7 +52,7 @@ def state_passing(states, cs, initial_state=None, seq_idx=None, seqlen=None):
     return states_in, final
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["l", "n_chunks", "s_seq"])
 def _state_passing_bwd(DSTATES, STATES, STATES_IN, CS, SEQ, DFINAL, DINIT, DS_LAST, l, h, n_chunks, size, s_seq,
                        Q: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr, HAS_INIT: tl.constexpr,
                        BLOCK: tl.constexpr):
