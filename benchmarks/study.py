@@ -75,24 +75,24 @@ def run_configs(data: str, size: str, budget_bytes: int, data_overrides: list[st
 def finished(run_dir: Path, config: RunConfig) -> bool:
     """The run's metrics hold its final evaluation (its checkpoints may have been left behind), and it was
     trained with this very config: a run of another budget or preset is not a result of this grid."""
-    if not (run_dir / "metrics.jsonl").is_file():
-        return False
-    changed = config_changes(RunConfig.from_json(run_dir / "run.json"), config)
-    if changed:
-        print(f"{run_dir.name}: trained with another config ({'; '.join(changed)}), not counted as finished")
+    if not (run_dir / "metrics.jsonl").is_file() or config_changes(run_dir, config):
         return False
     return any("val_bpb" in r and r["step"] >= config.train.max_steps for r in read_metrics(run_dir))
 
 
-def config_changes(saved: RunConfig, wanted: RunConfig) -> list[str]:
-    """'field: saved -> wanted' for every field that differs (where the shard cache lives does not count)."""
+def config_changes(run_dir: Path, wanted: RunConfig) -> list[str]:
+    """'field: saved -> wanted' for every field where the run's run.json differs from the config the grid
+    asks for now (where the shard cache lives does not count); none for a run not started."""
+    if not (run_dir / "run.json").is_file():
+        return []
+
     def flat(d: dict, prefix: str = "") -> dict:
         out = {}
         for key, value in d.items():
             out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
         return out
 
-    a, b = flat(saved.to_dict()), flat(wanted.to_dict())
+    a, b = flat(RunConfig.from_json(run_dir / "run.json").to_dict()), flat(wanted.to_dict())
     return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(a.keys() | b.keys())
             if a.get(k) != b.get(k) and k != "data.cache_dir"]
 
@@ -103,6 +103,9 @@ def train_grid(configs: dict[str, RunConfig], runs_dir: Path, progress: bool, re
         if finished(run_dir, config):
             print(f"{name}: finished earlier, skipped")
             continue
+        changed = config_changes(run_dir, config)
+        if changed:
+            print(f"{name}: the run there was trained with another config ({'; '.join(changed)})")
         if report_only:
             print(f"{name}: not finished, left out of the report")
             continue
@@ -245,7 +248,8 @@ def study_info(run_dir: Path) -> dict:
 
 def write_section(data: str, runs_dir: Path, configs: dict[str, RunConfig], docs: Path, command: str) -> None:
     out = docs / data
-    failed = {name: study_info(runs_dir / name)["error"] for name in configs if "error" in study_info(runs_dir / name)}
+    failed = {name: study_info(runs_dir / name)["error"] for name in configs
+              if "error" in study_info(runs_dir / name) and not config_changes(runs_dir / name, configs[name])}
     missing = [name for name in configs if name not in failed and not finished(runs_dir / name, configs[name])]
     run_dirs = [runs_dir / name for name in configs if name not in failed and name not in missing]
     if not run_dirs:
