@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -142,6 +143,33 @@ def test_two_processes_match_one(tmp_path):
     one, two = weights(tmp_path / "p1"), weights(tmp_path / "p2")
     for key in one:
         assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-4), key
+
+
+@pytest.mark.slow
+def test_checkpoints_move_between_one_and_two_processes(tmp_path):
+    """A checkpoint written by 2 processes resumes in 1, and one written by 1 resumes in 2, ending where
+    the uninterrupted runs end (the same global batch, split differently)."""
+    path = write_config(tmp_path, tiny_run_config(tmp_path, max_steps=6, checkpoint_every=3, decay_fraction=0.0))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def launch(n: int, out: Path, *extra: str) -> None:
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+                    "--mixed_precision", "no", "--dynamo_backend", "no", "--num_processes", str(n)] if n > 1 else [sys.executable]
+        result = subprocess.run([*launcher, str(REPO / "train.py"), str(path), "--out", str(out), *extra],
+                                env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    for n in (1, 2):
+        launch(n, tmp_path / f"p{n}")
+    for written, resumed_in in ((2, 1), (1, 2)):
+        moved = tmp_path / f"written_by_{written}_resumed_in_{resumed_in}"
+        shutil.copytree(tmp_path / f"p{written}", moved)
+        shutil.rmtree(moved / "checkpoints" / "step_000006")
+        launch(resumed_in, moved, "--resume")
+        assert latest_checkpoint(moved).name == "step_000006"
+        end, straight = weights(moved), weights(tmp_path / f"p{written}")
+        for key in end:
+            assert torch.allclose(end[key], straight[key], atol=1e-5, rtol=1e-4), (written, resumed_in, key)
 
 
 @pytest.mark.slow
