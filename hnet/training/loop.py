@@ -173,6 +173,9 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
     def reduce_sum(t):
         return accelerator.reduce(t, reduction="sum") if world > 1 else t
 
+    def global_mean(t) -> float:
+        return (reduce_sum(t.detach().clone()) / world).item()
+
     def validation():
         return evaluate(raw_model, (
             {k: (v.to(accelerator.device) if torch.is_tensor(v) else v) for k, v in b.items()}
@@ -209,10 +212,14 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
 
         if step % tc.log_every == 0 or step == tc.max_steps:
             elapsed = time.perf_counter() - window_start
-            record = dict(step=step, loss=loss.item(), ce=ce.item(), ratio_loss=ratio.item(),
+            # over the whole global batch: each process's terms are its share, scaled by the process count
+            record = dict(step=step, loss=global_mean(loss), ce=global_mean(ce), ratio_loss=global_mean(ratio),
                           lr=schedule.get_last_lr()[0], bytes_per_s=window_tokens / elapsed)
             if routing:
                 record["bytes_per_chunk"] = bytes_per_chunk(chunk_counts(batch, routing))
+            if torch.cuda.is_available():  # every process's peak so far, in GiB (a collective: all ranks log)
+                peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30], device=accelerator.device)
+                record["peak_gib"] = [round(x, 2) for x in (accelerator.gather(peak) if world > 1 else peak).tolist()]
             metrics.write(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", **({"B/chunk": "/".join(f"{x:.1f}" for x in record["bytes_per_chunk"])} if routing else {}))
             window_start, window_tokens = time.perf_counter(), 0

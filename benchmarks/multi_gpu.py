@@ -1,0 +1,125 @@
+"""One run on 1 process and on N (DDP through `accelerate launch`), same config, global batch, steps and
+seed; then checkpoints moved between them. Prints the two loss curves side by side, bytes/s and the
+scaling efficiency, peak memory per GPU, and the end of each moved run beside the run it left.
+
+    python benchmarks/multi_gpu.py configs/text/hnet_1stage_small.json --steps 300 --processes 2 \\
+        --set data.source=text --set data.path=.data/books
+    python benchmarks/multi_gpu.py --dry-run      # a tiny preset on 2 CPU processes (gloo), a few seconds
+
+NVLink multicast stays off in every process (NCCL_NVLS_ENABLE=0 and its PyTorch and NVSHMEM twins).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hnet.eval.runs import read_metrics  # noqa: E402
+from hnet.models import latest_checkpoint  # noqa: E402
+
+MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def launch(processes: int, config: Path, out: Path, overrides: list[str], resume: bool = False) -> None:
+    launcher = [sys.executable]
+    if processes > 1:  # with no GPU, `--multi_gpu` starts gloo processes on the CPU (the loop asks for cpu=True)
+        launcher += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1", "--num_processes",
+                     str(processes), "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd = [*launcher, str(REPO / "train.py"), str(config), "--out", str(out), *(f"--set={o}" for o in overrides)]
+    cmd += ["--resume"] if resume else ["--overwrite"]
+    env = dict(os.environ, **MULTICAST_OFF, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    print("$", " ".join(cmd), flush=True)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"{out.name}: exit {result.returncode}\n{result.stderr[-4000:]}")
+
+
+def training_records(run_dir: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in read_metrics(run_dir) if "loss" in r}
+
+
+def final_eval(run_dir: Path) -> float:
+    return [r for r in read_metrics(run_dir) if "val_bpb" in r][-1]["val_bpb"]
+
+
+def moved_run(runs: Path, written_by: int, resume_in: int, config: Path, overrides: list[str]) -> Path:
+    """Copy the run written by `written_by` processes, drop its last checkpoint, resume in `resume_in`."""
+    moved = runs / f"written_by_{written_by}_resumed_in_{resume_in}"
+    shutil.rmtree(moved, ignore_errors=True)
+    shutil.copytree(runs / f"p{written_by}", moved)
+    shutil.rmtree(latest_checkpoint(moved))
+    launch(resume_in, config, moved, overrides, resume=True)
+    return moved
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", default=str(REPO / "configs" / "text" / "hnet_1stage_small.json"))
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--runs-dir", default="runs/multi_gpu")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
+    parser.add_argument("--dry-run", action="store_true", help="tiny preset, 2 CPU processes, a few steps")
+    args = parser.parse_args(argv)
+    if args.dry_run:
+        tmp = Path(tempfile.mkdtemp(prefix="hnet-mgpu-"))
+        args.config, args.steps, args.processes = str(REPO / "configs" / "text" / "hnet_1stage_tiny.json"), 4, 2
+        args.runs_dir = str(tmp / "runs")
+        args.set = ["data.seq_len=128", "data.max_bytes=20000", "train.eval_batches=1", f"data.cache_dir={tmp / 'cache'}", *args.set]
+    n, steps, runs, config = args.processes, args.steps, Path(args.runs_dir), Path(args.config)
+    overrides = [*args.set, f"train.max_steps={steps}", f"train.checkpoint_every={max(1, steps // 2)}",
+                 "train.keep_checkpoints=2", f"train.eval_every={steps}", f"train.log_every={max(1, steps // 30)}"]
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})"
+    gpus = torch.cuda.device_count()
+    print(f"device: {gpus} x {device}; torch {torch.__version__}; config {config}; {steps} steps; 1 vs {n} processes")
+    if torch.cuda.is_available() and gpus < n:
+        sys.exit(f"--processes {n}: only {gpus} GPU(s) here")
+    for p in (1, n):
+        launch(p, config, runs / f"p{p}", overrides)
+
+    one, many = training_records(runs / "p1"), training_records(runs / f"p{n}")
+    shared = sorted(one.keys() & many.keys())
+    print(f"\n| step | loss, 1 process | loss, {n} processes | difference |\n| ---: | ---: | ---: | ---: |")
+    for step in shared:
+        print(f"| {step} | {one[step]['loss']:.4f} | {many[step]['loss']:.4f} | {many[step]['loss'] - one[step]['loss']:+.4f} |")
+    gaps = np.array([abs(many[s]["loss"] - one[s]["loss"]) for s in shared])
+    print(f"\nlargest loss gap {gaps.max():.4f}, mean {gaps.mean():.4f} over {len(shared)} logged steps")
+
+    def steady(records: dict, key: str) -> float:
+        values = [r[key] for s, r in sorted(records.items()) if s > steps // 5]  # past compilation and warmup
+        return float(np.mean(values))
+
+    rate1, rate_n = steady(one, "bytes_per_s"), steady(many, "bytes_per_s")
+    print("\n| processes | bytes/s (after the first 20% of steps) | scaling efficiency | peak GiB per GPU | val bpb |")
+    print("| ---: | ---: | ---: | --- | ---: |")
+    for p, records, rate in ((1, one, rate1), (n, many, rate_n)):
+        peak = records[max(records)].get("peak_gib", ["-"])
+        print(f"| {p} | {rate:,.0f} | {rate / (p * rate1):.2f} | {', '.join(map(str, peak))} | {final_eval(runs / f'p{p}'):.4f} |")
+
+    moved = {(w, r): final_eval(moved_run(runs, w, r, config, overrides)) for w, r in ((n, 1), (1, n))}
+    print("\n| checkpoint written by | resumed in | final val bpb | same run straight | difference |\n| ---: | ---: | ---: | ---: | ---: |")
+    for (written_by, resume_in), end in moved.items():
+        straight = final_eval(runs / f"p{written_by}")
+        print(f"| {written_by} | {resume_in} | {end:.4f} | {straight:.4f} | {end - straight:+.2e} |")
+    summary = {"loss_gap_max": float(gaps.max()), "bytes_per_s": {1: rate1, n: rate_n},
+               "moved_minus_straight": [end - final_eval(runs / f"p{w}") for (w, _), end in moved.items()]}
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
