@@ -47,6 +47,7 @@ GRID = {
 BOUNDARY_RUN = "hnet_1stage"  # whose boundaries the section describes
 SECOND_SEED = "hnet_1stage"  # repeated with seed 1 so the table shows the noise
 EVALS_PER_RUN = 5
+QUICK_SHAPE = ["data.seq_len=128", "train.batch_size=2"]  # --dry-run's batches
 
 
 def run_configs(data: str, size: str, budget_bytes: int, data_overrides: list[str], quick: bool) -> dict[str, RunConfig]:
@@ -56,12 +57,12 @@ def run_configs(data: str, size: str, budget_bytes: int, data_overrides: list[st
         raw = read_json(preset)
         bpe = raw["data"].get("tokenizer") == "bpe"
         if quick:
-            raw = apply_overrides(raw, ["data.seq_len=128", "train.batch_size=2", "train.eval_batches=2",
+            raw = apply_overrides(raw, [*QUICK_SHAPE, "train.eval_batches=2",
                                         *(["data.vocab_size=400", "model.vocab_size=400"] if bpe else [])])
         # a BPE preset's seq_len counts tokens, sized to hold the H-Net's bytes per sequence: count H-Net bytes
         byte_preset = read_json(REPO / "configs" / data / f"hnet_1stage_{size}.json") if bpe else raw
         if quick:
-            byte_preset = apply_overrides(byte_preset, ["data.seq_len=128", "train.batch_size=2"])
+            byte_preset = apply_overrides(byte_preset, QUICK_SHAPE)
         bytes_per_step = byte_preset["train"]["batch_size"] * byte_preset["data"]["seq_len"]
         steps = max(1, budget_bytes // bytes_per_step)
         overrides = [f"train.max_steps={steps}", f"train.eval_every={max(1, steps // EVALS_PER_RUN)}",
@@ -109,7 +110,7 @@ def train_grid(configs: dict[str, RunConfig], runs_dir: Path, progress: bool, re
         if report_only:
             print(f"{name}: not finished, left out of the report")
             continue
-        resume = run_dir.is_dir() and latest_checkpoint(run_dir) is not None
+        resume = not changed and run_dir.is_dir() and latest_checkpoint(run_dir) is not None
         print(f"{name}: training {config.train.max_steps} steps" + (" (resuming)" if resume else ""), flush=True)
         start = time.perf_counter()
         info = dict(device=device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"))

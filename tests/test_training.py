@@ -125,47 +125,35 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path, monkeypatch):
     assert latest_checkpoint(tmp_path / "run").name == "step_000003"
 
 
+def launch_train(processes: int, config: Path, out: Path, *extra: str) -> None:
+    """train.py in one process, or in several through accelerate (gloo on the CPU when there is no GPU)."""
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1", "--mixed_precision", "no",
+                     "--dynamo_backend", "no", "--num_processes", str(processes)]
+    result = subprocess.run([*launcher, str(REPO / "train.py"), str(config), "--out", str(out), *extra],
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
-    path = write_config(tmp_path, tiny_run_config(tmp_path, max_steps=6, checkpoint_every=6, decay_fraction=0.0))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    # `--multi_gpu` picks accelerate's multi-process launcher; with no GPU the loop runs gloo on the CPU.
-    common = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no"]
+def test_two_processes_match_one_and_checkpoints_move_between_them(tmp_path):
+    """2 processes end where 1 ends (the same global batch, split differently); a checkpoint written by 2
+    processes resumes in 1, and one written by 1 resumes in 2, ending where the uninterrupted runs end."""
+    path = write_config(tmp_path, tiny_run_config(tmp_path, max_steps=6, checkpoint_every=3, decay_fraction=0.0))
     for n in (1, 2):
-        launcher = common if n > 1 else [sys.executable]
-        cmd = [*launcher, *(["--num_processes", str(n)] if n > 1 else []), str(REPO / "train.py"), str(path),
-               "--out", str(tmp_path / f"p{n}")]
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
+        launch_train(n, path, tmp_path / f"p{n}")
         first = json.loads((tmp_path / f"p{n}" / "metrics.jsonl").read_text().splitlines()[0])
         assert first["processes"] == n
     one, two = weights(tmp_path / "p1"), weights(tmp_path / "p2")
     for key in one:
         assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-4), key
 
-
-@pytest.mark.slow
-def test_checkpoints_move_between_one_and_two_processes(tmp_path):
-    """A checkpoint written by 2 processes resumes in 1, and one written by 1 resumes in 2, ending where
-    the uninterrupted runs end (the same global batch, split differently)."""
-    path = write_config(tmp_path, tiny_run_config(tmp_path, max_steps=6, checkpoint_every=3, decay_fraction=0.0))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-
-    def launch(n: int, out: Path, *extra: str) -> None:
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
-                    "--mixed_precision", "no", "--dynamo_backend", "no", "--num_processes", str(n)] if n > 1 else [sys.executable]
-        result = subprocess.run([*launcher, str(REPO / "train.py"), str(path), "--out", str(out), *extra],
-                                env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
-
-    for n in (1, 2):
-        launch(n, tmp_path / f"p{n}")
     for written, resumed_in in ((2, 1), (1, 2)):
         moved = tmp_path / f"written_by_{written}_resumed_in_{resumed_in}"
         shutil.copytree(tmp_path / f"p{written}", moved)
         shutil.rmtree(moved / "checkpoints" / "step_000006")
-        launch(resumed_in, moved, "--resume")
+        launch_train(resumed_in, path, moved, "--resume")
         assert latest_checkpoint(moved).name == "step_000006"
         end, straight = weights(moved), weights(tmp_path / f"p{written}")
         for key in end:
