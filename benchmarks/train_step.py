@@ -24,13 +24,13 @@ trained for. MFU = 3 x FLOPs/byte x bytes/s / the dense bf16 peak (989 TFLOP/s f
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import os
 import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hnet import HNetConfig, HNetForCausalLM
@@ -81,10 +81,6 @@ def sync(device):
 def halving(batch: int):
     """batch, batch / 2, ..., 1: the sizes tried until one fits."""
     return [batch >> k for k in range(batch.bit_length())]
-
-
-def cumulative(targets) -> list[float]:
-    return list(itertools.accumulate(targets, lambda a, b: a * b))
 
 
 def train_step_once(config: HNetConfig, device, batch: int, seq_len: int, steps: int, warmup: int) -> dict:
@@ -156,7 +152,7 @@ def main(argv=None):
     rows = []
     for path in args.config:
         config = load_model_config(str(REPO / path) if not Path(path).is_absolute() else path)
-        targets = cumulative(default_ratio_targets(config.num_stages - 1))
+        targets = [float(x) for x in np.cumprod(default_ratio_targets(config.num_stages - 1))]
         budget = flops_per_byte(config, args.seq_len, targets)
         runs = [(f"{Path(path).stem} fast", config, "fast"), (f"{Path(path).stem} reference", config, "reference")]
         if not args.no_transformer:
@@ -169,8 +165,7 @@ def main(argv=None):
             if r is None:
                 rows.append((label, "-", f"OOM at 1 x {args.seq_len}", "-", "-", "-", "-", "-", "-"))
                 continue
-            fpb = flops_per_byte(cfg, args.seq_len, r["bytes_per_chunk"]) if r["bytes_per_chunk"] else \
-                flops_per_byte(cfg, args.seq_len)
+            fpb = flops_per_byte(cfg, args.seq_len, r["bytes_per_chunk"])
             rows.append((label, f"{r['params'] / 1e6:.1f}M", f"{batch} x {args.seq_len}", f"{r['ms']:.1f}",
                          f"{r['bytes_per_s']:,.0f}", f"{fpb / 1e9:.3f}", f"{100 * mfu(fpb, r['bytes_per_s'], peak):.1f}",
                          f"{r['peak_gib']:.1f}", ", ".join(f"{x:.2f}" for x in r["bytes_per_chunk"]) or "-"))

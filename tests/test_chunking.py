@@ -33,7 +33,7 @@ def test_packed_sequence_starts_are_boundaries():
 def test_chunk_selects_positions_0_3_4_and_dechunk_by_hand():
     mask = torch.tensor([[True, False, False, True, True, False]])
     h = torch.arange(6, dtype=torch.float32).view(1, 6, 1) * 10
-    z, next_cu, next_mask = chunk(h, mask, mask=torch.ones_like(mask))
+    z, next_cu, next_mask = chunk(h, mask)
     assert z[0, :, 0].tolist() == [0.0, 30.0, 40.0] and next_mask.tolist() == [[True] * 3]
 
     p = torch.tensor([[1.0, 0.1, 0.2, 0.5, 0.8, 0.3]])
@@ -48,7 +48,7 @@ def test_chunk_selects_positions_0_3_4_and_dechunk_by_hand():
 def test_chunk_padded_rows_of_different_counts():
     mask = torch.tensor([[True, True, False, True], [True, False, False, False]])
     h = torch.arange(8, dtype=torch.float32).view(2, 4, 1)
-    z, _, next_mask = chunk(h, mask, mask=torch.ones_like(mask))
+    z, _, next_mask = chunk(h, mask)
     assert z[0, :, 0].tolist() == [0.0, 1.0, 3.0]
     assert z[1, 0, 0].item() == 4.0 and next_mask.tolist() == [[True] * 3, [True, False, False]]
 

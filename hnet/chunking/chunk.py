@@ -15,7 +15,7 @@ from hnet.ops.packed import seq_idx_from_cu_seqlens
 DECHUNK_P_MIN = 1e-4  # the official dechunk clamps p to [1e-4, 1 - 1e-4] (and only there)
 
 
-def chunk(h, boundary_mask, cu_seqlens=None, mask=None):
+def chunk(h, boundary_mask, cu_seqlens=None):
     """Keep the hidden states at boundaries, in order. Returns (z, next_cu_seqlens, next_mask).
 
     Packed (1, T, D) + cu_seqlens: z is (1, T', D) and next_cu_seqlens marks each sequence's chunks.
@@ -39,13 +39,17 @@ def _boundaries_first(boundary_mask):
     return torch.argsort(key, dim=-1)
 
 
+def _dechunk_p(boundary_prob):
+    return boundary_prob[..., 1].float().clamp(min=DECHUNK_P_MIN, max=1 - DECHUNK_P_MIN)
+
+
 def dechunk(z, boundary_mask, boundary_prob, next_cu_seqlens=None, official_bf16: bool = False):
     """EMA over the chunk outputs z weighted by their boundary probability, then back to byte positions.
 
     Byte t receives the EMA at the latest boundary at or before t. z is (B, M, D) padded or (1, T', D)
     packed (then next_cu_seqlens resets the EMA per sequence). Returns (B, L, D) float32.
     """
-    p = boundary_prob[..., 1].float().clamp(min=DECHUNK_P_MIN, max=1 - DECHUNK_P_MIN)
+    p = _dechunk_p(boundary_prob)
     if next_cu_seqlens is not None:
         p_chunks = p[boundary_mask].unsqueeze(0)
         seq_idx = seq_idx_from_cu_seqlens(next_cu_seqlens, z.shape[1])
@@ -67,7 +71,7 @@ def dechunk_step(z, boundary_mask, boundary_prob, cache: DechunkCache):
     """One position: where a boundary falls (boundary_mask (B,)), e = p z + (1 - p) e_prev with z (B, D)
     the main network's output; elsewhere e stays. Computed in fp32, as the official step does whatever
     the dechunk's dtype. Returns e (B, D) float32; the prefill stores e at each row's last byte."""
-    p = boundary_prob[..., 1].float().clamp(min=DECHUNK_P_MIN, max=1 - DECHUNK_P_MIN)[:, None]
+    p = _dechunk_p(boundary_prob)[:, None]
     update_rows_(cache.last_value, p * z.float() + (1 - p) * cache.last_value, boundary_mask)
     return cache.last_value
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from hnet.chunking.routing import RoutingCache, RoutingModule, RoutingOutput
+from hnet.ops.cache import update_rows_
 
 RULES = ("space", "bpe")
 
@@ -124,7 +125,7 @@ class FixedRouting(RoutingModule):
         learned = super().step(h, cache, mask)
         space = is_space_like(self._ids(h.shape[:1]))
         boundary = first | (space & ~cache.last_space_like)
-        cache.last_space_like.copy_(space if mask is None else torch.where(mask, space, cache.last_space_like))
+        update_rows_(cache.last_space_like, space, mask)
         return _decided(learned.boundary_prob, boundary, mask)
 
     def _ids(self, shape) -> torch.Tensor:

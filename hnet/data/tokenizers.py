@@ -76,6 +76,7 @@ class BPETokenizer:
             raise ValueError(f"{self.path}: the sentencepiece model has no BOS piece; train it with train_bpe")
         self.dtype = _id_dtype(self.vocab_size)
         self.fingerprint = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        self._token_bytes = None  # token_bytes(), once asked for
 
     def encode(self, data: bytes) -> np.ndarray:
         text = data.decode("latin-1")
@@ -98,14 +99,17 @@ class BPETokenizer:
         return self.sp.decode(np.asarray(ids).tolist()).encode("latin-1")
 
     def token_bytes(self) -> np.ndarray:
-        """(vocab_size,) raw bytes per id. A byte piece <0xXX> is one UTF-8 byte of chr(b): the lead
-        byte counts for the raw byte, a continuation byte for none, so every document sums exactly."""
+        """(vocab_size,) raw bytes per id, computed once. A byte piece <0xXX> is one UTF-8 byte of chr(b):
+        the lead byte counts for the raw byte, a continuation byte for none, so every document sums exactly."""
+        if self._token_bytes is not None:
+            return self._token_bytes
         counts = np.zeros(self.vocab_size, dtype=np.int64)
         for i in range(self.vocab_size):
             if self.sp.is_byte(i):
                 counts[i] = (int(self.sp.id_to_piece(i)[3:5], 16) & 0xC0) != 0x80
             elif not (self.sp.is_control(i) or self.sp.is_unknown(i)):
                 counts[i] = len(self.sp.id_to_piece(i))
+        self._token_bytes = counts
         return counts
 
 

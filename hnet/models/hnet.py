@@ -92,7 +92,7 @@ class HNet(nn.Module):
         h = self.encoder(x, cu_seqlens, cache=cache.encoder)
         residual = self._residual(h)
         routing = self.routing_module(h, cu_seqlens, mask, cache=cache.routing)
-        z, next_cu, next_mask = chunk(h, routing.boundary_mask, cu_seqlens, mask)
+        z, next_cu, next_mask = chunk(h, routing.boundary_mask, cu_seqlens)
         z, inner_routing = self.main_network(z, next_cu, next_mask, cache=cache.main_network)
         d = dechunk(z, routing.boundary_mask, routing.boundary_prob, next_cu, self.official_bf16_dechunk)
         if cache.dechunk is not None:

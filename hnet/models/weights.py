@@ -69,11 +69,9 @@ class WeightsMixin:
         """AdamW groups: lr scaled per stage (outermost first), no decay on biases, norms and SSM scalars."""
         multipliers = lr_multipliers or [1.0] * self.num_stages
         groups: dict[tuple, dict] = {}
-        seen = set()
-        for name, param in self.named_parameters():
-            if not param.requires_grad or id(param) in seen:
+        for name, param in self.named_parameters():  # a tied lm_head is listed once
+            if not param.requires_grad:
                 continue
-            seen.add(id(param))
             stage = self.stage_of(name)
             no_decay = name.endswith(NO_DECAY_SUFFIXES) or "norm" in name.rsplit(".", 2)[-2]
             key = (stage, no_decay)

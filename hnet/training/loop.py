@@ -120,6 +120,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
 def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
           progress: bool = True) -> TrainResult:
     from accelerate import Accelerator
+    from accelerate.utils import send_to_device
     from tqdm.auto import tqdm
 
     from hnet.data import TrainLoader, prepare_data, tokenizer_for_run, val_batches
@@ -175,12 +176,10 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
     def reduce_sum(t):
         return accelerator.reduce(t, reduction="sum") if world > 1 else t
 
-    def global_mean(t) -> float:
-        return (reduce_sum(t.detach().clone()) / world).item()
 
     def validation():
         return evaluate(raw_model, (
-            {k: (v.to(accelerator.device) if torch.is_tensor(v) else v) for k, v in b.items()}
+            send_to_device(b, accelerator.device)
             for b in val_batches(data.val, dc.seq_len, micro_rows, max_batches=tc.eval_batches, packing=dc.packing)
         ), token_bytes)
 
@@ -196,7 +195,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
     step = start_step
     while step < tc.max_steps:
         for micro in range(tc.grad_accum):
-            batch = {k: (v.to(accelerator.device) if torch.is_tensor(v) else v) for k, v in next(batches).items()}
+            batch = send_to_device(next(batches), accelerator.device)
             sync = micro == tc.grad_accum - 1
             with accelerator.no_sync(model) if not sync else nullcontext():
                 loss, ce, ratio, routing = forward_loss(model, batch, targets, tc.ratio_loss_weight, reduce_sum, world)
@@ -215,7 +214,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
         if step % tc.log_every == 0 or step == tc.max_steps:
             elapsed = time.perf_counter() - window_start
             # over the whole global batch: each process's terms are its share, scaled by the process count
-            record = dict(step=step, loss=global_mean(loss), ce=global_mean(ce), ratio_loss=global_mean(ratio),
+            loss_, ce_, ratio_ = (reduce_sum(torch.stack([loss, ce, ratio]).detach()) / world).tolist()
+            record = dict(step=step, loss=loss_, ce=ce_, ratio_loss=ratio_,
                           lr=schedule.get_last_lr()[0], bytes_per_s=window_tokens / elapsed)
             if routing:
                 record["bytes_per_chunk"] = bytes_per_chunk(chunk_counts(batch, routing))
