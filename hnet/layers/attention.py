@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import os
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +12,12 @@ from torch import nn
 
 from hnet.layers.rotary import apply_rotary, rotary_tables
 from hnet.ops.packed import unpack
+
+try:  # flash attention over packed sequences, CUDA only (torch >= 2.10; a window from 2.11)
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:
+    varlen_attn = None
+_VARLEN_WINDOW = varlen_attn is not None and "window_size" in inspect.signature(varlen_attn).parameters
 
 
 @dataclass
@@ -45,12 +53,16 @@ class CausalSelfAttention(nn.Module):
         seqlen = torch.zeros(batch_size, dtype=torch.long, device=w.device)
         return KVCache(torch.zeros(shape, **kw), torch.zeros(shape, **kw), seqlen)
 
-    def forward(self, x, cu_seqlens=None, cache=None):
-        """x (B, L, D); or packed (1, T, D) with cu_seqlens, every sequence attending only to itself.
+    def forward(self, x, cu_seqlens=None, cache=None, max_seqlen=None):
+        """x (B, L, D); or packed (1, T, D) with cu_seqlens, every sequence attending only to itself
+        (max_seqlen: the longest, if known, saves a host sync).
 
         With a cache (and no cu_seqlens), the L positions of every row are written into it (prefill).
         """
         if cu_seqlens is not None:
+            if self._takes_varlen(x):
+                return self._forward_varlen(x, cu_seqlens, max_seqlen)
+            # Reference: right-padded rows, as many as sequences, each as long as the longest.
             rows, valid = unpack(x[0], cu_seqlens)
             return self.forward(rows)[valid].unsqueeze(0)
         B, L, _ = x.shape
@@ -75,6 +87,29 @@ class CausalSelfAttention(nn.Module):
             allowed = (offset >= 0) & (offset <= self.window_size)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         return self.out_proj(out.transpose(1, 2).reshape(B, L, -1))
+
+    def _takes_varlen(self, x) -> bool:
+        """Flash attention over the packed positions (no padding) where it runs: CUDA, half precision."""
+        return (varlen_attn is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+                and (_VARLEN_WINDOW or self.window_size < 0) and os.environ.get("HNET_REFERENCE") != "1")
+
+    def _forward_varlen(self, x, cu_seqlens, max_seqlen=None):
+        T = x.shape[1]
+        q, k, v = self.Wqkv(x[0]).view(T, 3, self.num_heads, self.head_dim).unbind(1)
+        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+        if self.rotary_emb_dim > 0:
+            # Each position's index inside its own sequence.
+            starts = torch.repeat_interleave(cu_seqlens[:-1], lengths, output_size=T)
+            cos, sin = rotary_tables(torch.arange(T, device=x.device) - starts, self.rotary_emb_dim)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if max_seqlen is None:
+            max_seqlen = int(lengths.max())
+        cu = cu_seqlens.to(torch.int32)
+        if _VARLEN_WINDOW:
+            out = varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, window_size=(self.window_size, 0))
+        else:
+            out = varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, is_causal=True)
+        return self.out_proj(out.reshape(1, T, -1))
 
     def step(self, x, cache: KVCache, mask=None):
         """One position: x (B, D) -> (B, D), each row at its own position `cache.seqlen`. Rows where mask

@@ -23,10 +23,10 @@ class Block(nn.Module):
         else:
             self.mlp = None
 
-    def forward(self, h, residual=None, cu_seqlens=None, seq_idx=None, cache=None):
+    def forward(self, h, residual=None, cu_seqlens=None, seq_idx=None, cache=None, max_seqlen=None):
         if isinstance(self.mixer, Mamba2):
             return self._residual(h, residual, lambda x: self.mixer(x, seq_idx=seq_idx, cache=cache))
-        return self._residual(h, residual, lambda x: self.mixer(x, cu_seqlens=cu_seqlens, cache=cache))
+        return self._residual(h, residual, lambda x: self.mixer(x, cu_seqlens, cache, max_seqlen))
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None):
         return self.mixer.allocate_inference_cache(batch_size, max_seqlen, dtype)

@@ -29,6 +29,7 @@ class Isotropic(nn.Module):
         self.rmsnorm = RMSNorm(d, device=device, dtype=dtype)
         # Residual additions per layer (2 with an MLP): scales the init of output projections.
         self.height = sum(2 if with_mlp else 1 for _, with_mlp in specs)
+        self.has_attention = any(kind != "mamba" for kind, _ in specs)
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> list:
         """One cache per layer (Mamba2Cache or KVCache)."""
@@ -39,10 +40,14 @@ class Isotropic(nn.Module):
 
         With a cache (a list from `allocate_inference_cache`), the layers' states are written into it (prefill).
         """
-        seq_idx = None if cu_seqlens is None else seq_idx_from_cu_seqlens(cu_seqlens, x.shape[1])
+        seq_idx = max_seqlen = None
+        if cu_seqlens is not None:
+            seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, x.shape[1])
+            if self.has_attention:  # one host sync per stack, not one per attention layer
+                max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
         h, residual = x, None
         for layer, layer_cache in zip(self.layers, cache or [None] * len(self.layers)):
-            h, residual = layer(h, residual, cu_seqlens=cu_seqlens, seq_idx=seq_idx, cache=layer_cache)
+            h, residual = layer(h, residual, cu_seqlens, seq_idx, layer_cache, max_seqlen)
         return self._final_norm(h, residual)
 
     def step(self, x, cache: list, mask=None):
