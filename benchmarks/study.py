@@ -203,6 +203,10 @@ def boundary_section(runs_dir: Path, data: str) -> list[str]:
         lines += ["", f"Stage-1 boundary rate by residue offset from the start of each of the first {starts['records']} "
                   f"validation records ({starts['residues']:,} residues):", "", "| offset | residues | boundaries | rate |",
                   "| --- | ---: | ---: | ---: |", *rows]
+        if "by_residue" in starts:  # runs from before it was kept have the one-record figures of the JSON only
+            rows = [f"| {k} | {v['bytes']} | {v['boundaries']} | {v['rate']:.3f} |" for k, v in starts["by_residue"].items()]
+            lines += ["", "Stage-1 boundary rate by residue over the same records:", "",
+                      "| residue | count | boundaries | rate |", "| --- | ---: | ---: | ---: |", *rows]
     return lines
 
 
@@ -225,8 +229,9 @@ def record_start_rates(model, val, max_bytes: int) -> dict:
         used += len(record)
     is_start = np.zeros(len(fasta), dtype=bool)
     is_start[starts] = True
-    by_offset = protein_stats(fasta, is_start)["rate_by_offset_from_record_start"]
-    return {"records": fasta.count(b">"), "residues": used, "by_offset": by_offset}
+    stats = protein_stats(fasta, is_start)
+    return {"records": fasta.count(b">"), "residues": used, "by_offset": stats["rate_by_offset_from_record_start"],
+            "by_residue": stats["rate_by_residue"]}
 
 
 def where_trained(run_dirs: list[Path]) -> list[str]:
