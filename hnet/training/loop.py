@@ -123,7 +123,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
     from accelerate.utils import send_to_device
     from tqdm.auto import tqdm
 
-    from hnet.data import TrainLoader, prepare_data, tokenizer_for_run, val_batches
+    from hnet.data import TrainLoader, prepare_data, tokenizer_and_split, val_batches
 
     run_dir = Path(run_dir)
     tc, dc = config.train, config.data
@@ -144,8 +144,10 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
         resume_from = latest_checkpoint(run_dir)
 
     torch.manual_seed(tc.seed)
-    tokenizer = tokenizer_for_run(dc, run_dir, is_main=accelerator.is_main_process, wait=accelerator.wait_for_everyone)
-    data = prepare_data(dc, tokenizer) if accelerator.is_main_process else None
+    tokenizer, split_docs = tokenizer_and_split(dc, run_dir, is_main=accelerator.is_main_process,
+                                                wait=accelerator.wait_for_everyone)
+    data = prepare_data(dc, tokenizer, split_docs) if accelerator.is_main_process else None
+    del split_docs  # the corpus in memory: the shards now hold it
     accelerator.wait_for_everyone()
     if data is None:
         data = prepare_data(dc, tokenizer)  # a cache hit: the main process wrote it
