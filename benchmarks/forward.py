@@ -21,8 +21,8 @@ import torch
 from hnet import HNetForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import REPO, QUICK_CONFIGS, common_parser, device_info, fitting, kernel_path, load_model_config, print_header, sync  # noqa: E402
-from train_throughput import text_batch  # noqa: E402
+from train_step import REPO, QUICK_CONFIGS, common_parser, fitting, kernel_path, load_model_config, print_header  # noqa: E402
+from train_throughput import device_info, sync, text_batch  # noqa: E402
 
 DEFAULT_CONFIGS = [f".ref/configs/hnet_{s}.json" for s in ("1stage_L", "2stage_L", "1stage_XL", "2stage_XL")]
 

@@ -15,6 +15,7 @@ Per-byte latency of the cached decode should stay flat from 1k to 8k of context;
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -23,17 +24,14 @@ import torch
 from hnet import HNetConfig, HNetForCausalLM
 from hnet.generation.cache import select_rows
 
-TEXT = Path(__file__).resolve().parents[1] / "hnet" / "samples" / "tinyshakespeare.txt"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_throughput import TEXT, device_info, sync  # noqa: E402
+
 QUICK_CONFIG = {
     "arch_layout": ["m2", ["T2"], "m2"], "d_model": [64, 128], "d_intermediate": [0, 256],
     "ssm_cfg": {"chunk_size": 16, "d_conv": 4, "d_state": 16, "expand": 2},
     "attn_cfg": {"num_heads": [2, 4], "rotary_emb_dim": [16, 16], "window_size": [31, -1]},
 }
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(fn, device) -> float:
@@ -106,7 +104,7 @@ def main(argv=None):
     torch.manual_seed(0)
     model = HNetForCausalLM(config, device=device, dtype=dtype).eval()
 
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    gpu, _ = device_info(device)
     print(f"device: {gpu}, torch {torch.__version__}, {dtype}")
     print(f"model: {name}: arch_layout {config.arch_layout}, d_model {config.d_model}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, random weights")

@@ -15,9 +15,10 @@ a whole Mamba-2 layer forward+backward, fast path vs reference, and mamba_ssm's 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,9 @@ from hnet.ops.triton import norm as triton_norm
 from hnet.ops.triton import ssd as triton_ssd
 
 import triton  # noqa: E402  (after hnet.ops.triton, which needs it anyway)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_step import kernel_path  # noqa: E402
 
 
 def shapes(quick: bool) -> dict:
@@ -220,15 +224,9 @@ def main():
     u = torch.randn(s["b"], s["l"], s["d_model"], device=device, dtype=dtype, requires_grad=True)
     run = fwd_bwd(layer, (u,))
     print(f"\nMamba2({s['d_model']}) forward+backward at {s['b']} x {s['l']}:")
-    for label, reference in (("fast path", "0"), ("reference", "1")):
-        os.environ["HNET_REFERENCE"] = reference
-        if device.type != "cuda":
-            from hnet.ops import dispatch
-            with dispatch.force_triton():
-                print(f"  {label:<10} {fmt(bench(run, device))} ms")
-        else:
+    for label, path in (("fast path", "fast"), ("reference", "reference")):
+        with kernel_path(path, device):
             print(f"  {label:<10} {fmt(bench(run, device))} ms")
-    os.environ.pop("HNET_REFERENCE")
 
 
 if __name__ == "__main__":

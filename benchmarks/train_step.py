@@ -41,12 +41,11 @@ from hnet.ops import dispatch
 from hnet.training.loop import default_ratio_targets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import text_batch, time_train_steps  # noqa: E402
+from train_throughput import device_info, text_batch, time_train_steps  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = [".ref/configs/hnet_1stage_L.json", ".ref/configs/hnet_2stage_L.json"]
 QUICK_CONFIGS = ["configs/text/hnet_1stage_tiny.json", "configs/text/hnet_2stage_tiny.json"]
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16, SXM
 
 
 def load_model_config(path: str) -> HNetConfig:
@@ -71,11 +70,6 @@ def kernel_path(path: str, device):
         os.environ.pop("HNET_REFERENCE", None)
         if previous is not None:
             os.environ["HNET_REFERENCE"] = previous
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def halving(batch: int):
@@ -105,14 +99,6 @@ def fitting(run, batch: int, device) -> tuple[int, dict | None]:
 
 def mfu(flops_per_byte_fwd: float, bytes_per_s: float, peak_tflops: float, passes: int = 3) -> float:
     return passes * flops_per_byte_fwd * bytes_per_s / (peak_tflops * 1e12)
-
-
-def device_info(device) -> tuple[str, float]:
-    """(the device's name, its dense bf16 peak in TFLOP/s or nan)."""
-    if device.type != "cuda":
-        return "cpu", float("nan")
-    name = torch.cuda.get_device_name(device)
-    return name, next((v for k, v in PEAK_TFLOPS.items() if k in name), float("nan"))
 
 
 def print_header(name: str):

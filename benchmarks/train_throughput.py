@@ -25,6 +25,20 @@ from hnet.training.loop import build_model, default_ratio_targets, forward_loss
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO / "hnet" / "samples" / "tinyshakespeare.txt"
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16, SXM
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_info(device) -> tuple[str, float]:
+    """(the device's name, its dense bf16 peak in TFLOP/s or nan)."""
+    if device.type != "cuda":
+        return "cpu", float("nan")
+    name = torch.cuda.get_device_name(device)
+    return name, next((v for k, v in PEAK_TFLOPS.items() if k in name), float("nan"))
 
 
 def text_batch(batch_size: int, seq_len: int, device, doc_len: int = 2048) -> dict:
@@ -68,8 +82,7 @@ def time_train_steps(model, tc, batch: dict, device, steps: int, warmup: int) ->
     start = time.perf_counter()
     for _ in range(steps):
         routing = step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     seconds = (time.perf_counter() - start) / steps
     n_bytes = batch["input_ids"].numel()
     return {
@@ -104,7 +117,7 @@ def main():
     configs = args.configs
     if args.quick:
         configs, args.steps, args.warmup = ["configs/text/hnet_1stage_tiny.json"], 2, 1
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    name, _ = device_info(device)
     print(f"device: {name}; torch {torch.__version__}")
     results = [measure(c, device, args.steps, args.warmup) for c in configs]
     print(f"{'config':45} {'params':>11} {'batch':>10} {'ms/step':>9} {'bytes/s':>11} {'peak GiB':>9}  bytes/chunk")

@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from hnet.config import DataConfig
-from hnet.data.sources import Document, cache_root, resolve_path, source_files
+from hnet.data.runs import tokenizer_and_split
+from hnet.data.sources import Document, cache_root, source_files
 from hnet.data.split import read_split
-from hnet.data.tokenizers import MODEL_NAME, BPETokenizer, ByteTokenizer, model_file, train_bpe
+from hnet.data.tokenizers import BPETokenizer, ByteTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +76,17 @@ class PreparedData:
     path: Path  # the cache entry
 
 
-def prepare_data(cfg: DataConfig, tokenizer: ByteTokenizer | BPETokenizer | None = None) -> PreparedData:
+def prepare_data(cfg: DataConfig, tokenizer: ByteTokenizer | BPETokenizer | None = None,
+                 split_docs: tuple[list[Document], list[Document]] | None = None) -> PreparedData:
     """Split and encode the corpus of `cfg`, or open the cached result of an identical earlier call.
 
     Without `tokenizer`, bytes runs use `ByteTokenizer(cfg.bos_id)`; bpe runs load the model at
     `tokenizer_path` (a .model file, or a folder holding tokenizer.model) or, if that folder holds
-    none yet, train one into it on the training documents only.
+    none yet, train one into it on the training documents only. `split_docs`: the corpus as
+    `read_split(cfg)` gives it, when the caller has read it already.
     """
-    split_docs = None
     if tokenizer is None:
-        tokenizer, split_docs = _tokenizer_for(cfg)
+        tokenizer, split_docs = tokenizer_and_split(cfg)
     key_inputs = {
         "format": FORMAT_VERSION,
         "files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in source_files(cfg)],
@@ -99,21 +101,6 @@ def prepare_data(cfg: DataConfig, tokenizer: ByteTokenizer | BPETokenizer | None
     log.info("%s: train %d docs, %d tokens; val %d docs, %d tokens, %.3f bytes per token", entry, data.train.num_docs,
              data.train.num_tokens, data.val.num_docs, data.val.num_tokens, data.val.bytes_per_token)
     return data
-
-
-def _tokenizer_for(cfg: DataConfig):
-    """(tokenizer, the split documents if reading them was needed to train it, else None)."""
-    if cfg.tokenizer == "bytes":
-        return ByteTokenizer(cfg.bos_id), None
-    if cfg.tokenizer != "bpe":
-        raise ValueError(f"data.tokenizer: unknown tokenizer {cfg.tokenizer!r}; expected bytes or bpe")
-    if not cfg.tokenizer_path:
-        raise ValueError("data.tokenizer_path: a bpe run needs a place for its tokenizer (the training loop gives RUN_DIR/tokenizer)")
-    model = model_file(resolve_path(cfg.tokenizer_path))
-    if model.is_file() or model.name != MODEL_NAME:  # a named .model file must exist; a folder may be empty
-        return BPETokenizer(model), None
-    split_docs = read_split(cfg)
-    return train_bpe(split_docs[0], cfg.vocab_size, model.parent), split_docs
 
 
 def _write_entry(entry: Path, split_docs, tokenizer, key_inputs: dict) -> None:

@@ -31,14 +31,22 @@ def baseline_layout(kind: str, n_layers: int) -> str:
     raise ValueError(f"unknown baseline kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
+def main_head_dim(like: HNetConfig) -> int:
+    """The attention head size of the H-Net's main network (innermost stage); heads of about 64 where it
+    sets none."""
+    inner = like.num_stages - 1
+    d_main = like.d_model[inner]
+    heads = like.attn_cfg.num_heads[inner] if like.attn_cfg.num_heads else max(d_main // 64, 1)
+    return d_main // heads
+
+
 def baseline_config(kind: str, d_model: int, n_layers: int, like: HNetConfig, vocab_size: int = 256) -> HNetConfig:
     """An isotropic `kind` stack of the given width and depth, taking the rest from the H-Net `like`: the
     SSM settings, and from its main network (innermost stage) the attention head size, the rotary
     dimension and the MLP width ratio."""
     inner = like.num_stages - 1
     d_main = like.d_model[inner]
-    heads_main = like.attn_cfg.num_heads[inner] if like.attn_cfg.num_heads else max(d_main // 64, 1)
-    head_dim = d_main // heads_main
+    head_dim = main_head_dim(like)
     ratio = like.d_intermediate[inner] / d_main if like.d_intermediate[inner] else 8 / 3
     uses_attention = kind != "mamba2"
     attn = AttnConfig(
@@ -57,11 +65,9 @@ def baseline_config(kind: str, d_model: int, n_layers: int, like: HNetConfig, vo
 def width_step(kind: str, like: HNetConfig) -> int:
     """Widths a stack of `kind` can take are multiples of this: whole attention heads of the main
     network's size, and expand * width a multiple of the Mamba-2 head size."""
-    inner = like.num_stages - 1
-    heads = like.attn_cfg.num_heads[inner] if like.attn_cfg.num_heads else max(like.d_model[inner] // 64, 1)
     steps = [MAMBA_HEADDIM // math.gcd(like.ssm_cfg.expand, MAMBA_HEADDIM)] if kind != "transformer" else []
     if kind != "mamba2":
-        steps.append(like.d_model[inner] // heads)
+        steps.append(main_head_dim(like))
     return math.lcm(*steps)
 
 

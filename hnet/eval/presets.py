@@ -51,8 +51,13 @@ sequence, so all presets of a data kind and size read the same bytes per batch.
 @dataclass
 class Preset:
     config: dict  # the run config as written
+    run: RunConfig  # the same, parsed (and so validated) once
     flops_per_byte: float
     at: str  # the bytes per chunk or token it is costed at
+
+    @classmethod
+    def from_config(cls, config: dict, flops_per_byte: float, at: str) -> "Preset":
+        return cls(config, RunConfig.from_dict(config), flops_per_byte, at)
 
 
 def hnet_preset(path: Path) -> Preset:
@@ -60,7 +65,7 @@ def hnet_preset(path: Path) -> Preset:
     config = RunConfig.from_dict(data, str(path))
     targets = config.train.ratio_targets
     flops = flops_per_byte(config.model, config.data.seq_len, list(np.cumprod(targets)))
-    return Preset(data, flops, "/".join(f"{n:g}" for n in targets) + " bytes/chunk (N)")
+    return Preset(data, config, flops, "/".join(f"{n:g}" for n in targets) + " bytes/chunk (N)")
 
 
 def space_bytes_per_chunk(docs, bos_id: int) -> float:
@@ -87,29 +92,28 @@ def bpe_bytes_per_token(train_docs, vocab_size: int) -> float:
 def baseline_presets(reference: Preset, size: str) -> dict[str, Preset]:
     from hnet.data import read_split
 
-    data = reference.config
-    config = RunConfig.from_dict(data)
+    data, config = reference.config, reference.run
     seq_len, target = config.data.seq_len, reference.flops_per_byte
     train = {k: v for k, v in data["train"].items() if k not in ("lr_multipliers", "ratio_targets")}
     train_docs = read_split(config.data)[0]
     out = {}
     for kind in ("transformer", "mamba2", "hybrid"):
         model = size_baseline(kind, target, seq_len, config.model)
-        out[kind] = Preset({"model_type": "isotropic", "model": model.to_dict(), "data": data["data"], "train": train},
-                           flops_per_byte(model, seq_len), "1 byte/token")
+        out[kind] = Preset.from_config({"model_type": "isotropic", "model": model.to_dict(), "data": data["data"], "train": train},
+                                   flops_per_byte(model, seq_len), "1 byte/token")
 
     vocab = BPE_VOCAB[size]
     bpt = bpe_bytes_per_token(train_docs, vocab)
     tokens = max(8, round(seq_len / bpt / 8) * 8)
     model = size_baseline("transformer", target, tokens, config.model, vocab_size=vocab, bytes_per_token=bpt)
-    out["bpe_transformer"] = Preset(
+    out["bpe_transformer"] = Preset.from_config(
         {"model_type": "isotropic", "model": model.to_dict(),
          "data": dict(data["data"], tokenizer="bpe", vocab_size=vocab, seq_len=tokens), "train": train},
         flops_per_byte(model, tokens, (), bpt), f"{bpt:.2f} bytes/token")
 
     if config.data.kind == "text":
         n = space_bytes_per_chunk(train_docs, config.data.bos_id)
-        out["hnet_space"] = Preset(
+        out["hnet_space"] = Preset.from_config(
             {"model_type": "hnet_fixed", "fixed_boundaries": "space", "model": data["model"], "data": data["data"],
              "train": dict(train, ratio_loss_weight=0.0, lr_multipliers=data["train"]["lr_multipliers"])},
             flops_per_byte(config.model, seq_len, [n]), f"{n:.2f} bytes/chunk")
@@ -119,7 +123,7 @@ def baseline_presets(reference: Preset, size: str) -> dict[str, Preset]:
 def table_row(data_kind: str, size: str, name: str, preset: Preset, target: float) -> str:
     from hnet.models import HNetForCausalLM
 
-    model = RunConfig.from_dict(preset.config).model
+    model = preset.run.model
     params = sum(p.numel() for p in HNetForCausalLM(model, device="meta").parameters())
     layout = json.dumps(model.arch_layout).replace('"', "")
     return (f"| {data_kind} | {size} | {name} | {layout} | {'/'.join(map(str, model.d_model))} | {params / 1e6:.2f}M | "

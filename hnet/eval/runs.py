@@ -30,11 +30,11 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def run_tokenizer(run_dir: Path, config: RunConfig):
     """The run's BPE tokenizer (RUN_DIR/tokenizer), or None for a byte-level run."""
-    from hnet.data import BPETokenizer
+    from hnet.data import BPETokenizer, run_tokenizer_model
 
     if config.data.tokenizer == "bytes":
         return None
-    return BPETokenizer(run_dir / "tokenizer" / "tokenizer.model")
+    return BPETokenizer(run_tokenizer_model(run_dir))
 
 
 def bytes_per_token(run_dir: Path, config: RunConfig) -> float:

@@ -60,6 +60,6 @@ class HNetFixedForCausalLM(HNetForCausalLM):
                 raise ValueError(f"{directory}: not a fixed-chunker model directory (no {name})")
         chunker = json.loads((directory / CHUNKER_FILE).read_text())
         tokenizer = BPETokenizer(directory / chunker["tokenizer"]) if "tokenizer" in chunker else None
-        model = cls(HNetConfig.from_json(directory / "config.json"), chunker["rule"], tokenizer, device="meta", dtype=dtype)
-        model.load_weights(load_file(str(directory / "model.safetensors")), source=str(directory))
-        return model.to(device) if device else model
+        return cls.from_state_dict(HNetConfig.from_json(directory / "config.json"),
+                                   load_file(str(directory / "model.safetensors")), chunker["rule"], tokenizer,
+                                   source=str(directory), device=device, dtype=dtype)

@@ -33,9 +33,17 @@ class WeightsMixin:
         for name in ("config.json", "model.safetensors"):
             if not (directory / name).is_file():
                 raise ValueError(f"{directory}: not a model directory (no {name})")
-        config = HNetConfig.from_json(directory / "config.json")
-        model = cls(config, device="meta", dtype=dtype)  # built in dtype, so fp32-only weights stay fp32
-        model.load_weights(load_file(str(directory / "model.safetensors")), source=str(directory))
+        return cls.from_state_dict(HNetConfig.from_json(directory / "config.json"),
+                                   load_file(str(directory / "model.safetensors")), source=str(directory),
+                                   device=device, dtype=dtype)
+
+    @classmethod
+    def from_state_dict(cls, config: HNetConfig, state: dict, *args, source: str = "<state dict>", device=None, dtype=None):
+        """A model of `config` (and `args`, the constructor's further arguments) holding the weights `state`.
+        It is built on the meta device, so no memory goes to a random init, and in `dtype`, so that
+        fp32-only weights stay fp32."""
+        model = cls(config, *args, device="meta", dtype=dtype)
+        model.load_weights(state, source=source)
         return model.to(device) if device else model
 
     def load_weights(self, state: dict, source: str = "<state dict>") -> None:
@@ -99,6 +107,4 @@ def load_checkpoint(pt_path: str | Path, config_path: str | Path, device=None, d
         raise ValueError(f"{pt_path}: not a plain tensor checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{pt_path}: expected a flat state dict of tensors")
-    model = HNetForCausalLM(config, device="meta", dtype=dtype)
-    model.load_weights(state, source=str(pt_path))
-    return model.to(device) if device else model
+    return HNetForCausalLM.from_state_dict(config, state, source=str(pt_path), device=device, dtype=dtype)

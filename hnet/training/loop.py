@@ -52,14 +52,14 @@ def build_model(config: RunConfig):
     return model_for_run(config)
 
 
-def ratio_loss_global(routing, targets, reduce_sum, world_size: int) -> torch.Tensor:
-    """The ratio loss with F and G over the positions of every process (see the module docstring)."""
+def ratio_loss_global(routing, targets, counts, world_size: int) -> torch.Tensor:
+    """The ratio loss with F and G over the positions of every process (see the module docstring).
+    counts: (num_stages, 2) boundaries and positions of each stage, summed over the processes."""
     total = 0.0
-    for r, N in zip(routing, targets):
+    for r, N, (boundaries, positions) in zip(routing, targets, counts):
         p = r.boundary_prob[..., 1].float()
-        counts = reduce_sum(torch.stack([r.boundary_mask.sum().float(), torch.tensor(float(p.numel()), device=p.device)]))
-        frac = counts[0] / counts[1]
-        G = p.sum() / counts[1] * world_size  # averaging over processes (DDP) yields the global mean
+        frac = boundaries / positions
+        G = p.sum() / positions * world_size  # averaging over processes (DDP) yields the global mean
         total = total + N / (N - 1) * ((N - 1) * frac * G + (1 - frac) * (1 - G))
     return total
 
@@ -76,9 +76,14 @@ def forward_loss(model, batch, targets, alpha, reduce_sum, world_size):
     logits = out.logits.view(-1, out.logits.shape[-1]).float()
     labels = batch["labels"].view(-1)
     nll = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
-    n_tokens = reduce_sum((labels != -100).sum().float())
-    ce = nll / n_tokens * world_size
-    ratio = ratio_loss_global(out.routing, targets, reduce_sum, world_size) if out.routing else torch.zeros((), device=ce.device)
+    # One all-reduce per micro-batch: the label count, then each routing stage's boundaries and positions.
+    local_counts = [(labels != -100).sum().float()]
+    for r in out.routing:
+        local_counts += [r.boundary_mask.sum().float(), torch.tensor(float(r.boundary_prob[..., 1].numel()), device=labels.device)]
+    counts = reduce_sum(torch.stack(local_counts))
+    ce = nll / counts[0] * world_size
+    ratio = (ratio_loss_global(out.routing, targets, counts[1:].view(-1, 2), world_size) if out.routing
+             else torch.zeros((), device=ce.device))
     return ce + alpha * ratio, ce.detach(), ratio.detach(), out.routing
 
 
@@ -123,7 +128,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
     from accelerate.utils import send_to_device
     from tqdm.auto import tqdm
 
-    from hnet.data import TrainLoader, prepare_data, tokenizer_for_run, val_batches
+    from hnet.data import TrainLoader, prepare_data, tokenizer_and_split, val_batches
 
     run_dir = Path(run_dir)
     tc, dc = config.train, config.data
@@ -144,8 +149,10 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
         resume_from = latest_checkpoint(run_dir)
 
     torch.manual_seed(tc.seed)
-    tokenizer = tokenizer_for_run(dc, run_dir, is_main=accelerator.is_main_process, wait=accelerator.wait_for_everyone)
-    data = prepare_data(dc, tokenizer) if accelerator.is_main_process else None
+    tokenizer, split_docs = tokenizer_and_split(dc, run_dir, is_main=accelerator.is_main_process,
+                                                wait=accelerator.wait_for_everyone)
+    data = prepare_data(dc, tokenizer, split_docs) if accelerator.is_main_process else None
+    del split_docs  # the corpus in memory: the shards now hold it
     accelerator.wait_for_everyone()
     if data is None:
         data = prepare_data(dc, tokenizer)  # a cache hit: the main process wrote it
