@@ -3,6 +3,7 @@ isotropic Transformer of matched FLOPs per byte, trained by the same step.
 
     python benchmarks/train_step.py                                      # .ref/configs/hnet_{1,2}stage_L.json, CUDA
     python benchmarks/train_step.py --config path/to/hnet_2stage_L.json --batch 2
+    python benchmarks/train_step.py --config .ref/configs/hnet_1stage_L.json --profile 30   # + where the time goes
     TRITON_INTERPRET=1 python benchmarks/train_step.py --device cpu --quick   # tiny models: checks the code path
 
 Rows are printed as a markdown table, to paste into benchmarks/RESULTS.md with the header lines above it.
@@ -97,6 +98,24 @@ def fitting(run, batch: int, device) -> tuple[int, dict | None]:
     return 0, None
 
 
+def profile_step(config: HNetConfig, device, batch: int, seq_len: int, warmup: int, rows: int) -> None:
+    """One fast-path step under torch.profiler, after `warmup` unprofiled ones: the ops and kernels that
+    take the most GPU (or CPU) time, and the profiled step's wall-clock to set their total against."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = HNetForCausalLM(config, device=device)
+    data = text_batch(batch, seq_len, device)
+    with kernel_path("fast", device):
+        time_train_steps(model, TrainConfig(), data, device, steps=max(warmup, 1), warmup=0)  # compile, allocate
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            r = time_train_steps(model, TrainConfig(), data, device, steps=1, warmup=0)
+    by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=by, row_limit=rows))
+    print(f"profiled step: {r['ms_per_step']:.1f} ms wall-clock (profiler overhead included), batch {batch} x {seq_len}")
+
+
 def mfu(flops_per_byte_fwd: float, bytes_per_s: float, peak_tflops: float, passes: int = 3) -> float:
     return passes * flops_per_byte_fwd * bytes_per_s / (peak_tflops * 1e12)
 
@@ -125,6 +144,8 @@ def main(argv=None):
     parser = common_parser(__doc__, DEFAULT_CONFIGS)
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU (default: known H100/H200)")
     parser.add_argument("--no-transformer", action="store_true", help="skip the matched Transformer")
+    parser.add_argument("--profile", type=int, metavar="ROWS", help="also profile one fast-path step of each "
+                        "H-Net at the batch that fitted, printing the ROWS ops and kernels of most time")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.quick:
@@ -135,7 +156,7 @@ def main(argv=None):
     print(f"training step: bf16 autocast={device.type == 'cuda'}, {args.warmup} warmup + {args.steps} timed steps, "
           f"requested batch {args.batch} x {args.seq_len} bytes, MFU against {peak} TFLOP/s")
 
-    rows = []
+    rows, fitted = [], []  # fitted: (name, config, batch) of each H-Net's fast path, for --profile
     for path in args.config:
         config = load_model_config(str(REPO / path) if not Path(path).is_absolute() else path)
         targets = [float(x) for x in np.cumprod(default_ratio_targets(config.num_stages - 1))]
@@ -151,6 +172,8 @@ def main(argv=None):
             if r is None:
                 rows.append((label, "-", f"OOM at 1 x {args.seq_len}", "-", "-", "-", "-", "-", "-"))
                 continue
+            if cfg is config and kpath == "fast":
+                fitted.append((Path(path).stem, cfg, batch))
             fpb = flops_per_byte(cfg, args.seq_len, r["bytes_per_chunk"])
             rows.append((label, f"{r['params'] / 1e6:.1f}M", f"{batch} x {args.seq_len}", f"{r['ms']:.1f}",
                          f"{r['bytes_per_s']:,.0f}", f"{fpb / 1e9:.3f}", f"{100 * mfu(fpb, r['bytes_per_s'], peak):.1f}",
@@ -164,6 +187,9 @@ def main(argv=None):
         print("| " + " | ".join(row) + " |")
     if math.isnan(peak):
         print("(MFU: no known peak for this device; pass --peak-tflops)")
+    for name, cfg, batch in fitted if args.profile else []:
+        print(f"\nprofile of one {name} fast step:")
+        profile_step(cfg, device, batch, args.seq_len, args.warmup, args.profile)
 
 
 if __name__ == "__main__":
