@@ -81,7 +81,7 @@ def main(argv=None):
                          f"{r['bytes_per_s']:,.0f}", speedup, f"{r['peak_gib']:.1f}",
                          ", ".join(f"{x:.2f}" for x in r["bytes_per_chunk"]) or "-"))
             print(" | ".join(rows[-1]), flush=True)
-        del model
+        model = None  # free its memory before the next config
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
