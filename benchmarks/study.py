@@ -116,10 +116,14 @@ def train_grid(configs: dict[str, RunConfig], runs_dir: Path, progress: bool, re
         info = dict(device=device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"))
         try:
             result = train(config, run_dir, resume=resume, overwrite=not resume, progress=progress)
-        except TrainingError as e:  # one diverged run must not cost the rest of the grid
-            print(f"{name}: {e}", flush=True)
-            (run_dir / "study.json").write_text(json.dumps(dict(info, error=str(e))))
+        except (TrainingError, torch.cuda.OutOfMemoryError) as e:  # one failed run must not cost the rest of the grid
+            error = str(e).splitlines()[0]
+            print(f"{name}: {error}", flush=True)
+            (run_dir / "study.json").write_text(json.dumps(dict(info, error=error)))
             continue
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # what a failed run held goes back before the next one
         seconds = time.perf_counter() - start
         print(f"{name}: val bpb {result.val_bpb:.4f} in {seconds:.0f} s", flush=True)
         (run_dir / "study.json").write_text(json.dumps(dict(info, seconds=round(seconds, 1))))

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +46,11 @@ def test_study_dry_run(tmp_path, capsys):
     assert "--report-only" not in results and not (runs / "transformer").exists()
 
 
-def test_study_goes_on_past_a_diverged_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error, message", [
+    ("diverged", "non-finite loss (nan) at step 3"),
+    ("out of memory", "CUDA out of memory. Tried to allocate 3.91 GiB."),
+])
+def test_study_goes_on_past_a_failed_run(tmp_path, monkeypatch, error, message):
     spec = importlib.util.spec_from_file_location("study", REPO / "benchmarks" / "study.py")
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
@@ -54,14 +59,16 @@ def test_study_goes_on_past_a_diverged_run(tmp_path, monkeypatch):
     def train(config, run_dir, **kwargs):
         if run_dir.name == "hnet_2stage":
             run_dir.mkdir(parents=True)
-            raise study.TrainingError("non-finite loss (nan) at step 3")
+            if error == "diverged":
+                raise study.TrainingError(message)
+            raise torch.cuda.OutOfMemoryError(message + "\nIf reserved but unallocated memory is large ...")
         return real_train(config, run_dir, **kwargs)
 
     monkeypatch.setattr(study, "train", train)
     study.main(["--dry-run", "--runs-dir", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
                 "--set", f"data.cache_dir={tmp_path / 'cache'}"])
     results = (tmp_path / "docs" / "results.md").read_text()
-    assert "- hnet_2stage: non-finite loss (nan) at step 3" in results
+    assert f"- hnet_2stage: {message}\n" in results
     assert "| hnet_2stage |" not in results and "| mamba2 |" in results and "| hnet_1stage_seed1 |" in results
     assert not study.finished(tmp_path / "runs" / "hnet_2stage", study.run_configs("text", "tiny", 768, [], True)["hnet_2stage"])
 
