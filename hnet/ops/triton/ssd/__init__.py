@@ -22,11 +22,9 @@ def ssd_forward(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=
     if chunk_size < 16 or chunk_size & (chunk_size - 1):
         raise ValueError(f"ssd_chunked (Triton): chunk_size must be a power of 2 and >= 16, got {chunk_size}")
     B, C = B.to(x.dtype), C.to(x.dtype)
-    if seq_idx is not None:
-        seq_idx = seq_idx.contiguous()
     dt_chunked, cs = chunk_cumsum(dt, A, chunk_size)
     states = chunk_state(x, B, dt_chunked, cs, seq_idx)
-    states_in, final_state = state_passing(states, cs, initial_state, seq_idx, seqlen=x.shape[1])
+    states_in, final_state = state_passing(states, cs, initial_state, seq_idx)
     cb = chunk_cb(B, C, chunk_size)
     y = chunk_scan(x, C, cb, dt_chunked, cs, states_in, D, seq_idx)
     return y, final_state
@@ -50,5 +48,7 @@ class _SSDChunked(torch.autograd.Function):
 
 
 def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=None, return_final_state=False):
+    if seq_idx is not None:
+        seq_idx = seq_idx.contiguous()  # the kernels, forward and backward, step through it with unit stride
     y, final_state = _SSDChunked.apply(x, dt, A, B, C, D, initial_state, seq_idx, chunk_size)
     return (y, final_state) if return_final_state else y

@@ -41,10 +41,7 @@ def _chunk_scan(X, C, CB, DT, CS, SEQ, STATES_IN, D, Y, l, h, g, n_chunks, p_dim
                  mask=(t < l)[:, None] & (n < n_dim)[None, :], other=0.0)  # (M, N)
     s_in = tl.load(STATES_IN + (((b * n_chunks + c) * h + hd) * p_dim + cols[None, :]) * n_dim + n[:, None],
                    mask=(n < n_dim)[:, None] & (cols < p_dim)[None, :], other=0.0)  # (N, P)
-    if IEEE:
-        acc = tl.dot(cm, s_in, input_precision="ieee")
-    else:
-        acc = tl.dot(cm, s_in.to(cm.dtype))
+    acc = mm(cm, s_in.to(cm.dtype), IEEE)
     scale = tl.exp(cs_i)
     if HAS_SEQ:
         entering_seq = tl.load(SEQ + b * s_seq + tl.maximum(c * Q - 1, 0))
@@ -66,10 +63,7 @@ def _chunk_scan(X, C, CB, DT, CS, SEQ, STATES_IN, D, Y, l, h, g, n_chunks, p_dim
         scores = tl.where(keep, cb * tl.exp(tl.where(keep, cs_i[:, None] - cs_j[None, :], 0.0)) * dt_j[None, :], 0.0)
         xj = tl.load(X + b * sxb + tj[:, None] * sxl + hd * sxh + cols[None, :] * sxp,
                      mask=(tj < l)[:, None] & (cols < p_dim)[None, :], other=0.0)  # (K, P)
-        if IEEE:
-            acc += tl.dot(scores, xj, input_precision="ieee")
-        else:
-            acc += tl.dot(scores.to(xj.dtype), xj)
+        acc += mm(scores.to(xj.dtype), xj, IEEE)
 
     live = (t < l)[:, None] & (cols < p_dim)[None, :]
     if HAS_D:

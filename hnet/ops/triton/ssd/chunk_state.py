@@ -15,6 +15,16 @@ import triton
 import triton.language as tl
 
 
+@triton.jit
+def mm(a, b, IEEE: tl.constexpr):
+    """tl.dot of two same-dtype tiles, float32 accumulation; exact float32 products when IEEE (fp32 inputs)."""
+    if IEEE:
+        out = tl.dot(a, b, input_precision="ieee")
+    else:
+        out = tl.dot(a, b)
+    return out
+
+
 @triton.jit(do_not_specialize=["l", "n_chunks", "s_seq"])
 def _chunk_state(X, B, DT, CS, SEQ, STATES, l, h, n_chunks, p_dim, n_dim, heads_per_group,
                  sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, s_seq,
@@ -50,10 +60,7 @@ def _chunk_state(X, B, DT, CS, SEQ, STATES, l, h, n_chunks, p_dim, n_dim, heads_
         if HAS_SEQ:
             w = tl.where(tl.load(SEQ + b * s_seq + t, mask=t < l, other=-1) == seq_ref, w, 0.0)
         bw = (bm.to(tl.float32) * w[:, None]).to(x.dtype)
-        if IEEE:
-            acc += tl.dot(x, bw, input_precision="ieee")
-        else:
-            acc += tl.dot(x, bw)
+        acc += mm(x, bw, IEEE)
     out = (((b * n_chunks + c) * h + hd) * p_dim + rows[:, None]) * n_dim + cols[None, :]
     tl.store(STATES + out, acc, mask=(rows < p_dim)[:, None] & (cols < n_dim)[None, :])
 
@@ -75,22 +82,9 @@ def _chunk_cb(B, C, CB, l, g, n_chunks, n_dim, sbb, sbl, sbg, sbn, scb, scl, scg
                          mask=(ti < l)[:, None] & (n < n_dim)[None, :], other=0.0)
             bt = tl.load(B + b * sbb + tj[None, :] * sbl + grp * sbg + n[:, None] * sbn,
                          mask=(tj < l)[None, :] & (n < n_dim)[:, None], other=0.0)
-            if IEEE:
-                acc += tl.dot(cm, bt, input_precision="ieee")
-            else:
-                acc += tl.dot(cm, bt)
+            acc += mm(cm, bt, IEEE)
         out = ((b * n_chunks + c) * g + grp) * Q * Q + (i0 + tl.arange(0, BLOCK_M))[:, None] * Q + (j0 + tl.arange(0, BLOCK_K))[None, :]
         tl.store(CB + out, acc)
-
-
-@triton.jit
-def mm(a, b, IEEE: tl.constexpr):
-    """tl.dot of two same-dtype tiles, float32 accumulation; exact float32 products when IEEE (fp32 inputs)."""
-    if IEEE:
-        out = tl.dot(a, b, input_precision="ieee")
-    else:
-        out = tl.dot(a, b)
-    return out
 
 
 @triton.jit(do_not_specialize=["l", "n_chunks", "s_seq"])

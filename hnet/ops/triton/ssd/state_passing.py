@@ -38,7 +38,7 @@ def _state_passing(STATES, CS, SEQ, INIT, STATES_IN, FINAL, l, h, n_chunks, size
     tl.store(FINAL + (b * h + hd) * size + e, state, mask=live)
 
 
-def state_passing(states, cs, initial_state=None, seq_idx=None, seqlen=None):
+def state_passing(states, cs, initial_state=None, seq_idx=None):
     b, n_chunks, h, p, n = states.shape
     Q = cs.shape[-1]
     states_in = torch.empty_like(states)
@@ -46,8 +46,8 @@ def state_passing(states, cs, initial_state=None, seq_idx=None, seqlen=None):
     block = min(1024, triton.next_power_of_2(p * n))
     init = initial_state.contiguous() if initial_state is not None else None
     grid = (triton.cdiv(p * n, block), b, h)
-    _state_passing[grid](states, cs, seq_idx, init, states_in, final, seqlen or n_chunks * Q, h, n_chunks, p * n,
-                         seq_idx.stride(0) if seq_idx is not None else 0,
+    l, s_seq = (seq_idx.shape[1], seq_idx.stride(0)) if seq_idx is not None else (0, 0)  # l, s_seq: read with seq_idx only
+    _state_passing[grid](states, cs, seq_idx, init, states_in, final, l, h, n_chunks, p * n, s_seq,
                          Q=Q, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_state is not None, BLOCK=block)
     return states_in, final
 
@@ -81,7 +81,7 @@ def _state_passing_bwd(DSTATES, STATES, STATES_IN, CS, SEQ, DFINAL, DINIT, DS_LA
         tl.store(DINIT + (b * h + hd) * size + e, grad, mask=live)
 
 
-def state_passing_bwd(dstates, states, states_in, cs, dfinal=None, seq_idx=None, seqlen=None, has_initial_state=False):
+def state_passing_bwd(dstates, states, states_in, cs, dfinal=None, seq_idx=None, has_initial_state=False):
     """The recurrence state_{c+1} = a_c state_c + states[c] backwards, in place: on entry dstates holds the
     gradient that y puts on each chunk's entering state, on return the gradient of the state each chunk adds
     (dS_out[c] = d state_{c+1}). Returns (d initial state or None, ds_last (b, h, c)): the gradient on each
@@ -93,8 +93,9 @@ def state_passing_bwd(dstates, states, states_in, cs, dfinal=None, seq_idx=None,
     n_blocks = triton.cdiv(p * n, block)
     dinit = torch.empty(b, h, p, n, device=dstates.device, dtype=torch.float32) if has_initial_state else None
     ds_last = torch.empty(n_blocks, b, h, n_chunks, device=dstates.device, dtype=torch.float32)
+    l, s_seq = (seq_idx.shape[1], seq_idx.stride(0)) if seq_idx is not None else (0, 0)
     _state_passing_bwd[(n_blocks, b, h)](
         dstates, states, states_in, cs, seq_idx, dfinal.contiguous() if dfinal is not None else None, dinit, ds_last,
-        seqlen or n_chunks * Q, h, n_chunks, p * n, seq_idx.stride(0) if seq_idx is not None else 0,
+        l, h, n_chunks, p * n, s_seq,
         Q=Q, HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None, HAS_INIT=has_initial_state, BLOCK=block)
     return dinit, ds_last.sum(0)
