@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import os
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hnet.layers.rotary import apply_rotary, rotary_tables
+from hnet.ops.dispatch import reference_requested
 from hnet.ops.packed import unpack
 
 try:  # flash attention over packed sequences, CUDA only (torch >= 2.10; a window from 2.11)
@@ -63,7 +63,7 @@ class CausalSelfAttention(nn.Module):
             if self._takes_varlen(x):
                 return self._forward_varlen(x, cu_seqlens, max_seqlen)
             # Reference: right-padded rows, as many as sequences, each as long as the longest.
-            rows, valid = unpack(x[0], cu_seqlens)
+            rows, valid = unpack(x[0], cu_seqlens, max_seqlen)
             return self.forward(rows)[valid].unsqueeze(0)
         B, L, _ = x.shape
         q, k, v = self.Wqkv(x).view(B, L, 3, self.num_heads, self.head_dim).unbind(2)
@@ -91,7 +91,7 @@ class CausalSelfAttention(nn.Module):
     def _takes_varlen(self, x) -> bool:
         """Flash attention over the packed positions (no padding) where it runs: CUDA, half precision."""
         return (varlen_attn is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
-                and (_VARLEN_WINDOW or self.window_size < 0) and os.environ.get("HNET_REFERENCE") != "1")
+                and (_VARLEN_WINDOW or self.window_size < 0) and not reference_requested())
 
     def _forward_varlen(self, x, cu_seqlens, max_seqlen=None):
         T = x.shape[1]

@@ -12,7 +12,6 @@ import json
 import shutil
 from pathlib import Path
 
-from safetensors.torch import load_file
 
 from hnet.chunking.fixed import FixedRouting
 from hnet.config import HNetConfig
@@ -55,11 +54,8 @@ class HNetFixedForCausalLM(HNetForCausalLM):
         from hnet.data.tokenizers import BPETokenizer
 
         directory = Path(directory)
-        for name in ("config.json", "model.safetensors", CHUNKER_FILE):
-            if not (directory / name).is_file():
-                raise ValueError(f"{directory}: not a fixed-chunker model directory (no {name})")
+        if not (directory / CHUNKER_FILE).is_file():
+            raise ValueError(f"{directory}: not a fixed-chunker model directory (no {CHUNKER_FILE})")
         chunker = json.loads((directory / CHUNKER_FILE).read_text())
         tokenizer = BPETokenizer(directory / chunker["tokenizer"]) if "tokenizer" in chunker else None
-        return cls.from_state_dict(HNetConfig.from_json(directory / "config.json"),
-                                   load_file(str(directory / "model.safetensors")), chunker["rule"], tokenizer,
-                                   source=str(directory), device=device, dtype=dtype)
+        return super().from_pretrained(directory, chunker["rule"], tokenizer, device=device, dtype=dtype)

@@ -28,13 +28,14 @@ class WeightsMixin:
         save_file(state, str(directory / "model.safetensors"))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device=None, dtype=None):
+    def from_pretrained(cls, directory: str | Path, *args, device=None, dtype=None):
+        """A saved model; `args`: the constructor's further arguments (see `from_state_dict`)."""
         directory = Path(directory)
         for name in ("config.json", "model.safetensors"):
             if not (directory / name).is_file():
                 raise ValueError(f"{directory}: not a model directory (no {name})")
         return cls.from_state_dict(HNetConfig.from_json(directory / "config.json"),
-                                   load_file(str(directory / "model.safetensors")), source=str(directory),
+                                   load_file(str(directory / "model.safetensors")), *args, source=str(directory),
                                    device=device, dtype=dtype)
 
     @classmethod

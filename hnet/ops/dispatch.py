@@ -32,8 +32,13 @@ def force_triton():
         _forced = previous
 
 
+def reference_requested() -> bool:
+    """HNET_REFERENCE=1: every op takes its plain PyTorch reference (read at every call)."""
+    return os.environ.get("HNET_REFERENCE") == "1"
+
+
 def use_triton(x) -> bool:
-    if not HAS_TRITON or os.environ.get("HNET_REFERENCE") == "1":
+    if not HAS_TRITON or reference_requested():
         return False
     return _forced or x.is_cuda
 

@@ -79,7 +79,7 @@ def forward_loss(model, batch, targets, alpha, reduce_sum, world_size):
     # One all-reduce per micro-batch: the label count, then each routing stage's boundaries and positions.
     local_counts = [(labels != -100).sum().float()]
     for r in out.routing:
-        local_counts += [r.boundary_mask.sum().float(), torch.tensor(float(r.boundary_prob[..., 1].numel()), device=labels.device)]
+        local_counts += [r.boundary_mask.sum().float(), labels.new_full((), r.boundary_prob[..., 1].numel(), dtype=torch.float32)]
     counts = reduce_sum(torch.stack(local_counts))
     ce = nll / counts[0] * world_size
     ratio = (ratio_loss_global(out.routing, targets, counts[1:].view(-1, 2), world_size) if out.routing

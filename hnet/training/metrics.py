@@ -11,8 +11,9 @@ import torch
 
 def chunk_counts(batch: dict, routing) -> torch.Tensor:
     """[positions of the batch, chunks at stage 1, chunks at stage 2, ...] as float64."""
-    return torch.tensor([batch["input_ids"].numel()] + [r.boundary_mask.sum().item() for r in routing],
-                        dtype=torch.float64)
+    chunks = [r.boundary_mask.sum() for r in routing]
+    chunks = torch.stack(chunks).double().cpu().tolist() if chunks else []  # one device-to-host copy
+    return torch.tensor([batch["input_ids"].numel()] + chunks, dtype=torch.float64)
 
 
 def bytes_per_chunk(counts) -> list[float]:
