@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from hnet import HNetForCausalLM
+from hnet.training.metrics import bytes_per_chunk, chunk_counts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import REPO, QUICK_CONFIGS, common_parser, fitting, kernel_path, load_model_config, print_header  # noqa: E402
@@ -45,7 +46,7 @@ def forward_once(model, device, batch: int, seq_len: int, steps: int, warmup: in
         "ms": seconds * 1e3,
         "bytes_per_s": ids.numel() / seconds,
         "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan"),
-        "bytes_per_chunk": [ids.numel() / max(int(r.boundary_mask.sum()), 1) for r in out.routing],
+        "bytes_per_chunk": bytes_per_chunk(chunk_counts({"input_ids": ids}, out.routing)),
     }
 
 
@@ -63,7 +64,7 @@ def main(argv=None):
 
     rows, times = [], {}
     for path in args.config:
-        config = load_model_config(str(REPO / path) if not Path(path).is_absolute() else path)
+        config = load_model_config(str(REPO / path))  # an absolute path stays itself
         torch.manual_seed(0)
         model = HNetForCausalLM(config, device=device, dtype=dtype).eval()
         params = sum(p.numel() for p in model.parameters())

@@ -37,6 +37,7 @@ import torch
 from hnet import HNetConfig, HNetForCausalLM
 from hnet.config import RunConfig, TrainConfig
 from hnet.eval.baselines import size_baseline
+from hnet.eval.compare import TRAIN_FLOPS_PER_FORWARD
 from hnet.eval.flops import flops_per_byte
 from hnet.ops import dispatch
 from hnet.training.loop import default_ratio_targets
@@ -116,8 +117,8 @@ def profile_step(config: HNetConfig, device, batch: int, seq_len: int, warmup: i
     print(f"profiled step: {r['ms_per_step']:.1f} ms wall-clock (profiler overhead included), batch {batch} x {seq_len}")
 
 
-def mfu(flops_per_byte_fwd: float, bytes_per_s: float, peak_tflops: float, passes: int = 3) -> float:
-    return passes * flops_per_byte_fwd * bytes_per_s / (peak_tflops * 1e12)
+def mfu(flops_per_byte_fwd: float, bytes_per_s: float, peak_tflops: float) -> float:
+    return TRAIN_FLOPS_PER_FORWARD * flops_per_byte_fwd * bytes_per_s / (peak_tflops * 1e12)
 
 
 def print_header(name: str):
@@ -158,7 +159,7 @@ def main(argv=None):
 
     rows, fitted = [], []  # fitted: (name, config, batch) of each H-Net's fast path, for --profile
     for path in args.config:
-        config = load_model_config(str(REPO / path) if not Path(path).is_absolute() else path)
+        config = load_model_config(str(REPO / path))  # an absolute path stays itself
         targets = [float(x) for x in np.cumprod(default_ratio_targets(config.num_stages - 1))]
         budget = flops_per_byte(config, args.seq_len, targets)
         runs = [(f"{Path(path).stem} fast", config, "fast"), (f"{Path(path).stem} reference", config, "reference")]

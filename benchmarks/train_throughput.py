@@ -22,6 +22,7 @@ import torch
 
 from hnet.config import RunConfig
 from hnet.training.loop import build_model, default_ratio_targets, forward_loss
+from hnet.training.metrics import bytes_per_chunk, chunk_counts
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO / "hnet" / "samples" / "tinyshakespeare.txt"
@@ -90,8 +91,7 @@ def time_train_steps(model, tc, batch: dict, device, steps: int, warmup: int) ->
         "ms_per_step": seconds * 1e3,
         "bytes_per_s": n_bytes / seconds,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-        # stage s's boundaries count its chunks over the whole batch: bytes per chunk is cumulative
-        "bytes_per_chunk": [n_bytes / max(int(r.boundary_mask.sum()), 1) for r in routing],
+        "bytes_per_chunk": bytes_per_chunk(chunk_counts(batch, routing)),  # cumulative over the stages
     }
 
 
