@@ -74,9 +74,13 @@ def run_configs(data: str, size: str, budget_bytes: int, data_overrides: list[st
 
 
 def finished(run_dir: Path, config: RunConfig) -> bool:
-    """The run's metrics hold its final evaluation (its checkpoints may have been left behind), and it was
-    trained with this very config: a run of another budget or preset is not a result of this grid."""
-    if not (run_dir / "metrics.jsonl").is_file() or config_changes(run_dir, config):
+    """The run was trained with this very config (a run of another budget or preset is not a result of
+    this grid) and its metrics hold its final evaluation (its checkpoints may have been left behind)."""
+    return not config_changes(run_dir, config) and evaluated_to_the_end(run_dir, config)
+
+
+def evaluated_to_the_end(run_dir: Path, config: RunConfig) -> bool:
+    if not (run_dir / "metrics.jsonl").is_file():
         return False
     return any("val_bpb" in r and r["step"] >= config.train.max_steps for r in read_metrics(run_dir))
 
@@ -101,10 +105,10 @@ def config_changes(run_dir: Path, wanted: RunConfig) -> list[str]:
 def train_grid(configs: dict[str, RunConfig], runs_dir: Path, progress: bool, report_only: bool = False) -> None:
     for name, config in configs.items():
         run_dir = runs_dir / name
-        if finished(run_dir, config):
+        changed = config_changes(run_dir, config)
+        if not changed and evaluated_to_the_end(run_dir, config):
             print(f"{name}: finished earlier, skipped")
             continue
-        changed = config_changes(run_dir, config)
         if changed:
             print(f"{name}: the run there was trained with another config ({'; '.join(changed)})")
         if report_only:
@@ -238,13 +242,12 @@ def record_start_rates(model, val, max_bytes: int) -> dict:
             "by_residue": stats["rate_by_residue"]}
 
 
-def where_trained(run_dirs: list[Path]) -> list[str]:
+def where_trained(infos: dict[str, dict]) -> list[str]:
     """Date, device and torch of every run, from the study.json each run wrote when it finished training."""
     seen: dict[tuple, list[str]] = {}
-    for run_dir in run_dirs:
-        info = study_info(run_dir)
+    for name, info in infos.items():
         key = (info.get("date", "?"), info.get("device", "?"), info.get("torch", "?"))
-        seen.setdefault(key, []).append(run_dir.name)
+        seen.setdefault(key, []).append(name)
     if len(seen) == 1:
         (date, device, version), = seen
         return [f"Trained {date} on {device}, torch {version}."]
@@ -258,17 +261,20 @@ def study_info(run_dir: Path) -> dict:
 
 def write_section(data: str, runs_dir: Path, configs: dict[str, RunConfig], docs: Path, command: str) -> None:
     out = docs / data
-    failed = {name: study_info(runs_dir / name)["error"] for name in configs
-              if "error" in study_info(runs_dir / name) and not config_changes(runs_dir / name, configs[name])}
-    missing = [name for name in configs if name not in failed and not finished(runs_dir / name, configs[name])]
-    run_dirs = [runs_dir / name for name in configs if name not in failed and name not in missing]
+    infos = {name: study_info(runs_dir / name) for name in configs}
+    current = {name for name in configs if not config_changes(runs_dir / name, configs[name])}
+    failed = {name: infos[name]["error"] for name in configs if name in current and "error" in infos[name]}
+    done = [name for name in configs if name in current and name not in failed
+            and evaluated_to_the_end(runs_dir / name, configs[name])]
+    missing = [name for name in configs if name not in failed and name not in done]
+    run_dirs = [runs_dir / name for name in done]
     if not run_dirs:
         raise SystemExit(f"{runs_dir}: no finished run of the {data} grid, nothing to report")
     summaries = compare_runs(run_dirs, out)
     trajectory = plot_bytes_per_chunk(run_dirs, out)
     report = (out / "report.md").read_text().split("\n", 2)[2]  # without its title
     report = report.replace("](bpb_vs", f"]({data}/bpb_vs")
-    lines = [f"<!-- section: {data} -->", f"## {data}", "", f"Command: `{command}`", "", *where_trained(run_dirs), "",
+    lines = [f"<!-- section: {data} -->", f"## {data}", "", f"Command: `{command}`", "", *where_trained({name: infos[name] for name in done}), "",
              report.strip(), ""]
     if failed or missing:
         lines += ["Runs of the grid without a result (left out of the table):", "",
