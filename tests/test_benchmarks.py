@@ -1,23 +1,13 @@
 """The GPU benchmarks' code paths, at tiny sizes on CPU (where the fast path is the reference), so they
 cannot rot between device sessions. Their figures mean nothing here."""
 
-import importlib.util
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tiny_runs import load_benchmark
 
 
 def test_train_step_table_and_profile(capsys, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    load("train_step").main(["--device", "cpu", "--quick", "--config", "configs/text/hnet_1stage_tiny.json",
-                             "--profile", "5"])
+    load_benchmark("train_step").main(["--device", "cpu", "--quick", "--config", "configs/text/hnet_1stage_tiny.json",
+                                       "--profile", "5"])
     out = capsys.readouterr().out
     assert "| hnet_1stage_tiny fast | 2.3M | 2 x 128 |" in out and "(matched to hnet_1stage_tiny) |" in out
     profile = out.split("profile of one hnet_1stage_tiny fast step:")[1]
@@ -26,5 +16,5 @@ def test_train_step_table_and_profile(capsys, monkeypatch):
 
 def test_forward_table(capsys, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    load("forward").main(["--device", "cpu", "--quick", "--config", "configs/text/hnet_2stage_tiny.json"])
+    load_benchmark("forward").main(["--device", "cpu", "--quick", "--config", "configs/text/hnet_2stage_tiny.json"])
     assert "| hnet_2stage_tiny reference | 3.4M | 2 x 128 |" in capsys.readouterr().out

@@ -1,18 +1,13 @@
 """The multi-GPU benchmark runs on 2 CPU processes (gloo), so the script is ready when GPUs are."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tiny_runs import load_benchmark
 
 
 @pytest.mark.slow
 def test_multi_gpu_dry_run_matches_one_process_and_moves_checkpoints(capsys):
-    spec = importlib.util.spec_from_file_location("multi_gpu", REPO / "benchmarks" / "multi_gpu.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_benchmark("multi_gpu")
     summary = script.main(["--dry-run"])
     out = capsys.readouterr().out
     assert "| step | loss, 1 process | loss, 2 processes | difference |" in out

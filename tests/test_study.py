@@ -1,19 +1,15 @@
 """The headline study's script runs its whole grid at tiny size, so it cannot rot."""
 
-import importlib.util
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tiny_runs import load_benchmark
 
 
 def test_study_dry_run(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("study", REPO / "benchmarks" / "study.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_benchmark("study")
     args = ["--dry-run", "--runs-dir", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
             "--set", f"data.cache_dir={tmp_path / 'cache'}"]
     study.main(args)
@@ -51,9 +47,7 @@ def test_study_dry_run(tmp_path, capsys):
     ("out of memory", "CUDA out of memory. Tried to allocate 3.91 GiB."),
 ])
 def test_study_goes_on_past_a_failed_run(tmp_path, monkeypatch, error, message):
-    spec = importlib.util.spec_from_file_location("study", REPO / "benchmarks" / "study.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_benchmark("study")
     real_train = study.train
 
     def train(config, run_dir, **kwargs):
@@ -78,9 +72,7 @@ def test_study_goes_on_past_a_failed_run(tmp_path, monkeypatch, error, message):
                                            ("protein", ["boundary rate by residue offset from the start",
                                                         "boundary rate by residue over the same records"])])
 def test_study_dry_run_dna_and_protein(tmp_path, data, markers):
-    spec = importlib.util.spec_from_file_location("study", REPO / "benchmarks" / "study.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_benchmark("study")
     study.main(["--dry-run", "--data", data, "--runs-dir", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
                 "--set", f"data.cache_dir={tmp_path / 'cache'}"])
     results = (tmp_path / "docs" / "results.md").read_text()

@@ -2,6 +2,10 @@
 fresh dict that a test may change."""
 
 import copy
+import importlib.util
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 SSM = {"chunk_size": 16, "d_conv": 4, "d_state": 8, "expand": 2}
 HNET_MODEL = {"arch_layout": ["m1", ["T1"], "m1"], "d_model": [32, 64], "d_intermediate": [0, 128], "ssm_cfg": SSM,
@@ -33,3 +37,12 @@ def tiny_fixed(tmp_path, rule="space", tokenizer_path=None, **train) -> dict:
     if tokenizer_path:
         config["fixed_tokenizer_path"] = str(tokenizer_path)
     return config
+
+
+def load_benchmark(name: str):
+    """A fresh module object of benchmarks/NAME.py (a script, not a package module), for a test to call
+    and to monkeypatch on its own."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
