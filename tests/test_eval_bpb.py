@@ -12,16 +12,14 @@ from hnet.cli import main
 from hnet.data import Document, train_bpe
 from hnet.eval.bpb import bits_per_byte, plan_windows, token_nll
 
+from tiny_runs import HNET_MODEL
+
 TEXT = "To be, or not to be, that is the question: café, naïve, 三国.\n".encode() * 3
-SSM = {"chunk_size": 16, "d_conv": 4, "d_state": 8, "expand": 2}
 
 
 def tiny_hnet() -> HNetForCausalLM:
     torch.manual_seed(0)
-    return HNetForCausalLM(HNetConfig.from_dict({
-        "arch_layout": ["m1", ["T1"], "m1"], "d_model": [32, 64], "d_intermediate": [0, 128], "ssm_cfg": SSM,
-        "attn_cfg": {"num_heads": [1, 2], "rotary_emb_dim": [16, 16], "window_size": [-1, -1]},
-    })).eval()
+    return HNetForCausalLM(HNetConfig.from_dict(HNET_MODEL)).eval()
 
 
 def windowed_transformer(vocab_size=256, window=-1) -> HNetForCausalLM:
