@@ -1,6 +1,8 @@
 """One run on 1 process and on N (DDP through `accelerate launch`), same config, global batch, steps and
-seed; then checkpoints moved between them. Prints the two loss curves side by side, bytes/s and the
-scaling efficiency, peak memory per GPU, and the end of each moved run beside the run it left.
+seed; then checkpoints moved between them. Prints the two loss curves side by side with the gap between two
+identical 1-process runs beside them (the noise of the GPU's own nondeterminism), bytes/s and the scaling
+efficiency at the same global batch and at the same batch per GPU, peak memory per GPU, and the end of each
+moved run beside the run it left.
 
     python benchmarks/multi_gpu.py configs/text/hnet_1stage_small.json --steps 300 --processes 2 \\
         --set data.source=text --set data.path=.data/books
@@ -27,6 +29,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from hnet.config import RunConfig, apply_overrides, read_json  # noqa: E402
 from hnet.eval.runs import read_metrics  # noqa: E402
 from hnet.models import latest_checkpoint  # noqa: E402
 
@@ -90,31 +93,46 @@ def main(argv=None) -> dict:
         sys.exit(f"--processes {n}: only {gpus} GPU(s) here")
     for p in (1, n):
         launch(p, config, runs / f"p{p}", overrides)
+    launch(1, config, runs / "p1_again", overrides)
 
-    one, many = training_records(runs / "p1"), training_records(runs / f"p{n}")
-    shared = sorted(one.keys() & many.keys())
-    print(f"\n| step | loss, 1 process | loss, {n} processes | difference |\n| ---: | ---: | ---: | ---: |")
-    for step in shared:
-        print(f"| {step} | {one[step]['loss']:.4f} | {many[step]['loss']:.4f} | {many[step]['loss'] - one[step]['loss']:+.4f} |")
+    one, many, again = (training_records(runs / name) for name in ("p1", f"p{n}", "p1_again"))
+    shared = sorted(one.keys() & many.keys() & again.keys())
+    print(f"\n| step | loss, 1 process | loss, {n} processes | difference | 1 process again | difference |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for s in shared:
+        a, m, r = one[s]["loss"], many[s]["loss"], again[s]["loss"]
+        print(f"| {s} | {a:.4f} | {m:.4f} | {m - a:+.4f} | {r:.4f} | {r - a:+.4f} |")
     gaps = np.array([abs(many[s]["loss"] - one[s]["loss"]) for s in shared])
-    print(f"\nlargest loss gap {gaps.max():.4f}, mean {gaps.mean():.4f} over {len(shared)} logged steps")
+    noise = np.array([abs(again[s]["loss"] - one[s]["loss"]) for s in shared])
+    print(f"\nloss gap 1 vs {n} processes: largest {gaps.max():.4f}, mean {gaps.mean():.4f}; between two identical "
+          f"1-process runs: largest {noise.max():.4f}, mean {noise.mean():.4f} ({len(shared)} logged steps)")
 
-    def steady_rate(records: dict) -> float:  # past compilation and warmup
-        return float(np.mean([r["bytes_per_s"] for s, r in records.items() if s > steps // 5]))
+    def steady_rate(records: dict, run_steps: int = steps) -> float:  # past compilation and warmup
+        return float(np.mean([r["bytes_per_s"] for s, r in records.items() if s > run_steps // 5]))
 
-    rate1, rate_n = steady_rate(one), steady_rate(many)
+    # The same batch per GPU (N times the global batch), for a fifth of the steps: throughput only.
+    global_batch = RunConfig.from_dict(apply_overrides(read_json(config), args.set), str(config)).train.batch_size
+    weak_steps = max(2, steps // 5)
+    launch(n, config, runs / f"p{n}_weak", [*overrides, f"train.batch_size={n * global_batch}",
+                                             f"train.max_steps={weak_steps}", f"train.eval_every={weak_steps}",
+                                             f"train.checkpoint_every={weak_steps}"])
+    weak = training_records(runs / f"p{n}_weak")
+
+    rate1, rate_n, rate_weak = steady_rate(one), steady_rate(many), steady_rate(weak, weak_steps)
     straight = {p: final_eval(runs / f"p{p}") for p in (1, n)}
-    print("\n| processes | bytes/s (after the first 20% of steps) | scaling efficiency | peak GiB per GPU | val bpb |")
-    print("| ---: | ---: | ---: | --- | ---: |")
-    for p, records, rate in ((1, one, rate1), (n, many, rate_n)):
+    print("\n| processes | global batch | bytes/s (after the first 20% of steps) | scaling efficiency | peak GiB per GPU |")
+    print("| ---: | ---: | ---: | ---: | --- |")
+    for p, records, rate, rows in ((1, one, rate1, 1), (n, many, rate_n, 1), (n, weak, rate_weak, n)):
         peak = records[max(records)].get("peak_gib", ["-"])
-        print(f"| {p} | {rate:,.0f} | {rate / (p * rate1):.2f} | {', '.join(map(str, peak))} | {straight[p]:.4f} |")
+        print(f"| {p} | {rows} x | {rate:,.0f} | {rate / (p * rate1):.2f} | {', '.join(map(str, peak))} |")
+    print(f"val bpb after {steps} steps: {', '.join(f'{p} process(es) {v:.4f}' for p, v in straight.items())}")
 
     moved = {(w, r): final_eval(moved_run(runs, w, r, config, overrides)) for w, r in ((n, 1), (1, n))}
     print("\n| checkpoint written by | resumed in | final val bpb | same run straight | difference |\n| ---: | ---: | ---: | ---: | ---: |")
     for (written_by, resume_in), end in moved.items():
         print(f"| {written_by} | {resume_in} | {end:.4f} | {straight[written_by]:.4f} | {end - straight[written_by]:+.2e} |")
-    summary = {"loss_gap_max": float(gaps.max()), "bytes_per_s": {1: rate1, n: rate_n},
+    summary = {"loss_gap_max": float(gaps.max()), "noise_gap_max": float(noise.max()),
+               "bytes_per_s": {1: rate1, n: rate_n, f"{n}_weak": rate_weak},
                "moved_minus_straight": [end - straight[w] for (w, _), end in moved.items()]}
     print(json.dumps(summary))
     return summary

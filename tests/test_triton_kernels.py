@@ -41,7 +41,8 @@ REAL_SHAPES = os.environ.get("HNET_REAL_SHAPES") == "1" and DEVICE == "cuda"
 DTYPES = [torch.float32] + ([torch.bfloat16] if DEVICE == "cuda" else [])
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
 # dA and dD are one number per head, each a sum over every (batch, position, channel) of products that the
-# bf16 kernels round: cancellation in those sums leaves a larger relative error than elementwise outputs.
+# bf16 kernels round: cancellation in those sums leaves a larger relative error than elementwise outputs, so
+# they are held to this or to twice the error of the reference in the same dtype, whichever is larger.
 REDUCED_GRAD_TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
 real = pytest.mark.skipif(not REAL_SHAPES, reason="real shapes: set HNET_REAL_SHAPES=1 on a GPU")
 
@@ -292,23 +293,26 @@ def test_ssd_chunked(case, dtype):
     y_ref, s_ref = ssd_chunked(*ref[:5], Q, *ref[5:], seq_idx=seq_idx, return_final_state=True)
     assert y_fast.dtype == x.dtype and s_fast.dtype == torch.float32
     assert rel(y_fast, y_ref) < TOL[dtype] and rel(s_fast, s_ref) < TOL[dtype]
-    if l <= 128:  # the step-by-step float64 recurrence: the definition both must meet
-        y_seq, s_seq = ssd_sequential(x, dt, A, B, C, D, s0, seq_idx)
-        assert rel(y_fast, y_seq) < TOL[dtype] and rel(s_fast, s_seq) < TOL[dtype]
     dy, ds = torch.randn_like(y_ref.float()).to(dtype), torch.randn_like(s_ref)
     wanted = [t for t in fast if t is not None]
     g_fast = torch.autograd.grad((y_fast, s_fast), wanted, (dy, ds))
     g_ref = torch.autograd.grad((y_ref, s_ref), [t for t in ref if t is not None], (dy, ds))
+    # The truth, in float64: the step-by-step recurrence where it is short enough, else the chunked reference.
+    exact = leaves(*(t.double() if t is not None else None for t in (x, dt, A, B, C, D, s0)))
+    if l <= 160:
+        y_true, s_true = ssd_sequential(*exact, seq_idx=seq_idx)
+    else:
+        y_true, s_true = ssd_chunked(*exact[:5], Q, *exact[5:], seq_idx=seq_idx, return_final_state=True)
+    assert rel(y_fast, y_true) < TOL[dtype] and rel(s_fast, s_true) < TOL[dtype]
+    g_true = torch.autograd.grad((y_true, s_true), [t for t in exact if t is not None], (dy.double(), ds.double()))
     names = [nm for nm, t in zip(["x", "dt", "A", "B", "C", "D", "initial_state"], fast) if t is not None]
-    tols = [REDUCED_GRAD_TOL[dtype] if name in ("A", "D") else TOL[dtype] for name in names]
-    for name, tol, a, b_ in zip(names, tols, g_fast, g_ref):
-        assert rel(a, b_) < tol, f"d{name}: rel err {rel(a, b_):.2e}"
-    if l <= 160:  # and the gradients of the float64 recurrence
-        seq = leaves(*(t.double() if t is not None else None for t in (x, dt, A, B, C, D, s0)))
-        y_seq, s_seq = ssd_sequential(*seq, seq_idx=seq_idx)
-        g_seq = torch.autograd.grad((y_seq, s_seq), [t for t in seq if t is not None], (dy.double(), ds.double()))
-        for name, tol, a, b_ in zip(names, tols, g_fast, g_seq):
-            assert rel(a, b_) < tol, f"d{name} vs the recurrence: rel err {rel(a, b_):.2e}"
+    for name, a, r, t in zip(names, g_fast, g_ref, g_true):
+        err, ref_err = rel(a, t), rel(r, t)
+        print(f"{case} {dtype} d{name}: rel err vs float64 {err:.2e} (the reference in the same dtype {ref_err:.2e})")
+        if name in ("A", "D"):  # one number per head: a sum with cancellation over every position
+            assert err < max(REDUCED_GRAD_TOL[dtype], 2 * ref_err), f"d{name}: rel err {err:.2e}, reference {ref_err:.2e}"
+        else:
+            assert err < TOL[dtype], f"d{name}: rel err {err:.2e} vs float64"
 
 
 # ---- dispatch and the whole model ------------------------------------------------------------------------
