@@ -20,7 +20,7 @@ import torch.nn.functional as F  # noqa: E402
 from hnet.ops import dispatch  # noqa: E402
 from hnet.ops.conv1d import causal_conv1d  # noqa: E402
 from hnet.ops.ema import ema_scan  # noqa: E402
-from hnet.ops.norm import gated_rms_norm  # noqa: E402
+from hnet.ops.norm import add_rms_norm, gated_rms_norm  # noqa: E402
 from hnet.ops.ssd import ssd_chunked, ssd_sequential  # noqa: E402
 from hnet.ops.triton import conv1d as triton_conv1d  # noqa: E402
 from hnet.ops.triton import ema as triton_ema  # noqa: E402
@@ -86,6 +86,32 @@ def test_gated_rms_norm(shape, dtype):
     assert y_fast.dtype == y_ref.dtype == torch.float32
     assert rel(y_fast, y_ref) < TOL[dtype]
     check_grads(y_fast, fast, y_ref, ref, TOL[dtype], "xzw")
+
+
+# h in the model's dtype (or float32 for the embedding), the residual stream float32, weight float32;
+# the gradient reaches residual' both through the norm and directly (the next block adds to it).
+@pytest.mark.parametrize("with_residual", [True, False], ids=["residual", "first block"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", NORM_SHAPES, ids=str)
+def test_add_rms_norm(shape, dtype, with_residual):
+    torch.manual_seed(0)
+    h = torch.randn(shape, device=DEVICE, dtype=dtype)
+    r = torch.randn(shape, device=DEVICE) if with_residual else None
+    w = torch.randn(shape[-1], device=DEVICE)
+    fast, ref = leaves(h, r, w), leaves(h, r, w)
+    (y_fast, r_fast), (y_ref, r_ref) = triton_norm.add_rms_norm(*fast), add_rms_norm(*ref)
+    assert y_fast.dtype == y_ref.dtype == dtype and r_fast.dtype == r_ref.dtype == torch.float32
+    assert rel(y_fast, y_ref) < TOL[dtype] and torch.equal(r_fast, r_ref)
+    dy, dr = torch.randn_like(y_ref), torch.randn_like(r_ref)
+    wanted = [t for t in fast if t is not None]
+    g_fast = torch.autograd.grad((y_fast, r_fast), wanted, (dy, dr), retain_graph=True)
+    g_ref = torch.autograd.grad((y_ref, r_ref), [t for t in ref if t is not None], (dy, dr), retain_graph=True)
+    for name, a, b in zip([n for n, t in zip("hrw", fast) if t is not None], g_fast, g_ref):
+        assert a.dtype == b.dtype and rel(a, b) < TOL[dtype], f"d{name}: rel err {rel(a, b):.2e}"
+    # Only the normed output used (the last block before the final norm's caller, or generation).
+    g_fast = torch.autograd.grad(y_fast.float().square().sum(), wanted[0])[0]
+    g_ref = torch.autograd.grad(y_ref.float().square().sum(), ref[0])[0]
+    assert rel(g_fast, g_ref) < TOL[dtype]
 
 
 # ---- causal conv1d --------------------------------------------------------------------------------------

@@ -36,11 +36,11 @@ class Block(nn.Module):
         return self._residual(h, residual, lambda x: self.mixer.step(x, cache, mask))
 
     def _residual(self, h, residual, mix):
-        residual = h.float() if residual is None else h.float() + residual
-        h = mix(self.norm1(residual).to(h.dtype))
+        normed, residual = self.norm1.add(h, residual)
+        h = mix(normed)
         if self.mlp is not None:
-            residual = h.float() + residual
-            h = self.mlp(self.norm2(residual).to(h.dtype))
+            normed, residual = self.norm2.add(h, residual)
+            h = self.mlp(normed)
         return h, residual
 
 

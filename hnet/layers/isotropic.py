@@ -58,5 +58,4 @@ class Isotropic(nn.Module):
         return self._final_norm(h, residual)
 
     def _final_norm(self, h, residual):
-        residual = h.float() if residual is None else h.float() + residual
-        return self.rmsnorm(residual).to(h.dtype)
+        return self.rmsnorm.add(h, residual)[0]

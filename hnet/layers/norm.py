@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from hnet.ops.dispatch import gated_rms_norm
+from hnet.ops.dispatch import add_rms_norm, gated_rms_norm
 from hnet.ops.norm import rms_norm
 
 
@@ -15,6 +15,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         return rms_norm(x, self.weight, self.eps).to(x.dtype)
+
+    def add(self, h, residual):
+        """The pre-norm residual step: (self(residual'), residual') with residual' = h + residual in float32."""
+        return add_rms_norm(h, residual, self.weight, self.eps)
 
 
 class GatedRMSNorm(RMSNorm):

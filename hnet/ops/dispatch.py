@@ -64,6 +64,13 @@ def gated_rms_norm(x, z, weight, eps: float = 1e-5):
     return impl(x, z, weight, eps)
 
 
+def add_rms_norm(h, residual, weight, eps: float = 1e-5):
+    impl = _norm_ref.add_rms_norm
+    if use_triton(h):
+        from hnet.ops.triton.norm import add_rms_norm as impl
+    return impl(h, residual, weight, eps)
+
+
 def ema_scan(x, p, seq_idx=None, chunk_size: int = 64):
     impl = _ema_ref.ema_scan
     if use_triton(x):

@@ -15,3 +15,10 @@ def rms_norm(x, weight, eps: float = 1e-5):
 def gated_rms_norm(x, z, weight, eps: float = 1e-5):
     """Mamba-2's output norm: the gate comes first, RMSNorm(x * silu(z)) * weight (one group)."""
     return rms_norm(x.float() * F.silu(z.float()), weight, eps)
+
+
+def add_rms_norm(h, residual, weight, eps: float = 1e-5):
+    """The pre-norm residual step: residual' = h + residual in float32 (h alone when residual is None),
+    y = rms_norm(residual') in h's dtype. Returns (y, residual')."""
+    residual = h.float() if residual is None else h.float() + residual
+    return rms_norm(residual, weight, eps).to(h.dtype), residual

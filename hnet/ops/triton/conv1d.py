@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+from hnet.ops.triton.tuning import launch_fastest
+
 
 @triton.jit
 def _preactivation(X, W, BIAS, SEQ, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
@@ -82,7 +84,9 @@ def _conv1d_bwd(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, l, d, stride_
     tl.store(DX + b * l * d + t[:, None] * d + cols[None, :], dx, mask=(t < l)[:, None] & in_d[None, :])
 
 
-BLOCK_L, BLOCK_D = 64, 64
+# Positions x channels per program: the default first, then larger tiles and more warps.
+CANDIDATES = [dict(block_l=64, block_d=64, num_warps=4)] + [
+    dict(block_l=bl, block_d=bd, num_warps=w) for bl in (64, 128, 256) for bd in (64, 128) for w in (4, 8)]
 
 
 class _CausalConv1d(torch.autograd.Function):
@@ -94,11 +98,16 @@ class _CausalConv1d(torch.autograd.Function):
         K = weight.shape[-1]
         weight = weight.contiguous()
         out = torch.empty(b, l, d, device=x.device, dtype=x.dtype)
-        grid = (b, triton.cdiv(l, BLOCK_L), triton.cdiv(d, BLOCK_D))
         seq_stride = seq_idx.stride(0) if seq_idx is not None else 0
-        _conv1d_fwd[grid](x, weight, bias, seq_idx, out, l, d, x.stride(0), x.stride(1), seq_stride,
-                          K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu,
-                          BLOCK_L=BLOCK_L, BLOCK_D=BLOCK_D)
+
+        def launch(block_l, block_d, num_warps):
+            grid = (b, triton.cdiv(l, block_l), triton.cdiv(d, block_d))
+            _conv1d_fwd[grid](x, weight, bias, seq_idx, out, l, d, x.stride(0), x.stride(1), seq_stride,
+                              K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu,
+                              BLOCK_L=block_l, BLOCK_D=block_d, num_warps=num_warps)
+
+        key = (d, K, x.dtype, bias is None, seq_idx is None, silu)
+        launch_fastest("conv1d_fwd", key, b * l, CANDIDATES, launch)
         ctx.save_for_backward(x, weight, bias, seq_idx)
         ctx.silu = silu
         return out
@@ -109,15 +118,21 @@ class _CausalConv1d(torch.autograd.Function):
         b, l, d = x.shape
         K = weight.shape[-1]
         dout = dout.contiguous()
-        grid = (b, triton.cdiv(l, BLOCK_L), triton.cdiv(d, BLOCK_D))
         dx = torch.empty(b, l, d, device=x.device, dtype=x.dtype)
-        dw_partial = torch.empty(b * grid[1], d, K, device=x.device, dtype=torch.float32)
-        db_partial = torch.empty(b * grid[1], d, device=x.device, dtype=torch.float32) if bias is not None else None
         seq_stride = seq_idx.stride(0) if seq_idx is not None else 0
-        _conv1d_bwd[grid](x, weight, bias, seq_idx, dout, dx, dw_partial, db_partial, l, d,
-                          x.stride(0), x.stride(1), seq_stride,
-                          K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=ctx.silu,
-                          BLOCK_L=BLOCK_L, BLOCK_D=BLOCK_D)
+
+        def launch(block_l, block_d, num_warps):  # -> partial sums of dweight and dbias, one row per block
+            grid = (b, triton.cdiv(l, block_l), triton.cdiv(d, block_d))
+            dw_partial = torch.empty(b * grid[1], d, K, device=x.device, dtype=torch.float32)
+            db_partial = torch.empty(b * grid[1], d, device=x.device, dtype=torch.float32) if bias is not None else None
+            _conv1d_bwd[grid](x, weight, bias, seq_idx, dout, dx, dw_partial, db_partial, l, d,
+                              x.stride(0), x.stride(1), seq_stride,
+                              K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=ctx.silu,
+                              BLOCK_L=block_l, BLOCK_D=block_d, num_warps=num_warps)
+            return dw_partial, db_partial
+
+        key = (d, K, x.dtype, bias is None, seq_idx is None, ctx.silu)
+        dw_partial, db_partial = launch_fastest("conv1d_bwd", key, b * l, CANDIDATES, launch)
         dw = dw_partial.sum(0).to(weight.dtype)
         db = db_partial.sum(0).to(bias.dtype) if bias is not None else None
         return dx, dw, db, None, None

@@ -1,5 +1,9 @@
-"""Gated RMSNorm, y = RMSNorm(x * silu(z)) * weight, fused forward and backward; equals
-`hnet.ops.norm.gated_rms_norm` (float32 math, float32 output). x, z (..., d), weight (d,)."""
+"""The two RMSNorms of the hot path, fused forward and backward, float32 math; x, z, h (..., d), weight (d,).
+- gated: y = RMSNorm(x * silu(z)) * weight, float32 output; equals `hnet.ops.norm.gated_rms_norm`;
+- with the residual add before it: residual' = h + residual (float32), y = RMSNorm(residual') * weight in
+  h's dtype; equals `hnet.ops.norm.add_rms_norm`. Unfused, each block's add, cast, square, mean, scale and
+  cast were a pass over the float32 residual stream each way.
+"""
 
 from __future__ import annotations
 
@@ -50,6 +54,49 @@ def _gated_rms_norm_bwd(
     tl.store(DW_PARTIAL + tl.program_id(0) * d + cols, dw, mask=in_row)
 
 
+@triton.jit(do_not_specialize=["n_rows"])
+def _add_rms_norm_fwd(H, RES, W, Y, RES_OUT, RSTD, n_rows, d, eps, HAS_RESIDUAL: tl.constexpr,
+                      ROWS_PER_PROGRAM: tl.constexpr, BLOCK_D: tl.constexpr):
+    cols = tl.arange(0, BLOCK_D)
+    in_row = cols < d
+    w = tl.load(W + cols, mask=in_row, other=0.0).to(tl.float32)
+    for i in range(ROWS_PER_PROGRAM):
+        row = tl.program_id(0) * ROWS_PER_PROGRAM + i
+        if row < n_rows:
+            x = tl.load(H + row * d + cols, mask=in_row, other=0.0).to(tl.float32)
+            if HAS_RESIDUAL:
+                x += tl.load(RES + row * d + cols, mask=in_row, other=0.0)
+            rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / d + eps)
+            tl.store(RES_OUT + row * d + cols, x, mask=in_row)
+            tl.store(Y + row * d + cols, x * rstd * w, mask=in_row)
+            tl.store(RSTD + row, rstd)
+
+
+@triton.jit(do_not_specialize=["n_rows"])
+def _add_rms_norm_bwd(X, W, RSTD, DY, DRES_OUT, DH, DRES, DW_PARTIAL, n_rows, d, HAS_DRES_OUT: tl.constexpr,
+                      HAS_RESIDUAL: tl.constexpr, ROWS_PER_PROGRAM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """X is residual' (float32). Its gradient, the norm's plus what later blocks put on residual' directly,
+    is both dh (in h's dtype) and d residual."""
+    cols = tl.arange(0, BLOCK_D)
+    in_row = cols < d
+    w = tl.load(W + cols, mask=in_row, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for i in range(ROWS_PER_PROGRAM):
+        row = tl.program_id(0) * ROWS_PER_PROGRAM + i
+        if row < n_rows:
+            x_hat = tl.load(X + row * d + cols, mask=in_row, other=0.0) * tl.load(RSTD + row)
+            dy = tl.load(DY + row * d + cols, mask=in_row, other=0.0).to(tl.float32)
+            dw += dy * x_hat
+            dx_hat = dy * w
+            dx = tl.load(RSTD + row) * (dx_hat - x_hat * tl.sum(dx_hat * x_hat, axis=0) / d)
+            if HAS_DRES_OUT:
+                dx += tl.load(DRES_OUT + row * d + cols, mask=in_row, other=0.0)
+            tl.store(DH + row * d + cols, dx, mask=in_row)
+            if HAS_RESIDUAL:
+                tl.store(DRES + row * d + cols, dx, mask=in_row)
+    tl.store(DW_PARTIAL + tl.program_id(0) * d + cols, dw, mask=in_row)
+
+
 def _launch_shape(n_rows: int, d: int):
     block_d = triton.next_power_of_2(d)
     rows_per_program = 8 if n_rows >= 8 * 1024 else 1  # amortise the weight load when rows are plenty
@@ -87,3 +134,43 @@ class _GatedRMSNorm(torch.autograd.Function):
 
 def gated_rms_norm(x, z, weight, eps: float = 1e-5):
     return _GatedRMSNorm.apply(x, z, weight, eps)
+
+
+class _AddRMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, residual, weight, eps):
+        shape, d = h.shape, h.shape[-1]
+        h2 = h.reshape(-1, d).contiguous()
+        res2 = residual.reshape(-1, d).contiguous() if residual is not None else None
+        n_rows = h2.shape[0]
+        y = torch.empty_like(h2)
+        res_out = torch.empty(n_rows, d, device=h.device, dtype=torch.float32)
+        rstd = torch.empty(n_rows, device=h.device, dtype=torch.float32)
+        block_d, rows, grid = _launch_shape(n_rows, d)
+        _add_rms_norm_fwd[(grid,)](h2, res2, weight, y, res_out, rstd, n_rows, d, eps,
+                                   HAS_RESIDUAL=residual is not None, ROWS_PER_PROGRAM=rows, BLOCK_D=block_d)
+        ctx.save_for_backward(res_out, weight, rstd)
+        ctx.set_materialize_grads(False)
+        ctx.shape, ctx.h_dtype, ctx.has_residual = shape, h.dtype, residual is not None
+        return y.view(shape), res_out.view(shape)
+
+    @staticmethod
+    def backward(ctx, dy, dres_out):
+        x, weight, rstd = ctx.saved_tensors
+        n_rows, d = x.shape
+        dy = dy.reshape(n_rows, d).contiguous() if dy is not None else torch.zeros_like(x, dtype=ctx.h_dtype)
+        if dres_out is not None:
+            dres_out = dres_out.reshape(n_rows, d).contiguous()
+        dh = torch.empty(n_rows, d, device=x.device, dtype=ctx.h_dtype)
+        dres = torch.empty_like(x) if ctx.has_residual else None
+        block_d, rows, grid = _launch_shape(n_rows, d)
+        dw_partial = torch.empty(grid, d, device=x.device, dtype=torch.float32)
+        _add_rms_norm_bwd[(grid,)](x, weight, rstd, dy, dres_out, dh, dres, dw_partial, n_rows, d,
+                                   HAS_DRES_OUT=dres_out is not None, HAS_RESIDUAL=ctx.has_residual,
+                                   ROWS_PER_PROGRAM=rows, BLOCK_D=block_d)
+        dw = dw_partial.sum(0).to(weight.dtype)
+        return dh.view(ctx.shape), dres.view(ctx.shape) if dres is not None else None, dw, None
+
+
+def add_rms_norm(h, residual, weight, eps: float = 1e-5):
+    return _AddRMSNorm.apply(h, residual, weight, eps)

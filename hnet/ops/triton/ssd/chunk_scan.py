@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from hnet.ops.triton.ssd.chunk_state import dot_block, head_runs, mm
+from hnet.ops.triton.ssd.chunk_state import dot_block, mm, reduction_candidates
+from hnet.ops.triton.tuning import launch_fastest
 
 
 @triton.jit(do_not_specialize=["l", "n_chunks", "s_seq"])
@@ -77,13 +78,20 @@ def chunk_scan(x, C, cb, dt_chunked, cs, states_in, D=None, seq_idx=None):
     g, n = C.shape[2], C.shape[3]
     n_chunks, Q = cs.shape[2], cs.shape[3]
     y = torch.empty(b, l, h, p, device=x.device, dtype=x.dtype)
-    block_m, block_k = min(64, Q), min(64, Q)
-    block_p, block_n = dot_block(p, 64), dot_block(n, n)  # the whole state at once
-    grid = ((Q // block_m) * triton.cdiv(p, block_p), b * n_chunks, h)
-    _chunk_scan[grid](x, C, cb, dt_chunked, cs, seq_idx, states_in, D, y, l, h, g, n_chunks, p, n, h // g,
-                      *x.stride(), *C.stride(), *y.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
-                      Q=Q, HAS_SEQ=seq_idx is not None, HAS_D=D is not None, IEEE=x.dtype == torch.float32,
-                      BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_N=block_n, num_warps=4)
+    block_n = dot_block(n, n)  # the whole state at once
+
+    def launch(block_m, block_k, block_p, **launch_options):
+        grid = ((Q // block_m) * triton.cdiv(p, block_p), b * n_chunks, h)
+        _chunk_scan[grid](x, C, cb, dt_chunked, cs, seq_idx, states_in, D, y, l, h, g, n_chunks, p, n, h // g,
+                          *x.stride(), *C.stride(), *y.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
+                          Q=Q, HAS_SEQ=seq_idx is not None, HAS_D=D is not None, IEEE=x.dtype == torch.float32,
+                          BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_N=block_n, **launch_options)
+
+    candidates = [dict(block_m=min(64, Q), block_k=min(64, Q), block_p=dot_block(p, 64), num_warps=4)] + [
+        dict(block_m=m, block_k=k, block_p=dot_block(p, bp), num_warps=w, num_stages=s)
+        for m, k in ((64, 32), (64, 64), (128, 32), (128, 64)) for bp in (32, 64) for w, s in ((4, 2), (8, 2))
+        if m <= Q and k <= Q]
+    launch_fastest("chunk_scan", (Q, p, n, h // g, x.dtype, seq_idx is None, D is None), b * l, candidates, launch)
     return y
 
 
@@ -213,14 +221,25 @@ def chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D=None, seq_idx=Non
     n_chunks, Q = cs.shape[2], cs.shape[3]
     dx = torch.empty_like(x)
     ddt = torch.empty_like(cs)
-    block_m = min(64, Q)
-    grid = (Q // block_m, b * n_chunks, h)
-    dd = torch.empty(grid[0] * grid[1], h, device=x.device, dtype=torch.float32) if D is not None else None
-    _chunk_scan_bwd_dx[grid](x, B, dy, cb, dt_chunked, cs, seq_idx, dstates, D, dx, ddt, dd, l, h, g, n_chunks, p, n,
-                             h // g, *x.stride(), *B.stride(), *dy.stride(), *dx.stride(),
-                             seq_idx.stride(0) if seq_idx is not None else 0,
-                             Q=Q, HAS_SEQ=seq_idx is not None, HAS_D=D is not None, IEEE=x.dtype == torch.float32,
-                             BLOCK_M=block_m, BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), num_warps=4)
+    partial_dd = {}
+
+    def launch(block_m, **launch_options):
+        grid = (Q // block_m, b * n_chunks, h)
+        dd = partial_dd.get(block_m)
+        if D is not None and dd is None:
+            dd = partial_dd[block_m] = torch.empty(grid[0] * grid[1], h, device=x.device, dtype=torch.float32)
+        _chunk_scan_bwd_dx[grid](x, B, dy, cb, dt_chunked, cs, seq_idx, dstates, D, dx, ddt, dd, l, h, g, n_chunks,
+                                 p, n, h // g, *x.stride(), *B.stride(), *dy.stride(), *dx.stride(),
+                                 seq_idx.stride(0) if seq_idx is not None else 0,
+                                 Q=Q, HAS_SEQ=seq_idx is not None, HAS_D=D is not None, IEEE=x.dtype == torch.float32,
+                                 BLOCK_M=block_m, BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), **launch_options)
+        return dd
+
+    candidates = [dict(block_m=min(64, Q), num_warps=4)] + [
+        dict(block_m=m, num_warps=w, num_stages=s) for m in (32, 64, 128) for w, s in ((4, 2), (8, 2), (8, 3))
+        if m <= Q]
+    dd = launch_fastest("chunk_scan_bwd_dx", (Q, p, n, h // g, x.dtype, seq_idx is None, D is None), b * l,
+                        candidates, launch)
     return dx, ddt, dd.sum(0) if D is not None else None
 
 
@@ -229,14 +248,21 @@ def chunk_scan_bwd_dc(x, B, C, dy, cb, dt_chunked, cs, states_in, seq_idx=None):
     b, l, h, p = x.shape
     g, n = C.shape[2], C.shape[3]
     n_chunks, Q = cs.shape[2], cs.shape[3]
-    runs = head_runs(h // g)
-    dc = torch.empty(runs, b, n_chunks * Q, g, n, device=x.device, dtype=torch.float32)
     ds = torch.empty_like(cs)
-    block_m = min(64, Q)
-    grid = (Q // block_m, b * n_chunks, g * runs)
-    _chunk_scan_bwd_dc[grid](x, B, C, dy, cb, dt_chunked, cs, seq_idx, states_in, dc, ds, l, h, g, n_chunks, p, n,
-                             h // g, h // g // runs, *x.stride(), *B.stride(), *C.stride(), *dy.stride(),
-                             seq_idx.stride(0) if seq_idx is not None else 0,
-                             Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32,
-                             BLOCK_M=block_m, BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), num_warps=4)
+    partial_sums = {}
+
+    def launch(block_m, runs, **launch_options):
+        dc = partial_sums.get(runs)
+        if dc is None:
+            dc = partial_sums[runs] = torch.empty(runs, b, n_chunks * Q, g, n, device=x.device, dtype=torch.float32)
+        _chunk_scan_bwd_dc[(Q // block_m, b * n_chunks, g * runs)](
+            x, B, C, dy, cb, dt_chunked, cs, seq_idx, states_in, dc, ds, l, h, g, n_chunks, p, n,
+            h // g, h // g // runs, *x.stride(), *B.stride(), *C.stride(), *dy.stride(),
+            seq_idx.stride(0) if seq_idx is not None else 0,
+            Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32,
+            BLOCK_M=block_m, BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), **launch_options)
+        return dc
+
+    dc = launch_fastest("chunk_scan_bwd_dc", (Q, p, n, h // g, x.dtype, seq_idx is None), b * l,
+                        reduction_candidates(Q, h // g), launch)
     return dc.sum(0)[:, :l], ds

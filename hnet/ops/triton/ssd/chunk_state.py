@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from hnet.ops.triton.tuning import launch_fastest
+
 
 @triton.jit
 def mm(a, b, IEEE: tl.constexpr):
@@ -159,12 +161,18 @@ def _launch_chunk_state(x, B, dt_chunked, cs, seq_idx, from_start):
     n_chunks, Q = cs.shape[2], cs.shape[3]
     states = torch.empty(b, n_chunks, h, p, n, device=x.device, dtype=torch.float32)
     # tl.dot wants every dimension >= 16: small heads and states are padded with masked lanes.
-    block_p, block_n, block_k = dot_block(p, 64), dot_block(n, 128), min(64, Q)
-    grid = (triton.cdiv(p, block_p) * triton.cdiv(n, block_n), b * n_chunks, h)
-    _chunk_state[grid](x, B, dt_chunked, cs, seq_idx, states, l, h, n_chunks, p, n, h // g,
-                       *x.stride(), *B.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
-                       Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32, FROM_START=from_start,
-                       BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
+    block_p, block_n = dot_block(p, 64), dot_block(n, 128)
+
+    def launch(block_k, **launch_options):
+        grid = (triton.cdiv(p, block_p) * triton.cdiv(n, block_n), b * n_chunks, h)
+        _chunk_state[grid](x, B, dt_chunked, cs, seq_idx, states, l, h, n_chunks, p, n, h // g,
+                           *x.stride(), *B.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
+                           Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32, FROM_START=from_start,
+                           BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_k, **launch_options)
+
+    candidates = [dict(block_k=min(64, Q), num_warps=4)] + [
+        dict(block_k=k, num_warps=w, num_stages=s) for k in (32, 64, 128) for w, s in ((4, 2), (8, 3)) if k <= Q]
+    launch_fastest("chunk_state", (from_start, Q, p, n, h // g, x.dtype, seq_idx is None), b * l, candidates, launch)
     return states
 
 
@@ -172,11 +180,17 @@ def chunk_cb(B, C, chunk_size: int):
     b, l, g, n = B.shape
     n_chunks = triton.cdiv(l, chunk_size)
     cb = torch.zeros(b, n_chunks, g, chunk_size, chunk_size, device=B.device, dtype=torch.float32)
-    block_m = block_k = min(64, chunk_size)
-    block_n = dot_block(n, 64)
-    grid = ((chunk_size // block_m) * (chunk_size // block_k), b * n_chunks, g)
-    _chunk_cb[grid](B, C, cb, l, g, n_chunks, n, *B.stride(), *C.stride(), Q=chunk_size,
-                    IEEE=B.dtype == torch.float32, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_N=block_n, num_warps=4)
+
+    def launch(block_m, block_n, **launch_options):
+        grid = ((chunk_size // block_m) ** 2, b * n_chunks, g)
+        _chunk_cb[grid](B, C, cb, l, g, n_chunks, n, *B.stride(), *C.stride(), Q=chunk_size,
+                        IEEE=B.dtype == torch.float32, BLOCK_M=block_m, BLOCK_K=block_m, BLOCK_N=block_n,
+                        **launch_options)
+
+    candidates = [dict(block_m=min(64, chunk_size), block_n=dot_block(n, 64), num_warps=4)] + [
+        dict(block_m=m, block_n=dot_block(n, bn), num_warps=w, num_stages=2)
+        for m in (64, 128) for bn in (32, 128) for w in (4, 8) if m <= chunk_size]
+    launch_fastest("chunk_cb", (chunk_size, n, B.dtype), b * l, candidates, launch)
     return cb
 
 
@@ -185,18 +199,33 @@ def head_runs(heads_per_group: int, target: int = 4) -> int:
     return max(k for k in range(1, min(target, heads_per_group) + 1) if heads_per_group % k == 0)
 
 
+def reduction_candidates(Q: int, heads_per_group: int) -> list[dict]:
+    """Launch candidates of the dB and dC kernels: the default first, then rows per block, warps, pipeline
+    stages and how many runs (partial sums) a group's heads are split into."""
+    return [dict(block_m=min(64, Q), runs=head_runs(heads_per_group), num_warps=4)] + [
+        dict(block_m=m, runs=head_runs(heads_per_group, r), num_warps=w, num_stages=s)
+        for m in (32, 64) for r in (4, 8) for w, s in ((4, 2), (8, 2), (8, 3)) if m <= Q]
+
+
 def chunk_state_bwd_db(x, C, dy, dt_chunked, cs, dstates, seq_idx=None):
     """dB (b, l, g, n) float32 given dS_out (b, c, h, p, n), the gradient of the state each chunk adds."""
     b, l, h, p = x.shape
     g, n = C.shape[2], C.shape[3]
     n_chunks, Q = cs.shape[2], cs.shape[3]
-    runs = head_runs(h // g)
-    db = torch.empty(runs, b, n_chunks * Q, g, n, device=x.device, dtype=torch.float32)
-    block_m = min(64, Q)
-    grid = (Q // block_m, b * n_chunks, g * runs)
-    _chunk_state_bwd_db[grid](x, C, dy, dt_chunked, cs, seq_idx, dstates, db, l, h, g, n_chunks, p, n,
-                              h // g, h // g // runs, *x.stride(), *C.stride(), *dy.stride(),
-                              seq_idx.stride(0) if seq_idx is not None else 0,
-                              Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32, BLOCK_M=block_m,
-                              BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), num_warps=4)
+    partial_sums = {}
+
+    def launch(block_m, runs, **launch_options):
+        db = partial_sums.get(runs)
+        if db is None:
+            db = partial_sums[runs] = torch.empty(runs, b, n_chunks * Q, g, n, device=x.device, dtype=torch.float32)
+        _chunk_state_bwd_db[(Q // block_m, b * n_chunks, g * runs)](
+            x, C, dy, dt_chunked, cs, seq_idx, dstates, db, l, h, g, n_chunks, p, n,
+            h // g, h // g // runs, *x.stride(), *C.stride(), *dy.stride(),
+            seq_idx.stride(0) if seq_idx is not None else 0,
+            Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32, BLOCK_M=block_m,
+            BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), **launch_options)
+        return db
+
+    db = launch_fastest("chunk_state_bwd_db", (Q, p, n, h // g, x.dtype, seq_idx is None), b * l,
+                        reduction_candidates(Q, h // g), launch)
     return db.sum(0)[:, :l]

@@ -1,0 +1,56 @@
+"""Launch configurations chosen by timing. A kernel's launcher offers a few candidates (block sizes, warps,
+pipeline stages, how many programs share a reduction); on the first call of a shape on a GPU each candidate
+is timed and the fastest is kept for the rest of the process. The first candidate is the plain default: it
+runs under Triton's interpreter, on problems too small for timing to pay, and with HNET_TUNE=0.
+
+Only launchers whose kernels write every output afresh use this (timing launches them several times).
+`triton.autotune` would time too, but its candidates are fixed when the kernel is defined, and these
+depend on the shape (no block longer than a chunk) and include launcher-side choices (partial-sum runs).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from triton.runtime.errors import OutOfResources, PTXASError
+from triton.testing import do_bench
+
+MIN_TUNED_POSITIONS = 16384  # batch x length below which the default candidate is taken untimed
+_chosen: dict[tuple, dict] = {}
+_timings: dict[tuple, list[tuple[dict, float]]] = {}
+
+
+def launch_fastest(name: str, key: tuple, positions: int, candidates: list[dict], launch: Callable):
+    """launch(**config) with the fastest candidate for (name, key), timing them on the first such call."""
+    config = _chosen.get((name, key))
+    if config is None:
+        config = candidates[0]
+        timed = (len(candidates) > 1 and positions >= MIN_TUNED_POSITIONS and os.environ.get("HNET_TUNE") != "0"
+                 and os.environ.get("TRITON_INTERPRET") != "1")
+        if timed:
+            unique = [c for i, c in enumerate(candidates) if c not in candidates[:i]]
+            times = [(c, _time(launch, c, required=i == 0)) for i, c in enumerate(unique)]
+            _timings[(name, key)] = times
+            config = min(times, key=lambda ct: ct[1])[0]
+        _chosen[(name, key)] = config
+    return launch(**config)
+
+
+def _time(launch: Callable, config: dict, required: bool) -> float:
+    try:
+        return do_bench(lambda: launch(**config), warmup=5, rep=20)
+    except (OutOfResources, PTXASError):  # more shared memory or registers than the GPU has: not a candidate
+        if required:
+            raise
+        return float("inf")
+
+
+def tuning_report() -> list[str]:
+    """One line per tuned launch: the chosen configuration, its time and the default's."""
+    lines = []
+    for (name, key), times in _timings.items():
+        best = min(times, key=lambda ct: ct[1])
+        lines.append(f"{name} {key}: {best[0]} {best[1] * 1e3:.0f} us (default {times[0][1] * 1e3:.0f} us, "
+                     f"{len(times)} candidates)")
+    return lines
