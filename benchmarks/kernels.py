@@ -33,6 +33,7 @@ import triton  # noqa: E402  (after hnet.ops.triton, which needs it anyway)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import kernel_path  # noqa: E402
+from train_throughput import print_tuning  # noqa: E402
 
 
 def shapes(quick: bool) -> dict:
@@ -227,6 +228,7 @@ def main():
     for label, path in (("fast path", "fast"), ("reference", "reference")):
         with kernel_path(path, device):
             print(f"  {label:<10} {fmt(bench(run, device))} ms")
+    print_tuning()
 
 
 if __name__ == "__main__":

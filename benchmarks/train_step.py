@@ -43,7 +43,7 @@ from hnet.ops import dispatch
 from hnet.training.loop import default_ratio_targets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import device_info, text_batch, time_train_steps  # noqa: E402
+from train_throughput import device_info, print_tuning, text_batch, time_train_steps  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = [".ref/configs/hnet_1stage_L.json", ".ref/configs/hnet_2stage_L.json"]
@@ -191,6 +191,7 @@ def main(argv=None):
     for name, cfg, batch in fitted if args.profile else []:
         print(f"\nprofile of one {name} fast step:")
         profile_step(cfg, device, batch, args.seq_len, args.warmup, args.profile)
+    print_tuning()
 
 
 if __name__ == "__main__":

@@ -42,6 +42,14 @@ def device_info(device) -> tuple[str, float]:
     return name, next((v for k, v in PEAK_TFLOPS.items() if k in name), float("nan"))
 
 
+def print_tuning():
+    """The launch configurations the fast path chose by timing in this process (none without a GPU)."""
+    if torch.cuda.is_available():
+        from hnet.ops.triton.tuning import tuning_report
+        for line in tuning_report():
+            print("tuned:", line)
+
+
 def text_batch(batch_size: int, seq_len: int, device, doc_len: int = 2048) -> dict:
     """Rows of the sample text cut into documents of `doc_len` bytes, each starting with BOS 254."""
     data = torch.frombuffer(bytearray(TEXT.read_bytes()), dtype=torch.uint8).long()
