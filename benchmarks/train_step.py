@@ -115,6 +115,31 @@ def profile_step(config: HNetConfig, device, batch: int, seq_len: int, warmup: i
     by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=by, row_limit=rows))
     print(f"profiled step: {r['ms_per_step']:.1f} ms wall-clock (profiler overhead included), batch {batch} x {seq_len}")
+    if device.type == "cuda":  # a step longer than its GPU time is waiting on the host: where does host time go?
+        print("\nthe same step by host time:")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+        print_host_syncs(model, data, device)
+
+
+def print_host_syncs(model, data, device) -> None:
+    """The lines of one step that make the host wait for the GPU (CUDA's sync debug mode), with counts."""
+    import warnings
+
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            time_train_steps(model, TrainConfig(), data, device, steps=1, warmup=0)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    sites: dict[str, int] = {}
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            site = f"{Path(w.filename).name}:{w.lineno}"
+            sites[site] = sites.get(site, 0) + 1
+    print(f"host syncs in one step: {sum(sites.values())}")
+    for site, count in sorted(sites.items(), key=lambda kv: -kv[1]):
+        print(f"  {count:4d}  {site}")
 
 
 def mfu(flops_per_byte_fwd: float, bytes_per_s: float, peak_tflops: float) -> float:
