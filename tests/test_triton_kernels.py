@@ -233,7 +233,7 @@ def test_ssd_backward_steps():
     dy, dfinal = torch.randn_like(x), torch.randn(b, h, p, n, device=DEVICE)
     dt_chunked, cs = chunk_cumsum(dt, A, Q)
     states = chunk_state(x, B, dt_chunked, cs, seq_idx)
-    states_in, _ = state_passing(states, cs, s0, seq_idx)
+    states_in, final = state_passing(states, cs, s0, seq_idx)
     cb = chunk_cb(B, C, Q)
     c, pad = cs.shape[2], cs.shape[2] * Q - l
 
@@ -268,7 +268,7 @@ def test_ssd_backward_steps():
         dS_out[:, k] = grad
         ds_last[:, k] = (grad * (a[:, k, :, None, None] * states_in[:, k] + states[:, k])).sum((-1, -2))
         grad = dS_from_y[:, k] + a[:, k, :, None, None] * grad
-    dinit, ds_last_fast = state_passing_bwd(dstates, states, states_in, cs, dfinal, seq_idx, has_initial_state=True)
+    dinit, ds_last_fast = state_passing_bwd(dstates, states_in, final, cs, dfinal, seq_idx, has_initial_state=True)
     assert rel(dstates, dS_out) < 1e-5 and rel(dinit, grad) < 1e-5
     assert rel(ds_last_fast, ds_last.transpose(1, 2)) < 1e-5
 

@@ -30,11 +30,11 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, D, initial_state, seq_idx, chunk_si
     dy = dy.to(x.dtype) if dy is not None else x.new_zeros(x.shape)
     dt_chunked, cs = chunk_cumsum(dt, A, chunk_size)
     states = chunk_state(x, B, dt_chunked, cs, seq_idx)
-    states_in, _ = state_passing(states, cs, initial_state, seq_idx)
+    states_in, final = state_passing(states, cs, initial_state, seq_idx)
     cb = chunk_cb(B, C, chunk_size)
 
     dstates = state_grad_from_output(dy, C, cs, seq_idx)
-    dinit, ds_last = state_passing_bwd(dstates, states, states_in, cs, dfinal, seq_idx,
+    dinit, ds_last = state_passing_bwd(dstates, states_in, final, cs, dfinal, seq_idx,
                                        has_initial_state=initial_state is not None)
     dx, ddt_part, dD = chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D, seq_idx)
     dC, ds = chunk_scan_bwd_dc(x, B, C, dy, cb, dt_chunked, cs, states_in, seq_idx)
