@@ -341,6 +341,53 @@ def test_ssd_chunked(case, dtype):
             assert err < TOL[dtype], f"d{name}: rel err {err:.2e} vs float64"
 
 
+# ---- every launch configuration the tuner may pick ---------------------------------------------------------
+
+def test_every_launch_candidate(monkeypatch):
+    """The kernels take any of the block sizes, partial-sum counts and backward variants the launch tuner
+    offers: the i-th distinct one of every launcher, for each i in turn, still gives the reference's result,
+    forward and gradients (the SSD scan with chunks of 128, so blocks of 32, 64 and 128 all apply, and 8 heads
+    in one group, so the dB and dC kernels can split them into 4 or 8 runs; conv1d). Warps and pipeline
+    stages change how a kernel is scheduled, not what it computes: candidates that differ only there count once."""
+    import importlib
+
+    pick, counts = 0, {}
+
+    def nth_candidate(name, key, positions, candidates, launch):
+        layouts = [{k: v for k, v in c.items() if k not in ("num_warps", "num_stages")} for c in candidates]
+        distinct = [c for i, c in enumerate(layouts) if c not in layouts[:i]]
+        counts[name] = len(distinct)
+        return launch(**distinct[pick % len(distinct)])
+
+    for name in ("ssd.chunk_scan", "ssd.chunk_state", "conv1d"):  # the modules (ssd re-exports same-named functions)
+        monkeypatch.setattr(importlib.import_module(f"hnet.ops.triton.{name}"), "launch_fastest", nth_candidate)
+    dtype = DTYPES[-1]
+    x, dt, A, B, C, D, s0, seq_idx = ssd_inputs(1, 200, 8, 16, 1, 16, dtype, packed=True, init=True)
+    xc = torch.randn(2, 70, 40, device=DEVICE, dtype=dtype)
+    w, bias = torch.randn(40, 4, device=DEVICE, dtype=dtype), torch.randn(40, device=DEVICE, dtype=dtype)
+    conv_seq = packed_seq_idx(2, 70, 4)
+
+    def needed(prefix):  # the first pass runs everything and counts
+        return pick == 0 or pick < max(v for k, v in counts.items() if k.startswith(prefix))
+
+    while pick == 0 or pick < max(counts.values()):
+        if needed("chunk"):
+            fast, ref = leaves(x, dt, A, B, C, D, s0), leaves(x, dt, A, B, C, D, s0)
+            y_fast = triton_ssd.ssd_chunked(*fast[:5], 128, *fast[5:], seq_idx=seq_idx)
+            y_ref = ssd_chunked(*ref[:5], 128, *ref[5:], seq_idx=seq_idx)
+            assert rel(y_fast, y_ref) < TOL[dtype], f"candidate {pick}"
+            check_grads(y_fast, fast, y_ref, ref, REDUCED_GRAD_TOL[dtype], ["x", "dt", "A", "B", "C", "D", "s0"])
+        if needed("conv1d"):
+            fast, ref = leaves(xc, w, bias), leaves(xc, w, bias)
+            y_fast = triton_conv1d.causal_conv1d(*fast, seq_idx=conv_seq)
+            y_ref = causal_conv1d(*ref, seq_idx=conv_seq)
+            assert rel(y_fast, y_ref) < TOL[dtype], f"candidate {pick}"
+            check_grads(y_fast, fast, y_ref, ref, TOL[dtype], ["x", "weight", "bias"])
+        pick += 1
+    # 8 launchers (chunk_state serves two), each with more than one layout; the conv backward has the most.
+    assert len(counts) == 8 and min(counts.values()) > 1 and counts["conv1d_bwd"] == max(counts.values())
+
+
 # ---- dispatch and the whole model ------------------------------------------------------------------------
 
 def test_dispatch_picks_reference_on_cpu_and_when_asked(monkeypatch):

@@ -84,9 +84,64 @@ def _conv1d_bwd(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, l, d, stride_
     tl.store(DX + b * l * d + t[:, None] * d + cols[None, :], dx, mask=(t < l)[:, None] & in_d[None, :])
 
 
-# Positions x channels per program: the default first, then larger tiles and more warps.
+@triton.jit(do_not_specialize=["l", "stride_sb"])
+def _conv1d_bwd_da(X, W, BIAS, SEQ, DOUT, DA, DW_PARTIAL, DB_PARTIAL, l, d, stride_xb, stride_xl, stride_sb,
+                   K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
+                   BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The two-pass backward, pass 1: da (float32) at this block's positions, and its dweight and dbias."""
+    b = tl.program_id(0)
+    t = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    cols = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    in_d = cols < d
+    live = (t < l)[:, None] & in_d[None, :]
+    da = tl.load(DOUT + b * l * d + t[:, None] * d + cols[None, :], mask=live, other=0.0).to(tl.float32)
+    if SILU:
+        a = _preactivation(X, W, BIAS, SEQ, b, t, cols, l, d, stride_xb, stride_xl, stride_sb, K, HAS_BIAS, HAS_SEQ)
+        sig = tl.sigmoid(a)
+        da = da * sig * (1 + a * (1 - sig))
+    tl.store(DA + b * l * d + t[:, None] * d + cols[None, :], da, mask=live)
+    partial = b * tl.num_programs(1) + tl.program_id(1)
+    if HAS_BIAS:
+        tl.store(DB_PARTIAL + partial * d + cols, tl.sum(da, axis=0), mask=in_d)
+    if HAS_SEQ:
+        seq_t = tl.load(SEQ + b * stride_sb + t, mask=t < l, other=-1)
+    for k in tl.static_range(K):
+        src = t - (K - 1 - k)
+        ok = (src >= 0) & (t < l)
+        if HAS_SEQ:
+            ok &= tl.load(SEQ + b * stride_sb + src, mask=ok, other=-2) == seq_t
+        xs = tl.load(X + b * stride_xb + src[:, None] * stride_xl + cols[None, :], mask=ok[:, None] & in_d[None, :], other=0.0)
+        tl.store(DW_PARTIAL + (partial * d + cols) * K + k, tl.sum(da * xs.to(tl.float32), axis=0), mask=in_d)
+
+
+@triton.jit(do_not_specialize=["l", "stride_sb"])
+def _conv1d_bwd_dx(DA, W, SEQ, DX, l, d, stride_sb, K: tl.constexpr, HAS_SEQ: tl.constexpr,
+                   BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Pass 2: dx_t = sum_s w[:, K-1-s] da_{t+s} over the taps that stay in t's sequence."""
+    b = tl.program_id(0)
+    t = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    cols = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    in_d = cols < d
+    if HAS_SEQ:
+        seq_t = tl.load(SEQ + b * stride_sb + t, mask=t < l, other=-1)
+    dx = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+    for s in tl.static_range(K):
+        dst = t + s
+        live = dst < l
+        if HAS_SEQ:
+            live &= tl.load(SEQ + b * stride_sb + dst, mask=live, other=-2) == seq_t
+        da = tl.load(DA + b * l * d + dst[:, None] * d + cols[None, :], mask=live[:, None] & in_d[None, :], other=0.0)
+        dx += da * tl.load(W + cols * K + (K - 1 - s), mask=in_d, other=0.0).to(tl.float32)[None, :]
+    tl.store(DX + b * l * d + t[:, None] * d + cols[None, :], dx, mask=(t < l)[:, None] & in_d[None, :])
+
+
+# Positions x channels per program: the default first, then larger tiles and more warps. The backward may
+# also take two passes (da written out in float32, then read back shifted), which avoids recomputing each
+# pre-activation K times at the cost of that round trip: timing decides.
 CANDIDATES = [dict(block_l=64, block_d=64, num_warps=4)] + [
     dict(block_l=bl, block_d=bd, num_warps=w) for bl in (64, 128, 256) for bd in (64, 128) for w in (4, 8)]
+BWD_CANDIDATES = CANDIDATES + [
+    dict(block_l=bl, block_d=bd, num_warps=w, two_pass=True) for bl in (64, 128) for bd in (64, 128) for w in (4, 8)]
 
 
 class _CausalConv1d(torch.autograd.Function):
@@ -100,7 +155,7 @@ class _CausalConv1d(torch.autograd.Function):
         out = torch.empty(b, l, d, device=x.device, dtype=x.dtype)
         seq_stride = seq_idx.stride(0) if seq_idx is not None else 0
 
-        def launch(block_l, block_d, num_warps):
+        def launch(block_l, block_d, num_warps=4):
             grid = (b, triton.cdiv(l, block_l), triton.cdiv(d, block_d))
             _conv1d_fwd[grid](x, weight, bias, seq_idx, out, l, d, x.stride(0), x.stride(1), seq_stride,
                               K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu,
@@ -121,18 +176,25 @@ class _CausalConv1d(torch.autograd.Function):
         dx = torch.empty(b, l, d, device=x.device, dtype=x.dtype)
         seq_stride = seq_idx.stride(0) if seq_idx is not None else 0
 
-        def launch(block_l, block_d, num_warps):  # -> partial sums of dweight and dbias, one row per block
+        def launch(block_l, block_d, num_warps=4, two_pass=False):  # -> partial sums of dweight and dbias
             grid = (b, triton.cdiv(l, block_l), triton.cdiv(d, block_d))
             dw_partial = torch.empty(b * grid[1], d, K, device=x.device, dtype=torch.float32)
             db_partial = torch.empty(b * grid[1], d, device=x.device, dtype=torch.float32) if bias is not None else None
-            _conv1d_bwd[grid](x, weight, bias, seq_idx, dout, dx, dw_partial, db_partial, l, d,
-                              x.stride(0), x.stride(1), seq_stride,
-                              K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=ctx.silu,
-                              BLOCK_L=block_l, BLOCK_D=block_d, num_warps=num_warps)
+            flags = dict(K=K, HAS_SEQ=seq_idx is not None, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=num_warps)
+            if two_pass:
+                da = torch.empty(b, l, d, device=x.device, dtype=torch.float32)
+                _conv1d_bwd_da[grid](x, weight, bias, seq_idx, dout, da, dw_partial, db_partial, l, d,
+                                     x.stride(0), x.stride(1), seq_stride, HAS_BIAS=bias is not None, SILU=ctx.silu,
+                                     **flags)
+                _conv1d_bwd_dx[grid](da, weight, seq_idx, dx, l, d, seq_stride, **flags)
+            else:
+                _conv1d_bwd[grid](x, weight, bias, seq_idx, dout, dx, dw_partial, db_partial, l, d,
+                                  x.stride(0), x.stride(1), seq_stride, HAS_BIAS=bias is not None, SILU=ctx.silu,
+                                  **flags)
             return dw_partial, db_partial
 
         key = (d, K, x.dtype, bias is None, seq_idx is None, ctx.silu)
-        dw_partial, db_partial = launch_fastest("conv1d_bwd", key, b * l, CANDIDATES, launch)
+        dw_partial, db_partial = launch_fastest("conv1d_bwd", key, b * l, BWD_CANDIDATES, launch)
         dw = dw_partial.sum(0).to(weight.dtype)
         db = db_partial.sum(0).to(bias.dtype) if bias is not None else None
         return dx, dw, db, None, None
