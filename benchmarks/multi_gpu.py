@@ -111,7 +111,8 @@ def main(argv=None) -> dict:
         return float(np.mean([r["bytes_per_s"] for s, r in records.items() if s > run_steps // 5]))
 
     # The same batch per GPU (N times the global batch), for a fifth of the steps: throughput only.
-    global_batch = RunConfig.from_dict(apply_overrides(read_json(config), args.set), str(config)).train.batch_size
+    run_config = RunConfig.from_dict(apply_overrides(read_json(config), args.set), str(config))
+    global_batch, seq_len = run_config.train.batch_size, run_config.data.seq_len
     weak_steps = max(2, steps // 5)
     launch(n, config, runs / f"p{n}_weak", [*overrides, f"train.batch_size={n * global_batch}",
                                              f"train.max_steps={weak_steps}", f"train.eval_every={weak_steps}",
@@ -124,7 +125,7 @@ def main(argv=None) -> dict:
     print("| ---: | ---: | ---: | ---: | --- |")
     for p, records, rate, rows in ((1, one, rate1, 1), (n, many, rate_n, 1), (n, weak, rate_weak, n)):
         peak = records[max(records)].get("peak_gib", ["-"])
-        print(f"| {p} | {rows} x | {rate:,.0f} | {rate / (p * rate1):.2f} | {', '.join(map(str, peak))} |")
+        print(f"| {p} | {rows * global_batch} x {seq_len} | {rate:,.0f} | {rate / (p * rate1):.2f} | {', '.join(map(str, peak))} |")
     print(f"val bpb after {steps} steps: {', '.join(f'{p} process(es) {v:.4f}' for p, v in straight.items())}")
 
     moved = {(w, r): final_eval(moved_run(runs, w, r, config, overrides)) for w, r in ((n, 1), (1, n))}
