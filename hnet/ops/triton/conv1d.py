@@ -44,13 +44,45 @@ def _conv1d_fwd(X, W, BIAS, SEQ, OUT, l, d, stride_xb, stride_xl, stride_sb,
     tl.store(OUT + b * l * d + t[:, None] * d + cols[None, :], a, mask=(t < l)[:, None] & (cols < d)[None, :])
 
 
+@triton.jit
+def _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
+                        K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr):
+    """da at positions t (float32, zero past l): dout through the SiLU, its pre-activation recomputed from x."""
+    dout = tl.load(DOUT + b * l * d + t[:, None] * d + cols[None, :], mask=(t < l)[:, None] & (cols < d)[None, :], other=0.0)
+    da = dout.to(tl.float32)
+    if SILU:
+        a = _preactivation(X, W, BIAS, SEQ, b, t, cols, l, d, stride_xb, stride_xl, stride_sb, K, HAS_BIAS, HAS_SEQ)
+        sig = tl.sigmoid(a)
+        da = da * sig * (1 + a * (1 - sig))
+    return da
+
+
+@triton.jit
+def _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
+                        K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """This block's share of dweight (d, K) and dbias (d,) from its own da: one row of partial sums per block."""
+    in_d = cols < d
+    partial = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+    if HAS_BIAS:
+        tl.store(DB_PARTIAL + partial * d + cols, tl.sum(da, axis=0), mask=in_d)
+    if HAS_SEQ:
+        seq_t = tl.load(SEQ + b * stride_sb + t, mask=t < l, other=-1)
+    for k in tl.static_range(K):
+        src = t - (K - 1 - k)
+        ok = (src >= 0) & (t < l)
+        if HAS_SEQ:
+            ok &= tl.load(SEQ + b * stride_sb + src, mask=ok, other=-2) == seq_t
+        xs = tl.load(X + b * stride_xb + src[:, None] * stride_xl + cols[None, :], mask=ok[:, None] & in_d[None, :], other=0.0)
+        tl.store(DW_PARTIAL + (partial * d + cols) * K + k, tl.sum(da * xs.to(tl.float32), axis=0), mask=in_d)
+
+
 @triton.jit(do_not_specialize=["l", "stride_sb"])
 def _conv1d_bwd(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, l, d, stride_xb, stride_xl, stride_sb,
                 K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
                 BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
     """dx_t = sum_s w[:, K-1-s] da_{t+s} over taps that stay in t's sequence, da the gradient at the
     pre-activation. The da_{t+s} this block needs reach past its end, so each is recomputed here from
-    x (K^2 cached loads) rather than written out by a first pass and read back."""
+    x (K^2 cached loads); the two-pass variant below writes da out once and reads it back instead."""
     b = tl.program_id(0)
     t = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     cols = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -60,24 +92,12 @@ def _conv1d_bwd(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, l, d, stride_
     dx = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
     for s in tl.static_range(K):
         dst = t + s
+        da = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, dst, cols, l, d, stride_xb, stride_xl, stride_sb,
+                                 K, HAS_BIAS, HAS_SEQ, SILU)
+        if s == 0:  # this block's own da
+            _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
+                                K, HAS_BIAS, HAS_SEQ)
         live = dst < l
-        dout = tl.load(DOUT + b * l * d + dst[:, None] * d + cols[None, :], mask=live[:, None] & in_d[None, :], other=0.0)
-        da = dout.to(tl.float32)
-        if SILU:
-            a = _preactivation(X, W, BIAS, SEQ, b, dst, cols, l, d, stride_xb, stride_xl, stride_sb, K, HAS_BIAS, HAS_SEQ)
-            sig = tl.sigmoid(a)
-            da = da * sig * (1 + a * (1 - sig))
-        if s == 0:  # this block's own da gives its share of dweight and dbias
-            if HAS_BIAS:
-                tl.store(DB_PARTIAL + (b * tl.num_programs(1) + tl.program_id(1)) * d + cols, tl.sum(da, axis=0), mask=in_d)
-            for k in tl.static_range(K):
-                src = t - (K - 1 - k)
-                ok = (src >= 0) & (t < l)
-                if HAS_SEQ:
-                    ok &= tl.load(SEQ + b * stride_sb + src, mask=ok, other=-2) == seq_t
-                xs = tl.load(X + b * stride_xb + src[:, None] * stride_xl + cols[None, :], mask=ok[:, None] & in_d[None, :], other=0.0)
-                dw = tl.sum(da * xs.to(tl.float32), axis=0)
-                tl.store(DW_PARTIAL + ((b * tl.num_programs(1) + tl.program_id(1)) * d + cols) * K + k, dw, mask=in_d)
         if HAS_SEQ:
             live &= tl.load(SEQ + b * stride_sb + dst, mask=live, other=-2) == seq_t
         dx += tl.where(live[:, None], da, 0.0) * tl.load(W + cols * K + (K - 1 - s), mask=in_d, other=0.0).to(tl.float32)[None, :]
@@ -92,26 +112,11 @@ def _conv1d_bwd_da(X, W, BIAS, SEQ, DOUT, DA, DW_PARTIAL, DB_PARTIAL, l, d, stri
     b = tl.program_id(0)
     t = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     cols = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
-    in_d = cols < d
-    live = (t < l)[:, None] & in_d[None, :]
-    da = tl.load(DOUT + b * l * d + t[:, None] * d + cols[None, :], mask=live, other=0.0).to(tl.float32)
-    if SILU:
-        a = _preactivation(X, W, BIAS, SEQ, b, t, cols, l, d, stride_xb, stride_xl, stride_sb, K, HAS_BIAS, HAS_SEQ)
-        sig = tl.sigmoid(a)
-        da = da * sig * (1 + a * (1 - sig))
-    tl.store(DA + b * l * d + t[:, None] * d + cols[None, :], da, mask=live)
-    partial = b * tl.num_programs(1) + tl.program_id(1)
-    if HAS_BIAS:
-        tl.store(DB_PARTIAL + partial * d + cols, tl.sum(da, axis=0), mask=in_d)
-    if HAS_SEQ:
-        seq_t = tl.load(SEQ + b * stride_sb + t, mask=t < l, other=-1)
-    for k in tl.static_range(K):
-        src = t - (K - 1 - k)
-        ok = (src >= 0) & (t < l)
-        if HAS_SEQ:
-            ok &= tl.load(SEQ + b * stride_sb + src, mask=ok, other=-2) == seq_t
-        xs = tl.load(X + b * stride_xb + src[:, None] * stride_xl + cols[None, :], mask=ok[:, None] & in_d[None, :], other=0.0)
-        tl.store(DW_PARTIAL + (partial * d + cols) * K + k, tl.sum(da * xs.to(tl.float32), axis=0), mask=in_d)
+    da = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
+                             K, HAS_BIAS, HAS_SEQ, SILU)
+    tl.store(DA + b * l * d + t[:, None] * d + cols[None, :], da, mask=(t < l)[:, None] & (cols < d)[None, :])
+    _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
+                        K, HAS_BIAS, HAS_SEQ)
 
 
 @triton.jit(do_not_specialize=["l", "stride_sb"])
