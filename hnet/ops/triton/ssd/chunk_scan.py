@@ -221,13 +221,10 @@ def chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D=None, seq_idx=Non
     n_chunks, Q = cs.shape[2], cs.shape[3]
     dx = torch.empty_like(x)
     ddt = torch.empty_like(cs)
-    partial_dd = {}
 
-    def launch(block_m, **launch_options):
+    def launch(block_m, **launch_options):  # -> dD's partial sums, one row per program
         grid = (Q // block_m, b * n_chunks, h)
-        dd = partial_dd.get(block_m)
-        if D is not None and dd is None:
-            dd = partial_dd[block_m] = torch.empty(grid[0] * grid[1], h, device=x.device, dtype=torch.float32)
+        dd = torch.empty(grid[0] * grid[1], h, device=x.device, dtype=torch.float32) if D is not None else None
         _chunk_scan_bwd_dx[grid](x, B, dy, cb, dt_chunked, cs, seq_idx, dstates, D, dx, ddt, dd, l, h, g, n_chunks,
                                  p, n, h // g, *x.stride(), *B.stride(), *dy.stride(), *dx.stride(),
                                  seq_idx.stride(0) if seq_idx is not None else 0,
@@ -249,12 +246,9 @@ def chunk_scan_bwd_dc(x, B, C, dy, cb, dt_chunked, cs, states_in, seq_idx=None):
     g, n = C.shape[2], C.shape[3]
     n_chunks, Q = cs.shape[2], cs.shape[3]
     ds = torch.empty_like(cs)
-    partial_sums = {}
 
-    def launch(block_m, runs, **launch_options):
-        dc = partial_sums.get(runs)
-        if dc is None:
-            dc = partial_sums[runs] = torch.empty(runs, b, n_chunks * Q, g, n, device=x.device, dtype=torch.float32)
+    def launch(block_m, runs, **launch_options):  # -> dC's partial sums, one per run of heads
+        dc = torch.empty(runs, b, n_chunks * Q, g, n, device=x.device, dtype=torch.float32)
         _chunk_scan_bwd_dc[(Q // block_m, b * n_chunks, g * runs)](
             x, B, C, dy, cb, dt_chunked, cs, seq_idx, states_in, dc, ds, l, h, g, n_chunks, p, n,
             h // g, h // g // runs, *x.stride(), *B.stride(), *C.stride(), *dy.stride(),

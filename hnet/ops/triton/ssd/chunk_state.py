@@ -212,12 +212,9 @@ def chunk_state_bwd_db(x, C, dy, dt_chunked, cs, dstates, seq_idx=None):
     b, l, h, p = x.shape
     g, n = C.shape[2], C.shape[3]
     n_chunks, Q = cs.shape[2], cs.shape[3]
-    partial_sums = {}
 
-    def launch(block_m, runs, **launch_options):
-        db = partial_sums.get(runs)
-        if db is None:
-            db = partial_sums[runs] = torch.empty(runs, b, n_chunks * Q, g, n, device=x.device, dtype=torch.float32)
+    def launch(block_m, runs, **launch_options):  # -> dB's partial sums, one per run of heads
+        db = torch.empty(runs, b, n_chunks * Q, g, n, device=x.device, dtype=torch.float32)
         _chunk_state_bwd_db[(Q // block_m, b * n_chunks, g * runs)](
             x, C, dy, dt_chunked, cs, seq_idx, dstates, db, l, h, g, n_chunks, p, n,
             h // g, h // g // runs, *x.stride(), *C.stride(), *dy.stride(),
