@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from hnet import HNetConfig, HNetForCausalLM
+from hnet.models.hnet import HNet
 from hnet.config import RunConfig, TrainConfig
 from hnet.eval.baselines import size_baseline
 from hnet.eval.compare import TRAIN_FLOPS_PER_FORWARD
@@ -79,9 +80,13 @@ def halving(batch: int):
     return [batch >> k for k in range(batch.bit_length())]
 
 
-def train_step_once(config: HNetConfig, device, batch: int, seq_len: int, steps: int, warmup: int) -> dict:
+def train_step_once(config: HNetConfig, device, batch: int, seq_len: int, steps: int, warmup: int,
+                    bucket_chunks: bool | None = None) -> dict:
     torch.manual_seed(0)
     model = HNetForCausalLM(config, device=device)
+    for stage in model.modules():
+        if isinstance(stage, HNet):
+            stage.bucket_chunks = bucket_chunks
     r = time_train_steps(model, TrainConfig(), text_batch(batch, seq_len, device), device, steps, warmup)
     peak = r["peak_memory_gib"]
     return {"params": r["params"], "ms": r["ms_per_step"], "bytes_per_s": r["bytes_per_s"],
@@ -170,6 +175,9 @@ def main(argv=None):
     parser = common_parser(__doc__, DEFAULT_CONFIGS)
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU (default: known H100/H200)")
     parser.add_argument("--no-transformer", action="store_true", help="skip the matched Transformer")
+    parser.add_argument("--no-reference", action="store_true", help="skip the reference path (HNET_REFERENCE=1)")
+    parser.add_argument("--unbucketed", action="store_true", help="also the fast path with the innermost "
+                        "network's chunk count not rounded up (`hnet.ops.packed.bucketed_length`)")
     parser.add_argument("--profile", type=int, metavar="ROWS", help="also profile one fast-path step of each "
                         "H-Net at the batch that fitted, printing the ROWS ops and kernels of most time")
     args = parser.parse_args(argv)
@@ -187,14 +195,19 @@ def main(argv=None):
         config = load_model_config(str(REPO / path))  # an absolute path stays itself
         targets = [float(x) for x in np.cumprod(default_ratio_targets(config.num_stages - 1))]
         budget = flops_per_byte(config, args.seq_len, targets)
-        runs = [(f"{Path(path).stem} fast", config, "fast"), (f"{Path(path).stem} reference", config, "reference")]
+        runs = [(f"{Path(path).stem} fast", config, "fast")]
+        if args.unbucketed:
+            runs.append((f"{Path(path).stem} fast, unbucketed", config, "fast-unbucketed"))
+        if not args.no_reference:
+            runs.append((f"{Path(path).stem} reference", config, "reference"))
         if not args.no_transformer:
             tconfig = size_baseline("transformer", budget, args.seq_len, config)
             runs.append((f"{tconfig.arch_layout[0]} d{tconfig.d_model[0]} (matched to {Path(path).stem})", tconfig, "fast"))
         for label, cfg, kpath in runs:
-            with kernel_path(kpath, device):
-                batch, r = fitting(lambda b: train_step_once(cfg, device, b, args.seq_len, args.steps, args.warmup),
-                                   args.batch, device)
+            bucket = False if kpath == "fast-unbucketed" else None
+            with kernel_path(kpath.removesuffix("-unbucketed"), device):
+                batch, r = fitting(lambda b: train_step_once(cfg, device, b, args.seq_len, args.steps, args.warmup,
+                                                             bucket), args.batch, device)
             if r is None:
                 rows.append((label, "-", f"OOM at 1 x {args.seq_len}", "-", "-", "-", "-", "-", "-"))
                 continue

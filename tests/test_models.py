@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from hnet import HNetConfig, HNetForCausalLM, load_checkpoint, load_model
+from hnet.models.hnet import HNet
+from hnet.ops.packed import bucketed_length
 from test_config import TINY
 
 REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference"
@@ -93,6 +95,43 @@ def test_padded_and_packed_give_the_same_logits(layout):
     assert (out_padded.logits[mask] - out_packed.logits[0]).abs().max() < 1e-4
     for rp, rk in zip(out_padded.routing[:1], out_packed.routing[:1]):
         assert torch.equal(rp.boundary_mask[mask], rk.boundary_mask[0])
+
+
+def test_bucketed_length_rounds_up_by_at_most_a_sixteenth():
+    for n in [1, 127, 128, 129, 2047, 2048, 11000, 16385, 19218, 32767, 100_000]:
+        b = bucketed_length(n)
+        assert b >= n and b % 128 == 0 and (b - n) * 16 <= max(n, 16 * 127)
+    assert bucketed_length(16385) == 17408 and bucketed_length(19218) == 19456 and bucketed_length(16384) == 16384
+
+
+@pytest.mark.parametrize("layout", [["m2", ["T1m1"], "m2"], ["m1", ["t1m1", ["m1T1"], "m1t1"], "m1"]], ids=["1stage", "2stage"])
+def test_bucketed_chunks_change_neither_outputs_nor_gradients(layout):
+    """The innermost network gets its packed chunks padded with one extra sequence of zeros (on CUDA by
+    default): attention and the Mamba-2 scans reset per sequence, so real positions see no difference."""
+    depth = 2 if len(layout[1]) == 1 else 3
+    model = tiny_model(arch_layout=layout, d_model=[64, 96, 128][:depth], d_intermediate=[0, 192, 256][:depth],
+                       attn_cfg={"num_heads": [2] * depth, "rotary_emb_dim": [16] * depth, "window_size": [-1] * depth})
+    stages = [m for m in model.modules() if isinstance(m, HNet)]
+    seen = []
+    stages[-1].main_network.register_forward_hook(lambda _m, args, _o: seen.append(args[0].shape[1]))
+    torch.manual_seed(1)
+    ids = torch.randint(0, 256, (1, 150))
+    cu = torch.tensor([0, 40, 41, 150], dtype=torch.int32)
+    results = []
+    for bucket in (False, True):
+        for stage in stages:
+            stage.bucket_chunks = bucket
+        model.zero_grad()
+        out = model(ids, cu_seqlens=cu)
+        out.logits.square().mean().backward()
+        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (plain, plain_grads), (padded, padded_grads) = results
+    n_chunks = int(plain.routing[-1].boundary_mask.sum())
+    assert seen == [n_chunks, bucketed_length(n_chunks)] and seen[1] > seen[0]  # it did pad
+    assert (plain.logits - padded.logits).abs().max() < 1e-5
+    assert plain_grads.keys() == padded_grads.keys()
+    for name, g in plain_grads.items():
+        assert (g - padded_grads[name]).abs().max() <= 1e-5 * max(1.0, g.abs().max().item()), name
 
 
 def test_param_groups_per_stage_multipliers_and_no_decay():

@@ -20,3 +20,24 @@ def unpack(x, cu_seqlens, max_len: int | None = None):
     valid = pos[None, :] < lengths[:, None]
     index = (cu_seqlens[:-1, None] + pos[None, :]).clamp(max=x.shape[0] - 1)
     return x[index.long()], valid
+
+
+def bucketed_length(n: int) -> int:
+    """n rounded up to a multiple of 1/16 of the largest power of two <= n (at least 128): at most 1/16 more.
+
+    The innermost network of an H-Net sees as many positions as the router made chunks, a count that
+    changes from batch to batch; each new matrix shape costs cuBLAS a heuristic search on the host (about
+    0.2 ms per matmul, measured: benchmarks/RESULTS.md). Rounded lengths repeat, so their searches are cached.
+    """
+    step = max(128, 1 << max(n.bit_length() - 5, 0))
+    return -(-n // step) * step
+
+
+def pad_packed(x, cu_seqlens, length: int):
+    """Packed (1, T, ...) + cu_seqlens -> (1, length, ...) with the positions past T in one extra sequence of
+    zeros, so they reach no real position (attention and the scans reset per sequence)."""
+    pad = length - x.shape[1]
+    if pad <= 0:
+        return x, cu_seqlens
+    x = torch.cat((x, x.new_zeros(1, pad, *x.shape[2:])), dim=1)
+    return x, torch.cat((cu_seqlens, cu_seqlens.new_full((1,), length)))
