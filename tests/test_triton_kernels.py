@@ -44,7 +44,12 @@ TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
 # bf16 kernels round: cancellation in those sums leaves a larger relative error than elementwise outputs, so
 # they are held to this or to twice the error of the reference in the same dtype, whichever is larger.
 REDUCED_GRAD_TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
-real = pytest.mark.skipif(not REAL_SHAPES, reason="real shapes: set HNET_REAL_SHAPES=1 on a GPU")
+
+
+def real_shapes(*cases):
+    """Cases at the shapes of the L models, only with HNET_REAL_SHAPES=1 on a GPU; marked, so that
+    `pytest -m real_shapes` runs them alone (compiling every small case first takes minutes)."""
+    return [pytest.param(c, marks=pytest.mark.real_shapes) for c in cases] if REAL_SHAPES else []
 
 
 def rel(a, b):
@@ -72,7 +77,7 @@ def check_grads(out_fast, ins_fast, out_ref, ins_ref, tol, names):
 
 # ---- gated RMSNorm ------------------------------------------------------------------------------------
 
-NORM_SHAPES = [(1, 1, 7), (3, 5, 40), (2, 33, 128)] + ([(8, 8192, 2048)] if REAL_SHAPES else [])
+NORM_SHAPES = [(1, 1, 7), (3, 5, 40), (2, 33, 128)] + real_shapes((8, 8192, 2048))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -122,7 +127,7 @@ CONV_CASES = [  # b, l, d, K, packed, activation
     (2, 130, 100, 4, True, "silu"),
     (1, 50, 9, 3, True, None),
     (2, 20, 16, 2, False, None),
-] + ([(8, 8192, 2304, 4, False, "silu"), (1, 65536, 2304, 4, True, "silu")] if REAL_SHAPES else [])
+] + real_shapes((8, 8192, 2304, 4, False, "silu"), (1, 65536, 2304, 4, True, "silu"))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -149,9 +154,8 @@ def test_causal_conv1d_without_bias():
 
 # ---- dechunk EMA ----------------------------------------------------------------------------------------
 
-EMA_CASES = [(2, 70, 40, False), (1, 1, 7, False), (2, 100, 33, True)] + (
-    [(8, 1400, 1536, False), (1, 11200, 1536, True)] if REAL_SHAPES else []
-)
+EMA_CASES = [(2, 70, 40, False), (1, 1, 7, False), (2, 100, 33, True)] + real_shapes(
+    (8, 1400, 1536, False), (1, 11200, 1536, True))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -305,8 +309,7 @@ SSD_CASES = [  # b, l, h, p, g, n, chunk, packed, initial state, D
     (2, 70, 2, 16, 1, 32, 32, True, True, True),
     (1, 33, 3, 8, 3, 8, 16, True, False, False),
     (1, 150, 8, 12, 1, 20, 128, True, True, True),  # two blocks per chunk, 4 runs of 2 heads in dB and dC
-] + ([(8, 8192, 24, 64, 1, 128, 256, False, False, True), (1, 32768, 24, 64, 1, 128, 256, True, False, True)]
-     if REAL_SHAPES else [])
+] + real_shapes((8, 8192, 24, 64, 1, 128, 256, False, False, True), (1, 32768, 24, 64, 1, 128, 256, True, False, True))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
