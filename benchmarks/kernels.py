@@ -1,6 +1,7 @@
 """Triton kernels vs their PyTorch references (eager and torch.compile): time, error, and % of the ceilings.
 
     python benchmarks/kernels.py                                      # real shapes, CUDA (an H100)
+    python benchmarks/kernels.py --no-compile --ops ssd_chunked       # the SSD rows, mamba_ssm, the layer
     TRITON_INTERPRET=1 python benchmarks/kernels.py --quick --device cpu   # tiny shapes: checks the code path
 
 For each op, forward and forward+backward: median ms (triton.testing.do_bench, after warmup; a plain
@@ -176,6 +177,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="tiny shapes: check that everything runs")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile(reference) rows")
+    parser.add_argument("--ops", nargs="+", metavar="OP", help="only these ops' rows (gated_rms_norm, "
+                        "causal_conv1d, ema_scan, ssd_chunked); mamba_ssm and the layer rows always run")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the interpreter's bf16 is not faithful
@@ -189,6 +192,8 @@ def main():
     header = f"{'op':<22}{'pass':<9}{'impl':<10}{'ms':>10}{'rel err':>10}{'rate':>18}{'% ceil':>8}"
     print(header + "\n" + "-" * len(header))
     for op, fast, ref, inputs, truth, (unit, amount) in op_cases(s, device, dtype):
+        if args.ops and op.split()[0] not in args.ops:
+            continue
         with torch.no_grad():
             true_out = truth()
             errors = {"triton": rel(fast(*inputs), true_out), "eager": rel(ref(*inputs), true_out)}
