@@ -60,8 +60,8 @@ class HNet(nn.Module):
         pad = d - config.d_model[stage - 1] if stage > 0 else 0
         self.pad_dimension = nn.Parameter(torch.zeros(pad, **kw)) if pad > 0 else None
         self.official_bf16_dechunk = False
-        # Packed chunks into an innermost network are padded to a bucketed length (`bucketed_length`):
-        # None pads on CUDA only, where the matmul shapes are what it saves; True / False force it.
+        # Packed chunks into an innermost network are padded to a bucketed length (`bucketed_length`).
+        # None: on CUDA only, where repeated matmul shapes spare cuBLAS's host work; True / False force it.
         self.bucket_chunks = None
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> HNetCache:
