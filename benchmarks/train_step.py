@@ -4,6 +4,7 @@ isotropic Transformer of matched FLOPs per byte, trained by the same step.
     python benchmarks/train_step.py                                      # .ref/configs/hnet_{1,2}stage_L.json, CUDA
     python benchmarks/train_step.py --config path/to/hnet_2stage_L.json --batch 2
     python benchmarks/train_step.py --config .ref/configs/hnet_1stage_L.json --profile 30   # + where the time goes
+    python benchmarks/train_step.py --config .ref/configs/hnet_1stage_L.json --no-reference --unbucketed
     TRITON_INTERPRET=1 python benchmarks/train_step.py --device cpu --quick   # tiny models: checks the code path
 
 Rows are printed as a markdown table, to paste into benchmarks/RESULTS.md with the header lines above it.
