@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from hnet import HNetConfig, HNetForCausalLM
-from hnet.models.hnet import HNet
+from hnet.layers.isotropic import Isotropic
 from hnet.config import RunConfig, TrainConfig
 from hnet.eval.baselines import size_baseline
 from hnet.eval.compare import TRAIN_FLOPS_PER_FORWARD
@@ -82,12 +82,12 @@ def halving(batch: int):
 
 
 def train_step_once(config: HNetConfig, device, batch: int, seq_len: int, steps: int, warmup: int,
-                    bucket_chunks: bool | None = None) -> dict:
+                    bucket_lengths: bool | None = None) -> dict:
     torch.manual_seed(0)
     model = HNetForCausalLM(config, device=device)
-    for stage in model.modules():
-        if isinstance(stage, HNet):
-            stage.bucket_chunks = bucket_chunks
+    for stack in model.modules():
+        if isinstance(stack, Isotropic):
+            stack.bucket_lengths = bucket_lengths
     r = time_train_steps(model, TrainConfig(), text_batch(batch, seq_len, device), device, steps, warmup)
     peak = r["peak_memory_gib"]
     return {"params": r["params"], "ms": r["ms_per_step"], "bytes_per_s": r["bytes_per_s"],
@@ -177,8 +177,8 @@ def main(argv=None):
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU (default: known H100/H200)")
     parser.add_argument("--no-transformer", action="store_true", help="skip the matched Transformer")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference path (HNET_REFERENCE=1)")
-    parser.add_argument("--unbucketed", action="store_true", help="also the fast path with the innermost "
-                        "network's chunk count not rounded up (`hnet.ops.packed.bucketed_length`)")
+    parser.add_argument("--unbucketed", action="store_true", help="also the fast path with the chunk counts "
+                        "of the inner stacks not rounded up (`hnet.ops.packed.bucketed_length`)")
     parser.add_argument("--profile", type=int, metavar="ROWS", help="also profile one fast-path step of each "
                         "H-Net at the batch that fitted, printing the ROWS ops and kernels of most time")
     args = parser.parse_args(argv)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hnet import HNetConfig, HNetForCausalLM, load_checkpoint, load_model
-from hnet.models.hnet import HNet
+from hnet.layers.isotropic import Isotropic
 from hnet.ops.packed import bucketed_length
 from test_config import TINY
 
@@ -106,29 +106,38 @@ def test_bucketed_length_rounds_up_by_at_most_a_sixteenth():
 
 @pytest.mark.parametrize("layout", [["m2", ["T1m1"], "m2"], ["m1", ["t1m1", ["m1T1"], "m1t1"], "m1"]], ids=["1stage", "2stage"])
 def test_bucketed_chunks_change_neither_outputs_nor_gradients(layout):
-    """The innermost network gets its packed chunks padded with one extra sequence of zeros (on CUDA by
-    default): attention and the Mamba-2 scans reset per sequence, so real positions see no difference."""
+    """Every packed stack inside an H-Net (stage > 0) pads its chunks with one extra sequence of zeros (on
+    CUDA by default) and cuts its output back: attention and the Mamba-2 scans reset per sequence, so real
+    positions, the inner routing and every gradient see no difference."""
     depth = 2 if len(layout[1]) == 1 else 3
     model = tiny_model(arch_layout=layout, d_model=[64, 96, 128][:depth], d_intermediate=[0, 192, 256][:depth],
                        attn_cfg={"num_heads": [2] * depth, "rotary_emb_dim": [16] * depth, "window_size": [-1] * depth})
-    stages = [m for m in model.modules() if isinstance(m, HNet)]
-    seen = []
-    stages[-1].main_network.register_forward_hook(lambda _m, args, _o: seen.append(args[0].shape[1]))
+    inner_stacks = [m for m in model.modules() if isinstance(m, Isotropic) and m.stage > 0]
+    lengths = []  # (stack input, its first layer's input, stack output) per inner stack call
+    for stack in inner_stacks:
+        stack.register_forward_pre_hook(lambda _m, args: lengths.append([args[0].shape[1]]))
+        stack.layers[0].register_forward_hook(lambda _m, args, _o: lengths[-1].append(args[0].shape[1]))
+        stack.register_forward_hook(lambda _m, _a, out: lengths[-1].append(out.shape[1]))
     torch.manual_seed(1)
     ids = torch.randint(0, 256, (1, 150))
     cu = torch.tensor([0, 40, 41, 150], dtype=torch.int32)
     results = []
     for bucket in (False, True):
-        for stage in stages:
-            stage.bucket_chunks = bucket
+        for stack in inner_stacks:
+            stack.bucket_lengths = bucket
+        lengths.clear()
         model.zero_grad()
         out = model(ids, cu_seqlens=cu)
         out.logits.square().mean().backward()
         results.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    assert len(lengths) == len(inner_stacks) == (1 if depth == 2 else 3)  # 2-stage: stage 1's encoder, decoder too
+    assert all(n_layer == bucketed_length(n_in) and n_out == n_in for n_in, n_layer, n_out in lengths)
+    assert any(n_layer > n_in for n_in, n_layer, _ in lengths)  # it did pad
     (plain, plain_grads), (padded, padded_grads) = results
-    n_chunks = int(plain.routing[-1].boundary_mask.sum())
-    assert seen == [n_chunks, bucketed_length(n_chunks)] and seen[1] > seen[0]  # it did pad
     assert (plain.logits - padded.logits).abs().max() < 1e-5
+    for r_plain, r_padded in zip(plain.routing, padded.routing, strict=True):
+        assert torch.equal(r_plain.boundary_mask, r_padded.boundary_mask)
+        assert (r_plain.boundary_prob - r_padded.boundary_prob).abs().max() < 1e-6
     assert plain_grads.keys() == padded_grads.keys()
     for name, g in plain_grads.items():
         assert (g - padded_grads[name]).abs().max() <= 1e-5 * max(1.0, g.abs().max().item()), name

@@ -7,7 +7,7 @@ from torch import nn
 from hnet.config import HNetConfig, parse_layer_string
 from hnet.layers.block import make_block
 from hnet.layers.norm import RMSNorm
-from hnet.ops.packed import seq_idx_from_cu_seqlens
+from hnet.ops.packed import bucketed_length, pad_packed, seq_idx_from_cu_seqlens
 
 
 class Isotropic(nn.Module):
@@ -30,6 +30,11 @@ class Isotropic(nn.Module):
         # Residual additions per layer (2 with an MLP): scales the init of output projections.
         self.height = sum(2 if with_mlp else 1 for _, with_mlp in specs)
         self.has_attention = any(kind != "mamba" for kind, _ in specs)
+        # Inside an H-Net (stage > 0) a packed stack runs over chunks, as many as the router made: padded
+        # to a rounded length (`bucketed_length`) so the matmul shapes repeat and cuBLAS does not choose its
+        # kernels anew every step. None: on CUDA only (the CPU has no such cost); True / False force it.
+        self.stage = stage
+        self.bucket_lengths = None
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> list:
         """One cache per layer (Mamba2Cache or KVCache)."""
@@ -40,6 +45,9 @@ class Isotropic(nn.Module):
 
         With a cache (a list from `allocate_inference_cache`), the layers' states are written into it (prefill).
         """
+        n = x.shape[1]
+        if cu_seqlens is not None and self._buckets(x):
+            x, cu_seqlens = pad_packed(x, cu_seqlens, bucketed_length(n))
         seq_idx = max_seqlen = None
         if cu_seqlens is not None:
             seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, x.shape[1])
@@ -48,7 +56,12 @@ class Isotropic(nn.Module):
         h, residual = x, None
         for layer, layer_cache in zip(self.layers, cache or [None] * len(self.layers)):
             h, residual = layer(h, residual, cu_seqlens, seq_idx, layer_cache, max_seqlen)
-        return self._final_norm(h, residual)
+        return self._final_norm(h, residual)[:, :n]
+
+    def _buckets(self, x) -> bool:
+        if self.bucket_lengths is None:
+            return self.stage > 0 and x.is_cuda
+        return self.bucket_lengths
 
     def step(self, x, cache: list, mask=None):
         """One position per row: x (B, D) -> (B, D); the caches advance where mask (B,) is True."""

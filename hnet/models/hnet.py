@@ -13,7 +13,6 @@ from hnet.chunking.routing import RoutingCache, RoutingModule, RoutingOutput
 from hnet.config import HNetConfig
 from hnet.layers.isotropic import Isotropic
 from hnet.models.weights import WeightsMixin
-from hnet.ops.packed import bucketed_length, pad_packed
 
 
 @dataclass
@@ -60,9 +59,6 @@ class HNet(nn.Module):
         pad = d - config.d_model[stage - 1] if stage > 0 else 0
         self.pad_dimension = nn.Parameter(torch.zeros(pad, **kw)) if pad > 0 else None
         self.official_bf16_dechunk = False
-        # Packed chunks into an innermost network are padded to a bucketed length (`bucketed_length`).
-        # None: on CUDA only, where repeated matmul shapes spare cuBLAS's host work; True / False force it.
-        self.bucket_chunks = None
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> HNetCache:
         """Every stage gets `max_seqlen` positions: a row's chunks never outnumber its bytes."""
@@ -97,13 +93,7 @@ class HNet(nn.Module):
         residual = self._residual(h)
         routing = self.routing_module(h, cu_seqlens, mask, cache=cache.routing)
         z, next_cu, next_mask = chunk(h, routing.boundary_mask, cu_seqlens)
-        n_chunks = z.shape[1]
-        if next_cu is not None and self._buckets(z):
-            z_in, cu_in = pad_packed(z, next_cu, bucketed_length(n_chunks))
-            z, inner_routing = self.main_network(z_in, cu_in, cache=cache.main_network)
-            z = z[:, :n_chunks]
-        else:
-            z, inner_routing = self.main_network(z, next_cu, next_mask, cache=cache.main_network)
+        z, inner_routing = self.main_network(z, next_cu, next_mask, cache=cache.main_network)
         d = dechunk(z, routing.boundary_mask, routing.boundary_prob, next_cu, self.official_bf16_dechunk)
         if cache.dechunk is not None:
             cache.dechunk.last_value.copy_(d[:, -1])
@@ -134,11 +124,6 @@ class HNet(nn.Module):
         h = (d + residual).to(h.dtype)  # the STE is exactly 1 in the forward
         h = self.decoder.step(h, cache.decoder, mask)
         return h[..., :d_in], [routing, *inner_routing]
-
-    def _buckets(self, z) -> bool:
-        if not self.main_network.is_innermost:  # an inner H-Net stage would route over the padding
-            return False
-        return z.is_cuda if self.bucket_chunks is None else self.bucket_chunks
 
     def _residual(self, h):
         # The residual around the main network is computed in fp32 (weights too), unless the whole

@@ -25,8 +25,8 @@ def unpack(x, cu_seqlens, max_len: int | None = None):
 def bucketed_length(n: int) -> int:
     """n rounded up to a multiple of 1/16 of the largest power of two <= n (at least 128): at most 1/16 more.
 
-    The innermost network of an H-Net sees as many positions as the router made chunks, a count that
-    changes from batch to batch, and each new matrix shape makes cuBLAS choose its kernel on the host again
+    The stacks inside an H-Net see as many positions as the router made chunks, a count that changes
+    from batch to batch, and each new matrix shape makes cuBLAS choose its kernel on the host again
     (0.23 ms of host time per matmul in the profile of benchmarks/RESULTS.md). Rounded lengths repeat.
     """
     step = max(128, 1 << max(n.bit_length() - 5, 0))
