@@ -23,7 +23,8 @@ def unpack(x, cu_seqlens, max_len: int | None = None):
 
 
 def bucketed_length(n: int) -> int:
-    """n rounded up to a multiple of 1/16 of the largest power of two <= n (at least 128): at most 1/16 more.
+    """n rounded up to a multiple of 1/16 of the largest power of two <= n, or of 128 below 2048: at most
+    n/16 or 127 more.
 
     The stacks inside an H-Net see as many positions as the router made chunks, a count that changes
     from batch to batch, and each new matrix shape makes cuBLAS choose its kernel on the host again
