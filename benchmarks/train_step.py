@@ -36,11 +36,11 @@ import numpy as np
 import torch
 
 from hnet import HNetConfig, HNetForCausalLM
-from hnet.layers.isotropic import Isotropic
 from hnet.config import RunConfig, TrainConfig
 from hnet.eval.baselines import size_baseline
 from hnet.eval.compare import TRAIN_FLOPS_PER_FORWARD
 from hnet.eval.flops import flops_per_byte
+from hnet.layers.isotropic import Isotropic
 from hnet.ops import dispatch
 from hnet.training.loop import default_ratio_targets
 
@@ -196,23 +196,23 @@ def main(argv=None):
         config = load_model_config(str(REPO / path))  # an absolute path stays itself
         targets = [float(x) for x in np.cumprod(default_ratio_targets(config.num_stages - 1))]
         budget = flops_per_byte(config, args.seq_len, targets)
-        runs = [(f"{Path(path).stem} fast", config, "fast")]
+        runs = [(f"{Path(path).stem} fast", config, "fast", None)]  # label, config, kernel path, bucketing
         if args.unbucketed:
-            runs.append((f"{Path(path).stem} fast, unbucketed", config, "fast-unbucketed"))
+            runs.append((f"{Path(path).stem} fast, unbucketed", config, "fast", False))
         if not args.no_reference:
-            runs.append((f"{Path(path).stem} reference", config, "reference"))
+            runs.append((f"{Path(path).stem} reference", config, "reference", None))
         if not args.no_transformer:
             tconfig = size_baseline("transformer", budget, args.seq_len, config)
-            runs.append((f"{tconfig.arch_layout[0]} d{tconfig.d_model[0]} (matched to {Path(path).stem})", tconfig, "fast"))
-        for label, cfg, kpath in runs:
-            bucket = False if kpath == "fast-unbucketed" else None
-            with kernel_path(kpath.removesuffix("-unbucketed"), device):
+            runs.append((f"{tconfig.arch_layout[0]} d{tconfig.d_model[0]} (matched to {Path(path).stem})", tconfig,
+                         "fast", None))
+        for label, cfg, kpath, bucket in runs:
+            with kernel_path(kpath, device):
                 batch, r = fitting(lambda b: train_step_once(cfg, device, b, args.seq_len, args.steps, args.warmup,
                                                              bucket), args.batch, device)
             if r is None:
                 rows.append((label, "-", f"OOM at 1 x {args.seq_len}", "-", "-", "-", "-", "-", "-"))
                 continue
-            if cfg is config and kpath == "fast":
+            if cfg is config and kpath == "fast" and bucket is None:
                 fitted.append((Path(path).stem, cfg, batch))
             fpb = flops_per_byte(cfg, args.seq_len, r["bytes_per_chunk"])
             rows.append((label, f"{r['params'] / 1e6:.1f}M", f"{batch} x {args.seq_len}", f"{r['ms']:.1f}",

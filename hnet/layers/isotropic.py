@@ -46,7 +46,8 @@ class Isotropic(nn.Module):
         With a cache (a list from `allocate_inference_cache`), the layers' states are written into it (prefill).
         """
         n = x.shape[1]
-        if cu_seqlens is not None and self._buckets(x):
+        padded = cu_seqlens is not None and self._buckets(x)
+        if padded:
             x, cu_seqlens = pad_packed(x, cu_seqlens, bucketed_length(n))
         seq_idx = max_seqlen = None
         if cu_seqlens is not None:
@@ -56,7 +57,8 @@ class Isotropic(nn.Module):
         h, residual = x, None
         for layer, layer_cache in zip(self.layers, cache or [None] * len(self.layers)):
             h, residual = layer(h, residual, cu_seqlens, seq_idx, layer_cache, max_seqlen)
-        return self._final_norm(h, residual)[:, :n]
+        out = self._final_norm(h, residual)
+        return out[:, :n] if padded else out
 
     def _buckets(self, x) -> bool:
         if self.bucket_lengths is None:
