@@ -2,6 +2,8 @@
 pipeline stages, how many programs share a reduction); on the first call of a shape on a GPU each candidate
 is timed and the fastest is kept for the rest of the process. The first candidate is the plain default: it
 runs under Triton's interpreter, on problems too small for timing to pay, and with HNET_TUNE=0.
+HNET_TUNE_VERBOSE=1 prints each candidate as it is timed, with the seconds its first launch took (mostly
+compiling, unless Triton's disk cache has it).
 
 Only launchers whose kernels write every output afresh use this (timing launches them several times).
 `triton.autotune` would time too, but its candidates are fixed when the kernel is defined, and these
@@ -11,6 +13,7 @@ depend on the shape (no block longer than a chunk) and include launcher-side cho
 from __future__ import annotations
 
 import os
+import time
 from typing import Callable
 
 from triton.runtime.errors import OutOfResources, PTXASError
@@ -30,20 +33,26 @@ def launch_fastest(name: str, key: tuple, positions: int, candidates: list[dict]
                  and os.environ.get("TRITON_INTERPRET") != "1")
         if timed:
             unique = [c for i, c in enumerate(candidates) if c not in candidates[:i]]
-            times = [(c, _time(launch, c, required=i == 0)) for i, c in enumerate(unique)]
+            times = [(c, _time(launch, c, required=i == 0, label=f"{name} {key}")) for i, c in enumerate(unique)]
             _timings[(name, key)] = times
             config = min(times, key=lambda ct: ct[1])[0]
         _chosen[(name, key)] = config
     return launch(**config)
 
 
-def _time(launch: Callable, config: dict, required: bool) -> float:
+def _time(launch: Callable, config: dict, required: bool, label: str) -> float:
+    start = time.perf_counter()
     try:
-        return do_bench(lambda: launch(**config), warmup=5, rep=20)
+        launch(**config)  # the first launch compiles
+        first = time.perf_counter() - start
+        ms = do_bench(lambda: launch(**config), warmup=5, rep=20)
     except (OutOfResources, PTXASError):  # more shared memory or registers than the GPU has: not a candidate
         if required:
             raise
-        return float("inf")
+        first, ms = time.perf_counter() - start, float("inf")
+    if os.environ.get("HNET_TUNE_VERBOSE") == "1":
+        print(f"tuning {label} {config}: first launch {first:.1f} s, {ms * 1e3:.0f} us", flush=True)
+    return ms
 
 
 def tuning_report() -> list[str]:
