@@ -54,3 +54,13 @@ def test_default_that_cannot_run_is_an_error(picker):
     launched, _ = picker
     with pytest.raises(tuning.OutOfResources):
         tuning.launch_fastest("k", (), 1 << 20, [dict(size=4), dict(size=2)], lambda size: launched.append(size))
+
+
+def test_verbose_prints_each_timed_candidate(picker, monkeypatch, capsys):
+    launched, _ = picker
+    monkeypatch.setenv("HNET_TUNE_VERBOSE", "1")
+    tuning.launch_fastest("k", ("shape",), 1 << 20, [dict(size=1), dict(size=4), dict(size=2)],
+                          lambda size: launched.append(size) or size)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(": first")[0] for line in lines] == [f"tuning k ('shape',) {{'size': {s}}}" for s in (1, 4, 2)]
+    assert lines[0].endswith("3000 us") and lines[1].endswith("inf us") and "first launch" in lines[2]
