@@ -65,3 +65,22 @@ def test_final_state_continues_the_scan():
     _, state = ssd_chunked(x[:, :23], dt[:, :23], A, B[:, :23], C[:, :23], 16, D=D, return_final_state=True)
     rest = ssd_chunked(x[:, 23:], dt[:, 23:], A, B[:, 23:], C[:, 23:], 16, D=D, initial_state=state)
     assert torch.allclose(whole[:, 23:], rest, atol=1e-5)
+
+
+def test_float64_inputs_are_computed_in_float64():
+    """The GPU tests take the chunked scan of float64 inputs as the truth past the recurrence's reach (long
+    sequences): it must not round through float32 on the way, forward or backward."""
+    x, dt, A, B, C, D, s0 = (t.double() for t in make_inputs(1, 45, 2, 4, 3, 1, seed=5))
+    seq_idx = torch.tensor([[0] * 20 + [1] * 25])
+    leaves = [t.clone().requires_grad_() for t in (x, dt, A, B, C, D, s0)]
+    y, final = ssd_chunked(*leaves[:5], 16, D=leaves[5], initial_state=leaves[6], seq_idx=seq_idx,
+                           return_final_state=True)
+    leaves_seq = [t.detach().clone().requires_grad_() for t in leaves]
+    y_seq, final_seq = ssd_sequential(*leaves_seq[:5], D=leaves_seq[5], initial_state=leaves_seq[6], seq_idx=seq_idx)
+    assert y.dtype == final.dtype == torch.float64
+    assert torch.allclose(y, y_seq, rtol=1e-12, atol=1e-12) and torch.allclose(final, final_seq, rtol=1e-12, atol=1e-12)
+    weights = torch.randn_like(y)
+    grads = torch.autograd.grad((y * weights).sum() + final.sum(), leaves)
+    grads_seq = torch.autograd.grad((y_seq * weights).sum() + final_seq.sum(), leaves_seq)
+    for name, a, b in zip("x dt A B C D s0".split(), grads, grads_seq):
+        assert a.dtype == torch.float64 and torch.allclose(a, b, rtol=1e-10, atol=1e-10), name

@@ -24,7 +24,8 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     out_dtype = x.dtype
-    x, dt, A, B, C = (t.float() for t in (x, dt, A, B, C))
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32  # float64 stays: tests take it as the truth
+    x, dt, A, B, C = (t.to(work) for t in (x, dt, A, B, C))
     B = repeat(B, "b l g n -> b l (g r) n", r=h // g)
     C = repeat(C, "b l g n -> b l (g r) n", r=h // g)
 
@@ -53,7 +54,7 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=
     chunk_states = torch.einsum("bhcj,bhcj,bcjhp,bcjhn->bchpn", decay_to_end, dt, x, B)
 
     # 3. Pass states from chunk to chunk: the only sequential part, one step per chunk.
-    state = x.new_zeros(b, h, p, n) if initial_state is None else initial_state.float()
+    state = x.new_zeros(b, h, p, n) if initial_state is None else initial_state.to(work)
     prev_seq = seq_idx[:, :1] if seq_idx is not None else None
     chunk_decay = torch.exp(a_cumsum[..., -1])  # (b, h, c)
     states_in = []
@@ -62,7 +63,7 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=
         carry = chunk_decay[:, :, c, None, None]
         if seq_idx is not None:
             last = sidx[:, c, -1:]
-            carry = carry * (last == prev_seq).float()[:, :, None, None]
+            carry = carry * (last == prev_seq).to(work)[:, :, None, None]
             prev_seq = last
         state = carry * state + chunk_states[:, c]
     states_in = torch.stack(states_in, dim=1)  # (b, c, h, p, n): the state entering each chunk
@@ -76,7 +77,7 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=
 
     y = rearrange(y, "b c q h p -> b (c q) h p")[:, :l]
     if D is not None:
-        y = y + rearrange(x, "b c q h p -> b (c q) h p")[:, :l] * D.float().view(1, 1, h, -1)
+        y = y + rearrange(x, "b c q h p -> b (c q) h p")[:, :l] * D.to(work).view(1, 1, h, -1)
     y = y.to(out_dtype)
     return (y, state) if return_final_state else y
 
