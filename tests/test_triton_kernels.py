@@ -237,7 +237,7 @@ def test_ssd_backward_steps():
     dy, dfinal = torch.randn_like(x), torch.randn(b, h, p, n, device=DEVICE)
     dt_chunked, cs = chunk_cumsum(dt, A, Q)
     states = chunk_state(x, B, dt_chunked, cs, seq_idx)
-    states_in, final = state_passing(states, cs, s0, seq_idx)
+    states_in, _ = state_passing(states, cs, s0, seq_idx)
     cb = chunk_cb(B, C, Q)
     c, pad = cs.shape[2], cs.shape[2] * Q - l
 
@@ -267,23 +267,28 @@ def test_ssd_backward_steps():
     dS_from_y = (dY * E[..., None]).transpose(-1, -2) @ Ch
     dstates = state_grad_from_output(dy, C, cs, seq_idx)
     assert rel(dstates, dS_from_y) < 1e-5
-    grad, dS_out, ds_last = dfinal, torch.empty_like(states), torch.empty_like(a)
+    grad, dS_out = dfinal, torch.empty_like(states)
+    ds_carry, ds_state = torch.empty_like(a), torch.empty_like(a)  # d cs_last through a, through states
     for k in reversed(range(c)):
         dS_out[:, k] = grad
-        ds_last[:, k] = (grad * (a[:, k, :, None, None] * states_in[:, k] + states[:, k])).sum((-1, -2))
+        ds_carry[:, k] = (grad * a[:, k, :, None, None] * states_in[:, k]).sum((-1, -2))
+        ds_state[:, k] = (grad * states[:, k]).sum((-1, -2))
         grad = dS_from_y[:, k] + a[:, k, :, None, None] * grad
-    dinit, ds_last_fast = state_passing_bwd(dstates, states_in, final, cs, dfinal, seq_idx, has_initial_state=True)
+    dinit, ds_carry_fast = state_passing_bwd(dstates, states_in, cs, dfinal, seq_idx, has_initial_state=True)
     assert rel(dstates, dS_out) < 1e-5 and rel(dinit, grad) < 1e-5
-    assert rel(ds_last_fast, ds_last.transpose(1, 2)) < 1e-5
+    assert rel(ds_carry_fast, ds_carry.transpose(1, 2)) < 1e-5
 
     # dx, dD and ddt's direct part: through the chunk's added state and the quadratic form.
     dScores = dY @ X.transpose(-1, -2)  # (b, c, h, Q_i, Q_j)
     U = Bh @ dS_out.transpose(-1, -2)
     dX = (W * dtc)[..., None] * U + (GL * dtc[..., None, :]).transpose(-1, -2) @ dY + D[:, None, None] * dY
     ddt_part = W * (X * U).sum(-1) + (dScores * GL).sum(-2)
-    dx, ddt_part_fast, dD = chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dS_out, D, seq_idx)
+    dx, ddt_part_fast, dD, ds_state_fast = chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dS_out, D, seq_idx)
     assert rel(dx, unchunked(dX)) < 1e-5 and rel(dD, (dy * x).sum((0, 1, 3))) < 1e-5
     assert rel(ddt_part_fast, ddt_part.transpose(1, 2)) < 1e-5
+    # <dS_out, states> summed step by step: sum_j dt_j W_j (x_j . U_j), the state part of ddt times dt.
+    assert rel(ds_state_fast, ds_state.transpose(1, 2)) < 1e-5
+    assert rel(ds_state_fast, (dtc * W * (X * U).sum(-1)).sum(-1).transpose(1, 2)) < 1e-5
 
     # dC and the gradient of y's rows on their cumulative sums; dB.
     dG = dScores * L * dtc[..., None, :]
@@ -296,9 +301,9 @@ def test_ssd_backward_steps():
 
     # Through the cumulative sums into ddt and dA.
     ds = ds_row - dtc * ddt_part
-    ds[..., -1] += ds_last
+    ds[..., -1] += ds_carry + ds_state
     d_dtA = ds.flip(-1).cumsum(-1).flip(-1)
-    ddt, dA = chunk_cumsum_bwd(ds_row_fast, ddt_part_fast, dt_chunked, ds_last_fast, A, l)
+    ddt, dA = chunk_cumsum_bwd(ds_row_fast, ddt_part_fast, dt_chunked, ds_carry_fast + ds_state_fast, A, l)
     expected_ddt = (ddt_part + d_dtA * A[None, None, :, None]).permute(0, 1, 3, 2).reshape(b, c * Q, h)[:, :l]
     assert rel(ddt, expected_ddt) < 1e-5 and rel(dA, (d_dtA * dtc).sum((0, 1, 3))) < 1e-5
 

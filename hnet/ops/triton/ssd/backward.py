@@ -12,7 +12,10 @@ The steps, each a kernel next to the forward kernel it inverts:
     dB (chunk_state_bwd_db): the (Q, Q) blocks are rebuilt in registers, never stored;
  5. ds through the cumulative sum into ddt and dA (chunk_cumsum_bwd).
 Every exp(s_i - s_j) contributes +t to ds_i and -t to ds_j with t_j = dt_j x (its part of ddt_j), so ds
-needs only the per-row sums of step 4, ddt's direct part and, at each chunk's last step, what step 3 returns.
+needs only the per-row sums of step 4, ddt's direct part and, at each chunk's last step, the carry's part
+(step 3) and the added state's (summed by chunk_scan_bwd_dx from the same terms it puts into ddt: with
+bf16 operands, taking it from the stored chunk states instead left a rounding difference that the
+cumulative sums carry into dA, 3-7% of it at 8 x 8192 on the GPU).
 """
 
 from __future__ import annotations
@@ -30,14 +33,14 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, D, initial_state, seq_idx, chunk_si
     dy = dy.to(x.dtype) if dy is not None else x.new_zeros(x.shape)
     dt_chunked, cs = chunk_cumsum(dt, A, chunk_size)
     states = chunk_state(x, B, dt_chunked, cs, seq_idx)
-    states_in, final = state_passing(states, cs, initial_state, seq_idx)
+    states_in, _ = state_passing(states, cs, initial_state, seq_idx)
     cb = chunk_cb(B, C, chunk_size)
 
     dstates = state_grad_from_output(dy, C, cs, seq_idx)
-    dinit, ds_last = state_passing_bwd(dstates, states_in, final, cs, dfinal, seq_idx,
-                                       has_initial_state=initial_state is not None)
-    dx, ddt_part, dD = chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D, seq_idx)
+    dinit, ds_carry = state_passing_bwd(dstates, states_in, cs, dfinal, seq_idx,
+                                        has_initial_state=initial_state is not None)
+    dx, ddt_part, dD, ds_state = chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D, seq_idx)
     dC, ds = chunk_scan_bwd_dc(x, B, C, dy, cb, dt_chunked, cs, states_in, seq_idx)
     dB = chunk_state_bwd_db(x, C, dy, dt_chunked, cs, dstates, seq_idx)
-    ddt, dA = chunk_cumsum_bwd(ds, ddt_part, dt_chunked, ds_last, A, l)
+    ddt, dA = chunk_cumsum_bwd(ds, ddt_part, dt_chunked, ds_carry + ds_state, A, l)
     return dx, ddt, dA, dB, dC, dD, dinit

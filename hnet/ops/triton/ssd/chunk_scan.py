@@ -96,7 +96,7 @@ def chunk_scan(x, C, cb, dt_chunked, cs, states_in, D=None, seq_idx=None):
 
 
 @triton.jit(do_not_specialize=["l", "n_chunks", "s_seq"])
-def _chunk_scan_bwd_dx(X, B, DY, CB, DT, CS, SEQ, DSTATES, D, DX, DDT, DD, l, h, g, n_chunks, p_dim, n_dim,
+def _chunk_scan_bwd_dx(X, B, DY, CB, DT, CS, SEQ, DSTATES, D, DX, DDT, DD, DS_STATE, l, h, g, n_chunks, p_dim, n_dim,
                        heads_per_group, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, sdb, sdl, sdh, sdp,
                        sob, sol, soh, sop, s_seq,
                        Q: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, IEEE: tl.constexpr,
@@ -104,7 +104,8 @@ def _chunk_scan_bwd_dx(X, B, DY, CB, DT, CS, SEQ, DSTATES, D, DX, DDT, DD, l, h,
     """For a block of steps j of one head, with U_j = B_j dS_out^T and P_ji = (C_i . B_j) exp(cs_i - cs_j) M_ij:
         dx_j  = W_j dt_j U_j + sum_{i >= j} P_ji dt_j dy_i + D dy_j
         ddt_j = W_j (x_j . U_j) + sum_{i >= j} P_ji (dy_i . x_j)       (before the cumulative-sum term)
-    and the partial sum of dy_j . x_j for dD. W_j is the decay weight of the state each chunk adds."""
+    and the partial sums of dy_j . x_j for dD and of dt_j W_j (x_j . U_j), the gradient on the chunk's last
+    cumulative sum through the state it adds. W_j is the decay weight of that state."""
     j0 = tl.program_id(0) * BLOCK_M
     j = j0 + tl.arange(0, BLOCK_M)
     b, c, hd = tl.program_id(1) // n_chunks, tl.program_id(1) % n_chunks, tl.program_id(2)
@@ -130,6 +131,7 @@ def _chunk_scan_bwd_dx(X, B, DY, CB, DT, CS, SEQ, DSTATES, D, DX, DDT, DD, l, h,
     xj = tl.load(X + b * sxb + tj[:, None] * sxl + hd * sxh + pp[None, :] * sxp, mask=xj_live, other=0.0)
     acc = u * (w * dt_j)[:, None]
     ddt = w * tl.sum(xj.to(tl.float32) * u, axis=1)
+    tl.store(DS_STATE + (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * h + hd, tl.sum(ddt * dt_j, axis=0))
     if HAS_D:
         dyj = tl.load(DY + b * sdb + tj[:, None] * sdl + hd * sdh + pp[None, :] * sdp, mask=xj_live, other=0.0)
         acc += tl.load(D + hd).to(tl.float32) * dyj.to(tl.float32)
@@ -215,29 +217,31 @@ def _chunk_scan_bwd_dc(X, B, C, DY, CB, DT, CS, SEQ, STATES_IN, DC, DS, l, h, g,
 
 
 def chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D=None, seq_idx=None):
-    """(dx in x's dtype, ddt part (b, h, c, Q) float32, dD (h,) float32 or None) given dS_out (b, c, h, p, n)."""
+    """(dx in x's dtype, ddt part (b, h, c, Q) float32, dD (h,) float32 or None, ds_state (b, h, c) float32:
+    <dS_out, the state the chunk adds>, its gradient on cs_last) given dS_out (b, c, h, p, n)."""
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     n_chunks, Q = cs.shape[2], cs.shape[3]
     dx = torch.empty_like(x)
     ddt = torch.empty_like(cs)
 
-    def launch(block_m, **launch_options):  # -> dD's partial sums, one row per program
+    def launch(block_m, **launch_options):  # -> the partial sums of dD and ds_state, one row per program
         grid = (Q // block_m, b * n_chunks, h)
         dd = torch.empty(grid[0] * grid[1], h, device=x.device, dtype=torch.float32) if D is not None else None
-        _chunk_scan_bwd_dx[grid](x, B, dy, cb, dt_chunked, cs, seq_idx, dstates, D, dx, ddt, dd, l, h, g, n_chunks,
+        ds_state = torch.empty(grid[0], b, n_chunks, h, device=x.device, dtype=torch.float32)
+        _chunk_scan_bwd_dx[grid](x, B, dy, cb, dt_chunked, cs, seq_idx, dstates, D, dx, ddt, dd, ds_state, l, h, g, n_chunks,
                                  p, n, h // g, *x.stride(), *B.stride(), *dy.stride(), *dx.stride(),
                                  seq_idx.stride(0) if seq_idx is not None else 0,
                                  Q=Q, HAS_SEQ=seq_idx is not None, HAS_D=D is not None, IEEE=x.dtype == torch.float32,
                                  BLOCK_M=block_m, BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), **launch_options)
-        return dd
+        return dd, ds_state
 
     candidates = [dict(block_m=min(64, Q), num_warps=4)] + [
         dict(block_m=m, num_warps=w, num_stages=s) for m in (32, 64, 128) for w, s in ((4, 2), (8, 2), (8, 3))
         if m <= Q]
-    dd = launch_fastest("chunk_scan_bwd_dx", (Q, p, n, h // g, x.dtype, seq_idx is None, D is None), b * l,
-                        candidates, launch)
-    return dx, ddt, dd.sum(0) if D is not None else None
+    dd, ds_state = launch_fastest("chunk_scan_bwd_dx", (Q, p, n, h // g, x.dtype, seq_idx is None, D is None),
+                                  b * l, candidates, launch)
+    return dx, ddt, dd.sum(0) if D is not None else None, ds_state.sum(0).permute(0, 2, 1)
 
 
 def chunk_scan_bwd_dc(x, B, C, dy, cb, dt_chunked, cs, states_in, seq_idx=None):

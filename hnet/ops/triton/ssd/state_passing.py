@@ -53,7 +53,7 @@ def state_passing(states, cs, initial_state=None, seq_idx=None):
 
 
 @triton.jit(do_not_specialize=["l", "n_chunks", "s_seq"])
-def _state_passing_bwd(DSTATES, STATES_IN, FINAL, CS, SEQ, DFINAL, DINIT, DS_LAST, l, h, n_chunks, size, s_seq,
+def _state_passing_bwd(DSTATES, STATES_IN, CS, SEQ, DFINAL, DINIT, DS_CARRY, l, h, n_chunks, size, s_seq,
                        Q: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr, HAS_INIT: tl.constexpr,
                        BLOCK: tl.constexpr):
     e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -63,7 +63,6 @@ def _state_passing_bwd(DSTATES, STATES_IN, FINAL, CS, SEQ, DFINAL, DINIT, DS_LAS
         grad = tl.load(DFINAL + (b * h + hd) * size + e, mask=live, other=0.0).to(tl.float32)
     else:
         grad = tl.zeros([BLOCK], dtype=tl.float32)
-    leaving = tl.load(FINAL + (b * h + hd) * size + e, mask=live, other=0.0)  # the state leaving the last chunk
     for k in range(n_chunks):
         c = n_chunks - 1 - k
         offset = ((b * n_chunks + c) * h + hd) * size + e
@@ -74,30 +73,31 @@ def _state_passing_bwd(DSTATES, STATES_IN, FINAL, CS, SEQ, DFINAL, DINIT, DS_LAS
         # Read y's gradient on the entering state before overwriting it with the leaving state's gradient.
         from_y = tl.load(DSTATES + offset, mask=live, other=0.0)
         tl.store(DSTATES + offset, grad, mask=live)
-        tl.store(DS_LAST + ((tl.program_id(0) * tl.num_programs(1) + b) * h + hd) * n_chunks + c,
-                 tl.sum(grad * leaving, axis=0))
-        leaving = tl.load(STATES_IN + offset, mask=live, other=0.0)  # what enters chunk c left chunk c - 1
+        entering = tl.load(STATES_IN + offset, mask=live, other=0.0)
+        tl.store(DS_CARRY + ((tl.program_id(0) * tl.num_programs(1) + b) * h + hd) * n_chunks + c,
+                 carry * tl.sum(grad * entering, axis=0))
         grad = from_y + carry * grad
     if HAS_INIT:
         tl.store(DINIT + (b * h + hd) * size + e, grad, mask=live)
 
 
-def state_passing_bwd(dstates, states_in, final, cs, dfinal=None, seq_idx=None, has_initial_state=False):
+def state_passing_bwd(dstates, states_in, cs, dfinal=None, seq_idx=None, has_initial_state=False):
     """The recurrence state_{c+1} = a_c state_c + states[c] backwards, in place: on entry dstates holds the
     gradient that y puts on each chunk's entering state, on return the gradient of the state each chunk adds
-    (dS_out[c] = d state_{c+1}). Returns (d initial state or None, ds_last (b, h, c)): the gradient on each
-    chunk's last cumulative sum cs_last, through a_c = exp(cs_last) and the decays inside states[c]
-    (d cs_last = <dS_out[c], state_{c+1}>: both terms of state_{c+1} scale with exp(cs_last)). state_{c+1} is
-    states_in[c + 1], or the final state for the last chunk, as the forward wrote them."""
+    (dS_out[c] = d state_{c+1}). Returns (d initial state or None, ds_carry (b, h, c)): the gradient on each
+    chunk's last cumulative sum cs_last through the carry a_c = exp(cs_last), <dS_out[c], a_c states_in[c]>.
+    cs_last also scales the decays inside states[c]; that part, <dS_out[c], states[c]>, is summed step by
+    step by chunk_scan_bwd_dx from the very terms it subtracts again, which keeps the bf16 rounding of the
+    two from leaving a difference (they cancel exactly in exact arithmetic)."""
     b, n_chunks, h, p, n = dstates.shape
     Q = cs.shape[-1]
     block = min(1024, triton.next_power_of_2(p * n))
     n_blocks = triton.cdiv(p * n, block)
     dinit = torch.empty(b, h, p, n, device=dstates.device, dtype=torch.float32) if has_initial_state else None
-    ds_last = torch.empty(n_blocks, b, h, n_chunks, device=dstates.device, dtype=torch.float32)
+    ds_carry = torch.empty(n_blocks, b, h, n_chunks, device=dstates.device, dtype=torch.float32)
     l, s_seq = (seq_idx.shape[1], seq_idx.stride(0)) if seq_idx is not None else (0, 0)
     _state_passing_bwd[(n_blocks, b, h)](
-        dstates, states_in, final, cs, seq_idx, dfinal.contiguous() if dfinal is not None else None, dinit, ds_last,
+        dstates, states_in, cs, seq_idx, dfinal.contiguous() if dfinal is not None else None, dinit, ds_carry,
         l, h, n_chunks, p * n, s_seq,
         Q=Q, HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None, HAS_INIT=has_initial_state, BLOCK=block)
-    return dinit, ds_last.sum(0)
+    return dinit, ds_carry.sum(0)
