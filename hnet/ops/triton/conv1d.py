@@ -140,13 +140,18 @@ def _conv1d_bwd_dx(DA, W, SEQ, DX, l, d, stride_sb, K: tl.constexpr, HAS_SEQ: tl
     tl.store(DX + b * l * d + t[:, None] * d + cols[None, :], dx, mask=(t < l)[:, None] & in_d[None, :])
 
 
-# Positions x channels per program: the default first, then larger tiles and more warps. The backward may
-# also take two passes (da written out in float32, then read back shifted), which avoids recomputing each
-# pre-activation K times at the cost of that round trip: timing decides.
-CANDIDATES = [dict(block_l=64, block_d=64, num_warps=4)] + [
-    dict(block_l=bl, block_d=bd, num_warps=w) for bl in (64, 128, 256) for bd in (64, 128) for w in (4, 8)]
-BWD_CANDIDATES = CANDIDATES + [
-    dict(block_l=bl, block_d=bd, num_warps=w, two_pass=True) for bl in (64, 128) for bd in (64, 128) for w in (4, 8)]
+# Positions x channels per program, the default first. Tiles of 128 x 128 or more take 8 warps: with 4 they
+# spill registers, compile for 5-20 s each and ran 10-20x slower on the H200. The backward may also take
+# two passes (da written out in float32, then read back shifted) instead of recomputing each pre-activation
+# K times: on the H100 and the H200, in bf16 and fp32, the two-pass 128 x 64 tile was fastest, the one-pass
+# kernels 2x or more slower (their larger tiles, 3-7x, are left out); timing decides.
+CANDIDATES = [dict(block_l=128, block_d=64, num_warps=4)] + [
+    dict(block_l=bl, block_d=bd, num_warps=w) for bl in (64, 128, 256) for bd in (64, 128) for w in (4, 8)
+    if w == 8 or bl * bd < 128 * 128]
+BWD_CANDIDATES = [dict(block_l=128, block_d=64, num_warps=4, two_pass=True)] + [
+    dict(block_l=bl, block_d=bd, num_warps=w, two_pass=True) for bl in (64, 128) for bd in (64, 128) for w in (4, 8)
+    if w == 8 or bl * bd < 128 * 128] + [
+    dict(block_l=bl, block_d=bd, num_warps=w) for bl, bd, w in ((64, 64, 4), (64, 64, 8), (128, 64, 8), (64, 128, 8))]
 
 
 class _CausalConv1d(torch.autograd.Function):
