@@ -5,7 +5,8 @@
     TRITON_INTERPRET=1 python benchmarks/kernels.py --quick --device cpu   # tiny shapes: checks the code path
 
 For each op, forward and forward+backward: median ms (triton.testing.do_bench, after warmup; a plain
-wall clock on CPU), relative error ||out - truth|| / ||truth|| against a float64 computation, and the
+wall clock on CPU), relative error ||out - truth|| / ||truth|| against a float64 computation (for
+forward+backward the largest over the input gradients, named), and the
 achieved GB/s (bytes the op must read and write, a lower bound on its traffic) or TFLOP/s (the SSD's
 model FLOPs), as a fraction of ceilings measured in this run: a large device-to-device copy and a bf16
 8192^3 matmul. Shapes are those of a Mamba-2 layer of d_model 1024 (d_inner 2048, 24 heads of 64,
@@ -102,7 +103,19 @@ def ms_or_error(fn, device) -> float | str:
         return f"failed: {type(exc).__name__}"
 
 
-# ---- the ops: (name, triton fn, reference fn, inputs, float64 truth, bytes or flops) -----------------------
+def grad_errors(fn, truth, inputs) -> dict[str, float]:
+    """Relative error of each input's gradient through fn against truth's on float64 copies of the inputs,
+    for one fixed random output gradient."""
+    wanted = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    out = fn(*inputs)
+    dy = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(out.device)
+    exact = [t.detach().double().requires_grad_(t.requires_grad) for t in inputs]
+    true_grads = torch.autograd.grad(truth(*exact), [t for t in exact if t.requires_grad], dy.double())
+    grads = torch.autograd.grad(out, wanted, dy.to(out.dtype))
+    return {f"d{i}": rel(g, t) for i, g, t in zip(range(len(grads)), grads, true_grads)}
+
+
+# ---- the ops: (name, triton fn, reference fn, inputs, float64 truth of the inputs, bytes or flops) ------------
 
 def op_cases(s: dict, device, dtype):
     b, l, h, p, n, Q = s["b"], s["l"], s["h"], s["p"], s["n"], s["chunk"]
@@ -115,25 +128,24 @@ def op_cases(s: dict, device, dtype):
     cases = []
     x, z, w = leaf(b, l, d_inner), leaf(b, l, d_inner), leaf(d_inner)
 
-    def norm_truth():
-        g = x.double() * F.silu(z.double())
-        return g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + 1e-5) * w.double()
+    def norm_truth(x, z, w):
+        g = x * F.silu(z)
+        return g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + 1e-5) * w
 
     cases.append(("gated_rms_norm", triton_norm.gated_rms_norm, norm.gated_rms_norm, (x, z, w), norm_truth,
                   ("GB/s", (2 * size + 4) * x.numel())))
 
     xc, wc, bc = leaf(b, l, conv_dim), leaf(conv_dim, 4), leaf(conv_dim)
     cases.append(("causal_conv1d", triton_conv1d.causal_conv1d, conv1d.causal_conv1d, (xc, wc, bc),
-                  lambda: conv1d.causal_conv1d(xc.double(), wc.double(), bc.double()), ("GB/s", 2 * size * xc.numel())))
+                  conv1d.causal_conv1d, ("GB/s", 2 * size * xc.numel())))
 
     xe = leaf(b, s["m"], s["d_ema"], dt=torch.float32)
     pe = torch.rand(b, s["m"], device=device).clamp(1e-4, 1 - 1e-4).requires_grad_()
 
-    def ema_truth():
-        e, out = torch.zeros_like(xe[:, 0], dtype=torch.float64), []
+    def ema_truth(xe, pe):
+        e, out = torch.zeros_like(xe[:, 0]), []
         for t in range(xe.shape[1]):
-            pt = pe[:, t, None].double()
-            e = pt * xe[:, t].double() + (1 - pt) * e
+            e = pe[:, t, None] * xe[:, t] + (1 - pe[:, t, None]) * e
             out.append(e)
         return torch.stack(out, 1)
 
@@ -148,9 +160,15 @@ def op_cases(s: dict, device, dtype):
     def ssd_fn(impl):
         return lambda x_, dt_, A_, B_, C_, D_: impl(x_, dt_, A_, B_, C_, Q, D_)
 
+    # The truth: the chunked reference, which computes float64 inputs in float64 (the step-by-step recurrence
+    # would keep every step's state for its backward).
     cases.append(("ssd_chunked", ssd_fn(triton_ssd.ssd_chunked), ssd_fn(ssd.ssd_chunked), (xs, dts, As, Bs, Cs, Ds),
-                  lambda: ssd.ssd_sequential(xs, dts, As, Bs, Cs, Ds)[0], ("TFLOP/s", flops)))
+                  ssd_fn(ssd.ssd_chunked), ("TFLOP/s", flops)))
     return cases
+
+
+GRAD_NAMES = {"gated_rms_norm": ("dx", "dz", "dw"), "causal_conv1d": ("dx", "dweight", "dbias"),
+              "ema_scan": ("dx", "dp"), "ssd_chunked": ("dx", "ddt", "dA", "dB", "dC", "dD")}
 
 
 def mamba_ssm_case(s, device, dtype):
@@ -189,14 +207,20 @@ def main():
     gbps, tflops = ceilings(device)
     print(f"ceilings: copy {gbps:.0f} GB/s, bf16 matmul {tflops:.0f} TFLOP/s\n")
 
-    header = f"{'op':<22}{'pass':<9}{'impl':<10}{'ms':>10}{'rel err':>10}{'rate':>18}{'% ceil':>8}"
+    header = f"{'op':<22}{'pass':<9}{'impl':<10}{'ms':>10}{'rel err':>16}{'rate':>18}{'% ceil':>8}"
     print(header + "\n" + "-" * len(header))
     for op, fast, ref, inputs, truth, (unit, amount) in op_cases(s, device, dtype):
         if args.ops and op.split()[0] not in args.ops:
             continue
         with torch.no_grad():
-            true_out = truth()
+            true_out = truth(*(t.double() for t in inputs))
             errors = {"triton": rel(fast(*inputs), true_out), "eager": rel(ref(*inputs), true_out)}
+        names = {f"d{i}": name for i, name in enumerate(GRAD_NAMES[op.split()[0]])}
+        worst = {}
+        for impl, fn in (("triton", fast), ("eager", ref)):
+            name, err = max(grad_errors(fn, truth, inputs).items(), key=lambda kv: kv[1])
+            worst[impl] = f"{names[name]} {err:.1e}"
+        del true_out
         impls = {"triton": fast, "eager": ref}
         if not args.no_compile and (c := compiled(ref, device)) is not None:
             impls["compile"] = c
@@ -214,8 +238,8 @@ def main():
                     value = scale * amount / ms / (1e6 if unit == "GB/s" else 1e9)
                     rate = f"{value:10.1f} {unit}"
                     ceil = f"{100 * value / (gbps if unit == 'GB/s' else tflops):7.1f}%"
-                err = f"{errors[impl]:10.2e}" if impl in errors and pass_name == "fwd" else ""
-                print(f"{op:<22}{pass_name:<9}{impl:<10}{fmt(ms):>10}{err:>10}{rate:>18}{ceil:>8}")
+                err = (f"{errors[impl]:16.2e}" if pass_name == "fwd" else f"{worst[impl]:>16}") if impl in errors else ""
+                print(f"{op:<22}{pass_name:<9}{impl:<10}{fmt(ms):>10}{err:>16}{rate:>18}{ceil:>8}")
 
     mamba = mamba_ssm_case(s, device, dtype) if device.type == "cuda" else None
     if mamba is None:

@@ -1,6 +1,8 @@
 """The GPU benchmarks' code paths, at tiny sizes on CPU (where the fast path is the reference), so they
 cannot rot between device sessions. Their figures mean nothing here."""
 
+import pytest
+import torch
 from tiny_runs import load_benchmark
 
 
@@ -18,3 +20,15 @@ def test_forward_table(capsys, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     load_benchmark("forward").main(["--device", "cpu", "--quick", "--config", "configs/text/hnet_2stage_tiny.json"])
     assert "| hnet_2stage_tiny reference | 3.4M | 2 x 128 |" in capsys.readouterr().out
+
+
+def test_kernel_table_gradient_errors():
+    """The kernels table's forward+backward error: each input gradient against float64 copies of the inputs."""
+    pytest.importorskip("triton")
+    kernels = load_benchmark("kernels")
+    cases = {case[0]: case for case in kernels.op_cases(kernels.shapes(quick=True), torch.device("cpu"), torch.float32)}
+    _, _, reference, inputs, truth, _ = cases["ssd_chunked"]
+    errors = kernels.grad_errors(reference, truth, inputs)
+    assert len(errors) == 6 and max(errors.values()) < 1e-5  # the float32 reference: x, dt, A, B, C, D
+    scaled = kernels.grad_errors(lambda *t: reference(*t) * 1.01, truth, inputs)
+    assert all(abs(err - 0.01) < 1e-4 for err in scaled.values())  # every gradient 1% off
