@@ -238,7 +238,9 @@ def main():
                     value = scale * amount / ms / (1e6 if unit == "GB/s" else 1e9)
                     rate = f"{value:10.1f} {unit}"
                     ceil = f"{100 * value / (gbps if unit == 'GB/s' else tflops):7.1f}%"
-                err = (f"{errors[impl]:16.2e}" if pass_name == "fwd" else f"{worst[impl]:>16}") if impl in errors else ""
+                err = ""
+                if impl in errors:  # the forward's error, or the worst gradient's
+                    err = f"{errors[impl]:16.2e}" if pass_name == "fwd" else worst[impl]
                 print(f"{op:<22}{pass_name:<9}{impl:<10}{fmt(ms):>10}{err:>16}{rate:>18}{ceil:>8}")
 
     mamba = mamba_ssm_case(s, device, dtype) if device.type == "cuda" else None

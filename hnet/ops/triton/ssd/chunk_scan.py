@@ -229,8 +229,8 @@ def chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D=None, seq_idx=Non
         grid = (Q // block_m, b * n_chunks, h)
         dd = torch.empty(grid[0] * grid[1], h, device=x.device, dtype=torch.float32) if D is not None else None
         ds_state = torch.empty(grid[0], b, n_chunks, h, device=x.device, dtype=torch.float32)
-        _chunk_scan_bwd_dx[grid](x, B, dy, cb, dt_chunked, cs, seq_idx, dstates, D, dx, ddt, dd, ds_state, l, h, g, n_chunks,
-                                 p, n, h // g, *x.stride(), *B.stride(), *dy.stride(), *dx.stride(),
+        _chunk_scan_bwd_dx[grid](x, B, dy, cb, dt_chunked, cs, seq_idx, dstates, D, dx, ddt, dd, ds_state,
+                                 l, h, g, n_chunks, p, n, h // g, *x.stride(), *B.stride(), *dy.stride(), *dx.stride(),
                                  seq_idx.stride(0) if seq_idx is not None else 0,
                                  Q=Q, HAS_SEQ=seq_idx is not None, HAS_D=D is not None, IEEE=x.dtype == torch.float32,
                                  BLOCK_M=block_m, BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), **launch_options)
