@@ -2,6 +2,7 @@
 is passed over; small problems, the interpreter and HNET_TUNE=0 take the default untimed."""
 
 import pytest
+import torch
 
 tuning = pytest.importorskip("hnet.ops.triton.tuning")
 
@@ -64,3 +65,9 @@ def test_verbose_prints_each_timed_candidate(picker, monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(": first")[0] for line in lines] == [f"tuning k ('shape',) {{'size': {s}}}" for s in (1, 4, 2)]
     assert lines[0].endswith("3000 us") and lines[1].endswith("inf us") and "first launch" in lines[2]
+
+
+def test_sixteen_bit_inputs_time_only_four_warp_candidates():
+    candidates = [dict(size=1, num_warps=4), dict(size=2, num_warps=8), dict(size=3), dict(size=4, num_warps=8)]
+    assert tuning.for_dtype(candidates, torch.bfloat16) == [dict(size=1, num_warps=4), dict(size=3)]  # default first
+    assert tuning.for_dtype(candidates, torch.float32) == candidates

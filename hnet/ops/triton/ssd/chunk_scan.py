@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from hnet.ops.triton.ssd.chunk_state import dot_block, mm, reduction_candidates
-from hnet.ops.triton.tuning import launch_fastest
+from hnet.ops.triton.tuning import for_dtype, launch_fastest
 
 
 @triton.jit(do_not_specialize=["l", "n_chunks", "s_seq"])
@@ -91,7 +91,8 @@ def chunk_scan(x, C, cb, dt_chunked, cs, states_in, D=None, seq_idx=None):
         dict(block_m=m, block_k=k, block_p=dot_block(p, bp), num_warps=w, num_stages=s)
         for m, k in ((64, 32), (64, 64), (128, 32), (128, 64)) for bp in (32, 64) for w, s in ((4, 2), (8, 2))
         if m <= Q and k <= Q]
-    launch_fastest("chunk_scan", (Q, p, n, h // g, x.dtype, seq_idx is None, D is None), b * l, candidates, launch)
+    launch_fastest("chunk_scan", (Q, p, n, h // g, x.dtype, seq_idx is None, D is None), b * l,
+                   for_dtype(candidates, x.dtype), launch)
     return y
 
 
@@ -240,7 +241,7 @@ def chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D=None, seq_idx=Non
         dict(block_m=m, num_warps=w, num_stages=s) for m in (32, 64, 128) for w, s in ((4, 2), (8, 2), (8, 3))
         if m <= Q]
     dd, ds_state = launch_fastest("chunk_scan_bwd_dx", (Q, p, n, h // g, x.dtype, seq_idx is None, D is None),
-                                  b * l, candidates, launch)
+                                  b * l, for_dtype(candidates, x.dtype), launch)
     return dx, ddt, dd.sum(0) if D is not None else None, ds_state.sum(0).permute(0, 2, 1)
 
 
@@ -262,5 +263,5 @@ def chunk_scan_bwd_dc(x, B, C, dy, cb, dt_chunked, cs, states_in, seq_idx=None):
         return dc
 
     dc = launch_fastest("chunk_scan_bwd_dc", (Q, p, n, h // g, x.dtype, seq_idx is None), b * l,
-                        reduction_candidates(Q, h // g), launch)
+                        for_dtype(reduction_candidates(Q, h // g), x.dtype), launch)
     return dc.sum(0)[:, :l], ds

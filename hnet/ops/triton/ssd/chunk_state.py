@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hnet.ops.triton.tuning import launch_fastest
+from hnet.ops.triton.tuning import for_dtype, launch_fastest
 
 
 @triton.jit
@@ -172,7 +172,8 @@ def _launch_chunk_state(x, B, dt_chunked, cs, seq_idx, from_start):
 
     candidates = [dict(block_k=min(64, Q), num_warps=4)] + [
         dict(block_k=k, num_warps=w, num_stages=s) for k in (32, 64, 128) for w, s in ((4, 2), (8, 3)) if k <= Q]
-    launch_fastest("chunk_state", (from_start, Q, p, n, h // g, x.dtype, seq_idx is None), b * l, candidates, launch)
+    launch_fastest("chunk_state", (from_start, Q, p, n, h // g, x.dtype, seq_idx is None), b * l,
+                   for_dtype(candidates, x.dtype), launch)
     return states
 
 
@@ -190,7 +191,7 @@ def chunk_cb(B, C, chunk_size: int):
     candidates = [dict(block_m=min(64, chunk_size), block_n=dot_block(n, 64), num_warps=4)] + [
         dict(block_m=m, block_n=dot_block(n, bn), num_warps=w, num_stages=2)
         for m in (64, 128) for bn in (32, 128) for w in (4, 8) if m <= chunk_size]
-    launch_fastest("chunk_cb", (chunk_size, n, B.dtype), b * l, candidates, launch)
+    launch_fastest("chunk_cb", (chunk_size, n, B.dtype), b * l, for_dtype(candidates, B.dtype), launch)
     return cb
 
 
@@ -224,5 +225,5 @@ def chunk_state_bwd_db(x, C, dy, dt_chunked, cs, dstates, seq_idx=None):
         return db
 
     db = launch_fastest("chunk_state_bwd_db", (Q, p, n, h // g, x.dtype, seq_idx is None), b * l,
-                        reduction_candidates(Q, h // g), launch)
+                        for_dtype(reduction_candidates(Q, h // g), x.dtype), launch)
     return db.sum(0)[:, :l]
