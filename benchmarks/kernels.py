@@ -103,16 +103,23 @@ def ms_or_error(fn, device) -> float | str:
         return f"failed: {type(exc).__name__}"
 
 
-def grad_errors(fn, truth, inputs) -> list[float]:
-    """Relative error of each input's gradient through fn against truth's on float64 copies of the inputs,
-    for one fixed random output gradient (the inputs that require one, in order)."""
-    wanted = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
-    out = fn(*inputs)
-    dy = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(out.device)
+def errors_vs_float64(truth, inputs, fns) -> list[tuple[float, list[float]]]:
+    """For each fn: the relative error of its output, and of each input's gradient (the inputs that require
+    one, in order) for one fixed random output gradient, against truth on float64 copies of the inputs
+    (computed once for all fns)."""
     exact = [t.detach().double().requires_grad_(t.requires_grad) for t in inputs]
-    true_grads = torch.autograd.grad(truth(*exact), [t for t in exact if t.requires_grad], dy.double())
-    grads = torch.autograd.grad(out, wanted, dy.to(out.dtype))
-    return [rel(g, t) for g, t in zip(grads, true_grads)]
+    true_out = truth(*exact)
+    dy = torch.randn(true_out.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    dy = dy.to(true_out.device)
+    true_grads = torch.autograd.grad(true_out, [t for t in exact if t.requires_grad], dy)
+    true_out = true_out.detach()
+    wanted = [t for t in inputs if t.requires_grad]
+    results = []
+    for fn in fns:
+        out = fn(*inputs)
+        grads = torch.autograd.grad(out, wanted, dy.to(out.dtype))
+        results.append((rel(out.detach(), true_out), [rel(g, t) for g, t in zip(grads, true_grads)]))
+    return results
 
 
 # ---- the ops: (name, triton fn, reference fn, inputs, float64 truth of the inputs, bytes or flops) ------------
@@ -212,14 +219,10 @@ def main():
     for op, fast, ref, inputs, truth, (unit, amount) in op_cases(s, device, dtype):
         if args.ops and op.split()[0] not in args.ops:
             continue
-        with torch.no_grad():
-            true_out = truth(*(t.double() for t in inputs))
-            errors = {"triton": rel(fast(*inputs), true_out), "eager": rel(ref(*inputs), true_out)}
-        worst = {}
-        for impl, fn in (("triton", fast), ("eager", ref)):
-            name, err = max(zip(GRAD_NAMES[op.split()[0]], grad_errors(fn, truth, inputs)), key=lambda ne: ne[1])
-            worst[impl] = f"{name} {err:.1e}"
-        del true_out
+        errors, worst = {}, {}
+        for impl, (out_err, grad_errs) in zip(("triton", "eager"), errors_vs_float64(truth, inputs, (fast, ref))):
+            name, err = max(zip(GRAD_NAMES[op.split()[0]], grad_errs), key=lambda ne: ne[1])
+            errors[impl], worst[impl] = out_err, f"{name} {err:.1e}"
         impls = {"triton": fast, "eager": ref}
         if not args.no_compile and (c := compiled(ref, device)) is not None:
             impls["compile"] = c

@@ -46,9 +46,10 @@ class Isotropic(nn.Module):
         With a cache (a list from `allocate_inference_cache`), the layers' states are written into it (prefill).
         """
         n = x.shape[1]
-        padded = cu_seqlens is not None and self._buckets(x)
+        length = bucketed_length(n) if cu_seqlens is not None and self._buckets(x) else n
+        padded = length > n
         if padded:
-            x, cu_seqlens = pad_packed(x, cu_seqlens, bucketed_length(n))
+            x, cu_seqlens = pad_packed(x, cu_seqlens, length)
         seq_idx = max_seqlen = None
         if cu_seqlens is not None:
             seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, x.shape[1])
