@@ -27,7 +27,7 @@ from hnet.ops.triton import ema as triton_ema  # noqa: E402
 from hnet.ops.triton import norm as triton_norm  # noqa: E402
 from hnet.ops.triton import ssd as triton_ssd  # noqa: E402
 from hnet.ops.triton.ssd.chunk_cumsum import chunk_cumsum, chunk_cumsum_bwd  # noqa: E402
-from hnet.ops.triton.ssd.chunk_scan import chunk_scan_bwd_dc, chunk_scan_bwd_dx  # noqa: E402
+from hnet.ops.triton.ssd.chunk_scan import chunk_scan_bwd_dc, chunk_scan_bwd_dcb, chunk_scan_bwd_dx  # noqa: E402
 from hnet.ops.triton.ssd.chunk_state import (  # noqa: E402
     chunk_cb,
     chunk_state,
@@ -286,32 +286,41 @@ def test_ssd_backward_steps():
     assert rel(dstates, dS_out) < 1e-5 and rel(dinit, grad) < 1e-5
     assert rel(ds_carry_fast, ds_carry.transpose(1, 2)) < 1e-5
 
-    # dx, dD and ddt's direct part: through the chunk's added state and the quadratic form.
-    dScores = dY @ X.transpose(-1, -2)  # (b, c, h, Q_i, Q_j)
+    # dx, dD and ddt's part through the chunk's added state.
     U = Bh @ dS_out.transpose(-1, -2)
     dX = (W * dtc)[..., None] * U + (GL * dtc[..., None, :]).transpose(-1, -2) @ dY + D[:, None, None] * dY
-    ddt_part = W * (X * U).sum(-1) + (dScores * GL).sum(-2)
-    dx, ddt_part_fast, dD, ds_state_fast = chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dS_out, D, seq_idx)
+    ddt_state = W * (X * U).sum(-1)
+    dx, ddt_state_fast, dD, ds_state_fast = chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dS_out, D, seq_idx)
     assert rel(dx, unchunked(dX)) < 1e-5 and rel(dD, (dy * x).sum((0, 1, 3))) < 1e-5
-    assert rel(ddt_part_fast, ddt_part.transpose(1, 2)) < 1e-5
+    assert rel(ddt_state_fast, ddt_state.transpose(1, 2)) < 1e-5
     # <dS_out, states> summed step by step: sum_j dt_j W_j (x_j . U_j), the state part of ddt times dt.
     assert rel(ds_state_fast, ds_state.transpose(1, 2)) < 1e-5
-    assert rel(ds_state_fast, (dtc * W * (X * U).sum(-1)).sum(-1).transpose(1, 2)) < 1e-5
+    assert rel(ds_state_fast, (dtc * ddt_state).sum(-1).transpose(1, 2)) < 1e-5
 
-    # dC and the gradient of y's rows on their cumulative sums; dB.
+    # The gradient on C.B summed over each group's heads, and the within-chunk parts of ds and ddt.
+    dScores = dY @ X.transpose(-1, -2)  # (b, c, h, Q_i, Q_j)
     dG = dScores * L * dtc[..., None, :]
+    dcb, ds_within, ddt_within = chunk_scan_bwd_dcb(x, dy, cb, dt_chunked, cs, seq_idx)
+    expected_dcb = dG.view(b, c, g, h // g, Q, Q).sum(3)
+    assert rel(dcb.float().tril(), expected_dcb) < 1e-5
+    assert rel(ds_within, (dG * G).sum(-1).transpose(1, 2)) < 1e-5
+    assert rel(ddt_within, (dScores * GL).sum(-2).transpose(1, 2)) < 1e-5
+
+    # dC with y's gradient on its rows' cumulative sums through the entering state; dB.
     dC_state = E[..., None] * (dY @ states_in)
-    ds_row = (dC_state * Ch).sum(-1) + (dG * G).sum(-1)
-    dC, ds_row_fast = chunk_scan_bwd_dc(x, B, C, dy, cb, dt_chunked, cs, states_in, seq_idx)
-    assert rel(dC, per_group(dC_state + dG @ Bh)) < 1e-5 and rel(ds_row_fast, ds_row.transpose(1, 2)) < 1e-5
-    dB = chunk_state_bwd_db(x, C, dy, dt_chunked, cs, dS_out, seq_idx)
+    dC, ds_entering = chunk_scan_bwd_dc(B, C, dy, dcb, cs, states_in, seq_idx)
+    assert rel(dC, per_group(dC_state + dG @ Bh)) < 1e-5
+    assert rel(ds_entering, (dC_state * Ch).sum(-1).transpose(1, 2)) < 1e-5
+    dB = chunk_state_bwd_db(x, C, dcb, dt_chunked, cs, dS_out, seq_idx)
     assert rel(dB, per_group((W * dtc)[..., None] * (X @ dS_out) + dG.transpose(-1, -2) @ Ch)) < 1e-5
 
     # Through the cumulative sums into ddt and dA.
+    ds_row, ddt_part = (dC_state * Ch).sum(-1) + (dG * G).sum(-1), ddt_state + (dScores * GL).sum(-2)
     ds = ds_row - dtc * ddt_part
     ds[..., -1] += ds_carry + ds_state
     d_dtA = ds.flip(-1).cumsum(-1).flip(-1)
-    ddt, dA = chunk_cumsum_bwd(ds_row_fast, ddt_part_fast, dt_chunked, ds_carry_fast + ds_state_fast, A, l)
+    ddt, dA = chunk_cumsum_bwd(ds_within + ds_entering, ddt_state_fast + ddt_within, dt_chunked,
+                               ds_carry_fast + ds_state_fast, A, l)
     expected_ddt = (ddt_part + d_dtA * A[None, None, :, None]).permute(0, 1, 3, 2).reshape(b, c * Q, h)[:, :l]
     assert rel(ddt, expected_ddt) < 1e-5 and rel(dA, (d_dtA * dtc).sum((0, 1, 3))) < 1e-5
 
@@ -400,8 +409,8 @@ def test_every_launch_candidate(monkeypatch):
             assert rel(y_fast, y_ref) < TOL[dtype], f"candidate {pick}"
             check_grads(y_fast, fast, y_ref, ref, TOL[dtype], ["x", "weight", "bias"])
         pick += 1
-    # 8 launchers (chunk_state serves two), each with more than one layout; both conv backward variants ran.
-    assert len(counts) == 8 and min(counts.values()) > 1
+    # 9 launchers (chunk_state serves two), each with more than one layout; both conv backward variants ran.
+    assert len(counts) == 9 and min(counts.values()) > 1
     assert {c.get("two_pass", False) for c in triton_conv1d.BWD_CANDIDATES} == {True, False}
 
 

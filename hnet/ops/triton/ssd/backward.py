@@ -8,8 +8,11 @@ The steps, each a kernel next to the forward kernel it inverts:
  1. recompute dt, s, the chunk states, the entering states and C.B with the forward kernels;
  2. dS_in from y: sum_i E_i dy_i^T C_i (chunk_state weighted from the chunk's start);
  3. the state recurrence backwards (state_passing_bwd), turning it into dS_out in place;
- 4. dx, dD and ddt's direct part (chunk_scan_bwd_dx), dC and y's row-wise ds (chunk_scan_bwd_dc),
-    dB (chunk_state_bwd_db): the (Q, Q) blocks are rebuilt in registers, never stored;
+ 4. dx, dD and ddt's part through the added state (chunk_scan_bwd_dx); the gradient on C.B summed over
+    each group's heads, with the within-chunk parts of ds and ddt (chunk_scan_bwd_dcb); from it, with the
+    entering and leaving states' terms, dC (chunk_scan_bwd_dc) and dB (chunk_state_bwd_db). The decayed
+    (Q, Q) blocks are rebuilt in registers; only dCB, one per group, is stored, so that the products with
+    B and C (n wide) are paid once per group, not once per head;
  5. ds through the cumulative sum into ddt and dA (chunk_cumsum_bwd).
 Every exp(s_i - s_j) contributes +t to ds_i and -t to ds_j with t_j = dt_j x (its part of ddt_j), so ds
 needs only the per-row sums of step 4, ddt's direct part and, at each chunk's last step, the carry's part
@@ -21,7 +24,7 @@ cumulative sums carry into dA, 3-7% of it at 8 x 8192 on the GPU).
 from __future__ import annotations
 
 from hnet.ops.triton.ssd.chunk_cumsum import chunk_cumsum, chunk_cumsum_bwd
-from hnet.ops.triton.ssd.chunk_scan import chunk_scan_bwd_dc, chunk_scan_bwd_dx
+from hnet.ops.triton.ssd.chunk_scan import chunk_scan_bwd_dc, chunk_scan_bwd_dcb, chunk_scan_bwd_dx
 from hnet.ops.triton.ssd.chunk_state import chunk_cb, chunk_state, chunk_state_bwd_db, state_grad_from_output
 from hnet.ops.triton.ssd.state_passing import state_passing, state_passing_bwd
 
@@ -39,8 +42,9 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, D, initial_state, seq_idx, chunk_si
     dstates = state_grad_from_output(dy, C, cs, seq_idx)
     dinit, ds_carry = state_passing_bwd(dstates, states_in, cs, dfinal, seq_idx,
                                         has_initial_state=initial_state is not None)
-    dx, ddt_part, dD, ds_state = chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D, seq_idx)
-    dC, ds = chunk_scan_bwd_dc(x, B, C, dy, cb, dt_chunked, cs, states_in, seq_idx)
-    dB = chunk_state_bwd_db(x, C, dy, dt_chunked, cs, dstates, seq_idx)
-    ddt, dA = chunk_cumsum_bwd(ds, ddt_part, dt_chunked, ds_carry + ds_state, A, l)
+    dx, ddt_state, dD, ds_state = chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D, seq_idx)
+    dcb, ds_row, ddt_col = chunk_scan_bwd_dcb(x, dy, cb, dt_chunked, cs, seq_idx)
+    dC, ds_entering = chunk_scan_bwd_dc(B, C, dy, dcb, cs, states_in, seq_idx)
+    dB = chunk_state_bwd_db(x, C, dcb, dt_chunked, cs, dstates, seq_idx)
+    ddt, dA = chunk_cumsum_bwd(ds_row + ds_entering, ddt_state + ddt_col, dt_chunked, ds_carry + ds_state, A, l)
     return dx, ddt, dA, dB, dC, dD, dinit

@@ -104,7 +104,7 @@ def _chunk_scan_bwd_dx(X, B, DY, CB, DT, CS, SEQ, DSTATES, D, DX, DDT, DD, DS_ST
                        BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     """For a block of steps j of one head, with U_j = B_j dS_out^T and P_ji = (C_i . B_j) exp(cs_i - cs_j) M_ij:
         dx_j  = W_j dt_j U_j + sum_{i >= j} P_ji dt_j dy_i + D dy_j
-        ddt_j = W_j (x_j . U_j) + sum_{i >= j} P_ji (dy_i . x_j)       (before the cumulative-sum term)
+        ddt_j = W_j (x_j . U_j)        (the state's part; the within-chunk part comes from _chunk_scan_bwd_dcb)
     and the partial sums of dy_j . x_j for dD and of dt_j W_j (x_j . U_j), the gradient on the chunk's last
     cumulative sum through the state it adds. W_j is the decay weight of that state."""
     j0 = tl.program_id(0) * BLOCK_M
@@ -153,41 +153,82 @@ def _chunk_scan_bwd_dx(X, B, DY, CB, DT, CS, SEQ, DSTATES, D, DX, DDT, DD, DS_ST
         dyi = tl.load(DY + b * sdb + ti[:, None] * sdl + hd * sdh + pp[None, :] * sdp,
                       mask=(ti < l)[:, None] & p_live[None, :], other=0.0)  # (M_i, P)
         acc += mm((pt * dt_j[:, None]).to(lowp), dyi, IEEE)
-        ddt += tl.sum(mm(xj, tl.trans(dyi), IEEE) * pt, axis=1)
     tl.store(DX + b * sob + tj[:, None] * sol + hd * soh + pp[None, :] * sop, acc, mask=xj_live)
     tl.store(DDT + chunk_base + j, ddt)
 
 
+@triton.jit(do_not_specialize=["l", "n_chunks", "slot", "s_seq"])
+def _chunk_scan_bwd_dcb(X, DY, CB, DT, CS, SEQ, DCB, DS_ROW, DDT_COL, l, h, n_chunks, p_dim, heads_per_group,
+                        slot, sxb, sxl, sxh, sxp, sdb, sdl, sdh, sdp, s_seq,
+                        Q: tl.constexpr, HAS_SEQ: tl.constexpr, IEEE: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr):
+    """For a (BLOCK_M, BLOCK_M) block of rows i and columns j of a chunk at or below its diagonal, over the
+    group's heads, with Z_ij = (dy_i . x_j) exp(cs_i - cs_j) M_ij per head:
+        dCB_ij = sum_heads Z_ij dt_j       (the gradient on C_i . B_j, summed here once for dC and dB)
+        ds_i  += Z_ij dt_j CB_ij over j    (y's rows on their cumulative sums: this block's share, per head)
+        ddt_j += Z_ij CB_ij over i         (ddt's within-chunk part: this block's share, per head)
+    The shares go to slot j // BLOCK_M of DS_ROW and i // BLOCK_M of DDT_COL, each slot (b, h, c, Q) (zeroed:
+    blocks above the diagonal have none)."""
+    n_blocks = Q // BLOCK_M
+    bi, bj = tl.program_id(0) // n_blocks, tl.program_id(0) % n_blocks
+    if bj <= bi:
+        i = bi * BLOCK_M + tl.arange(0, BLOCK_M)
+        j = bj * BLOCK_M + tl.arange(0, BLOCK_M)
+        b, c, grp = tl.program_id(1) // n_chunks, tl.program_id(1) % n_chunks, tl.program_id(2)
+        ti, tj = c * Q + i, c * Q + j
+        pp = tl.arange(0, BLOCK_P)
+        p_live = pp < p_dim
+        keep = j[None, :] <= i[:, None]
+        if HAS_SEQ:
+            seq_i = tl.load(SEQ + b * s_seq + ti, mask=ti < l, other=-1)
+            keep &= tl.load(SEQ + b * s_seq + tj, mask=tj < l, other=-2)[None, :] == seq_i[:, None]
+        cb = tl.load(CB + ((b * n_chunks + c) * tl.num_programs(2) + grp) * Q * Q + i[:, None] * Q + j[None, :])
+        acc = tl.zeros([BLOCK_M, BLOCK_M], dtype=tl.float32)
+        for k in range(heads_per_group):
+            hd = grp * heads_per_group + k
+            chunk_base = ((b * h + hd) * n_chunks + c) * Q
+            cs_i, cs_j, dt_j = tl.load(CS + chunk_base + i), tl.load(CS + chunk_base + j), tl.load(DT + chunk_base + j)
+            decay = tl.where(keep, tl.exp(tl.where(keep, cs_i[:, None] - cs_j[None, :], 0.0)), 0.0)
+            dyi = tl.load(DY + b * sdb + ti[:, None] * sdl + hd * sdh + pp[None, :] * sdp,
+                          mask=(ti < l)[:, None] & p_live[None, :], other=0.0)  # (M_i, P)
+            xt = tl.load(X + b * sxb + tj[None, :] * sxl + hd * sxh + pp[:, None] * sxp,
+                         mask=(tj < l)[None, :] & p_live[:, None], other=0.0)  # (P, M_j)
+            z = mm(dyi, xt, IEEE) * decay
+            zdt = z * dt_j[None, :]
+            acc += zdt
+            tl.store(DS_ROW + bj * slot + chunk_base + i, tl.sum(zdt * cb, axis=1))
+            tl.store(DDT_COL + bi * slot + chunk_base + j, tl.sum(z * cb, axis=0))
+        tl.store(DCB + ((b * n_chunks + c) * tl.num_programs(2) + grp) * Q * Q + i[:, None] * Q + j[None, :],
+                 acc.to(DCB.dtype.element_ty))
+
+
 @triton.jit(do_not_specialize=["l", "n_chunks", "s_seq"])
-def _chunk_scan_bwd_dc(X, B, C, DY, CB, DT, CS, SEQ, STATES_IN, DC, DS, l, h, g, n_chunks, p_dim, n_dim,
-                       heads_per_group, heads_per_program, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn,
-                       scb, scl, scg, scn, sdb, sdl, sdh, sdp, s_seq,
+def _chunk_scan_bwd_dc(B, C, DY, DCB, CS, SEQ, STATES_IN, DC, DS, l, h, g, n_chunks, p_dim, n_dim,
+                       heads_per_group, heads_per_program, sbb, sbl, sbg, sbn, scb, scl, scg, scn,
+                       sdb, sdl, sdh, sdp, s_seq,
                        Q: tl.constexpr, HAS_SEQ: tl.constexpr, IEEE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     """For a block of steps i, summed over a run of the group's heads (one partial sum per run):
-        dC_i = E_i dy_i states_in + sum_{j <= i} dG_ij B_j,   dG_ij = (dy_i . x_j) exp(cs_i - cs_j) dt_j M_ij,
-    E_i = exp(cs_i) [i in the entering sequence]; and per head the gradient that y_i puts on cs_i through
-    its own decays, ds_i = C_i . (E_i dy_i states_in) + sum_j dG_ij (C_i . B_j)."""
+        dC_i = sum_heads E_i dy_i states_in + sum_{j <= i} dCB_ij B_j   (the second term in run 0 only),
+    E_i = exp(cs_i) [i in the entering sequence]; and per head the part of the gradient that y_i puts on
+    cs_i through the entering state, C_i . (E_i dy_i states_in)."""
     i0 = tl.program_id(0) * BLOCK_M
     i = i0 + tl.arange(0, BLOCK_M)
     b, c = tl.program_id(1) // n_chunks, tl.program_id(1) % n_chunks
     grp, run = tl.program_id(2) % g, tl.program_id(2) // g
-    lowp = X.dtype.element_ty
+    lowp = DY.dtype.element_ty
     ti = c * Q + i
     pp, nn = tl.arange(0, BLOCK_P), tl.arange(0, BLOCK_N)
     p_live, n_live = pp < p_dim, nn < n_dim
     ci = tl.load(C + b * scb + ti[:, None] * scl + grp * scg + nn[None, :] * scn,
                  mask=(ti < l)[:, None] & n_live[None, :], other=0.0)  # (M, N)
     if HAS_SEQ:
-        seq_i = tl.load(SEQ + b * s_seq + ti, mask=ti < l, other=-1)
-        entering = seq_i == tl.load(SEQ + b * s_seq + tl.maximum(c * Q - 1, 0))
-    cb_base = ((b * n_chunks + c) * g + grp) * Q * Q
+        entering = tl.load(SEQ + b * s_seq + ti, mask=ti < l, other=-1) == tl.load(SEQ + b * s_seq + tl.maximum(c * Q - 1, 0))
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k in range(heads_per_program):
         hd = grp * heads_per_group + run * heads_per_program + k
         chunk_base = ((b * h + hd) * n_chunks + c) * Q
-        cs_i = tl.load(CS + chunk_base + i)
-        e = tl.exp(cs_i)
+        e = tl.exp(tl.load(CS + chunk_base + i))
         if HAS_SEQ:
             e = tl.where(entering, e, 0.0)
         dyi = tl.load(DY + b * sdb + ti[:, None] * sdl + hd * sdh + pp[None, :] * sdp,
@@ -195,24 +236,17 @@ def _chunk_scan_bwd_dc(X, B, C, DY, CB, DT, CS, SEQ, STATES_IN, DC, DS, l, h, g,
         s_in = tl.load(STATES_IN + (((b * n_chunks + c) * h + hd) * p_dim + pp[:, None]) * n_dim + nn[None, :],
                        mask=p_live[:, None] & n_live[None, :], other=0.0)  # (P, N)
         dc_state = mm(dyi, s_in.to(lowp), IEEE) * e[:, None]
-        ds = tl.sum(dc_state * ci.to(tl.float32), axis=1)
+        tl.store(DS + chunk_base + i, tl.sum(dc_state * ci.to(tl.float32), axis=1))
         acc += dc_state
+    if run == 0:
+        dcb_base = ((b * n_chunks + c) * g + grp) * Q * Q
         for j0 in range(0, i0 + BLOCK_M, BLOCK_M):  # blocks of steps j up to the diagonal
             j = j0 + tl.arange(0, BLOCK_M)
             tj = c * Q + j
-            keep = j[None, :] <= i[:, None]
-            if HAS_SEQ:
-                keep &= tl.load(SEQ + b * s_seq + tj, mask=tj < l, other=-2)[None, :] == seq_i[:, None]
-            cs_j, dt_j = tl.load(CS + chunk_base + j), tl.load(DT + chunk_base + j)
-            decay = tl.where(keep, tl.exp(tl.where(keep, cs_i[:, None] - cs_j[None, :], 0.0)), 0.0)
-            xt = tl.load(X + b * sxb + tj[None, :] * sxl + hd * sxh + pp[:, None] * sxp,
-                         mask=(tj < l)[None, :] & p_live[:, None], other=0.0)  # (P, M_j)
-            dg = mm(dyi, xt, IEEE) * decay * dt_j[None, :]
-            ds += tl.sum(dg * tl.load(CB + cb_base + i[:, None] * Q + j[None, :]), axis=1)
+            dcb = tl.load(DCB + dcb_base + i[:, None] * Q + j[None, :], mask=j[None, :] <= i[:, None], other=0.0)
             bj = tl.load(B + b * sbb + tj[:, None] * sbl + grp * sbg + nn[None, :] * sbn,
                          mask=(tj < l)[:, None] & n_live[None, :], other=0.0)  # (M_j, N)
-            acc += mm(dg.to(lowp), bj, IEEE)
-        tl.store(DS + chunk_base + i, ds)
+            acc += mm(dcb, bj, IEEE)
     out = DC + (((run * tl.num_programs(1) + tl.program_id(1)) * Q + i[:, None]) * g + grp) * n_dim + nn[None, :]
     tl.store(out, acc, mask=n_live[None, :])
 
@@ -245,23 +279,50 @@ def chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D=None, seq_idx=Non
     return dx, ddt, dd.sum(0) if D is not None else None, ds_state.sum(0).permute(0, 2, 1)
 
 
-def chunk_scan_bwd_dc(x, B, C, dy, cb, dt_chunked, cs, states_in, seq_idx=None):
-    """(dC (b, l, g, n) float32, ds (b, h, c, Q) float32: y's gradient on the cumulative sums, per row)."""
+def chunk_scan_bwd_dcb(x, dy, cb, dt_chunked, cs, seq_idx=None):
+    """(dCB (b, c, g, Q, Q) in x's dtype, written at and below the diagonal only (its readers mask j > i);
+    ds_row and ddt_col (b, h, c, Q) float32: the within-chunk parts of y's gradient on its rows' cumulative
+    sums and of ddt)."""
     b, l, h, p = x.shape
+    g = cb.shape[2]
+    n_chunks, Q = cs.shape[2], cs.shape[3]
+    dcb = torch.empty(b, n_chunks, g, Q, Q, device=x.device, dtype=x.dtype)
+
+    def launch(block_m, **launch_options):  # -> the per-block shares of ds_row and ddt_col
+        shares = torch.zeros(2, Q // block_m, *cs.shape, device=x.device, dtype=torch.float32)
+        _chunk_scan_bwd_dcb[((Q // block_m) ** 2, b * n_chunks, g)](
+            x, dy, cb, dt_chunked, cs, seq_idx, dcb, shares[0], shares[1], l, h, n_chunks, p, h // g, cs.numel(),
+            *x.stride(), *dy.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
+            Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32,
+            BLOCK_M=block_m, BLOCK_P=dot_block(p, p), **launch_options)
+        return shares
+
+    candidates = [dict(block_m=min(64, Q), num_warps=4)] + [
+        dict(block_m=m, num_warps=w, num_stages=s) for m in (32, 64, 128) for w, s in ((4, 2), (8, 2)) if m <= Q]
+    shares = launch_fastest("chunk_scan_bwd_dcb", (Q, p, h // g, x.dtype, seq_idx is None), b * l,
+                            for_dtype(candidates, x.dtype), launch)
+    ds_row, ddt_col = shares.sum(1)
+    return dcb, ds_row, ddt_col
+
+
+def chunk_scan_bwd_dc(B, C, dy, dcb, cs, states_in, seq_idx=None):
+    """(dC (b, l, g, n) float32, ds (b, h, c, Q) float32: y's gradient on its rows' cumulative sums through the
+    entering state) given dCB from chunk_scan_bwd_dcb."""
+    b, l, h, p = dy.shape
     g, n = C.shape[2], C.shape[3]
     n_chunks, Q = cs.shape[2], cs.shape[3]
     ds = torch.empty_like(cs)
 
     def launch(block_m, runs, **launch_options):  # -> dC's partial sums, one per run of heads
-        dc = torch.empty(runs, b, n_chunks * Q, g, n, device=x.device, dtype=torch.float32)
+        dc = torch.empty(runs, b, n_chunks * Q, g, n, device=dy.device, dtype=torch.float32)
         _chunk_scan_bwd_dc[(Q // block_m, b * n_chunks, g * runs)](
-            x, B, C, dy, cb, dt_chunked, cs, seq_idx, states_in, dc, ds, l, h, g, n_chunks, p, n,
-            h // g, h // g // runs, *x.stride(), *B.stride(), *C.stride(), *dy.stride(),
+            B, C, dy, dcb, cs, seq_idx, states_in, dc, ds, l, h, g, n_chunks, p, n,
+            h // g, h // g // runs, *B.stride(), *C.stride(), *dy.stride(),
             seq_idx.stride(0) if seq_idx is not None else 0,
-            Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32,
+            Q=Q, HAS_SEQ=seq_idx is not None, IEEE=dy.dtype == torch.float32,
             BLOCK_M=block_m, BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), **launch_options)
         return dc
 
-    dc = launch_fastest("chunk_scan_bwd_dc", (Q, p, n, h // g, x.dtype, seq_idx is None), b * l,
-                        for_dtype(reduction_candidates(Q, h // g), x.dtype), launch)
+    dc = launch_fastest("chunk_scan_bwd_dc", (Q, p, n, h // g, dy.dtype, seq_idx is None), b * l,
+                        for_dtype(reduction_candidates(Q, h // g), dy.dtype), launch)
     return dc.sum(0)[:, :l], ds

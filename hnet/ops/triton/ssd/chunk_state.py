@@ -90,14 +90,14 @@ def _chunk_cb(B, C, CB, l, g, n_chunks, n_dim, sbb, sbl, sbg, sbn, scb, scl, scg
 
 
 @triton.jit(do_not_specialize=["l", "n_chunks", "s_seq"])
-def _chunk_state_bwd_db(X, C, DY, DT, CS, SEQ, DSTATES, DB, l, h, g, n_chunks, p_dim, n_dim,
-                        heads_per_group, heads_per_program,
-                        sxb, sxl, sxh, sxp, scb, scl, scg, scn, sdb, sdl, sdh, sdp, s_seq,
+def _chunk_state_bwd_db(X, C, DCB, DT, CS, SEQ, DSTATES, DB, l, h, g, n_chunks, p_dim, n_dim,
+                        heads_per_group, heads_per_program, sxb, sxl, sxh, sxp, scb, scl, scg, scn, s_seq,
                         Q: tl.constexpr, HAS_SEQ: tl.constexpr, IEEE: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     """dB_j for a block of steps j, summed over a run of the group's heads (one partial sum per run):
-        dB_j = W_j dt_j x_j dS_out + sum_{i >= j} dG_ij C_i,   dG_ij = (dy_i . x_j) exp(cs_i - cs_j) dt_j M_ij,
-    with dS_out the gradient of the state leaving the chunk and W_j its decay weight (see _chunk_state)."""
+        dB_j = sum_heads W_j dt_j x_j dS_out + sum_{i >= j} dCB_ij C_i   (the second term in run 0 only),
+    with dS_out the gradient of the state leaving the chunk, W_j its decay weight (see _chunk_state) and
+    dCB from chunk_scan_bwd_dcb."""
     j0 = tl.program_id(0) * BLOCK_M
     j = j0 + tl.arange(0, BLOCK_M)
     b, c = tl.program_id(1) // n_chunks, tl.program_id(1) % n_chunks
@@ -107,35 +107,29 @@ def _chunk_state_bwd_db(X, C, DY, DT, CS, SEQ, DSTATES, DB, l, h, g, n_chunks, p
     pp, nn = tl.arange(0, BLOCK_P), tl.arange(0, BLOCK_N)
     p_live, n_live = pp < p_dim, nn < n_dim
     if HAS_SEQ:
-        seq_j = tl.load(SEQ + b * s_seq + tj, mask=tj < l, other=-1)
-        seq_last = tl.load(SEQ + b * s_seq + tl.minimum(c * Q + Q - 1, l - 1))
+        in_last = tl.load(SEQ + b * s_seq + tj, mask=tj < l, other=-1) == tl.load(SEQ + b * s_seq + tl.minimum(c * Q + Q - 1, l - 1))
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k in range(heads_per_program):
         hd = grp * heads_per_group + run * heads_per_program + k
         chunk_base = ((b * h + hd) * n_chunks + c) * Q
-        cs_j, dt_j = tl.load(CS + chunk_base + j), tl.load(DT + chunk_base + j)
-        w = tl.exp(tl.load(CS + chunk_base + Q - 1) - cs_j) * dt_j
+        w = tl.exp(tl.load(CS + chunk_base + Q - 1) - tl.load(CS + chunk_base + j)) * tl.load(DT + chunk_base + j)
         if HAS_SEQ:
-            w = tl.where(seq_j == seq_last, w, 0.0)
+            w = tl.where(in_last, w, 0.0)
         xj = tl.load(X + b * sxb + tj[:, None] * sxl + hd * sxh + pp[None, :] * sxp,
                      mask=(tj < l)[:, None] & p_live[None, :], other=0.0)  # (M, P)
         ds_out = tl.load(DSTATES + (((b * n_chunks + c) * h + hd) * p_dim + pp[:, None]) * n_dim + nn[None, :],
                          mask=p_live[:, None] & n_live[None, :], other=0.0)  # (P, N)
         acc += w[:, None] * mm(xj, ds_out.to(lowp), IEEE)
+    if run == 0:
+        dcb_base = ((b * n_chunks + c) * g + grp) * Q * Q
         for i0 in range(j0, Q, BLOCK_M):  # blocks of steps i at and below the diagonal
             i = i0 + tl.arange(0, BLOCK_M)
             ti = c * Q + i
-            keep = i[None, :] >= j[:, None]
-            if HAS_SEQ:
-                keep &= tl.load(SEQ + b * s_seq + ti, mask=ti < l, other=-2)[None, :] == seq_j[:, None]
-            cs_i = tl.load(CS + chunk_base + i)
-            decay = tl.where(keep, tl.exp(tl.where(keep, cs_i[None, :] - cs_j[:, None], 0.0)), 0.0)  # (M_j, M_i)
-            dyt = tl.load(DY + b * sdb + ti[None, :] * sdl + hd * sdh + pp[:, None] * sdp,
-                          mask=(ti < l)[None, :] & p_live[:, None], other=0.0)  # (P, M_i)
-            dg = mm(xj, dyt, IEEE) * decay * dt_j[:, None]
+            dcb_t = tl.load(DCB + dcb_base + i[None, :] * Q + j[:, None], mask=i[None, :] >= j[:, None],
+                            other=0.0)  # (M_j, M_i)
             ci = tl.load(C + b * scb + ti[:, None] * scl + grp * scg + nn[None, :] * scn,
                          mask=(ti < l)[:, None] & n_live[None, :], other=0.0)  # (M_i, N)
-            acc += mm(dg.to(lowp), ci, IEEE)
+            acc += mm(dcb_t, ci, IEEE)
     out = DB + (((run * tl.num_programs(1) + tl.program_id(1)) * Q + j[:, None]) * g + grp) * n_dim + nn[None, :]
     tl.store(out, acc, mask=n_live[None, :])
 
@@ -205,11 +199,12 @@ def reduction_candidates(Q: int, heads_per_group: int) -> list[dict]:
     stages and how many runs (partial sums) a group's heads are split into."""
     return [dict(block_m=min(64, Q), runs=head_runs(heads_per_group), num_warps=4)] + [
         dict(block_m=m, runs=head_runs(heads_per_group, r), num_warps=w, num_stages=s)
-        for m in (32, 64) for r in (4, 8) for w, s in ((4, 2), (8, 2), (8, 3)) if m <= Q]
+        for m in (32, 64) for r in (1, 4, 8) for w, s in ((4, 2), (8, 2), (8, 3)) if m <= Q]
 
 
-def chunk_state_bwd_db(x, C, dy, dt_chunked, cs, dstates, seq_idx=None):
-    """dB (b, l, g, n) float32 given dS_out (b, c, h, p, n), the gradient of the state each chunk adds."""
+def chunk_state_bwd_db(x, C, dcb, dt_chunked, cs, dstates, seq_idx=None):
+    """dB (b, l, g, n) float32 given dS_out (b, c, h, p, n), the gradient of the state each chunk adds, and dCB
+    from chunk_scan_bwd_dcb."""
     b, l, h, p = x.shape
     g, n = C.shape[2], C.shape[3]
     n_chunks, Q = cs.shape[2], cs.shape[3]
@@ -217,9 +212,8 @@ def chunk_state_bwd_db(x, C, dy, dt_chunked, cs, dstates, seq_idx=None):
     def launch(block_m, runs, **launch_options):  # -> dB's partial sums, one per run of heads
         db = torch.empty(runs, b, n_chunks * Q, g, n, device=x.device, dtype=torch.float32)
         _chunk_state_bwd_db[(Q // block_m, b * n_chunks, g * runs)](
-            x, C, dy, dt_chunked, cs, seq_idx, dstates, db, l, h, g, n_chunks, p, n,
-            h // g, h // g // runs, *x.stride(), *C.stride(), *dy.stride(),
-            seq_idx.stride(0) if seq_idx is not None else 0,
+            x, C, dcb, dt_chunked, cs, seq_idx, dstates, db, l, h, g, n_chunks, p, n,
+            h // g, h // g // runs, *x.stride(), *C.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
             Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32, BLOCK_M=block_m,
             BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), **launch_options)
         return db
