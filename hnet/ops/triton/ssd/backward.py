@@ -4,44 +4,40 @@ same-sequence mask and G = C B^T,
     S_out = x^T diag(W dt) B,                         W_j = exp(s_last - s_j) [j in the last step's sequence]
     S_in(next) = a S_in + S_out,                      a = exp(s_last) [same sequence at both chunk ends]
 
-The steps, each a kernel next to the forward kernel it inverts:
- 1. recompute dt, s, the chunk states, the entering states and C.B with the forward kernels;
- 2. dS_in from y: sum_i E_i dy_i^T C_i (chunk_state weighted from the chunk's start);
- 3. the state recurrence backwards (state_passing_bwd), turning it into dS_out in place;
- 4. dx, dD and ddt's part through the added state (chunk_scan_bwd_dx); the gradient on C.B summed over
+From the forward's dt (chunked), s, entering states and C.B, the steps, each a kernel next to the forward
+kernel it inverts:
+ 1. dS_in from y: sum_i E_i dy_i^T C_i (chunk_state weighted from the chunk's start);
+ 2. the state recurrence backwards (state_passing_bwd), turning it into dS_out in place;
+ 3. dx, dD and ddt's part through the added state (chunk_scan_bwd_dx); the gradient on C.B summed over
     each group's heads, with the within-chunk parts of ds and ddt (chunk_scan_bwd_dcb); from it, with the
     entering and leaving states' terms, dC (chunk_scan_bwd_dc) and dB (chunk_state_bwd_db). The decayed
     (Q, Q) blocks are rebuilt in registers; only dCB, one per group, is stored, so that the products with
     B and C (n wide) are paid once per group, not once per head;
- 5. ds through the cumulative sum into ddt and dA (chunk_cumsum_bwd).
+ 4. ds through the cumulative sum into ddt and dA (chunk_cumsum_bwd).
 Every exp(s_i - s_j) contributes +t to ds_i and -t to ds_j with t_j = dt_j x (its part of ddt_j), so ds
-needs only the per-row sums of step 4, ddt's direct part and, at each chunk's last step, the carry's part
-(step 3) and the added state's (summed by chunk_scan_bwd_dx from the same terms it puts into ddt: with
+needs only the per-row sums of step 3, ddt's direct part and, at each chunk's last step, the carry's part
+(step 2) and the added state's (summed by chunk_scan_bwd_dx from the same terms it puts into ddt: with
 bf16 operands, taking it from the stored chunk states instead left a rounding difference that the
 cumulative sums carry into dA, 3-7% of it at 8 x 8192 on the GPU).
 """
 
 from __future__ import annotations
 
-from hnet.ops.triton.ssd.chunk_cumsum import chunk_cumsum, chunk_cumsum_bwd
+from hnet.ops.triton.ssd.chunk_cumsum import chunk_cumsum_bwd
 from hnet.ops.triton.ssd.chunk_scan import chunk_scan_bwd_dc, chunk_scan_bwd_dcb, chunk_scan_bwd_dx
-from hnet.ops.triton.ssd.chunk_state import chunk_cb, chunk_state, chunk_state_bwd_db, state_grad_from_output
-from hnet.ops.triton.ssd.state_passing import state_passing, state_passing_bwd
+from hnet.ops.triton.ssd.chunk_state import chunk_state_bwd_db, state_grad_from_output
+from hnet.ops.triton.ssd.state_passing import state_passing_bwd
 
 
-def ssd_backward(dy, dfinal, x, dt, A, B, C, D, initial_state, seq_idx, chunk_size):
-    """Gradients (dx, ddt, dA, dB, dC, dD, dinitial_state) of `ssd_chunked`; dy or dfinal may be None."""
+def ssd_backward(dy, dfinal, x, A, B, C, D, seq_idx, saved, has_initial_state):
+    """Gradients (dx, ddt, dA, dB, dC, dD, dinitial_state) of `ssd_chunked` given the forward's saved
+    intermediates (dt_chunked, cs, states_in, cb); dy or dfinal may be None."""
+    dt_chunked, cs, states_in, cb = saved
     l = x.shape[1]
     B, C = B.to(x.dtype), C.to(x.dtype)
     dy = dy.to(x.dtype) if dy is not None else x.new_zeros(x.shape)
-    dt_chunked, cs = chunk_cumsum(dt, A, chunk_size)
-    states = chunk_state(x, B, dt_chunked, cs, seq_idx)
-    states_in, _ = state_passing(states, cs, initial_state, seq_idx)
-    cb = chunk_cb(B, C, chunk_size)
-
     dstates = state_grad_from_output(dy, C, cs, seq_idx)
-    dinit, ds_carry = state_passing_bwd(dstates, states_in, cs, dfinal, seq_idx,
-                                        has_initial_state=initial_state is not None)
+    dinit, ds_carry = state_passing_bwd(dstates, states_in, cs, dfinal, seq_idx, has_initial_state)
     dx, ddt_state, dD, ds_state = chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D, seq_idx)
     dcb, ds_row, ddt_col = chunk_scan_bwd_dcb(x, dy, cb, dt_chunked, cs, seq_idx)
     dC, ds_entering = chunk_scan_bwd_dc(B, C, dy, dcb, cs, states_in, seq_idx)

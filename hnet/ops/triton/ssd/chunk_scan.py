@@ -288,20 +288,19 @@ def chunk_scan_bwd_dcb(x, dy, cb, dt_chunked, cs, seq_idx=None):
     n_chunks, Q = cs.shape[2], cs.shape[3]
     dcb = torch.empty(b, n_chunks, g, Q, Q, device=x.device, dtype=x.dtype)
 
-    def launch(block_m, **launch_options):  # -> the per-block shares of ds_row and ddt_col
+    def launch(block_m, **launch_options):  # -> ds_row and ddt_col, summed over their per-block shares
         shares = torch.zeros(2, Q // block_m, *cs.shape, device=x.device, dtype=torch.float32)
         _chunk_scan_bwd_dcb[((Q // block_m) ** 2, b * n_chunks, g)](
             x, dy, cb, dt_chunked, cs, seq_idx, dcb, shares[0], shares[1], l, h, n_chunks, p, h // g, cs.numel(),
             *x.stride(), *dy.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
             Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32,
             BLOCK_M=block_m, BLOCK_P=dot_block(p, p), **launch_options)
-        return shares
+        return shares.sum(1)
 
     candidates = [dict(block_m=min(64, Q), num_warps=4)] + [
         dict(block_m=m, num_warps=w, num_stages=s) for m in (32, 64, 128) for w, s in ((4, 2), (8, 2)) if m <= Q]
-    shares = launch_fastest("chunk_scan_bwd_dcb", (Q, p, h // g, x.dtype, seq_idx is None), b * l,
-                            for_dtype(candidates, x.dtype), launch)
-    ds_row, ddt_col = shares.sum(1)
+    ds_row, ddt_col = launch_fastest("chunk_scan_bwd_dcb", (Q, p, h // g, x.dtype, seq_idx is None), b * l,
+                                       for_dtype(candidates, x.dtype), launch)
     return dcb, ds_row, ddt_col
 
 
@@ -313,7 +312,7 @@ def chunk_scan_bwd_dc(B, C, dy, dcb, cs, states_in, seq_idx=None):
     n_chunks, Q = cs.shape[2], cs.shape[3]
     ds = torch.empty_like(cs)
 
-    def launch(block_m, runs, **launch_options):  # -> dC's partial sums, one per run of heads
+    def launch(block_m, runs, **launch_options):  # timed with the sum of its partial sums, one per run of heads
         dc = torch.empty(runs, b, n_chunks * Q, g, n, device=dy.device, dtype=torch.float32)
         _chunk_scan_bwd_dc[(Q // block_m, b * n_chunks, g * runs)](
             B, C, dy, dcb, cs, seq_idx, states_in, dc, ds, l, h, g, n_chunks, p, n,
@@ -321,8 +320,8 @@ def chunk_scan_bwd_dc(B, C, dy, dcb, cs, states_in, seq_idx=None):
             seq_idx.stride(0) if seq_idx is not None else 0,
             Q=Q, HAS_SEQ=seq_idx is not None, IEEE=dy.dtype == torch.float32,
             BLOCK_M=block_m, BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), **launch_options)
-        return dc
+        return dc[0] if runs == 1 else dc.sum(0)
 
     dc = launch_fastest("chunk_scan_bwd_dc", (Q, p, n, h // g, dy.dtype, seq_idx is None), b * l,
                         for_dtype(reduction_candidates(Q, h // g), dy.dtype), launch)
-    return dc.sum(0)[:, :l], ds
+    return dc[:, :l], ds

@@ -209,15 +209,15 @@ def chunk_state_bwd_db(x, C, dcb, dt_chunked, cs, dstates, seq_idx=None):
     g, n = C.shape[2], C.shape[3]
     n_chunks, Q = cs.shape[2], cs.shape[3]
 
-    def launch(block_m, runs, **launch_options):  # -> dB's partial sums, one per run of heads
+    def launch(block_m, runs, **launch_options):  # timed with the sum of its partial sums, one per run of heads
         db = torch.empty(runs, b, n_chunks * Q, g, n, device=x.device, dtype=torch.float32)
         _chunk_state_bwd_db[(Q // block_m, b * n_chunks, g * runs)](
             x, C, dcb, dt_chunked, cs, seq_idx, dstates, db, l, h, g, n_chunks, p, n,
             h // g, h // g // runs, *x.stride(), *C.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
             Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32, BLOCK_M=block_m,
             BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), **launch_options)
-        return db
+        return db[0] if runs == 1 else db.sum(0)
 
     db = launch_fastest("chunk_state_bwd_db", (Q, p, n, h // g, x.dtype, seq_idx is None), b * l,
                         for_dtype(reduction_candidates(Q, h // g), x.dtype), launch)
-    return db.sum(0)[:, :l]
+    return db[:, :l]
