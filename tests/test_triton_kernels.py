@@ -366,6 +366,31 @@ def test_ssd_chunked(case, dtype):
             assert err < TOL[dtype], f"d{name}: rel err {err:.2e} vs float64"
 
 
+def test_ssd_steep_decay():
+    """Decays that underflow float32 within a block (cs falls by several hundred across a chunk): the kernels
+    split exp(cs_i - cs_j) into a row and a column factor off the diagonal, which must not overflow, turn
+    0 x inf into NaN, or lose what the product keeps. Against the float64 recurrence, held to twice the
+    float32 reference's own error where that is larger; dA, four sums that cancel more as the decay
+    steepens, to 1e-3 (the kernels before the split reached 9.6e-4 too, on other dy)."""
+    x, dt, A, B, C, D, s0, seq_idx = ssd_inputs(1, 200, 4, 8, 1, 16, torch.float32, packed=True, init=True)
+    A = A * 20
+    assert torch.cumsum(dt[0, :128] * A, 0)[-1].max().item() < -300
+    inputs = (x, dt, A, B, C, D, s0)
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    results = []
+    for fn, dtype in ((lambda *t: triton_ssd.ssd_chunked(*t[:5], 128, *t[5:], seq_idx=seq_idx), torch.float32),
+                      (lambda *t: ssd_chunked(*t[:5], 128, *t[5:], seq_idx=seq_idx), torch.float32),
+                      (lambda *t: ssd_sequential(*t, seq_idx=seq_idx)[0], torch.float64)):
+        t = leaves(*(v.to(dtype) for v in inputs))
+        y = fn(*t)
+        results.append((y, torch.autograd.grad(y, t, dy.to(dtype))))
+    (y_fast, g_fast), (y_ref, g_ref), (y_true, g_true) = results
+    assert torch.isfinite(y_fast).all() and rel(y_fast, y_true) < max(1e-5, 2 * rel(y_ref, y_true))
+    for name, a, r, t in zip(["x", "dt", "A", "B", "C", "D", "s0"], g_fast, g_ref, g_true):
+        bound = max(1e-3 if name == "A" else 1e-5, 2 * rel(r, t))
+        assert torch.isfinite(a).all() and rel(a, t) < bound, f"d{name}: {rel(a, t):.2e}"
+
+
 # ---- every launch configuration the tuner may pick ---------------------------------------------------------
 
 def test_every_launch_candidate(monkeypatch):
