@@ -4,9 +4,10 @@ y_i = exp(cs_i) [i in the entering sequence] C_i states_in
 
 x (b, l, h, p), C (b, l, g, n), CB (b, c, g, Q, Q), states_in (b, c, h, p, n) -> y (b, l, h, p) in x's dtype.
 
-Its backward is two kernels over the same (Q, Q) blocks, which live only in registers: `chunk_scan_bwd_dx`
-(dx, with the chunk-state term, dD and a part of ddt) and `chunk_scan_bwd_dc` (dC and the gradient of
-the cumulative sums that y's rows carry).
+Its backward is three kernels here, the decayed (Q, Q) blocks living only in registers: `chunk_scan_bwd_dx`
+(dx with the chunk-state term, dD, ddt's state part), `chunk_scan_bwd_dcb` (the gradient on C.B summed over
+a group's heads, with the within-chunk parts of ddt and of the gradient on the cumulative sums) and
+`chunk_scan_bwd_dc` (dC from it and from the entering state).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ chunk's end. Also CB[b, c, g, i, j] = C_i . B_j (j <= i), which step 4 shares ac
 x (b, l, h, p), B and C (b, l, g, n) with any strides; states (b, c, h, p, n) and CB float32.
 
 The backward has two pieces here: `state_grad_from_output`, the same kernel weighted from the chunk's
-start (the gradient that y puts on the entering state), and `chunk_state_bwd_db`, dB.
+start (the gradient that y puts on the entering state), and `chunk_state_bwd_db`, dB from the state's
+gradient and from the gradient on C.B (`chunk_scan_bwd_dcb`).
 """
 
 from __future__ import annotations
