@@ -19,12 +19,6 @@ import triton.language as tl
 from hnet.ops.triton.ssd.chunk_state import dot_block, mm, reduction_candidates
 from hnet.ops.triton.tuning import for_dtype, launch_fastest
 
-# split_decay: off the diagonal blocks of a chunk, the kernels below write exp(cs_i - cs_j) for a block of
-# rows i after a block of columns j as exp(cs_i - cs_r) exp(cs_r - cs_j), r a step between the two blocks:
-# a factor per row and one per column, so no exp (nor mask) per (i, j) pair, which bounded these kernels
-# more than their dots did. With dt >= 0, cs is monotone within a chunk, so each factor lies between 1 and
-# the product: neither overflows or underflows where the product itself does not.
-
 
 @triton.jit(do_not_specialize=["l", "n_chunks", "s_seq"])
 def _chunk_scan(X, C, CB, DT, CS, SEQ, STATES_IN, D, Y, l, h, g, n_chunks, p_dim, n_dim, heads_per_group,
@@ -56,25 +50,9 @@ def _chunk_scan(X, C, CB, DT, CS, SEQ, STATES_IN, D, Y, l, h, g, n_chunks, p_dim
         scale = tl.where(seq_i == entering_seq, scale, 0.0)
     acc = acc * scale[:, None]
 
-    # Within the chunk: first the blocks of steps j before this block of rows, where exp(cs_i - cs_j) =
-    # exp(cs_i - cs_i0) exp(cs_i0 - cs_j), a factor per row and one per column (see `split_decay`), ...
+    # Within the chunk, blocks of steps j up to the diagonal.
     cb_base = ((b * n_chunks + c) * g + grp) * Q * Q
-    cs_first = tl.load(CS + chunk_base + i0)
-    before = tl.zeros([BLOCK_M, BLOCK_P], dtype=tl.float32)
-    for j0 in range(0, i0, BLOCK_K):
-        j = j0 + tl.arange(0, BLOCK_K)
-        tj = c * Q + j
-        cb = tl.load(CB + cb_base + i[:, None] * Q + j[None, :])
-        scores = cb * (tl.exp(cs_first - tl.load(CS + chunk_base + j)) * tl.load(DT + chunk_base + j))[None, :]
-        if HAS_SEQ:
-            scores = tl.where(tl.load(SEQ + b * s_seq + tj, mask=tj < l, other=-2)[None, :] == seq_i[:, None],
-                              scores, 0.0)
-        xj = tl.load(X + b * sxb + tj[:, None] * sxl + hd * sxh + cols[None, :] * sxp,
-                     mask=(tj < l)[:, None] & (cols < p_dim)[None, :], other=0.0)  # (K, P)
-        before += mm(scores.to(xj.dtype), xj, IEEE)
-    acc += before * tl.exp(cs_i - cs_first)[:, None]
-    # ... then those on the diagonal, with an exp per (i, j).
-    for j0 in range(i0, i0 + BLOCK_M, BLOCK_K):
+    for j0 in range(0, i0 + BLOCK_M, BLOCK_K):
         j = j0 + tl.arange(0, BLOCK_K)
         tj = c * Q + j
         cb = tl.load(CB + cb_base + i[:, None] * Q + j[None, :])
@@ -162,31 +140,20 @@ def _chunk_scan_bwd_dx(X, B, DY, CB, DT, CS, SEQ, DSTATES, D, DX, DDT, DD, DS_ST
         tl.store(DD + (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)) * h + hd,
                  tl.sum(tl.sum(dyj.to(tl.float32) * xj.to(tl.float32), axis=1), axis=0))
 
-    # Within the chunk: the block of steps i on the diagonal, with an exp per (i, j) ...
+    # Within the chunk: the blocks of steps i at and below the diagonal.
     cb_base = ((b * n_chunks + c) * g + grp) * Q * Q
-    i = j
-    keep = i[None, :] >= j[:, None]
-    if HAS_SEQ:
-        keep &= seq_j[None, :] == seq_j[:, None]
-    cb_t = tl.load(CB + cb_base + i[None, :] * Q + j[:, None])  # (M_j, M_i): C_i . B_j
-    pt = tl.where(keep, cb_t * tl.exp(tl.where(keep, cs_j[None, :] - cs_j[:, None], 0.0)), 0.0)
-    dyi = tl.load(DY + b * sdb + tj[:, None] * sdl + hd * sdh + pp[None, :] * sdp, mask=xj_live, other=0.0)
-    acc += mm((pt * dt_j[:, None]).to(lowp), dyi, IEEE)
-    # ... then the blocks below it, where exp(cs_i - cs_j) = exp(cs_i - cs_r) exp(cs_r - cs_j) with r this
-    # block's last step (see `split_decay`).
-    cs_r = tl.load(CS + chunk_base + j0 + BLOCK_M - 1)
-    below = tl.zeros([BLOCK_M, BLOCK_P], dtype=tl.float32)
-    for i0 in range(j0 + BLOCK_M, Q, BLOCK_M):
+    for i0 in range(j0, Q, BLOCK_M):
         i = i0 + tl.arange(0, BLOCK_M)
         ti = c * Q + i
-        cb_t = tl.load(CB + cb_base + i[None, :] * Q + j[:, None])  # (M_j, M_i)
-        pt = cb_t * tl.exp(tl.load(CS + chunk_base + i) - cs_r)[None, :]
+        keep = i[None, :] >= j[:, None]
         if HAS_SEQ:
-            pt = tl.where(tl.load(SEQ + b * s_seq + ti, mask=ti < l, other=-2)[None, :] == seq_j[:, None], pt, 0.0)
+            keep &= tl.load(SEQ + b * s_seq + ti, mask=ti < l, other=-2)[None, :] == seq_j[:, None]
+        cs_i = tl.load(CS + chunk_base + i)
+        cb_t = tl.load(CB + cb_base + i[None, :] * Q + j[:, None])  # (M_j, M_i): C_i . B_j
+        pt = tl.where(keep, cb_t * tl.exp(tl.where(keep, cs_i[None, :] - cs_j[:, None], 0.0)), 0.0)
         dyi = tl.load(DY + b * sdb + ti[:, None] * sdl + hd * sdh + pp[None, :] * sdp,
                       mask=(ti < l)[:, None] & p_live[None, :], other=0.0)  # (M_i, P)
-        below += mm(pt.to(lowp), dyi, IEEE)
-    acc += below * (tl.exp(cs_r - cs_j) * dt_j)[:, None]
+        acc += mm((pt * dt_j[:, None]).to(lowp), dyi, IEEE)
     tl.store(DX + b * sob + tj[:, None] * sol + hd * soh + pp[None, :] * sop, acc, mask=xj_live)
     tl.store(DDT + chunk_base + j, ddt)
 
@@ -222,26 +189,16 @@ def _chunk_scan_bwd_dcb(X, DY, CB, DT, CS, SEQ, DCB, DS_ROW, DDT_COL, l, h, n_ch
             hd = grp * heads_per_group + k
             chunk_base = ((b * h + hd) * n_chunks + c) * Q
             cs_i, cs_j, dt_j = tl.load(CS + chunk_base + i), tl.load(CS + chunk_base + j), tl.load(DT + chunk_base + j)
+            decay = tl.where(keep, tl.exp(tl.where(keep, cs_i[:, None] - cs_j[None, :], 0.0)), 0.0)
             dyi = tl.load(DY + b * sdb + ti[:, None] * sdl + hd * sdh + pp[None, :] * sdp,
                           mask=(ti < l)[:, None] & p_live[None, :], other=0.0)  # (M_i, P)
             xt = tl.load(X + b * sxb + tj[None, :] * sxl + hd * sxh + pp[:, None] * sxp,
                          mask=(tj < l)[None, :] & p_live[:, None], other=0.0)  # (P, M_j)
-            dyx = mm(dyi, xt, IEEE)
-            if bj < bi:  # below the diagonal: exp(cs_i - cs_j) = exp(cs_i - cs_r) exp(cs_r - cs_j), r = j's last step
-                cs_r = tl.load(CS + chunk_base + bj * BLOCK_M + BLOCK_M - 1)
-                row, col = tl.exp(cs_i - cs_r), tl.exp(cs_r - cs_j)
-                if HAS_SEQ:
-                    dyx = tl.where(keep, dyx, 0.0)
-                q = dyx * cb
-                tl.store(DS_ROW + bj * slot + chunk_base + i, row * tl.sum(q * (col * dt_j)[None, :], axis=1))
-                tl.store(DDT_COL + bi * slot + chunk_base + j, col * tl.sum(q * row[:, None], axis=0))
-                acc += dyx * row[:, None] * (col * dt_j)[None, :]
-            else:
-                z = dyx * tl.where(keep, tl.exp(tl.where(keep, cs_i[:, None] - cs_j[None, :], 0.0)), 0.0)
-                zdt = z * dt_j[None, :]
-                acc += zdt
-                tl.store(DS_ROW + bj * slot + chunk_base + i, tl.sum(zdt * cb, axis=1))
-                tl.store(DDT_COL + bi * slot + chunk_base + j, tl.sum(z * cb, axis=0))
+            z = mm(dyi, xt, IEEE) * decay
+            zdt = z * dt_j[None, :]
+            acc += zdt
+            tl.store(DS_ROW + bj * slot + chunk_base + i, tl.sum(zdt * cb, axis=1))
+            tl.store(DDT_COL + bi * slot + chunk_base + j, tl.sum(z * cb, axis=0))
         tl.store(DCB + ((b * n_chunks + c) * tl.num_programs(2) + grp) * Q * Q + i[:, None] * Q + j[None, :],
                  acc.to(DCB.dtype.element_ty))
 
