@@ -367,11 +367,9 @@ def test_ssd_chunked(case, dtype):
 
 
 def test_ssd_steep_decay():
-    """Decays that underflow float32 within a block (cs falls by several hundred across a chunk): the kernels
-    split exp(cs_i - cs_j) into a row and a column factor off the diagonal, which must not overflow, turn
-    0 x inf into NaN, or lose what the product keeps. Against the float64 recurrence, held to twice the
-    float32 reference's own error where that is larger; dA, four sums that cancel more as the decay
-    steepens, to 1e-3 (the kernels before the split reached 9.6e-4 too, on other dy)."""
+    """Decays that underflow float32 within a block (cs falls by several hundred across a chunk): no NaN from
+    0 x inf, nothing lost that the float64 recurrence keeps. Held to twice the float32 reference's own error
+    where that is larger; dA, four sums that cancel more as the decay steepens, to 1e-3 (9.6e-4 on some dy)."""
     x, dt, A, B, C, D, s0, seq_idx = ssd_inputs(1, 200, 4, 8, 1, 16, torch.float32, packed=True, init=True)
     A = A * 20
     assert torch.cumsum(dt[0, :128] * A, 0)[-1].max().item() < -300
