@@ -6,10 +6,10 @@
 
 For each op, forward and forward+backward: median ms (triton.testing.do_bench, after warmup; a plain
 wall clock on CPU), relative error ||out - truth|| / ||truth|| against a float64 computation (for
-forward+backward the largest over the input gradients, named), and the
-achieved GB/s (bytes the op must read and write, a lower bound on its traffic) or TFLOP/s (the SSD's
-model FLOPs), as a fraction of ceilings measured in this run: a large device-to-device copy and a bf16
-8192^3 matmul. Shapes are those of a Mamba-2 layer of d_model 1024 (d_inner 2048, 24 heads of 64,
+forward+backward the largest over the input gradients, named), and the achieved GB/s (bytes the op
+must read and write, a lower bound on its traffic) or TFLOP/s (the SSD's model FLOPs; its least
+traffic's GB/s too), as a fraction of ceilings measured in this run: a large device-to-device copy and
+a bf16 8192^3 matmul. Shapes are those of a Mamba-2 layer of d_model 1024 (d_inner 2048, 24 heads of 64,
 d_state 128, chunk 256) at batch 8 x 8192, and the dechunk EMA over ~1400 chunks of width 1536. Then
 a whole Mamba-2 layer forward+backward, fast path vs reference, and mamba_ssm's scan where importable.
 """
@@ -163,6 +163,7 @@ def op_cases(s: dict, device, dtype):
     As = (-torch.rand(h, device=device) * 8 - 1).requires_grad_()
     Ds = torch.ones(h, device=device, requires_grad=True)
     flops = 2 * b * l * h * (Q * p / 2 + 2 * p * n) + b * l * Q * n  # intra-chunk, states, C.B (causal halves)
+    traffic = (2 * size * h * p + 4 * h + 2 * size * n) * b * l  # x and y, dt, B and C: the least it must move
 
     def ssd_fn(impl):
         return lambda x_, dt_, A_, B_, C_, D_: impl(x_, dt_, A_, B_, C_, Q, D_)
@@ -170,7 +171,7 @@ def op_cases(s: dict, device, dtype):
     # The truth: the chunked reference, which computes float64 inputs in float64 (the step-by-step recurrence
     # would keep every step's state for its backward).
     cases.append(("ssd_chunked", ssd_fn(triton_ssd.ssd_chunked), ssd_fn(ssd.ssd_chunked), (xs, dts, As, Bs, Cs, Ds),
-                  ssd_fn(ssd.ssd_chunked), ("TFLOP/s", flops)))
+                  ssd_fn(ssd.ssd_chunked), ("TFLOP/s", flops, traffic)))
     return cases
 
 
@@ -216,7 +217,7 @@ def main():
 
     header = f"{'op':<22}{'pass':<9}{'impl':<10}{'ms':>10}{'rel err':>16}{'rate':>18}{'% ceil':>8}"
     print(header + "\n" + "-" * len(header))
-    for op, fast, ref, inputs, truth, (unit, amount) in op_cases(s, device, dtype):
+    for op, fast, ref, inputs, truth, (unit, amount, *traffic) in op_cases(s, device, dtype):
         if args.ops and op.split()[0] not in args.ops:
             continue
         errors, worst = {}, {}
@@ -240,6 +241,8 @@ def main():
                     value = scale * amount / ms / (1e6 if unit == "GB/s" else 1e9)
                     rate = f"{value:10.1f} {unit}"
                     ceil = f"{100 * value / (gbps if unit == 'GB/s' else tflops):7.1f}%"
+                    if traffic:  # a FLOP-rated op: its least traffic against the copy ceiling too
+                        ceil += f"   {scale * traffic[0] / ms / 1e6:.0f} GB/s, {100 * scale * traffic[0] / ms / 1e6 / gbps:.1f}% of copy"
                 err = ""
                 if impl in errors:  # the forward's error, or the worst gradient's
                     err = f"{errors[impl]:16.2e}" if pass_name == "fwd" else worst[impl]
