@@ -322,7 +322,8 @@ def test_ssd_backward_steps():
     ddt, dA = chunk_cumsum_bwd(ds_within + ds_entering, ddt_state_fast + ddt_within, dt_chunked,
                                ds_carry_fast + ds_state_fast, A, l)
     expected_ddt = (ddt_part + d_dtA * A[None, None, :, None]).permute(0, 1, 3, 2).reshape(b, c * Q, h)[:, :l]
-    assert rel(ddt, expected_ddt) < 1e-5 and rel(dA, (d_dtA * dtc).sum((0, 1, 3))) < 1e-5
+    # dA: one sum per head over every position, which cancels (the GPU's summation order left 1.3e-5).
+    assert rel(ddt, expected_ddt) < 1e-5 and rel(dA, (d_dtA * dtc).sum((0, 1, 3))) < REDUCED_GRAD_TOL[torch.float32]
 
 
 SSD_CASES = [  # b, l, h, p, g, n, chunk, packed, initial state, D
