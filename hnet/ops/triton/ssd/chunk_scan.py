@@ -313,7 +313,7 @@ def chunk_scan_bwd_dc(B, C, dy, dcb, cs, states_in, seq_idx=None):
     n_chunks, Q = cs.shape[2], cs.shape[3]
     ds = torch.empty_like(cs)
 
-    def launch(block_m, runs, **launch_options):  # timed with the sum of its partial sums, one per run of heads
+    def launch(block_m, runs, **launch_options):  # one partial sum per run of heads, added up inside the timing
         dc = torch.empty(runs, b, n_chunks * Q, g, n, device=dy.device, dtype=torch.float32)
         _chunk_scan_bwd_dc[(Q // block_m, b * n_chunks, g * runs)](
             B, C, dy, dcb, cs, seq_idx, states_in, dc, ds, l, h, g, n_chunks, p, n,

@@ -210,7 +210,7 @@ def chunk_state_bwd_db(x, C, dcb, dt_chunked, cs, dstates, seq_idx=None):
     g, n = C.shape[2], C.shape[3]
     n_chunks, Q = cs.shape[2], cs.shape[3]
 
-    def launch(block_m, runs, **launch_options):  # timed with the sum of its partial sums, one per run of heads
+    def launch(block_m, runs, **launch_options):  # one partial sum per run of heads, added up inside the timing
         db = torch.empty(runs, b, n_chunks * Q, g, n, device=x.device, dtype=torch.float32)
         _chunk_state_bwd_db[(Q // block_m, b * n_chunks, g * runs)](
             x, C, dcb, dt_chunked, cs, seq_idx, dstates, db, l, h, g, n_chunks, p, n,
