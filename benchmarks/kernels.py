@@ -242,7 +242,8 @@ def main():
                     rate = f"{value:10.1f} {unit}"
                     ceil = f"{100 * value / (gbps if unit == 'GB/s' else tflops):7.1f}%"
                     if traffic:  # a FLOP-rated op: its least traffic against the copy ceiling too
-                        ceil += f"   {scale * traffic[0] / ms / 1e6:.0f} GB/s, {100 * scale * traffic[0] / ms / 1e6 / gbps:.1f}% of copy"
+                        moved = scale * traffic[0] / ms / 1e6
+                        ceil += f"   {moved:.0f} GB/s, {100 * moved / gbps:.1f}% of copy"
                 err = ""
                 if impl in errors:  # the forward's error, or the worst gradient's
                     err = f"{errors[impl]:16.2e}" if pass_name == "fwd" else worst[impl]
