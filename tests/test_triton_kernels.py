@@ -21,10 +21,14 @@ from hnet.ops import dispatch  # noqa: E402
 from hnet.ops.conv1d import causal_conv1d  # noqa: E402
 from hnet.ops.ema import ema_scan  # noqa: E402
 from hnet.ops.norm import add_rms_norm, gated_rms_norm  # noqa: E402
+from hnet.ops.rotary import rotary_qkv, rotary_tables  # noqa: E402
 from hnet.ops.ssd import ssd_chunked, ssd_sequential  # noqa: E402
+from hnet.ops.swiglu import swiglu  # noqa: E402
 from hnet.ops.triton import conv1d as triton_conv1d  # noqa: E402
 from hnet.ops.triton import ema as triton_ema  # noqa: E402
 from hnet.ops.triton import norm as triton_norm  # noqa: E402
+from hnet.ops.triton import rotary as triton_rotary  # noqa: E402
+from hnet.ops.triton import swiglu as triton_swiglu  # noqa: E402
 from hnet.ops.triton import ssd as triton_ssd  # noqa: E402
 from hnet.ops.triton.ssd.chunk_cumsum import chunk_cumsum, chunk_cumsum_bwd  # noqa: E402
 from hnet.ops.triton.ssd.chunk_scan import chunk_scan_bwd_dc, chunk_scan_bwd_dcb, chunk_scan_bwd_dx  # noqa: E402
@@ -83,19 +87,67 @@ def check_grads(out_fast, ins_fast, out_ref, ins_ref, tol, names):
         assert rel(a, b) < tol, f"d{name}: rel err {rel(a, b):.2e}"
 
 
+# ---- the Transformer's SwiGLU and rotary embeddings ----------------------------------------------------
+
+# The last dim holds [value, gate]: 1100 hidden channels need two blocks of 1024, the last one partial.
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 2), (3, 5, 40), (2, 33, 2200)] + real_shapes((21504, 8192)), ids=str)
+def test_swiglu(shape, dtype):
+    torch.manual_seed(0)
+    u = torch.randn(shape, device=DEVICE, dtype=dtype) * 3
+    fast, ref = leaves(u), leaves(u)
+    y_fast, y_ref = triton_swiglu.swiglu(*fast), swiglu(*ref)
+    assert y_fast.shape == y_ref.shape and y_fast.dtype == y_ref.dtype
+    assert rel(y_fast, y_ref) < TOL[dtype]
+    check_grads(y_fast, fast, y_ref, ref, TOL[dtype], "u")
+
+
+ROTARY_CASES = [(1, 1, 8, 8), (37, 3, 12, 8), (50, 16, 96, 48), (70, 5, 20, 4)] + real_shapes((21504, 16, 96, 48))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", ROTARY_CASES, ids=str)  # positions, heads, head dim, rotary dim
+def test_rotary_qkv(case, dtype):
+    T, H, hd, rot = case
+    torch.manual_seed(0)
+    qkv = torch.randn(T, 3 * H * hd, device=DEVICE, dtype=dtype).view(T, 3, H, hd)  # as Wqkv's output is seen
+    cos, sin = rotary_tables(torch.randint(0, 3000, (T,), device=DEVICE), rot)
+    fast, ref = leaves(qkv), leaves(qkv)
+    out_fast = torch.stack(triton_rotary.rotary_qkv(fast[0], cos, sin))
+    out_ref = torch.stack(rotary_qkv(ref[0], cos, sin))
+    assert out_fast.shape == out_ref.shape == (3, T, H, hd) and out_fast.dtype == dtype
+    assert rel(out_fast, out_ref) < TOL[dtype]
+    assert torch.equal(out_fast[2], qkv[:, 2]) and torch.equal(out_fast[:2, ..., rot:], qkv.transpose(0, 1)[:2, ..., rot:])
+    check_grads(out_fast, fast, out_ref, ref, TOL[dtype], ["qkv"])
+
+
+def test_bad_shapes_of_the_transformer_ops():
+    with pytest.raises(ValueError, match="must be even"):
+        triton_swiglu.swiglu(torch.zeros(2, 5, device=DEVICE))
+    cos, sin = rotary_tables(torch.arange(4, device=DEVICE), 16)
+    with pytest.raises(ValueError, match="exceeds the head dim 8"):
+        triton_rotary.rotary_qkv(torch.zeros(4, 3, 2, 8, device=DEVICE), cos, sin)
+
+
 # ---- gated RMSNorm ------------------------------------------------------------------------------------
 
 NORM_SHAPES = [(1, 1, 7), (3, 5, 40), (2, 33, 128)] + real_shapes((8, 8192, 2048))
 
 
+# z_slice: z is a slice of a wider tensor, as Mamba-2's gate is of in_proj's output (read in place).
+@pytest.mark.parametrize("z_slice", [False, True], ids=["z", "z slice"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", NORM_SHAPES, ids=str)
-def test_gated_rms_norm(shape, dtype):
+def test_gated_rms_norm(shape, dtype, z_slice):
     torch.manual_seed(0)
-    x, z = (torch.randn(shape, device=DEVICE, dtype=dtype) for _ in range(2))
-    w = torch.randn(shape[-1], device=DEVICE, dtype=dtype)
+    d = shape[-1]
+    x = torch.randn(shape, device=DEVICE, dtype=dtype)
+    z = torch.randn(*shape[:-1], d + 5 if z_slice else d, device=DEVICE, dtype=dtype)
+    w = torch.randn(d, device=DEVICE, dtype=dtype)
     fast, ref = leaves(x, z, w), leaves(x, z, w)
-    y_fast, y_ref = triton_norm.gated_rms_norm(*fast), gated_rms_norm(*ref)
+    gate = (lambda t: t[..., 3 : 3 + d]) if z_slice else (lambda t: t)
+    y_fast = triton_norm.gated_rms_norm(fast[0], gate(fast[1]), fast[2])
+    y_ref = gated_rms_norm(ref[0], gate(ref[1]), ref[2])
     assert y_fast.dtype == y_ref.dtype == torch.float32
     assert rel(y_fast, y_ref) < TOL[dtype]
     check_grads(y_fast, fast, y_ref, ref, TOL[dtype], "xzw")
@@ -282,7 +334,7 @@ def test_ssd_backward_steps():
         ds_carry[:, k] = (grad * a[:, k, :, None, None] * states_in[:, k]).sum((-1, -2))
         ds_state[:, k] = (grad * states[:, k]).sum((-1, -2))
         grad = dS_from_y[:, k] + a[:, k, :, None, None] * grad
-    dinit, ds_carry_fast = state_passing_bwd(dstates, states_in, cs, dfinal, seq_idx, has_initial_state=True)
+    dstates, dinit, ds_carry_fast = state_passing_bwd(dstates, states_in, cs, dfinal, seq_idx, has_initial_state=True)
     assert rel(dstates, dS_out) < 1e-5 and rel(dinit, grad) < 1e-5
     assert rel(ds_carry_fast, ds_carry.transpose(1, 2)) < 1e-5
 
@@ -319,8 +371,8 @@ def test_ssd_backward_steps():
     ds = ds_row - dtc * ddt_part
     ds[..., -1] += ds_carry + ds_state
     d_dtA = ds.flip(-1).cumsum(-1).flip(-1)
-    ddt, dA = chunk_cumsum_bwd(ds_within + ds_entering, ddt_state_fast + ddt_within, dt_chunked,
-                               ds_carry_fast + ds_state_fast, A, l)
+    ddt, dA = chunk_cumsum_bwd((ds_within, ds_entering), (ddt_state_fast, ddt_within), dt_chunked,
+                               (ds_carry_fast, ds_state_fast), A, l)
     expected_ddt = (ddt_part + d_dtA * A[None, None, :, None]).permute(0, 1, 3, 2).reshape(b, c * Q, h)[:, :l]
     # dA: one sum per head over every position, which cancels (the GPU's summation order left 1.3e-5).
     assert rel(ddt, expected_ddt) < 1e-5 and rel(dA, (d_dtA * dtc).sum((0, 1, 3))) < REDUCED_GRAD_TOL[torch.float32]
@@ -408,7 +460,7 @@ def test_every_launch_candidate(monkeypatch):
         counts[name] = len(distinct)
         return launch(**distinct[pick % len(distinct)])
 
-    for name in ("ssd.chunk_scan", "ssd.chunk_state", "conv1d"):  # the modules (ssd re-exports same-named functions)
+    for name in ("ssd.chunk_scan", "ssd.chunk_state", "ssd.state_passing", "conv1d"):  # the modules (ssd re-exports same-named functions)
         monkeypatch.setattr(importlib.import_module(f"hnet.ops.triton.{name}"), "launch_fastest", nth_candidate)
     dtype = DTYPES[-1]
     x, dt, A, B, C, D, s0, seq_idx = ssd_inputs(1, 200, 8, 16, 1, 16, dtype, packed=True, init=True)
@@ -416,25 +468,25 @@ def test_every_launch_candidate(monkeypatch):
     w, bias = torch.randn(40, 4, device=DEVICE, dtype=dtype), torch.randn(40, device=DEVICE, dtype=dtype)
     conv_seq = packed_seq_idx(2, 70, 4)
 
-    def needed(prefix):  # the first pass runs everything and counts
-        return pick == 0 or pick < max(v for k, v in counts.items() if k.startswith(prefix))
+    def needed(conv):  # the first pass runs everything and counts
+        return pick == 0 or pick < max(v for k, v in counts.items() if k.startswith("conv1d") == conv)
 
     while pick == 0 or pick < max(counts.values()):
-        if needed("chunk"):
+        if needed(conv=False):
             fast, ref = leaves(x, dt, A, B, C, D, s0), leaves(x, dt, A, B, C, D, s0)
             y_fast = triton_ssd.ssd_chunked(*fast[:5], 128, *fast[5:], seq_idx=seq_idx)
             y_ref = ssd_chunked(*ref[:5], 128, *ref[5:], seq_idx=seq_idx)
             assert rel(y_fast, y_ref) < TOL[dtype], f"candidate {pick}"
             check_grads(y_fast, fast, y_ref, ref, REDUCED_GRAD_TOL[dtype], ["x", "dt", "A", "B", "C", "D", "s0"])
-        if needed("conv1d"):
+        if needed(conv=True):
             fast, ref = leaves(xc, w, bias), leaves(xc, w, bias)
             y_fast = triton_conv1d.causal_conv1d(*fast, seq_idx=conv_seq)
             y_ref = causal_conv1d(*ref, seq_idx=conv_seq)
             assert rel(y_fast, y_ref) < TOL[dtype], f"candidate {pick}"
             check_grads(y_fast, fast, y_ref, ref, TOL[dtype], ["x", "weight", "bias"])
         pick += 1
-    # 9 launchers (chunk_state serves two), each with more than one layout; both conv backward variants ran.
-    assert len(counts) == 9 and min(counts.values()) > 1
+    # 11 launchers (chunk_state serves two), each with more than one layout; both conv backward variants ran.
+    assert len(counts) == 11 and min(counts.values()) > 1
     assert {c.get("two_pass", False) for c in triton_conv1d.BWD_CANDIDATES} == {True, False}
 
 

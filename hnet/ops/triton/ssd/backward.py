@@ -7,7 +7,7 @@ same-sequence mask and G = C B^T,
 From the forward's dt (chunked), s, entering states and C.B, the steps, each a kernel next to the forward
 kernel it inverts:
  1. dS_in from y: sum_i E_i dy_i^T C_i (chunk_state weighted from the chunk's start);
- 2. the state recurrence backwards (state_passing_bwd), turning it into dS_out in place;
+ 2. the state recurrence backwards (state_passing_bwd), from it dS_out;
  3. dx, dD and ddt's part through the added state (chunk_scan_bwd_dx); the gradient on C.B summed over
     each group's heads, with the within-chunk parts of ds and ddt (chunk_scan_bwd_dcb); from it, with the
     entering and leaving states' terms, dC (chunk_scan_bwd_dc) and dB (chunk_state_bwd_db). The decayed
@@ -37,10 +37,10 @@ def ssd_backward(dy, dfinal, x, A, B, C, D, seq_idx, saved, has_initial_state):
     B, C = B.to(x.dtype), C.to(x.dtype)
     dy = dy.to(x.dtype) if dy is not None else x.new_zeros(x.shape)
     dstates = state_grad_from_output(dy, C, cs, seq_idx)
-    dinit, ds_carry = state_passing_bwd(dstates, states_in, cs, dfinal, seq_idx, has_initial_state)
+    dstates, dinit, ds_carry = state_passing_bwd(dstates, states_in, cs, dfinal, seq_idx, has_initial_state)
     dx, ddt_state, dD, ds_state = chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D, seq_idx)
     dcb, ds_row, ddt_col = chunk_scan_bwd_dcb(x, dy, cb, dt_chunked, cs, seq_idx)
     dC, ds_entering = chunk_scan_bwd_dc(B, C, dy, dcb, cs, states_in, seq_idx)
     dB = chunk_state_bwd_db(x, C, dcb, dt_chunked, cs, dstates, seq_idx)
-    ddt, dA = chunk_cumsum_bwd(ds_row + ds_entering, ddt_state + ddt_col, dt_chunked, ds_carry + ds_state, A, l)
+    ddt, dA = chunk_cumsum_bwd((ds_row, ds_entering), (ddt_state, ddt_col), dt_chunked, (ds_carry, ds_state), A, l)
     return dx, ddt, dA, dB, dC, dD, dinit

@@ -40,9 +40,10 @@ def chunk_cumsum(dt, A, chunk_size: int):
 
 
 @triton.jit(do_not_specialize=["l", "n_chunks"])
-def _chunk_cumsum_bwd(DS, DDT_PART, DT, DS_LAST, A, DDT, DA, l, h, n_chunks, stride_db, stride_dl, stride_dh,
+def _chunk_cumsum_bwd(DS, DS2, DDT_PART, DDT_PART2, DT, DS_LAST, DS_LAST2, A, DDT, DA, l, h, n_chunks, stride_db, stride_dl, stride_dh,
                       Q: tl.constexpr, BLOCK_H: tl.constexpr):
-    """ds_i = ds_row_i - dt_i ddt_part_i (+ ds_last at the chunk's last step): every term of the backward that
+    """Each of ds, ddt_part and ds_last arrives as two parts, added here (the backward's kernels make them
+    separately). ds_i = ds_row_i - dt_i ddt_part_i (+ ds_last at the chunk's last step): every term of the backward that
     holds exp(cs_i - cs_j) gives +t at i and -t at j, and t_j = dt_j times its share of ddt_j. Then the
     cumulative sum's backward, a reversed cumulative sum: ddt_i += A d(dt A)_i, dA += dt_i d(dt A)_i."""
     b, c = tl.program_id(0), tl.program_id(1)
@@ -50,10 +51,12 @@ def _chunk_cumsum_bwd(DS, DDT_PART, DT, DS_LAST, A, DDT, DA, l, h, n_chunks, str
     q = tl.arange(0, Q)
     h_live = heads < h
     base = ((b * h + heads[:, None]) * n_chunks + c) * Q + q[None, :]
-    ddt_part = tl.load(DDT_PART + base, mask=h_live[:, None], other=0.0)
-    dt = tl.load(DT + base, mask=h_live[:, None], other=0.0)
-    ds = tl.load(DS + base, mask=h_live[:, None], other=0.0) - dt * ddt_part
-    ds_last = tl.load(DS_LAST + (b * h + heads) * n_chunks + c, mask=h_live, other=0.0)
+    live = h_live[:, None]
+    ddt_part = tl.load(DDT_PART + base, mask=live, other=0.0) + tl.load(DDT_PART2 + base, mask=live, other=0.0)
+    dt = tl.load(DT + base, mask=live, other=0.0)
+    ds = tl.load(DS + base, mask=live, other=0.0) + tl.load(DS2 + base, mask=live, other=0.0) - dt * ddt_part
+    last = (b * h + heads) * n_chunks + c
+    ds_last = tl.load(DS_LAST + last, mask=h_live, other=0.0) + tl.load(DS_LAST2 + last, mask=h_live, other=0.0)
     ds += tl.where(q[None, :] == Q - 1, ds_last[:, None], 0.0)
     d_dta = tl.cumsum(ds, axis=1, reverse=True)
     a = tl.load(A + heads, mask=h_live, other=0.0).to(tl.float32)
@@ -64,12 +67,15 @@ def _chunk_cumsum_bwd(DS, DDT_PART, DT, DS_LAST, A, DDT, DA, l, h, n_chunks, str
 
 
 def chunk_cumsum_bwd(ds, ddt_part, dt_chunked, ds_last, A, seqlen: int):
-    """(ddt (b, l, h), dA (h,)) float32 from ds and ddt_part (b, h, c, Q) and ds_last (b, h, c)."""
-    b, h, n_chunks, Q = ds.shape
-    ddt = torch.empty(b, seqlen, h, device=ds.device, dtype=torch.float32)
-    da = torch.empty(b, n_chunks, h, device=ds.device, dtype=torch.float32)
+    """(ddt (b, l, h), dA (h,)) float32 from ds and ddt_part (b, h, c, Q) and ds_last (b, h, c), each a pair
+    of contiguous float32 tensors whose sum is meant."""
+    b, h, n_chunks, Q = ds[0].shape
+    if not all(t.is_contiguous() for t in (*ds, *ddt_part, *ds_last)):
+        raise ValueError("chunk_cumsum_bwd: its float32 parts must be contiguous")
+    ddt = torch.empty(b, seqlen, h, device=dt_chunked.device, dtype=torch.float32)
+    da = torch.empty(b, n_chunks, h, device=dt_chunked.device, dtype=torch.float32)
     block_h = min(triton.next_power_of_2(h), max(1, 2048 // Q))
     grid = (b, n_chunks, triton.cdiv(h, block_h))
-    _chunk_cumsum_bwd[grid](ds, ddt_part, dt_chunked, ds_last, A, ddt, da, seqlen, h, n_chunks, *ddt.stride(),
+    _chunk_cumsum_bwd[grid](*ds, *ddt_part, dt_chunked, *ds_last, A, ddt, da, seqlen, h, n_chunks, *ddt.stride(),
                             Q=Q, BLOCK_H=block_h)
     return ddt, da.sum((0, 1))

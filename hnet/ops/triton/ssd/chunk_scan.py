@@ -25,11 +25,13 @@ def _chunk_scan(X, C, CB, DT, CS, SEQ, STATES_IN, D, Y, l, h, g, n_chunks, p_dim
                 sxb, sxl, sxh, sxp, scb, scl, scg, scn, syb, syl, syh, syp, s_seq,
                 Q: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, IEEE: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    # Heads are the fastest grid axis, so that a chunk's heads run together and read its C.B from the L2.
     n_blocks_p = tl.cdiv(p_dim, BLOCK_P)
-    i0 = (tl.program_id(0) // n_blocks_p) * BLOCK_M
+    hd = tl.program_id(0)
+    i0 = (tl.program_id(1) // n_blocks_p) * BLOCK_M
     i = i0 + tl.arange(0, BLOCK_M)
-    cols = (tl.program_id(0) % n_blocks_p) * BLOCK_P + tl.arange(0, BLOCK_P)
-    b, c, hd = tl.program_id(1) // n_chunks, tl.program_id(1) % n_chunks, tl.program_id(2)
+    cols = (tl.program_id(1) % n_blocks_p) * BLOCK_P + tl.arange(0, BLOCK_P)
+    b, c = tl.program_id(2) // n_chunks, tl.program_id(2) % n_chunks
     grp = hd // heads_per_group
     t = c * Q + i
     chunk_base = ((b * h + hd) * n_chunks + c) * Q
@@ -82,7 +84,7 @@ def chunk_scan(x, C, cb, dt_chunked, cs, states_in, D=None, seq_idx=None):
     block_n = dot_block(n, n)  # the whole state at once
 
     def launch(block_m, block_k, block_p, **launch_options):
-        grid = ((Q // block_m) * triton.cdiv(p, block_p), b * n_chunks, h)
+        grid = (h, (Q // block_m) * triton.cdiv(p, block_p), b * n_chunks)
         _chunk_scan[grid](x, C, cb, dt_chunked, cs, seq_idx, states_in, D, y, l, h, g, n_chunks, p, n, h // g,
                           *x.stride(), *C.stride(), *y.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
                           Q=Q, HAS_SEQ=seq_idx is not None, HAS_D=D is not None, IEEE=x.dtype == torch.float32,
@@ -108,9 +110,10 @@ def _chunk_scan_bwd_dx(X, B, DY, CB, DT, CS, SEQ, DSTATES, D, DX, DDT, DD, DS_ST
         ddt_j = W_j (x_j . U_j)        (the state's part; the within-chunk part comes from _chunk_scan_bwd_dcb)
     and the partial sums of dy_j . x_j for dD and of dt_j W_j (x_j . U_j), the gradient on the chunk's last
     cumulative sum through the state it adds. W_j is the decay weight of that state."""
-    j0 = tl.program_id(0) * BLOCK_M
+    hd, blk, bc = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # heads fastest, as in _chunk_scan
+    j0 = blk * BLOCK_M
     j = j0 + tl.arange(0, BLOCK_M)
-    b, c, hd = tl.program_id(1) // n_chunks, tl.program_id(1) % n_chunks, tl.program_id(2)
+    b, c = bc // n_chunks, bc % n_chunks
     grp = hd // heads_per_group
     lowp = X.dtype.element_ty
     tj = c * Q + j
@@ -133,11 +136,11 @@ def _chunk_scan_bwd_dx(X, B, DY, CB, DT, CS, SEQ, DSTATES, D, DX, DDT, DD, DS_ST
     xj = tl.load(X + b * sxb + tj[:, None] * sxl + hd * sxh + pp[None, :] * sxp, mask=xj_live, other=0.0)
     acc = u * (w * dt_j)[:, None]
     ddt = w * tl.sum(xj.to(tl.float32) * u, axis=1)
-    tl.store(DS_STATE + (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * h + hd, tl.sum(ddt * dt_j, axis=0))
+    tl.store(DS_STATE + ((blk * (tl.num_programs(2) // n_chunks) + b) * h + hd) * n_chunks + c, tl.sum(ddt * dt_j, axis=0))
     if HAS_D:
         dyj = tl.load(DY + b * sdb + tj[:, None] * sdl + hd * sdh + pp[None, :] * sdp, mask=xj_live, other=0.0)
         acc += tl.load(D + hd).to(tl.float32) * dyj.to(tl.float32)
-        tl.store(DD + (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)) * h + hd,
+        tl.store(DD + (bc * tl.num_programs(1) + blk) * h + hd,
                  tl.sum(tl.sum(dyj.to(tl.float32) * xj.to(tl.float32), axis=1), axis=0))
 
     # Within the chunk: the blocks of steps i at and below the diagonal.
@@ -262,9 +265,9 @@ def chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D=None, seq_idx=Non
     ddt = torch.empty_like(cs)
 
     def launch(block_m, **launch_options):  # -> the partial sums of dD and ds_state, one row per program
-        grid = (Q // block_m, b * n_chunks, h)
-        dd = torch.empty(grid[0] * grid[1], h, device=x.device, dtype=torch.float32) if D is not None else None
-        ds_state = torch.empty(grid[0], b, n_chunks, h, device=x.device, dtype=torch.float32)
+        grid = (h, Q // block_m, b * n_chunks)
+        dd = torch.empty(grid[1] * grid[2], h, device=x.device, dtype=torch.float32) if D is not None else None
+        ds_state = torch.empty(grid[1], b, h, n_chunks, device=x.device, dtype=torch.float32)
         _chunk_scan_bwd_dx[grid](x, B, dy, cb, dt_chunked, cs, seq_idx, dstates, D, dx, ddt, dd, ds_state,
                                  l, h, g, n_chunks, p, n, h // g, *x.stride(), *B.stride(), *dy.stride(), *dx.stride(),
                                  seq_idx.stride(0) if seq_idx is not None else 0,
@@ -277,7 +280,7 @@ def chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D=None, seq_idx=Non
         if m <= Q]
     dd, ds_state = launch_fastest("chunk_scan_bwd_dx", (Q, p, n, h // g, x.dtype, seq_idx is None, D is None),
                                   b * l, for_dtype(candidates, x.dtype), launch)
-    return dx, ddt, dd.sum(0) if D is not None else None, ds_state.sum(0).permute(0, 2, 1)
+    return dx, ddt, dd.sum(0) if D is not None else None, ds_state.sum(0)
 
 
 def chunk_scan_bwd_dcb(x, dy, cb, dt_chunked, cs, seq_idx=None):
@@ -300,8 +303,10 @@ def chunk_scan_bwd_dcb(x, dy, cb, dt_chunked, cs, seq_idx=None):
 
     candidates = [dict(block_m=min(64, Q), num_warps=4)] + [
         dict(block_m=m, num_warps=w, num_stages=s) for m in (32, 64, 128) for w, s in ((4, 2), (8, 2)) if m <= Q]
+    # Every dtype keeps its 8-warp candidates: at 4 warps its tiles took 255 registers a thread in bf16 too
+    # (ncu, H200: 2 blocks a multiprocessor, 12% occupancy).
     ds_row, ddt_col = launch_fastest("chunk_scan_bwd_dcb", (Q, p, h // g, x.dtype, seq_idx is None), b * l,
-                                       for_dtype(candidates, x.dtype), launch)
+                                       candidates, launch)
     return dcb, ds_row, ddt_col
 
 
@@ -324,5 +329,5 @@ def chunk_scan_bwd_dc(B, C, dy, dcb, cs, states_in, seq_idx=None):
         return dc[0] if runs == 1 else dc.sum(0)
 
     dc = launch_fastest("chunk_scan_bwd_dc", (Q, p, n, h // g, dy.dtype, seq_idx is None), b * l,
-                        for_dtype(reduction_candidates(Q, h // g), dy.dtype), launch)
+                        reduction_candidates(Q, h // g), launch)  # 8 warps kept in bf16: as for dCB (254 registers)
     return dc[:, :l], ds

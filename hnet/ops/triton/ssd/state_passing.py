@@ -13,6 +13,16 @@ import torch
 import triton
 import triton.language as tl
 
+from hnet.ops.triton.tuning import launch_fastest
+
+
+def block_candidates(size: int) -> list[dict]:
+    """State elements per program, and warps: the loop over chunks is sequential and latency-bound, so
+    smaller blocks (more programs in flight) may win. The first is the untuned default."""
+    top = min(1024, triton.next_power_of_2(size))
+    return [dict(block=top, num_warps=4)] + [dict(block=max(top // k, 16), num_warps=w)
+                                             for k in (4, 2, 1) for w in (2, 4, 8)]
+
 
 @triton.jit(do_not_specialize=["l", "n_chunks", "s_seq"])
 def _state_passing(STATES, CS, SEQ, INIT, STATES_IN, FINAL, l, h, n_chunks, size, s_seq,
@@ -43,17 +53,21 @@ def state_passing(states, cs, initial_state=None, seq_idx=None):
     Q = cs.shape[-1]
     states_in = torch.empty_like(states)
     final = torch.empty(b, h, p, n, device=states.device, dtype=torch.float32)
-    block = min(1024, triton.next_power_of_2(p * n))
     init = initial_state.contiguous() if initial_state is not None else None
-    grid = (triton.cdiv(p * n, block), b, h)
     l, s_seq = (seq_idx.shape[1], seq_idx.stride(0)) if seq_idx is not None else (0, 0)  # l, s_seq: read with seq_idx only
-    _state_passing[grid](states, cs, seq_idx, init, states_in, final, l, h, n_chunks, p * n, s_seq,
-                         Q=Q, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_state is not None, BLOCK=block)
+
+    def launch(block, **launch_options):
+        _state_passing[(triton.cdiv(p * n, block), b, h)](
+            states, cs, seq_idx, init, states_in, final, l, h, n_chunks, p * n, s_seq,
+            Q=Q, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_state is not None, BLOCK=block, **launch_options)
+
+    launch_fastest("state_passing", (p * n, seq_idx is None, initial_state is None), b * n_chunks * Q,
+                   block_candidates(p * n), launch)
     return states_in, final
 
 
 @triton.jit(do_not_specialize=["l", "n_chunks", "s_seq"])
-def _state_passing_bwd(DSTATES, STATES_IN, CS, SEQ, DFINAL, DINIT, DS_CARRY, l, h, n_chunks, size, s_seq,
+def _state_passing_bwd(DSTATES, STATES_IN, CS, SEQ, DFINAL, DS_OUT, DINIT, DS_CARRY, l, h, n_chunks, size, s_seq,
                        Q: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr, HAS_INIT: tl.constexpr,
                        BLOCK: tl.constexpr):
     e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -70,9 +84,8 @@ def _state_passing_bwd(DSTATES, STATES_IN, CS, SEQ, DFINAL, DINIT, DS_CARRY, l, 
         if HAS_SEQ:
             seq_last = tl.load(SEQ + b * s_seq + tl.minimum(c * Q + Q - 1, l - 1))
             carry = tl.where(seq_last == tl.load(SEQ + b * s_seq + tl.maximum(c * Q - 1, 0)), carry, 0.0)
-        # Read y's gradient on the entering state before overwriting it with the leaving state's gradient.
         from_y = tl.load(DSTATES + offset, mask=live, other=0.0)
-        tl.store(DSTATES + offset, grad, mask=live)
+        tl.store(DS_OUT + offset, grad, mask=live)
         entering = tl.load(STATES_IN + offset, mask=live, other=0.0)
         tl.store(DS_CARRY + ((tl.program_id(0) * tl.num_programs(1) + b) * h + hd) * n_chunks + c,
                  carry * tl.sum(grad * entering, axis=0))
@@ -82,22 +95,30 @@ def _state_passing_bwd(DSTATES, STATES_IN, CS, SEQ, DFINAL, DINIT, DS_CARRY, l, 
 
 
 def state_passing_bwd(dstates, states_in, cs, dfinal=None, seq_idx=None, has_initial_state=False):
-    """The recurrence state_{c+1} = a_c state_c + states[c] backwards, in place: on entry dstates holds the
-    gradient that y puts on each chunk's entering state, on return the gradient of the state each chunk adds
-    (dS_out[c] = d state_{c+1}). Returns (d initial state or None, ds_carry (b, h, c)): the gradient on each
-    chunk's last cumulative sum cs_last through the carry a_c = exp(cs_last), <dS_out[c], a_c states_in[c]>.
-    cs_last also scales the decays inside states[c]; that part, <dS_out[c], states[c]>, is summed step by
-    step by chunk_scan_bwd_dx from the very terms it subtracts again, which keeps the bf16 rounding of the
-    two from leaving a difference (they cancel exactly in exact arithmetic)."""
+    """The recurrence state_{c+1} = a_c state_c + states[c] backwards: from dstates, the gradient that y puts
+    on each chunk's entering state, to dS_out, the gradient of the state each chunk adds (dS_out[c] =
+    d state_{c+1}). Returns (dS_out (b, c, h, p, n), d initial state or None, ds_carry (b, h, c)): ds_carry is
+    the gradient on each chunk's last cumulative sum cs_last through the carry a_c = exp(cs_last),
+    <dS_out[c], a_c states_in[c]>. cs_last also scales the decays inside states[c]; that part,
+    <dS_out[c], states[c]>, is summed step by step by chunk_scan_bwd_dx from the very terms it subtracts
+    again, which keeps the bf16 rounding of the two from leaving a difference (they cancel exactly in exact
+    arithmetic)."""
     b, n_chunks, h, p, n = dstates.shape
     Q = cs.shape[-1]
-    block = min(1024, triton.next_power_of_2(p * n))
-    n_blocks = triton.cdiv(p * n, block)
+    ds_out = torch.empty_like(dstates)
     dinit = torch.empty(b, h, p, n, device=dstates.device, dtype=torch.float32) if has_initial_state else None
-    ds_carry = torch.empty(n_blocks, b, h, n_chunks, device=dstates.device, dtype=torch.float32)
+    dfinal = dfinal.contiguous() if dfinal is not None else None
     l, s_seq = (seq_idx.shape[1], seq_idx.stride(0)) if seq_idx is not None else (0, 0)
-    _state_passing_bwd[(n_blocks, b, h)](
-        dstates, states_in, cs, seq_idx, dfinal.contiguous() if dfinal is not None else None, dinit, ds_carry,
-        l, h, n_chunks, p * n, s_seq,
-        Q=Q, HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None, HAS_INIT=has_initial_state, BLOCK=block)
-    return dinit, ds_carry.sum(0)
+
+    def launch(block, **launch_options):  # -> ds_carry, summed over its blocks of state elements
+        n_blocks = triton.cdiv(p * n, block)
+        ds_carry = torch.empty(n_blocks, b, h, n_chunks, device=dstates.device, dtype=torch.float32)
+        _state_passing_bwd[(n_blocks, b, h)](
+            dstates, states_in, cs, seq_idx, dfinal, ds_out, dinit, ds_carry, l, h, n_chunks, p * n, s_seq,
+            Q=Q, HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None, HAS_INIT=has_initial_state,
+            BLOCK=block, **launch_options)
+        return ds_carry.sum(0)
+
+    ds_carry = launch_fastest("state_passing_bwd", (p * n, seq_idx is None, dfinal is None, has_initial_state),
+                              b * n_chunks * Q, block_candidates(p * n), launch)
+    return ds_out, dinit, ds_carry
