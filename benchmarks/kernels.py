@@ -10,7 +10,8 @@ forward+backward the largest over the input gradients, named), and the achieved 
 must read and write, a lower bound on its traffic) or TFLOP/s (the SSD's model FLOPs; its least
 traffic's GB/s too), as a fraction of ceilings measured in this run: a large device-to-device copy and
 a bf16 8192^3 matmul. Shapes are those of a Mamba-2 layer of d_model 1024 (d_inner 2048, 24 heads of 64,
-d_state 128, chunk 256) at batch 8 x 8192, and the dechunk EMA over ~1400 chunks of width 1536. Then
+d_state 128, chunk 256) at batch 8 x 8192, the dechunk EMA over ~1400 chunks of width 1536, and SwiGLU and
+the rotary embedding at the main network of hnet_1stage_L (21504 chunks, d 1536, 16 heads). Then
 a whole Mamba-2 layer forward+backward, fast path vs reference, and mamba_ssm's scan where importable.
 """
 
@@ -25,9 +26,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hnet.ops import conv1d, ema, norm, ssd
+from hnet.ops import conv1d, ema, norm, rotary, ssd, swiglu
 from hnet.ops.triton import conv1d as triton_conv1d
 from hnet.ops.triton import ema as triton_ema
+from hnet.ops.triton import rotary as triton_rotary
+from hnet.ops.triton import swiglu as triton_swiglu
 from hnet.ops.triton import norm as triton_norm
 from hnet.ops.triton import ssd as triton_ssd
 
@@ -40,8 +43,11 @@ from train_throughput import print_tuning  # noqa: E402
 
 def shapes(quick: bool) -> dict:
     if quick:
-        return {"b": 2, "l": 64, "h": 4, "p": 16, "n": 16, "chunk": 16, "d_model": 32, "m": 40, "d_ema": 48}
-    return {"b": 8, "l": 8192, "h": 24, "p": 64, "n": 128, "chunk": 256, "d_model": 1024, "m": 1400, "d_ema": 1536}
+        return {"b": 2, "l": 64, "h": 4, "p": 16, "n": 16, "chunk": 16, "d_model": 32, "m": 40, "d_ema": 48,
+                "t": 50, "heads": 2, "head_dim": 12, "rot": 8, "hidden": 40}
+    # t, heads, head_dim, rot, hidden: the main network of hnet_1stage_L over 8 x 8192 bytes (~3 bytes a chunk).
+    return {"b": 8, "l": 8192, "h": 24, "p": 64, "n": 128, "chunk": 256, "d_model": 1024, "m": 1400, "d_ema": 1536,
+            "t": 21504, "heads": 16, "head_dim": 96, "rot": 48, "hidden": 4096}
 
 
 def bench(fn, device, reps: int = 3) -> float:
@@ -146,6 +152,18 @@ def op_cases(s: dict, device, dtype):
     cases.append(("causal_conv1d", triton_conv1d.causal_conv1d, conv1d.causal_conv1d, (xc, wc, bc),
                   conv1d.causal_conv1d, ("GB/s", 2 * size * xc.numel())))
 
+    u = leaf(s["t"], 2 * s["hidden"], scale=3.0)
+    cases.append(("swiglu", triton_swiglu.swiglu, swiglu.swiglu, (u,), swiglu.swiglu, ("GB/s", 3 * size * u.numel() // 2)))
+
+    qkv = leaf(s["t"], 3, s["heads"], s["head_dim"])
+    cos, sin = rotary.rotary_tables(torch.arange(s["t"], device=device) % 8192, s["rot"])
+
+    def stacked(impl):  # one output for the errors and the backward: both rows' times include the stack's copy
+        return lambda qkv_: torch.stack(impl(qkv_, cos, sin))
+
+    cases.append(("rotary_qkv", stacked(triton_rotary.rotary_qkv), stacked(rotary.rotary_qkv), (qkv,),
+                  stacked(rotary.rotary_qkv), ("GB/s", 2 * size * qkv.numel())))
+
     xe = leaf(b, s["m"], s["d_ema"], dt=torch.float32)
     pe = torch.rand(b, s["m"], device=device).clamp(1e-4, 1 - 1e-4).requires_grad_()
 
@@ -176,7 +194,7 @@ def op_cases(s: dict, device, dtype):
 
 
 GRAD_NAMES = {"gated_rms_norm": ("dx", "dz", "dw"), "causal_conv1d": ("dx", "dweight", "dbias"),
-              "ema_scan": ("dx", "dp"), "ssd_chunked": ("dx", "ddt", "dA", "dB", "dC", "dD")}
+              "ema_scan": ("dx", "dp"), "swiglu": ("du",), "rotary_qkv": ("dqkv",), "ssd_chunked": ("dx", "ddt", "dA", "dB", "dC", "dD")}
 
 
 def mamba_ssm_case(s, device, dtype):
@@ -204,7 +222,7 @@ def main():
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile(reference) rows")
     parser.add_argument("--ops", nargs="+", metavar="OP", help="only these ops' rows (gated_rms_norm, "
-                        "causal_conv1d, ema_scan, ssd_chunked); mamba_ssm and the layer rows always run")
+                        "causal_conv1d, swiglu, rotary_qkv, ema_scan, ssd_chunked); mamba_ssm and the layer rows always run")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the interpreter's bf16 is not faithful

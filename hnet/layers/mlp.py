@@ -1,5 +1,6 @@
-import torch.nn.functional as F
 from torch import nn
+
+from hnet.ops.dispatch import swiglu
 
 
 class SwiGLU(nn.Module):
@@ -12,5 +13,4 @@ class SwiGLU(nn.Module):
         self.fc2 = nn.Linear(hidden, d_model, bias=False, device=device, dtype=dtype)
 
     def forward(self, x):
-        value, gate = self.fc1(x).chunk(2, dim=-1)
-        return self.fc2(F.silu(gate) * value)
+        return self.fc2(swiglu(self.fc1(x)))

@@ -15,7 +15,9 @@ from contextlib import contextmanager
 from hnet.ops import conv1d as _conv1d_ref
 from hnet.ops import ema as _ema_ref
 from hnet.ops import norm as _norm_ref
+from hnet.ops import rotary as _rotary_ref
 from hnet.ops import ssd as _ssd_ref
+from hnet.ops import swiglu as _swiglu_ref
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 _forced = False
@@ -76,3 +78,17 @@ def ema_scan(x, p, seq_idx=None, chunk_size: int = 64):
     if use_triton(x):
         from hnet.ops.triton.ema import ema_scan as impl
     return impl(x, p, seq_idx, chunk_size)
+
+
+def swiglu(u):
+    impl = _swiglu_ref.swiglu
+    if use_triton(u):
+        from hnet.ops.triton.swiglu import swiglu as impl
+    return impl(u)
+
+
+def rotary_qkv(qkv, cos, sin):
+    impl = _rotary_ref.rotary_qkv
+    if use_triton(qkv):
+        from hnet.ops.triton.rotary import rotary_qkv as impl
+    return impl(qkv, cos, sin)

@@ -16,3 +16,10 @@ def apply_rotary(x, cos, sin):
     x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
     cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
+
+
+def rotary_qkv(qkv, cos, sin):
+    """qkv (T, 3, H, hd), the packed positions' fused projection -> (q, k, v), each (T, H, hd), q and k
+    rotated by cos/sin (T, rot/2)."""
+    q, k, v = qkv.unbind(1)
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v

@@ -13,15 +13,15 @@ import triton.language as tl
 
 
 @triton.jit(do_not_specialize=["n_rows"])
-def _gated_rms_norm_fwd(X, Z, W, Y, RSTD, n_rows, d, eps, ROWS_PER_PROGRAM: tl.constexpr, BLOCK_D: tl.constexpr):
+def _gated_rms_norm_fwd(X, Z, W, Y, RSTD, n_rows, d, sx, sz, eps, ROWS_PER_PROGRAM: tl.constexpr, BLOCK_D: tl.constexpr):
     cols = tl.arange(0, BLOCK_D)
     in_row = cols < d
     w = tl.load(W + cols, mask=in_row, other=0.0).to(tl.float32)
     for i in range(ROWS_PER_PROGRAM):
         row = tl.program_id(0) * ROWS_PER_PROGRAM + i
         if row < n_rows:
-            x = tl.load(X + row * d + cols, mask=in_row, other=0.0).to(tl.float32)
-            z = tl.load(Z + row * d + cols, mask=in_row, other=0.0).to(tl.float32)
+            x = tl.load(X + row * sx + cols, mask=in_row, other=0.0).to(tl.float32)
+            z = tl.load(Z + row * sz + cols, mask=in_row, other=0.0).to(tl.float32)
             g = x * z * tl.sigmoid(z)
             rstd = 1.0 / tl.sqrt(tl.sum(g * g, axis=0) / d + eps)
             tl.store(Y + row * d + cols, g * rstd * w, mask=in_row)
@@ -30,7 +30,7 @@ def _gated_rms_norm_fwd(X, Z, W, Y, RSTD, n_rows, d, eps, ROWS_PER_PROGRAM: tl.c
 
 @triton.jit(do_not_specialize=["n_rows"])
 def _gated_rms_norm_bwd(
-    X, Z, W, RSTD, DY, DX, DZ, DW_PARTIAL, n_rows, d, ROWS_PER_PROGRAM: tl.constexpr, BLOCK_D: tl.constexpr
+    X, Z, W, RSTD, DY, DX, DZ, DW_PARTIAL, n_rows, d, sx, sz, ROWS_PER_PROGRAM: tl.constexpr, BLOCK_D: tl.constexpr
 ):
     cols = tl.arange(0, BLOCK_D)
     in_row = cols < d
@@ -39,8 +39,8 @@ def _gated_rms_norm_bwd(
     for i in range(ROWS_PER_PROGRAM):
         row = tl.program_id(0) * ROWS_PER_PROGRAM + i
         if row < n_rows:
-            x = tl.load(X + row * d + cols, mask=in_row, other=0.0).to(tl.float32)
-            z = tl.load(Z + row * d + cols, mask=in_row, other=0.0).to(tl.float32)
+            x = tl.load(X + row * sx + cols, mask=in_row, other=0.0).to(tl.float32)
+            z = tl.load(Z + row * sz + cols, mask=in_row, other=0.0).to(tl.float32)
             dy = tl.load(DY + row * d + cols, mask=in_row, other=0.0).to(tl.float32)
             rstd = tl.load(RSTD + row)
             sig = tl.sigmoid(z)
@@ -103,16 +103,24 @@ def _launch_shape(n_rows: int, d: int):
     return block_d, rows_per_program, triton.cdiv(n_rows, rows_per_program)
 
 
+def rows_of(t, d: int):
+    """t (..., d) as (rows, d) with unit stride along d, a view where one exists (Mamba-2's gate z is a
+    slice of in_proj's output: rows of the full projection's stride), else a copy."""
+    t2 = t.reshape(-1, d)
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
 class _GatedRMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, z, weight, eps):
         shape, d = x.shape, x.shape[-1]
-        x2, z2 = x.reshape(-1, d).contiguous(), z.reshape(-1, d).contiguous()
+        x2, z2 = rows_of(x, d), rows_of(z, d)
         n_rows = x2.shape[0]
         y = torch.empty(n_rows, d, device=x.device, dtype=torch.float32)
         rstd = torch.empty(n_rows, device=x.device, dtype=torch.float32)
         block_d, rows, grid = _launch_shape(n_rows, d)
-        _gated_rms_norm_fwd[(grid,)](x2, z2, weight, y, rstd, n_rows, d, eps, ROWS_PER_PROGRAM=rows, BLOCK_D=block_d)
+        _gated_rms_norm_fwd[(grid,)](x2, z2, weight, y, rstd, n_rows, d, x2.stride(0), z2.stride(0), eps,
+                                     ROWS_PER_PROGRAM=rows, BLOCK_D=block_d)
         ctx.save_for_backward(x2, z2, weight, rstd)
         ctx.shape = shape
         return y.view(shape)
@@ -122,11 +130,13 @@ class _GatedRMSNorm(torch.autograd.Function):
         x2, z2, weight, rstd = ctx.saved_tensors
         n_rows, d = x2.shape
         dy = dy.reshape(n_rows, d).contiguous()
-        dx, dz = torch.empty_like(x2), torch.empty_like(z2)
+        dx = torch.empty(n_rows, d, device=x2.device, dtype=x2.dtype)
+        dz = torch.empty(n_rows, d, device=z2.device, dtype=z2.dtype)
         block_d, rows, grid = _launch_shape(n_rows, d)
         dw_partial = torch.empty(grid, d, device=x2.device, dtype=torch.float32)
         _gated_rms_norm_bwd[(grid,)](
-            x2, z2, weight, rstd, dy, dx, dz, dw_partial, n_rows, d, ROWS_PER_PROGRAM=rows, BLOCK_D=block_d
+            x2, z2, weight, rstd, dy, dx, dz, dw_partial, n_rows, d, x2.stride(0), z2.stride(0),
+            ROWS_PER_PROGRAM=rows, BLOCK_D=block_d
         )
         dw = dw_partial.sum(0).to(weight.dtype)
         return dx.view(ctx.shape), dz.view(ctx.shape), dw, None
