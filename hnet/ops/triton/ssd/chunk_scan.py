@@ -303,10 +303,8 @@ def chunk_scan_bwd_dcb(x, dy, cb, dt_chunked, cs, seq_idx=None):
 
     candidates = [dict(block_m=min(64, Q), num_warps=4)] + [
         dict(block_m=m, num_warps=w, num_stages=s) for m in (32, 64, 128) for w, s in ((4, 2), (8, 2)) if m <= Q]
-    # Every dtype keeps its 8-warp candidates: at 4 warps its tiles took 255 registers a thread in bf16 too
-    # (ncu, H200: 2 blocks a multiprocessor, 12% occupancy).
     ds_row, ddt_col = launch_fastest("chunk_scan_bwd_dcb", (Q, p, h // g, x.dtype, seq_idx is None), b * l,
-                                       candidates, launch)
+                                       for_dtype(candidates, x.dtype), launch)
     return dcb, ds_row, ddt_col
 
 
@@ -329,5 +327,5 @@ def chunk_scan_bwd_dc(B, C, dy, dcb, cs, states_in, seq_idx=None):
         return dc[0] if runs == 1 else dc.sum(0)
 
     dc = launch_fastest("chunk_scan_bwd_dc", (Q, p, n, h // g, dy.dtype, seq_idx is None), b * l,
-                        reduction_candidates(Q, h // g), launch)  # 8 warps kept in bf16: as for dCB (254 registers)
+                        for_dtype(reduction_candidates(Q, h // g), dy.dtype), launch)
     return dc[:, :l], ds
