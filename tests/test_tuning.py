@@ -71,3 +71,55 @@ def test_sixteen_bit_inputs_time_only_four_warp_candidates():
     candidates = [dict(size=1, num_warps=4), dict(size=2, num_warps=8), dict(size=3), dict(size=4, num_warps=8)]
     assert tuning.for_dtype(candidates, torch.bfloat16) == [dict(size=1, num_warps=4), dict(size=3)]  # default first
     assert tuning.for_dtype(candidates, torch.float32) == candidates
+
+
+# ---- launch_kernel: Triton's compiled kernel reused for arguments it specializes alike -------------------
+
+launch = pytest.importorskip("hnet.ops.triton.launch")
+
+
+class FakeKernel:
+    """Records each launch: through Triton, which returns the compiled kernel, or direct, the compiled
+    kernel indexed by the grid and called with every parameter in order."""
+
+    arg_names = ["X", "n", "BLOCK"]
+
+    def __init__(self):
+        self.log = []
+
+    def __getitem__(self, grid):
+        def through_triton(*args, **meta):
+            self.log.append(("triton", grid, args, meta))
+            return Compiled(self.log)
+
+        return through_triton
+
+
+class Compiled:
+    def __init__(self, log):
+        self.log = log
+
+    def __getitem__(self, grid):
+        return lambda *args: self.log.append(("direct", grid, args))
+
+
+def test_launch_kernel_reuses_a_compiled_kernel_only_for_the_same_specialization(monkeypatch):
+    monkeypatch.setattr(launch, "_INTERPRETED", False)
+    monkeypatch.setattr(launch, "_compiled", {})
+    monkeypatch.delenv("HNET_PLAIN_LAUNCH", raising=False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    kernel = FakeKernel()
+    x = torch.zeros(64)
+    calls = [((2,), x, 32, 16),     # first: through Triton
+             ((3,), x, 48, 16),     # 48 and 32 both divisible by 16: direct, the grid padded to 3
+             ((3,), x[1:], 48, 16),  # a pointer off 16-byte alignment: through Triton again
+             ((3,), x, 1, 16),      # n == 1, which Triton makes a constant
+             ((3,), x, 48, 32),     # another constexpr
+             ((3,), x, 48, 16)]     # seen: direct
+    for grid, t, n, block in calls:
+        launch.launch_kernel(kernel, grid, t, n, BLOCK=block)
+    assert [entry[0] for entry in kernel.log] == ["triton", "direct", "triton", "triton", "triton", "direct"]
+    assert kernel.log[1][1] == (3, 1, 1) and kernel.log[1][2][1:] == (48, 16)
+    monkeypatch.setenv("HNET_PLAIN_LAUNCH", "1")
+    launch.launch_kernel(kernel, (3,), x, 48, BLOCK=16)
+    assert kernel.log[-1][0] == "triton"

@@ -69,8 +69,7 @@ class RoutingModule(nn.Module):
         )
         p = F.pad(torch.clamp((1 - cos) / 2, min=0.0, max=1.0), (1, 0), value=1.0)
         if cu_seqlens is not None:
-            starts = torch.zeros_like(p, dtype=torch.bool)
-            starts[:, cu_seqlens[:-1].long()] = True
+            starts = torch.zeros_like(p, dtype=torch.bool).index_fill_(1, cu_seqlens[:-1].long(), True)  # no host copy
             p = p.masked_fill(starts, 1.0)
         if cache is not None:
             cache.last_hidden.copy_(h[:, -1])

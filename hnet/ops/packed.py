@@ -5,8 +5,8 @@ import torch
 
 def seq_idx_from_cu_seqlens(cu_seqlens, total: int):
     """(1, T) int32: the index of the packed sequence each position belongs to."""
-    starts = torch.zeros(total, dtype=torch.int32, device=cu_seqlens.device)
-    starts[cu_seqlens[1:-1].long()] = 1
+    # index_fill_, not starts[idx] = 1: the assignment copies its value from host memory, a sync per call.
+    starts = torch.zeros(total, dtype=torch.int32, device=cu_seqlens.device).index_fill_(0, cu_seqlens[1:-1].long(), 1)
     return torch.cumsum(starts, 0, dtype=torch.int32).unsqueeze(0)
 
 
