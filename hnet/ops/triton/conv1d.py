@@ -8,7 +8,6 @@ import torch
 import triton
 import triton.language as tl
 
-from hnet.ops.triton.launch import launch_kernel
 from hnet.ops.triton.tuning import launch_fastest
 
 
@@ -168,9 +167,9 @@ class _CausalConv1d(torch.autograd.Function):
 
         def launch(block_l, block_d, num_warps=4):
             grid = (b, triton.cdiv(l, block_l), triton.cdiv(d, block_d))
-            launch_kernel(_conv1d_fwd, grid, x, weight, bias, seq_idx, out, l, d, x.stride(0), x.stride(1), seq_stride,
-                          K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu,
-                          BLOCK_L=block_l, BLOCK_D=block_d, num_warps=num_warps)
+            _conv1d_fwd[grid](x, weight, bias, seq_idx, out, l, d, x.stride(0), x.stride(1), seq_stride,
+                              K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu,
+                              BLOCK_L=block_l, BLOCK_D=block_d, num_warps=num_warps)
 
         key = (d, K, x.dtype, bias is None, seq_idx is None, silu)
         launch_fastest("conv1d_fwd", key, b * l, CANDIDATES, launch)
@@ -194,14 +193,14 @@ class _CausalConv1d(torch.autograd.Function):
             flags = dict(K=K, HAS_SEQ=seq_idx is not None, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=num_warps)
             if two_pass:
                 da = torch.empty(b, l, d, device=x.device, dtype=torch.float32)
-                launch_kernel(_conv1d_bwd_da, grid, x, weight, bias, seq_idx, dout, da, dw_partial, db_partial, l, d,
-                              x.stride(0), x.stride(1), seq_stride, HAS_BIAS=bias is not None, SILU=ctx.silu,
-                              **flags)
-                launch_kernel(_conv1d_bwd_dx, grid, da, weight, seq_idx, dx, l, d, seq_stride, **flags)
+                _conv1d_bwd_da[grid](x, weight, bias, seq_idx, dout, da, dw_partial, db_partial, l, d,
+                                     x.stride(0), x.stride(1), seq_stride, HAS_BIAS=bias is not None, SILU=ctx.silu,
+                                     **flags)
+                _conv1d_bwd_dx[grid](da, weight, seq_idx, dx, l, d, seq_stride, **flags)
             else:
-                launch_kernel(_conv1d_bwd, grid, x, weight, bias, seq_idx, dout, dx, dw_partial, db_partial, l, d,
-                              x.stride(0), x.stride(1), seq_stride, HAS_BIAS=bias is not None, SILU=ctx.silu,
-                              **flags)
+                _conv1d_bwd[grid](x, weight, bias, seq_idx, dout, dx, dw_partial, db_partial, l, d,
+                                  x.stride(0), x.stride(1), seq_stride, HAS_BIAS=bias is not None, SILU=ctx.silu,
+                                  **flags)
             return dw_partial, db_partial
 
         key = (d, K, x.dtype, bias is None, seq_idx is None, ctx.silu)

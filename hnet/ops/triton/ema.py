@@ -12,8 +12,6 @@ import torch
 import triton
 import triton.language as tl
 
-from hnet.ops.triton.launch import launch_kernel
-
 
 @triton.jit
 def _compose(a_first, u_first, a_then, u_then):
@@ -95,8 +93,8 @@ class _EmaScan(torch.autograd.Function):
         p = p.float().contiguous()
         e = torch.empty(b, m, d, device=x.device, dtype=torch.float32)
         grid = (b, triton.cdiv(d, BLOCK_D))
-        launch_kernel(_ema_fwd, grid, x, p, seq_idx, e, m, d, x.stride(0), x.stride(1),
-                      HAS_SEQ=seq_idx is not None, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D)
+        _ema_fwd[grid](x, p, seq_idx, e, m, d, x.stride(0), x.stride(1),
+                       HAS_SEQ=seq_idx is not None, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D)
         ctx.save_for_backward(x, p, seq_idx, e)
         ctx.x_dtype = x.dtype
         return e
@@ -108,8 +106,8 @@ class _EmaScan(torch.autograd.Function):
         grid = (b, triton.cdiv(d, BLOCK_D))
         dx = torch.empty(b, m, d, device=x.device, dtype=ctx.x_dtype)
         dp_partial = torch.empty(grid[1], b, m, device=x.device, dtype=torch.float32)
-        launch_kernel(_ema_bwd, grid, x, p, seq_idx, e, de.contiguous(), dx, dp_partial, m, d, x.stride(0), x.stride(1),
-                      HAS_SEQ=seq_idx is not None, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D)
+        _ema_bwd[grid](x, p, seq_idx, e, de.contiguous(), dx, dp_partial, m, d, x.stride(0), x.stride(1),
+                       HAS_SEQ=seq_idx is not None, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D)
         return dx, dp_partial.sum(0), None
 
 

@@ -11,8 +11,6 @@ import torch
 import triton
 import triton.language as tl
 
-from hnet.ops.triton.launch import launch_kernel
-
 
 @triton.jit(do_not_specialize=["n_rows"])
 def _gated_rms_norm_fwd(X, Z, W, Y, RSTD, n_rows, d, sx, sz, eps, ROWS_PER_PROGRAM: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -121,8 +119,8 @@ class _GatedRMSNorm(torch.autograd.Function):
         y = torch.empty(n_rows, d, device=x.device, dtype=torch.float32)
         rstd = torch.empty(n_rows, device=x.device, dtype=torch.float32)
         block_d, rows, grid = _launch_shape(n_rows, d)
-        launch_kernel(_gated_rms_norm_fwd, (grid,), x2, z2, weight, y, rstd, n_rows, d, x2.stride(0), z2.stride(0), eps,
-                      ROWS_PER_PROGRAM=rows, BLOCK_D=block_d)
+        _gated_rms_norm_fwd[(grid,)](x2, z2, weight, y, rstd, n_rows, d, x2.stride(0), z2.stride(0), eps,
+                                     ROWS_PER_PROGRAM=rows, BLOCK_D=block_d)
         ctx.save_for_backward(x2, z2, weight, rstd)
         ctx.shape = shape
         return y.view(shape)
@@ -136,9 +134,10 @@ class _GatedRMSNorm(torch.autograd.Function):
         dz = torch.empty(n_rows, d, device=z2.device, dtype=z2.dtype)
         block_d, rows, grid = _launch_shape(n_rows, d)
         dw_partial = torch.empty(grid, d, device=x2.device, dtype=torch.float32)
-        launch_kernel(_gated_rms_norm_bwd, (grid,),
-                      x2, z2, weight, rstd, dy, dx, dz, dw_partial, n_rows, d, x2.stride(0), z2.stride(0),
-                      ROWS_PER_PROGRAM=rows, BLOCK_D=block_d)
+        _gated_rms_norm_bwd[(grid,)](
+            x2, z2, weight, rstd, dy, dx, dz, dw_partial, n_rows, d, x2.stride(0), z2.stride(0),
+            ROWS_PER_PROGRAM=rows, BLOCK_D=block_d
+        )
         dw = dw_partial.sum(0).to(weight.dtype)
         return dx.view(ctx.shape), dz.view(ctx.shape), dw, None
 
@@ -158,8 +157,8 @@ class _AddRMSNorm(torch.autograd.Function):
         res_out = torch.empty(n_rows, d, device=h.device, dtype=torch.float32)
         rstd = torch.empty(n_rows, device=h.device, dtype=torch.float32)
         block_d, rows, grid = _launch_shape(n_rows, d)
-        launch_kernel(_add_rms_norm_fwd, (grid,), h2, res2, weight, y, res_out, rstd, n_rows, d, eps,
-                      HAS_RESIDUAL=residual is not None, ROWS_PER_PROGRAM=rows, BLOCK_D=block_d)
+        _add_rms_norm_fwd[(grid,)](h2, res2, weight, y, res_out, rstd, n_rows, d, eps,
+                                   HAS_RESIDUAL=residual is not None, ROWS_PER_PROGRAM=rows, BLOCK_D=block_d)
         ctx.save_for_backward(res_out, weight, rstd)
         ctx.set_materialize_grads(False)
         ctx.shape, ctx.h_dtype, ctx.has_residual = shape, h.dtype, residual is not None
@@ -176,9 +175,9 @@ class _AddRMSNorm(torch.autograd.Function):
         dres = torch.empty_like(x) if ctx.has_residual else None
         block_d, rows, grid = _launch_shape(n_rows, d)
         dw_partial = torch.empty(grid, d, device=x.device, dtype=torch.float32)
-        launch_kernel(_add_rms_norm_bwd, (grid,), x, weight, rstd, dy, dres_out, dh, dres, dw_partial, n_rows, d,
-                      HAS_DRES_OUT=dres_out is not None, HAS_RESIDUAL=ctx.has_residual,
-                      ROWS_PER_PROGRAM=rows, BLOCK_D=block_d)
+        _add_rms_norm_bwd[(grid,)](x, weight, rstd, dy, dres_out, dh, dres, dw_partial, n_rows, d,
+                                   HAS_DRES_OUT=dres_out is not None, HAS_RESIDUAL=ctx.has_residual,
+                                   ROWS_PER_PROGRAM=rows, BLOCK_D=block_d)
         dw = dw_partial.sum(0).to(weight.dtype)
         return dh.view(ctx.shape), dres.view(ctx.shape) if dres is not None else None, dw, None
 

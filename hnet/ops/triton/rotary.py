@@ -8,8 +8,6 @@ import torch
 import triton
 import triton.language as tl
 
-from hnet.ops.triton.launch import launch_kernel
-
 
 @triton.jit(do_not_specialize=["n_heads"])
 def _rotate(X, Y, COS, SIN, n_heads, sxt, sxh, syt, syh,
@@ -41,9 +39,9 @@ def _rotate_into(x, out, cos, sin, sign: int):
     if T == 0:
         return out
     block_h = min(triton.next_power_of_2(H), max(1, 2048 // triton.next_power_of_2(hd)))
-    launch_kernel(_rotate, (T, triton.cdiv(H, block_h)), x, out, cos, sin, H, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
-                  HEAD_DIM=hd, HALF=cos.shape[-1], SIGN=sign,
-                  BLOCK_H=block_h, BLOCK_D=triton.next_power_of_2(hd))
+    _rotate[(T, triton.cdiv(H, block_h))](x, out, cos, sin, H, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
+                                          HEAD_DIM=hd, HALF=cos.shape[-1], SIGN=sign,
+                                          BLOCK_H=block_h, BLOCK_D=triton.next_power_of_2(hd))
     return out
 
 

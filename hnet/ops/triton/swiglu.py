@@ -8,8 +8,6 @@ import torch
 import triton
 import triton.language as tl
 
-from hnet.ops.triton.launch import launch_kernel
-
 BLOCK = 1024
 
 
@@ -47,7 +45,7 @@ class _SwiGLU(torch.autograd.Function):
         hidden = u.shape[-1] // 2
         out = torch.empty(*u.shape[:-1], hidden, device=u.device, dtype=u.dtype)
         if out.numel():
-            launch_kernel(_swiglu_fwd, _grid(u.numel() // u.shape[-1], hidden), u, out, hidden, BLOCK=BLOCK)
+            _swiglu_fwd[_grid(u.numel() // u.shape[-1], hidden)](u, out, hidden, BLOCK=BLOCK)
         ctx.save_for_backward(u)
         return out
 
@@ -57,7 +55,7 @@ class _SwiGLU(torch.autograd.Function):
         hidden = u.shape[-1] // 2
         du = torch.empty_like(u)
         if du.numel():
-            launch_kernel(_swiglu_bwd, _grid(u.numel() // u.shape[-1], hidden), u, dout.contiguous(), du, hidden, BLOCK=BLOCK)
+            _swiglu_bwd[_grid(u.numel() // u.shape[-1], hidden)](u, dout.contiguous(), du, hidden, BLOCK=BLOCK)
         return du
 
 

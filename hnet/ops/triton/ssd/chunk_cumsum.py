@@ -12,8 +12,6 @@ import torch
 import triton
 import triton.language as tl
 
-from hnet.ops.triton.launch import launch_kernel
-
 
 @triton.jit(do_not_specialize=["l", "n_chunks"])
 def _chunk_cumsum(DT, A, DT_OUT, CS, l, h, n_chunks, stride_db, stride_dl, stride_dh,
@@ -37,7 +35,7 @@ def chunk_cumsum(dt, A, chunk_size: int):
     cs = torch.empty_like(dt_out)
     block_h = min(triton.next_power_of_2(h), max(1, 2048 // chunk_size))
     grid = (b, n_chunks, triton.cdiv(h, block_h))
-    launch_kernel(_chunk_cumsum, grid, dt, A, dt_out, cs, l, h, n_chunks, *dt.stride(), Q=chunk_size, BLOCK_H=block_h)
+    _chunk_cumsum[grid](dt, A, dt_out, cs, l, h, n_chunks, *dt.stride(), Q=chunk_size, BLOCK_H=block_h)
     return dt_out, cs
 
 
@@ -78,6 +76,6 @@ def chunk_cumsum_bwd(ds, ddt_part, dt_chunked, ds_last, A, seqlen: int):
     da = torch.empty(b, n_chunks, h, device=dt_chunked.device, dtype=torch.float32)
     block_h = min(triton.next_power_of_2(h), max(1, 2048 // Q))
     grid = (b, n_chunks, triton.cdiv(h, block_h))
-    launch_kernel(_chunk_cumsum_bwd, grid, *ds, *ddt_part, dt_chunked, *ds_last, A, ddt, da, seqlen, h, n_chunks, *ddt.stride(),
-                  Q=Q, BLOCK_H=block_h)
+    _chunk_cumsum_bwd[grid](*ds, *ddt_part, dt_chunked, *ds_last, A, ddt, da, seqlen, h, n_chunks, *ddt.stride(),
+                            Q=Q, BLOCK_H=block_h)
     return ddt, da.sum((0, 1))

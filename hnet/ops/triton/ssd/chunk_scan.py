@@ -16,7 +16,6 @@ import torch
 import triton
 import triton.language as tl
 
-from hnet.ops.triton.launch import launch_kernel
 from hnet.ops.triton.ssd.chunk_state import dot_block, mm, reduction_candidates
 from hnet.ops.triton.tuning import for_dtype, launch_fastest
 
@@ -86,10 +85,10 @@ def chunk_scan(x, C, cb, dt_chunked, cs, states_in, D=None, seq_idx=None):
 
     def launch(block_m, block_k, block_p, **launch_options):
         grid = (h, (Q // block_m) * triton.cdiv(p, block_p), b * n_chunks)
-        launch_kernel(_chunk_scan, grid, x, C, cb, dt_chunked, cs, seq_idx, states_in, D, y, l, h, g, n_chunks, p, n, h // g,
-                      *x.stride(), *C.stride(), *y.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
-                      Q=Q, HAS_SEQ=seq_idx is not None, HAS_D=D is not None, IEEE=x.dtype == torch.float32,
-                      BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_N=block_n, **launch_options)
+        _chunk_scan[grid](x, C, cb, dt_chunked, cs, seq_idx, states_in, D, y, l, h, g, n_chunks, p, n, h // g,
+                          *x.stride(), *C.stride(), *y.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
+                          Q=Q, HAS_SEQ=seq_idx is not None, HAS_D=D is not None, IEEE=x.dtype == torch.float32,
+                          BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_N=block_n, **launch_options)
 
     candidates = [dict(block_m=min(64, Q), block_k=min(64, Q), block_p=dot_block(p, 64), num_warps=4)] + [
         dict(block_m=m, block_k=k, block_p=dot_block(p, bp), num_warps=w, num_stages=s)
@@ -269,11 +268,11 @@ def chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D=None, seq_idx=Non
         grid = (h, Q // block_m, b * n_chunks)
         dd = torch.empty(grid[1] * grid[2], h, device=x.device, dtype=torch.float32) if D is not None else None
         ds_state = torch.empty(grid[1], b, h, n_chunks, device=x.device, dtype=torch.float32)
-        launch_kernel(_chunk_scan_bwd_dx, grid, x, B, dy, cb, dt_chunked, cs, seq_idx, dstates, D, dx, ddt, dd, ds_state,
-                      l, h, g, n_chunks, p, n, h // g, *x.stride(), *B.stride(), *dy.stride(), *dx.stride(),
-                      seq_idx.stride(0) if seq_idx is not None else 0,
-                      Q=Q, HAS_SEQ=seq_idx is not None, HAS_D=D is not None, IEEE=x.dtype == torch.float32,
-                      BLOCK_M=block_m, BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), **launch_options)
+        _chunk_scan_bwd_dx[grid](x, B, dy, cb, dt_chunked, cs, seq_idx, dstates, D, dx, ddt, dd, ds_state,
+                                 l, h, g, n_chunks, p, n, h // g, *x.stride(), *B.stride(), *dy.stride(), *dx.stride(),
+                                 seq_idx.stride(0) if seq_idx is not None else 0,
+                                 Q=Q, HAS_SEQ=seq_idx is not None, HAS_D=D is not None, IEEE=x.dtype == torch.float32,
+                                 BLOCK_M=block_m, BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), **launch_options)
         return dd, ds_state
 
     candidates = [dict(block_m=min(64, Q), num_warps=4)] + [
@@ -295,11 +294,11 @@ def chunk_scan_bwd_dcb(x, dy, cb, dt_chunked, cs, seq_idx=None):
 
     def launch(block_m, **launch_options):  # -> ds_row and ddt_col, summed over their per-block shares
         shares = torch.zeros(2, Q // block_m, *cs.shape, device=x.device, dtype=torch.float32)
-        launch_kernel(_chunk_scan_bwd_dcb, ((Q // block_m) ** 2, b * n_chunks, g),
-                      x, dy, cb, dt_chunked, cs, seq_idx, dcb, shares[0], shares[1], l, h, n_chunks, p, h // g, cs.numel(),
-                      *x.stride(), *dy.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
-                      Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32,
-                      BLOCK_M=block_m, BLOCK_P=dot_block(p, p), **launch_options)
+        _chunk_scan_bwd_dcb[((Q // block_m) ** 2, b * n_chunks, g)](
+            x, dy, cb, dt_chunked, cs, seq_idx, dcb, shares[0], shares[1], l, h, n_chunks, p, h // g, cs.numel(),
+            *x.stride(), *dy.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
+            Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32,
+            BLOCK_M=block_m, BLOCK_P=dot_block(p, p), **launch_options)
         return shares.sum(1)
 
     candidates = [dict(block_m=min(64, Q), num_warps=4)] + [
@@ -319,12 +318,12 @@ def chunk_scan_bwd_dc(B, C, dy, dcb, cs, states_in, seq_idx=None):
 
     def launch(block_m, runs, **launch_options):  # one partial sum per run of heads, added up inside the timing
         dc = torch.empty(runs, b, n_chunks * Q, g, n, device=dy.device, dtype=torch.float32)
-        launch_kernel(_chunk_scan_bwd_dc, (Q // block_m, b * n_chunks, g * runs),
-                      B, C, dy, dcb, cs, seq_idx, states_in, dc, ds, l, h, g, n_chunks, p, n,
-                      h // g, h // g // runs, *B.stride(), *C.stride(), *dy.stride(),
-                      seq_idx.stride(0) if seq_idx is not None else 0,
-                      Q=Q, HAS_SEQ=seq_idx is not None, IEEE=dy.dtype == torch.float32,
-                      BLOCK_M=block_m, BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), **launch_options)
+        _chunk_scan_bwd_dc[(Q // block_m, b * n_chunks, g * runs)](
+            B, C, dy, dcb, cs, seq_idx, states_in, dc, ds, l, h, g, n_chunks, p, n,
+            h // g, h // g // runs, *B.stride(), *C.stride(), *dy.stride(),
+            seq_idx.stride(0) if seq_idx is not None else 0,
+            Q=Q, HAS_SEQ=seq_idx is not None, IEEE=dy.dtype == torch.float32,
+            BLOCK_M=block_m, BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), **launch_options)
         return dc[0] if runs == 1 else dc.sum(0)
 
     dc = launch_fastest("chunk_scan_bwd_dc", (Q, p, n, h // g, dy.dtype, seq_idx is None), b * l,

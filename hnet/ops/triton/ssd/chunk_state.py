@@ -15,7 +15,6 @@ import torch
 import triton
 import triton.language as tl
 
-from hnet.ops.triton.launch import launch_kernel
 from hnet.ops.triton.tuning import for_dtype, launch_fastest
 
 
@@ -161,10 +160,10 @@ def _launch_chunk_state(x, B, dt_chunked, cs, seq_idx, from_start):
 
     def launch(block_k, **launch_options):
         grid = (triton.cdiv(p, block_p) * triton.cdiv(n, block_n), b * n_chunks, h)
-        launch_kernel(_chunk_state, grid, x, B, dt_chunked, cs, seq_idx, states, l, h, n_chunks, p, n, h // g,
-                      *x.stride(), *B.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
-                      Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32, FROM_START=from_start,
-                      BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_k, **launch_options)
+        _chunk_state[grid](x, B, dt_chunked, cs, seq_idx, states, l, h, n_chunks, p, n, h // g,
+                           *x.stride(), *B.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
+                           Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32, FROM_START=from_start,
+                           BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_k, **launch_options)
 
     candidates = [dict(block_k=min(64, Q), num_warps=4)] + [
         dict(block_k=k, num_warps=w, num_stages=s) for k in (32, 64, 128) for w, s in ((4, 2), (8, 3)) if k <= Q]
@@ -180,9 +179,9 @@ def chunk_cb(B, C, chunk_size: int):
 
     def launch(block_m, block_n, **launch_options):
         grid = ((chunk_size // block_m) ** 2, b * n_chunks, g)
-        launch_kernel(_chunk_cb, grid, B, C, cb, l, g, n_chunks, n, *B.stride(), *C.stride(), Q=chunk_size,
-                      IEEE=B.dtype == torch.float32, BLOCK_M=block_m, BLOCK_K=block_m, BLOCK_N=block_n,
-                      **launch_options)
+        _chunk_cb[grid](B, C, cb, l, g, n_chunks, n, *B.stride(), *C.stride(), Q=chunk_size,
+                        IEEE=B.dtype == torch.float32, BLOCK_M=block_m, BLOCK_K=block_m, BLOCK_N=block_n,
+                        **launch_options)
 
     candidates = [dict(block_m=min(64, chunk_size), block_n=dot_block(n, 64), num_warps=4)] + [
         dict(block_m=m, block_n=dot_block(n, bn), num_warps=w, num_stages=2)
@@ -213,11 +212,11 @@ def chunk_state_bwd_db(x, C, dcb, dt_chunked, cs, dstates, seq_idx=None):
 
     def launch(block_m, runs, **launch_options):  # one partial sum per run of heads, added up inside the timing
         db = torch.empty(runs, b, n_chunks * Q, g, n, device=x.device, dtype=torch.float32)
-        launch_kernel(_chunk_state_bwd_db, (Q // block_m, b * n_chunks, g * runs),
-                      x, C, dcb, dt_chunked, cs, seq_idx, dstates, db, l, h, g, n_chunks, p, n,
-                      h // g, h // g // runs, *x.stride(), *C.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
-                      Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32, BLOCK_M=block_m,
-                      BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), **launch_options)
+        _chunk_state_bwd_db[(Q // block_m, b * n_chunks, g * runs)](
+            x, C, dcb, dt_chunked, cs, seq_idx, dstates, db, l, h, g, n_chunks, p, n,
+            h // g, h // g // runs, *x.stride(), *C.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
+            Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32, BLOCK_M=block_m,
+            BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), **launch_options)
         return db[0] if runs == 1 else db.sum(0)
 
     db = launch_fastest("chunk_state_bwd_db", (Q, p, n, h // g, x.dtype, seq_idx is None), b * l,

@@ -13,7 +13,6 @@ import torch
 import triton
 import triton.language as tl
 
-from hnet.ops.triton.launch import launch_kernel
 from hnet.ops.triton.tuning import launch_fastest
 
 
@@ -58,9 +57,9 @@ def state_passing(states, cs, initial_state=None, seq_idx=None):
     l, s_seq = (seq_idx.shape[1], seq_idx.stride(0)) if seq_idx is not None else (0, 0)  # l, s_seq: read with seq_idx only
 
     def launch(block, **launch_options):
-        launch_kernel(_state_passing, (triton.cdiv(p * n, block), b, h),
-                      states, cs, seq_idx, init, states_in, final, l, h, n_chunks, p * n, s_seq,
-                      Q=Q, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_state is not None, BLOCK=block, **launch_options)
+        _state_passing[(triton.cdiv(p * n, block), b, h)](
+            states, cs, seq_idx, init, states_in, final, l, h, n_chunks, p * n, s_seq,
+            Q=Q, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_state is not None, BLOCK=block, **launch_options)
 
     launch_fastest("state_passing", (p * n, seq_idx is None, initial_state is None), b * n_chunks * Q,
                    block_candidates(p * n), launch)
@@ -114,10 +113,10 @@ def state_passing_bwd(dstates, states_in, cs, dfinal=None, seq_idx=None, has_ini
     def launch(block, **launch_options):  # -> ds_carry, summed over its blocks of state elements
         n_blocks = triton.cdiv(p * n, block)
         ds_carry = torch.empty(n_blocks, b, h, n_chunks, device=dstates.device, dtype=torch.float32)
-        launch_kernel(_state_passing_bwd, (n_blocks, b, h),
-                      dstates, states_in, cs, seq_idx, dfinal, ds_out, dinit, ds_carry, l, h, n_chunks, p * n, s_seq,
-                      Q=Q, HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None, HAS_INIT=has_initial_state,
-                      BLOCK=block, **launch_options)
+        _state_passing_bwd[(n_blocks, b, h)](
+            dstates, states_in, cs, seq_idx, dfinal, ds_out, dinit, ds_carry, l, h, n_chunks, p * n, s_seq,
+            Q=Q, HAS_SEQ=seq_idx is not None, HAS_DFINAL=dfinal is not None, HAS_INIT=has_initial_state,
+            BLOCK=block, **launch_options)
         return ds_carry.sum(0)
 
     ds_carry = launch_fastest("state_passing_bwd", (p * n, seq_idx is None, dfinal is None, has_initial_state),
