@@ -3,8 +3,8 @@ backward; equals `hnet.ops.ema.ema_scan` (float32 math and output). x (b, m, d),
 
 Memory-bound, so the kernel is a plain scan: a program per (row, channel block, segment of time) walks
 its segment in tiles of BLOCK_T steps, each tile an associative scan of the affine maps e -> a e + u, with
-the running value carried from tile to tile. A packed batch is one row, so the time axis is cut into
-segments for parallelism (one program per 32 channels walking 21,000 chunks took 1 ms on the H200): a
+the running value carried from tile to tile. A packed batch is one row, so with too few programs the
+time axis is cut into segments (one program per 32 channels walking 21,000 chunks took 1 ms on the H200): a
 first pass gives each segment's map from its entering value to its leaving one (a product of decays and
 the value from zero), a short sequential pass chains those into each segment's entering value, and the
 scan proper starts every segment from it. The backward runs the same three passes in reverse time.
@@ -63,7 +63,8 @@ def _ema_fwd(X, P, SEQ, E, CARRY, SUMMARY_A, SUMMARY_U, m, d, seg_len, stride_xb
             tl.store(E + b * m * d + t[:, None] * d + cols[None, :], e, mask=live)
         last = (t == start + BLOCK_T - 1)[:, None]
         carry = tl.sum(tl.where(last, e, 0.0), axis=0)
-        decay *= tl.sum(tl.where(last, a_cum, 0.0), axis=0)
+        if SUMMARY:
+            decay *= tl.sum(tl.where(last, a_cum, 0.0), axis=0)
     if SUMMARY:
         tl.store(SUMMARY_A + summary, decay, mask=in_d)
         tl.store(SUMMARY_U + summary, carry, mask=in_d)
@@ -113,8 +114,9 @@ def _ema_bwd(X, P, SEQ, E, DE, DX, DP_PARTIAL, CARRY, SUMMARY_A, SUMMARY_U, m, d
         g = a_cum * carry[None, :] + u_cum
         here = (t == start)[:, None]
         carry = tl.sum(tl.where(here, g, 0.0), axis=0)
-        decay *= tl.sum(tl.where(here, a_cum, 0.0), axis=0)
-        if not SUMMARY:
+        if SUMMARY:
+            decay *= tl.sum(tl.where(here, a_cum, 0.0), axis=0)
+        else:
             a, p = _decay(P, SEQ, b, t, m, HAS_SEQ)
             x = tl.load(X + b * stride_xb + t[:, None] * stride_xm + cols[None, :], mask=live, other=0.0).to(tl.float32)
             e_prev = tl.load(E + b * m * d + (t - 1)[:, None] * d + cols[None, :], mask=live & (t >= 1)[:, None],
@@ -130,7 +132,7 @@ def _ema_bwd(X, P, SEQ, E, DE, DX, DP_PARTIAL, CARRY, SUMMARY_A, SUMMARY_U, m, d
 
 
 BLOCK_T, BLOCK_D = 32, 32
-MIN_PROGRAMS = 512  # below this many (row, channel block) programs the time axis is cut into segments
+MIN_PROGRAMS = 264  # two per multiprocessor of an H100/H200: below, the time axis is cut into segments
 
 
 def _segments(b: int, m: int, d: int) -> tuple[int, int]:
