@@ -214,14 +214,8 @@ def test_causal_conv1d_without_bias():
 
 # ---- dechunk EMA ----------------------------------------------------------------------------------------
 
-# The scan cuts time into segments of 32 steps or more until it has 264 programs: 3, 1, 4 and 10 segments here.
 EMA_CASES = [(2, 70, 40, False), (1, 1, 7, False), (2, 100, 33, True), (1, 300, 20, True)] + real_shapes(
     (8, 1400, 1536, False), (1, 11200, 1536, True))
-
-
-def test_ema_segments():
-    assert [triton_ema._segments(b, m, d)[1] for b, m, d, _ in EMA_CASES[:4]] == [3, 1, 4, 10]
-    assert triton_ema._segments(8, 1400, 1536)[1] == 1 and triton_ema._segments(1, 21000, 1536)[1] == 6
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
