@@ -40,10 +40,10 @@ def chunk_cumsum(dt, A, chunk_size: int):
 
 
 @triton.jit(do_not_specialize=["l", "n_chunks"])
-def _chunk_cumsum_bwd(DS, DS2, DDT_PART, DDT_PART2, DT, DS_LAST, DS_LAST2, A, DDT, DA, l, h, n_chunks, stride_db, stride_dl, stride_dh,
-                      Q: tl.constexpr, BLOCK_H: tl.constexpr):
-    """Each of ds, ddt_part and ds_last arrives as two parts, added here (the backward's kernels make them
-    separately). ds_i = ds_row_i - dt_i ddt_part_i (+ ds_last at the chunk's last step): every term of the backward that
+def _chunk_cumsum_bwd(DS, DS2, DDT_PART, DDT_PART2, DT, DS_LAST, DS_LAST2, A, DDT, DA, l, h, n_chunks,
+                      stride_db, stride_dl, stride_dh, Q: tl.constexpr, BLOCK_H: tl.constexpr):
+    """ds, ddt_part and ds_last each arrive as two parts (made by different kernels), added here.
+    ds_i = ds_row_i - dt_i ddt_part_i (+ ds_last at the chunk's last step): every term of the backward that
     holds exp(cs_i - cs_j) gives +t at i and -t at j, and t_j = dt_j times its share of ddt_j. Then the
     cumulative sum's backward, a reversed cumulative sum: ddt_i += A d(dt A)_i, dA += dt_i d(dt A)_i."""
     b, c = tl.program_id(0), tl.program_id(1)

@@ -136,7 +136,8 @@ def _chunk_scan_bwd_dx(X, B, DY, CB, DT, CS, SEQ, DSTATES, D, DX, DDT, DD, DS_ST
     xj = tl.load(X + b * sxb + tj[:, None] * sxl + hd * sxh + pp[None, :] * sxp, mask=xj_live, other=0.0)
     acc = u * (w * dt_j)[:, None]
     ddt = w * tl.sum(xj.to(tl.float32) * u, axis=1)
-    tl.store(DS_STATE + ((blk * (tl.num_programs(2) // n_chunks) + b) * h + hd) * n_chunks + c, tl.sum(ddt * dt_j, axis=0))
+    n_batch = tl.num_programs(2) // n_chunks
+    tl.store(DS_STATE + ((blk * n_batch + b) * h + hd) * n_chunks + c, tl.sum(ddt * dt_j, axis=0))
     if HAS_D:
         dyj = tl.load(DY + b * sdb + tj[:, None] * sdl + hd * sdh + pp[None, :] * sdp, mask=xj_live, other=0.0)
         acc += tl.load(D + hd).to(tl.float32) * dyj.to(tl.float32)
