@@ -5,6 +5,7 @@ isotropic Transformer of matched FLOPs per byte, trained by the same step.
     python benchmarks/train_step.py --config path/to/hnet_2stage_L.json --batch 2
     python benchmarks/train_step.py --config .ref/configs/hnet_1stage_L.json --profile 30   # + where the time goes
     python benchmarks/train_step.py --config .ref/configs/hnet_1stage_L.json --no-reference --unbucketed
+    python benchmarks/train_step.py --no-reference --routed-at-targets   # + each H-Net at its target compression
     TRITON_INTERPRET=1 python benchmarks/train_step.py --device cpu --quick   # tiny models: checks the code path
 
 Rows are printed as a markdown table, to paste into benchmarks/RESULTS.md with the header lines above it.
@@ -20,7 +21,10 @@ H-Net at the bytes per chunk its (untrained) router produced in the timed step, 
 the step did. The Transformer ("T<n>", `hnet.eval.baselines.size_baseline`) is sized to the H-Net's
 forward FLOPs per byte at the target bytes per chunk (6, or 3 then 9 cumulative), the budget the H-Net is
 trained for. MFU = 3 x FLOPs/byte x bytes/s / the dense bf16 peak (989 TFLOP/s for H100/H200 SXM, or
---peak-tflops).
+--peak-tflops). An untrained router's compression is its initialisation's (about 3-4 bytes per chunk, and
+a second stage that may keep almost nothing), so its H-Net does more or less work than the Transformer is
+matched to: --routed-at-targets adds a row of each H-Net whose boundaries are fixed at the targets (one
+every 6th byte, or every 3rd position at each stage), the comparison at matched FLOPs.
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ from hnet.config import RunConfig, TrainConfig
 from hnet.eval.baselines import size_baseline
 from hnet.eval.compare import TRAIN_FLOPS_PER_FORWARD
 from hnet.eval.flops import flops_per_byte
+from hnet.chunking.routing import routing_output
 from hnet.layers.isotropic import Isotropic
+from hnet.models import HNet
 from hnet.ops import dispatch
 from hnet.training.loop import default_ratio_targets
 
@@ -81,13 +87,38 @@ def halving(batch: int):
     return [batch >> k for k in range(batch.bit_length())]
 
 
+def route_at_targets(model, targets: list[float]) -> None:
+    """Fix each stage's boundaries at one every N-th position of each packed sequence, from its start (N that
+    stage's target). The router still runs and gets its gradient (straight through the fixed values), so
+    the step's cost is a trained router's at that compression."""
+    for stage in model.modules():
+        if isinstance(stage, HNet) and not stage.is_innermost:
+            stage.routing_module.forward = fixed_routing(stage.routing_module.forward, round(targets[stage.stage]))
+
+
+def fixed_routing(route, every: int):
+    def forward(h, cu_seqlens=None, mask=None, cache=None):
+        p = route(h, cu_seqlens, mask, cache=cache).boundary_prob[..., 1]
+        pos = torch.arange(p.shape[1], device=p.device).expand_as(p)
+        if cu_seqlens is not None:  # packed: the position inside its own sequence
+            lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+            pos = pos - torch.repeat_interleave(cu_seqlens[:-1], lengths, output_size=p.shape[1])
+        fixed = (pos % every == 0).to(p.dtype)
+        return routing_output(fixed + (p - p.detach()), mask)
+
+    return forward
+
+
 def train_step_once(config: HNetConfig, device, batch: int, seq_len: int, steps: int, warmup: int,
-                    bucket_lengths: bool | None = None) -> dict:
+                    bucket_lengths: bool | None = None, targets: list[float] | None = None) -> dict:
+    """targets: route at these compressions (`route_at_targets`); None: as the router decides."""
     torch.manual_seed(0)
     model = HNetForCausalLM(config, device=device)
     for stack in model.modules():
         if isinstance(stack, Isotropic):
             stack.bucket_lengths = bucket_lengths
+    if targets is not None:
+        route_at_targets(model, targets)
     r = time_train_steps(model, TrainConfig(), text_batch(batch, seq_len, device), device, steps, warmup)
     peak = r["peak_memory_gib"]
     return {"params": r["params"], "ms": r["ms_per_step"], "bytes_per_s": r["bytes_per_s"],
@@ -179,6 +210,8 @@ def main(argv=None):
     parser.add_argument("--no-reference", action="store_true", help="skip the reference path (HNET_REFERENCE=1)")
     parser.add_argument("--unbucketed", action="store_true", help="also the fast path with the chunk counts "
                         "of the inner stacks not rounded up (`hnet.ops.packed.bucketed_length`)")
+    parser.add_argument("--routed-at-targets", action="store_true", help="also each H-Net's fast path with its "
+                        "boundaries fixed at the ratio targets (the work its matched Transformer is sized to)")
     parser.add_argument("--profile", type=int, metavar="ROWS", help="also profile one fast-path step of each "
                         "H-Net at the batch that fitted, printing the ROWS ops and kernels of most time")
     args = parser.parse_args(argv)
@@ -196,23 +229,27 @@ def main(argv=None):
         config = load_model_config(str(REPO / path))  # an absolute path stays itself
         targets = [float(x) for x in np.cumprod(default_ratio_targets(config.num_stages - 1))]
         budget = flops_per_byte(config, args.seq_len, targets)
-        runs = [(f"{Path(path).stem} fast", config, "fast", None)]  # label, config, kernel path, bucketing
+        # label, config, kernel path, bucketing, fixed routing targets
+        runs = [(f"{Path(path).stem} fast", config, "fast", None, None)]
         if args.unbucketed:
-            runs.append((f"{Path(path).stem} fast, unbucketed", config, "fast", False))
+            runs.append((f"{Path(path).stem} fast, unbucketed", config, "fast", False, None))
+        if args.routed_at_targets:
+            runs.append((f"{Path(path).stem} fast, routed at targets", config, "fast", None,
+                         default_ratio_targets(config.num_stages - 1)))
         if not args.no_reference:
-            runs.append((f"{Path(path).stem} reference", config, "reference", None))
+            runs.append((f"{Path(path).stem} reference", config, "reference", None, None))
         if not args.no_transformer:
             tconfig = size_baseline("transformer", budget, args.seq_len, config)
             runs.append((f"{tconfig.arch_layout[0]} d{tconfig.d_model[0]} (matched to {Path(path).stem})", tconfig,
-                         "fast", None))
-        for label, cfg, kpath, bucket in runs:
+                         "fast", None, None))
+        for label, cfg, kpath, bucket, fixed in runs:
             with kernel_path(kpath, device):
                 batch, r = fitting(lambda b: train_step_once(cfg, device, b, args.seq_len, args.steps, args.warmup,
-                                                             bucket), args.batch, device)
+                                                             bucket, fixed), args.batch, device)
             if r is None:
                 rows.append((label, "-", f"OOM at 1 x {args.seq_len}", "-", "-", "-", "-", "-", "-"))
                 continue
-            if cfg is config and kpath == "fast" and bucket is None:
+            if cfg is config and kpath == "fast" and bucket is None and fixed is None:
                 fitted.append((Path(path).stem, cfg, batch))
             fpb = flops_per_byte(cfg, args.seq_len, r["bytes_per_chunk"])
             rows.append((label, f"{r['params'] / 1e6:.1f}M", f"{batch} x {args.seq_len}", f"{r['ms']:.1f}",

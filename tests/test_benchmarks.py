@@ -16,6 +16,16 @@ def test_train_step_table_and_profile(capsys, monkeypatch):
     assert "Self CPU time total" in profile and "profiled step:" in profile
 
 
+def test_train_step_routed_at_targets(capsys, monkeypatch):
+    """--routed-at-targets: the H-Net's boundaries fixed at one every 6th byte of each sequence (its target)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    load_benchmark("train_step").main(["--device", "cpu", "--quick", "--config", "configs/text/hnet_1stage_tiny.json",
+                                       "--no-reference", "--no-transformer", "--routed-at-targets"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| hnet_1stage_tiny fast, routed"))
+    bytes_per_chunk = float(row.rstrip(" |").split("|")[-1])
+    assert 5.5 < bytes_per_chunk <= 6.0  # 6 but for the shorter last chunk of each sequence
+
+
 def test_forward_table(capsys, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     load_benchmark("forward").main(["--device", "cpu", "--quick", "--config", "configs/text/hnet_2stage_tiny.json"])
