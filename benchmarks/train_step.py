@@ -40,14 +40,15 @@ import numpy as np
 import torch
 
 from hnet import HNetConfig, HNetForCausalLM
+from hnet.chunking.routing import routing_output
 from hnet.config import RunConfig, TrainConfig
 from hnet.eval.baselines import size_baseline
 from hnet.eval.compare import TRAIN_FLOPS_PER_FORWARD
 from hnet.eval.flops import flops_per_byte
-from hnet.chunking.routing import routing_output
 from hnet.layers.isotropic import Isotropic
 from hnet.models import HNet
 from hnet.ops import dispatch
+from hnet.ops.packed import positions_in_sequence
 from hnet.training.loop import default_ratio_targets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -99,10 +100,8 @@ def route_at_targets(model, targets: list[float]) -> None:
 def fixed_routing(route, every: int):
     def forward(h, cu_seqlens=None, mask=None, cache=None):
         p = route(h, cu_seqlens, mask, cache=cache).boundary_prob[..., 1]
-        pos = torch.arange(p.shape[1], device=p.device).expand_as(p)
-        if cu_seqlens is not None:  # packed: the position inside its own sequence
-            lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-            pos = pos - torch.repeat_interleave(cu_seqlens[:-1], lengths, output_size=p.shape[1])
+        length = p.shape[1]
+        pos = torch.arange(length, device=p.device) if cu_seqlens is None else positions_in_sequence(cu_seqlens, length)
         fixed = (pos % every == 0).to(p.dtype)
         return routing_output(fixed + (p - p.detach()), mask)
 
@@ -227,15 +226,15 @@ def main(argv=None):
     rows, fitted = [], []  # fitted: (name, config, batch) of each H-Net's fast path, for --profile
     for path in args.config:
         config = load_model_config(str(REPO / path))  # an absolute path stays itself
-        targets = [float(x) for x in np.cumprod(default_ratio_targets(config.num_stages - 1))]
+        stage_targets = default_ratio_targets(config.num_stages - 1)
+        targets = [float(x) for x in np.cumprod(stage_targets)]
         budget = flops_per_byte(config, args.seq_len, targets)
         # label, config, kernel path, bucketing, fixed routing targets
         runs = [(f"{Path(path).stem} fast", config, "fast", None, None)]
         if args.unbucketed:
             runs.append((f"{Path(path).stem} fast, unbucketed", config, "fast", False, None))
         if args.routed_at_targets:
-            runs.append((f"{Path(path).stem} fast, routed at targets", config, "fast", None,
-                         default_ratio_targets(config.num_stages - 1)))
+            runs.append((f"{Path(path).stem} fast, routed at targets", config, "fast", None, stage_targets))
         if not args.no_reference:
             runs.append((f"{Path(path).stem} reference", config, "reference", None, None))
         if not args.no_transformer:

@@ -8,7 +8,7 @@ import torch
 
 from hnet import HNetConfig, HNetForCausalLM, load_checkpoint, load_model
 from hnet.layers.isotropic import Isotropic
-from hnet.ops.packed import bucketed_length
+from hnet.ops.packed import bucketed_length, positions_in_sequence
 from test_config import TINY
 
 REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference"
@@ -95,6 +95,10 @@ def test_padded_and_packed_give_the_same_logits(layout):
     assert (out_padded.logits[mask] - out_packed.logits[0]).abs().max() < 1e-4
     for rp, rk in zip(out_padded.routing[:1], out_packed.routing[:1]):
         assert torch.equal(rp.boundary_mask[mask], rk.boundary_mask[0])
+
+
+def test_positions_in_sequence_restart_at_every_packed_sequence():
+    assert positions_in_sequence(torch.tensor([0, 3, 4, 8]), 8).tolist() == [0, 1, 2, 0, 0, 1, 2, 3]
 
 
 def test_bucketed_length_rounds_up_by_at_most_a_sixteenth():

@@ -41,7 +41,7 @@ def _sequence_starts(shape, cu_seqlens, device) -> torch.Tensor:
     starts = torch.zeros(shape, dtype=torch.bool, device=device)
     starts[:, 0] = True
     if cu_seqlens is not None:
-        starts[:, cu_seqlens[:-1].long()] = True
+        starts.index_fill_(1, cu_seqlens[:-1].long(), True)  # not starts[:, idx] = True: a host copy, a sync
     return starts
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from hnet.ops.dispatch import reference_requested, rotary_qkv
 from hnet.ops.rotary import apply_rotary, rotary_tables
-from hnet.ops.packed import unpack
+from hnet.ops.packed import positions_in_sequence, unpack
 
 try:  # flash attention over packed sequences, CUDA only (torch >= 2.10; a window from 2.11)
     from torch.nn.attention.varlen import varlen_attn
@@ -96,16 +96,13 @@ class CausalSelfAttention(nn.Module):
     def _forward_varlen(self, x, cu_seqlens, max_seqlen=None):
         T = x.shape[1]
         qkv = self.Wqkv(x[0]).view(T, 3, self.num_heads, self.head_dim)
-        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
         if self.rotary_emb_dim > 0:
-            # Each position's index inside its own sequence.
-            starts = torch.repeat_interleave(cu_seqlens[:-1], lengths, output_size=T)
-            cos, sin = rotary_tables(torch.arange(T, device=x.device) - starts, self.rotary_emb_dim)
+            cos, sin = rotary_tables(positions_in_sequence(cu_seqlens, T), self.rotary_emb_dim)
             q, k, v = rotary_qkv(qkv, cos, sin)
         else:
             q, k, v = qkv.unbind(1)
         if max_seqlen is None:
-            max_seqlen = int(lengths.max())
+            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
         cu = cu_seqlens.to(torch.int32)
         if _VARLEN_WINDOW:
             out = varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, window_size=(self.window_size, 0))

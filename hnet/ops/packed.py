@@ -10,6 +10,12 @@ def seq_idx_from_cu_seqlens(cu_seqlens, total: int):
     return torch.cumsum(starts, 0, dtype=torch.int32).unsqueeze(0)
 
 
+def positions_in_sequence(cu_seqlens, total: int):
+    """(T,) int64: each packed position's index inside its own sequence."""
+    starts = torch.repeat_interleave(cu_seqlens[:-1], cu_seqlens[1:] - cu_seqlens[:-1], output_size=total)
+    return torch.arange(total, device=cu_seqlens.device) - starts
+
+
 def unpack(x, cu_seqlens, max_len: int | None = None):
     """Packed (T, ...) -> right-padded rows (num_seqs, max_len, ...) and the bool mask of real positions.
     max_len: the longest sequence, if known (else read from cu_seqlens: a host sync)."""
