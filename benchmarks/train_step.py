@@ -45,7 +45,7 @@ from hnet.config import RunConfig, TrainConfig
 from hnet.eval.baselines import size_baseline
 from hnet.eval.compare import TRAIN_FLOPS_PER_FORWARD
 from hnet.eval.flops import flops_per_byte
-from hnet.layers.isotropic import Isotropic
+from hnet.layers.isotropic import Isotropic, use_cuda_graphs
 from hnet.models import HNet
 from hnet.ops import dispatch
 from hnet.ops.packed import positions_in_sequence
@@ -109,7 +109,8 @@ def fixed_routing(route, every: int):
 
 
 def train_step_once(config: HNetConfig, device, batch: int, seq_len: int, steps: int, warmup: int,
-                    bucket_lengths: bool | None = None, targets: list[float] | None = None) -> dict:
+                    bucket_lengths: bool | None = None, targets: list[float] | None = None,
+                    cuda_graphs: bool = False) -> dict:
     """targets: route at these compressions (`route_at_targets`); None: as the router decides."""
     torch.manual_seed(0)
     model = HNetForCausalLM(config, device=device)
@@ -118,6 +119,7 @@ def train_step_once(config: HNetConfig, device, batch: int, seq_len: int, steps:
             stack.bucket_lengths = bucket_lengths
     if targets is not None:
         route_at_targets(model, targets)
+    use_cuda_graphs(model, cuda_graphs)
     r = time_train_steps(model, TrainConfig(), text_batch(batch, seq_len, device), device, steps, warmup)
     peak = r["peak_memory_gib"]
     return {"params": r["params"], "ms": r["ms_per_step"], "bytes_per_s": r["bytes_per_s"],
@@ -135,13 +137,17 @@ def fitting(run, batch: int, device) -> tuple[int, dict | None]:
     return 0, None
 
 
-def profile_step(config: HNetConfig, device, batch: int, seq_len: int, warmup: int, rows: int) -> None:
+def profile_step(config: HNetConfig, device, batch: int, seq_len: int, warmup: int, rows: int,
+                 targets: list[float] | None = None) -> None:
     """One fast-path step under torch.profiler, after `warmup` unprofiled ones: the ops and kernels that
-    take the most GPU (or CPU) time, and the profiled step's wall-clock to set their total against."""
+    take the most GPU (or CPU) time, and the profiled step's wall-clock to set their total against.
+    targets: routed at these compressions (`route_at_targets`)."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.manual_seed(0)
     model = HNetForCausalLM(config, device=device)
+    if targets is not None:
+        route_at_targets(model, targets)
     data = text_batch(batch, seq_len, device)
     with kernel_path("fast", device):
         time_train_steps(model, TrainConfig(), data, device, steps=max(warmup, 1), warmup=0)  # compile, allocate
@@ -211,8 +217,11 @@ def main(argv=None):
                         "of the inner stacks not rounded up (`hnet.ops.packed.bucketed_length`)")
     parser.add_argument("--routed-at-targets", action="store_true", help="also each H-Net's fast path with its "
                         "boundaries fixed at the ratio targets (the work its matched Transformer is sized to)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="also the fast rows (and the Transformer) "
+                        "with every stack replayed as CUDA graphs (`hnet.layers.isotropic.use_cuda_graphs`)")
     parser.add_argument("--profile", type=int, metavar="ROWS", help="also profile one fast-path step of each "
-                        "H-Net at the batch that fitted, printing the ROWS ops and kernels of most time")
+                        "H-Net (and of its routed-at-targets row) at the batch that fitted, printing the ROWS "
+                        "ops and kernels of most time")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.quick:
@@ -223,33 +232,40 @@ def main(argv=None):
     print(f"training step: bf16 autocast={device.type == 'cuda'}, {args.warmup} warmup + {args.steps} timed steps, "
           f"requested batch {args.batch} x {args.seq_len} bytes, MFU against {peak} TFLOP/s")
 
-    rows, fitted = [], []  # fitted: (name, config, batch) of each H-Net's fast path, for --profile
+    rows, fitted = [], []  # fitted: (label, config, batch, targets) of each H-Net's fast path, for --profile
     for path in args.config:
         config = load_model_config(str(REPO / path))  # an absolute path stays itself
         stage_targets = default_ratio_targets(config.num_stages - 1)
         targets = [float(x) for x in np.cumprod(stage_targets)]
         budget = flops_per_byte(config, args.seq_len, targets)
-        # label, config, kernel path, bucketing, fixed routing targets
-        runs = [(f"{Path(path).stem} fast", config, "fast", None, None)]
+        # label, config, kernel path, bucketing, fixed routing targets, CUDA graphs
+        stem = Path(path).stem
+        runs = [(f"{stem} fast", config, "fast", None, None, False)]
         if args.unbucketed:
-            runs.append((f"{Path(path).stem} fast, unbucketed", config, "fast", False, None))
+            runs.append((f"{stem} fast, unbucketed", config, "fast", False, None, False))
         if args.routed_at_targets:
-            runs.append((f"{Path(path).stem} fast, routed at targets", config, "fast", None, stage_targets))
+            runs.append((f"{stem} fast, routed at targets", config, "fast", None, stage_targets, False))
+        if args.cuda_graphs:
+            runs.append((f"{stem} fast, CUDA graphs", config, "fast", None, None, True))
+            if args.routed_at_targets:
+                runs.append((f"{stem} fast, routed at targets, CUDA graphs", config, "fast", None, stage_targets, True))
         if not args.no_reference:
-            runs.append((f"{Path(path).stem} reference", config, "reference", None, None))
+            runs.append((f"{stem} reference", config, "reference", None, None, False))
         if not args.no_transformer:
             tconfig = size_baseline("transformer", budget, args.seq_len, config)
-            runs.append((f"{tconfig.arch_layout[0]} d{tconfig.d_model[0]} (matched to {Path(path).stem})", tconfig,
-                         "fast", None, None))
-        for label, cfg, kpath, bucket, fixed in runs:
+            tlabel = f"{tconfig.arch_layout[0]} d{tconfig.d_model[0]} (matched to {stem})"
+            runs.append((tlabel, tconfig, "fast", None, None, False))
+            if args.cuda_graphs:
+                runs.append((f"{tlabel}, CUDA graphs", tconfig, "fast", None, None, True))
+        for label, cfg, kpath, bucket, fixed, graphs in runs:
             with kernel_path(kpath, device):
                 batch, r = fitting(lambda b: train_step_once(cfg, device, b, args.seq_len, args.steps, args.warmup,
-                                                             bucket, fixed), args.batch, device)
+                                                             bucket, fixed, graphs), args.batch, device)
             if r is None:
                 rows.append((label, "-", f"OOM at 1 x {args.seq_len}", "-", "-", "-", "-", "-", "-"))
                 continue
-            if cfg is config and kpath == "fast" and bucket is None and fixed is None:
-                fitted.append((Path(path).stem, cfg, batch))
+            if cfg is config and kpath == "fast" and bucket is None and not graphs:
+                fitted.append((label, cfg, batch, fixed))
             fpb = flops_per_byte(cfg, args.seq_len, r["bytes_per_chunk"])
             rows.append((label, f"{r['params'] / 1e6:.1f}M", f"{batch} x {args.seq_len}", f"{r['ms']:.1f}",
                          f"{r['bytes_per_s']:,.0f}", f"{fpb / 1e9:.3f}", f"{100 * mfu(fpb, r['bytes_per_s'], peak):.1f}",
@@ -263,9 +279,9 @@ def main(argv=None):
         print("| " + " | ".join(row) + " |")
     if math.isnan(peak):
         print("(MFU: no known peak for this device; pass --peak-tflops)")
-    for name, cfg, batch in fitted if args.profile else []:
-        print(f"\nprofile of one {name} fast step:")
-        profile_step(cfg, device, batch, args.seq_len, args.warmup, args.profile)
+    for label, cfg, batch, fixed in fitted if args.profile else []:
+        print(f"\nprofile of one {label} step:")
+        profile_step(cfg, device, batch, args.seq_len, args.warmup, args.profile, fixed)
     print_tuning()
 
 

@@ -72,7 +72,9 @@ def time_train_steps(model, tc, batch: dict, device, steps: int, warmup: int) ->
     optimizer = torch.optim.AdamW(model.param_groups(tc.lr, tc.weight_decay, tc.lr_multipliers), lr=tc.lr,
                                   betas=tuple(tc.betas), fused=device.type == "cuda")
     targets = tc.ratio_targets or default_ratio_targets(model.num_stages - 1)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    # CUDA graphs replay the weights' casts, which autocast's cache would skip (`use_cuda_graphs`).
+    graphs = any(getattr(m, "cuda_graphs", False) for m in model.modules())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda", cache_enabled=not graphs)
 
     def step():
         with autocast:

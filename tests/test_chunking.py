@@ -7,7 +7,7 @@ import torch
 
 from hnet.chunking.chunk import chunk, dechunk, ste
 from hnet.chunking.ratio_loss import ratio_loss
-from hnet.chunking.routing import RoutingModule, routing_output
+from hnet.chunking.routing import RoutingModule, adjacent_cosine, routing_output
 
 
 def test_routing_probabilities_by_hand():
@@ -23,6 +23,18 @@ def test_routing_probabilities_by_hand():
     assert torch.allclose(r.selected_probs[0, :, 0], torch.tensor([1.0, 1.0, 0.5, 1.0, 0.5]))
 
 
+def test_adjacent_cosine_is_the_official_einsum_with_its_roundings():
+    torch.manual_seed(0)
+    q, k = (torch.nn.functional.normalize(torch.randn(2, 300, 64), dim=-1) for _ in range(2))
+    official = lambda: torch.einsum("bld,bld->bl", q, k)  # noqa: E731
+    torch.testing.assert_close(adjacent_cosine(q, k), official(), rtol=1e-6, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the einsum's bmm: bf16 in and out
+        ours, theirs = adjacent_cosine(q, k), official()
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    assert (ours.float() - theirs.float()).abs().max() <= 2**-8  # at most one bf16 step apart, summed in fp32
+    assert (ours == theirs).float().mean() > 0.99
+
+
 def test_packed_sequence_starts_are_boundaries():
     routing = RoutingModule(2)
     h = torch.tensor([[[1.0, 0.0]] * 6])  # identical vectors: p = 0 except at sequence starts
@@ -33,7 +45,7 @@ def test_packed_sequence_starts_are_boundaries():
 def test_chunk_selects_positions_0_3_4_and_dechunk_by_hand():
     mask = torch.tensor([[True, False, False, True, True, False]])
     h = torch.arange(6, dtype=torch.float32).view(1, 6, 1) * 10
-    z, next_cu, next_mask = chunk(h, mask)
+    z, next_cu, next_mask, _ = chunk(h, mask)
     assert z[0, :, 0].tolist() == [0.0, 30.0, 40.0] and next_mask.tolist() == [[True] * 3]
 
     p = torch.tensor([[1.0, 0.1, 0.2, 0.5, 0.8, 0.3]])
@@ -48,7 +60,7 @@ def test_chunk_selects_positions_0_3_4_and_dechunk_by_hand():
 def test_chunk_padded_rows_of_different_counts():
     mask = torch.tensor([[True, True, False, True], [True, False, False, False]])
     h = torch.arange(8, dtype=torch.float32).view(2, 4, 1)
-    z, _, next_mask = chunk(h, mask)
+    z, _, next_mask, _ = chunk(h, mask)
     assert z[0, :, 0].tolist() == [0.0, 1.0, 3.0]
     assert z[1, 0, 0].item() == 4.0 and next_mask.tolist() == [[True] * 3, [True, False, False]]
 
@@ -57,8 +69,8 @@ def test_chunk_and_dechunk_packed():
     mask = torch.tensor([[True, False, True, True, False]])
     cu = torch.tensor([0, 2, 5])
     h = torch.arange(5, dtype=torch.float32).view(1, 5, 1)
-    z, next_cu, _ = chunk(h, mask, cu_seqlens=cu)
-    assert z[0, :, 0].tolist() == [0.0, 2.0, 3.0] and next_cu.tolist() == [0, 1, 3]
+    z, next_cu, _, longest = chunk(h, mask, cu_seqlens=cu)
+    assert z[0, :, 0].tolist() == [0.0, 2.0, 3.0] and next_cu.tolist() == [0, 1, 3] and longest == 2
     p = torch.tensor([[1.0, 0.0, 1.0, 0.5, 0.0]])
     out = dechunk(torch.tensor([[[2.0], [4.0], [8.0]]]), mask, torch.stack([1 - p, p], -1), next_cu)
     e0 = 0.9999 * 2.0

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hnet import HNetConfig, HNetForCausalLM, load_checkpoint, load_model
-from hnet.layers.isotropic import Isotropic
+from hnet.layers.isotropic import Isotropic, use_cuda_graphs
 from hnet.ops.packed import bucketed_length, positions_in_sequence
 from test_config import TINY
 
@@ -145,6 +145,39 @@ def test_bucketed_chunks_change_neither_outputs_nor_gradients(layout):
     assert plain_grads.keys() == padded_grads.keys()
     for name, g in plain_grads.items():
         assert (g - padded_grads[name]).abs().max() <= 1e-5 * max(1.0, g.abs().max().item()), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("layout", [["m2", ["T2"], "m2"], ["m1", ["m1", ["T2"], "m1"], "m1"]])
+def test_cuda_graphs_give_the_eager_steps(layout):
+    """Three bf16 training steps on different bytes with every stack replayed as CUDA graphs (the first
+    step captures them) give the eager steps' losses and gradients; the byte-level stacks' graphs are
+    captured once and replayed."""
+    depth = 2 if len(layout[1]) == 1 else 3
+    model = tiny_model(arch_layout=layout, d_model=[64, 96, 128][:depth], d_intermediate=[0, 192, 256][:depth],
+                       attn_cfg={"num_heads": [2] * depth, "rotary_emb_dim": [16] * depth, "window_size": [-1] * depth})
+    model.cuda()
+    torch.manual_seed(2)
+    batches = [torch.randint(0, 256, (1, 3000), device="cuda") for _ in range(3)]
+    cu = torch.tensor([0, 1000, 1001, 2500, 3000], dtype=torch.int32, device="cuda")
+    runs = []
+    for graphs in (False, True):
+        use_cuda_graphs(model, graphs)
+        steps = []
+        for ids in batches:
+            model.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+                loss = model(ids, cu_seqlens=cu).logits.float().square().mean()
+            loss.backward()
+            steps.append((loss.item(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}))
+        runs.append(steps)
+    byte_level = [m for m in model.modules() if isinstance(m, Isotropic) and m.stage == 0]
+    assert len(byte_level) == 2 and all(len(m._graphs) == 1 for m in byte_level)
+    for (eager_loss, eager_grads), (graph_loss, graph_grads) in zip(*runs, strict=True):
+        assert abs(eager_loss - graph_loss) <= 1e-3 * abs(eager_loss)
+        assert eager_grads.keys() == graph_grads.keys()
+        for name, g in eager_grads.items():
+            assert (g - graph_grads[name]).abs().max() <= 1e-2 * max(1e-3, g.abs().max().item()), name
 
 
 def test_param_groups_per_stage_multipliers_and_no_decay():

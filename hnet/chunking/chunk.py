@@ -16,20 +16,24 @@ DECHUNK_P_MIN = 1e-4  # the official dechunk clamps p to [1e-4, 1 - 1e-4] (and o
 
 
 def chunk(h, boundary_mask, cu_seqlens=None):
-    """Keep the hidden states at boundaries, in order. Returns (z, next_cu_seqlens, next_mask).
+    """Keep the hidden states at boundaries, in order. Returns (z, next_cu_seqlens, next_mask, longest).
 
-    Packed (1, T, D) + cu_seqlens: z is (1, T', D) and next_cu_seqlens marks each sequence's chunks.
+    Packed (1, T, D) + cu_seqlens: z is (1, T', D), next_cu_seqlens marks each sequence's chunks and
+    longest is the most chunks of one sequence (an int, for the attention over them).
     Padded (B, L, D): z is (B, M, D), M the largest chunk count, with next_mask (B, M) of real chunks.
     """
     if cu_seqlens is not None:
         b = boundary_mask[0]
         next_cu = F.pad(torch.cumsum(b, 0)[cu_seqlens[1:].long() - 1], (1, 0))
-        return h[:, b], next_cu, None
+        # The one host sync of a stage: the chunk count sizes z, the longest sequence the attention.
+        total, longest = torch.stack((next_cu[-1], (next_cu[1:] - next_cu[:-1]).max())).tolist()
+        # index_select, not h[:, b]: its backward (index_add) needs no second count of the mask.
+        return h.index_select(1, torch.nonzero_static(b, size=total).squeeze(1)), next_cu, None, longest
     counts = boundary_mask.sum(-1)
     order = _boundaries_first(boundary_mask)[:, : int(counts.max())]
     z = torch.gather(h, 1, order[..., None].expand(-1, -1, h.shape[-1]))
     next_mask = torch.arange(order.shape[1], device=h.device)[None, :] < counts[:, None]
-    return z, None, next_mask
+    return z, None, next_mask, None
 
 
 def _boundaries_first(boundary_mask):

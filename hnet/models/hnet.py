@@ -74,8 +74,9 @@ class HNet(nn.Module):
             self.decoder.allocate_inference_cache(batch_size, max_seqlen, dtype),
         )
 
-    def forward(self, x, cu_seqlens=None, mask=None, cache=None):
-        """x (B, L, D_in) with mask (B, L), or packed (1, T, D_in) with cu_seqlens. Returns (h, routing).
+    def forward(self, x, cu_seqlens=None, mask=None, cache=None, max_seqlen=None):
+        """x (B, L, D_in) with mask (B, L), or packed (1, T, D_in) with cu_seqlens (max_seqlen: its longest
+        sequence, if known: an attention stack needs it). Returns (h, routing).
 
         A cache is filled with the state after the last position (prefill). A routing stage takes one
         sequence then, as rows of a batch would chunk to different lengths.
@@ -83,7 +84,8 @@ class HNet(nn.Module):
         d_in = x.shape[-1]
         x = self._pad(x)
         if self.is_innermost:
-            return self.main_network(x, cu_seqlens, cache=None if cache is None else cache.main_network)[..., :d_in], []
+            inner_cache = None if cache is None else cache.main_network
+            return self.main_network(x, cu_seqlens, cache=inner_cache, max_seqlen=max_seqlen)[..., :d_in], []
         if cache is None:
             cache = HNetCache(None)  # nothing to fill
         elif x.shape[0] != 1:
@@ -92,8 +94,8 @@ class HNet(nn.Module):
         h = self.encoder(x, cu_seqlens, cache=cache.encoder)
         residual = self._residual(h)
         routing = self.routing_module(h, cu_seqlens, mask, cache=cache.routing)
-        z, next_cu, next_mask = chunk(h, routing.boundary_mask, cu_seqlens)
-        z, inner_routing = self.main_network(z, next_cu, next_mask, cache=cache.main_network)
+        z, next_cu, next_mask, longest = chunk(h, routing.boundary_mask, cu_seqlens)
+        z, inner_routing = self.main_network(z, next_cu, next_mask, cache=cache.main_network, max_seqlen=longest)
         d = dechunk(z, routing.boundary_mask, routing.boundary_prob, next_cu, self.official_bf16_dechunk)
         if cache.dechunk is not None:
             cache.dechunk.last_value.copy_(d[:, -1])
