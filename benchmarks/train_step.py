@@ -121,6 +121,7 @@ def train_step_once(config: HNetConfig, device, batch: int, seq_len: int, steps:
         route_at_targets(model, targets)
     use_cuda_graphs(model, cuda_graphs)
     r = time_train_steps(model, TrainConfig(), text_batch(batch, seq_len, device), device, steps, warmup)
+    use_cuda_graphs(model, False)  # frees the graphs' memory with the model
     peak = r["peak_memory_gib"]
     return {"params": r["params"], "ms": r["ms_per_step"], "bytes_per_s": r["bytes_per_s"],
             "peak_gib": float("nan") if peak is None else peak, "bytes_per_chunk": r["bytes_per_chunk"]}

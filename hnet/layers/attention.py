@@ -90,7 +90,9 @@ class CausalSelfAttention(nn.Module):
 
     def _takes_varlen(self, x) -> bool:
         """Flash attention over the packed positions (no padding) where it runs: CUDA, half precision."""
-        return (varlen_attn is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+        # The projections' dtype: autocast's where it runs (a stack's first layer may read a float32 input).
+        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
+        return (varlen_attn is not None and x.is_cuda and dtype in (torch.float16, torch.bfloat16)
                 and (_VARLEN_WINDOW or self.window_size < 0) and not reference_requested())
 
     def _forward_varlen(self, x, cu_seqlens, max_seqlen=None):
