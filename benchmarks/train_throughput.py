@@ -22,7 +22,7 @@ import torch
 
 from hnet.config import RunConfig
 from hnet.training.loop import build_model, default_ratio_targets, forward_loss
-from hnet.training.metrics import bytes_per_chunk, chunk_counts
+from hnet.training.metrics import bytes_per_chunk
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO / "hnet" / "samples" / "tinyshakespeare.txt"
@@ -91,8 +91,11 @@ def time_train_steps(model, tc, batch: dict, device, steps: int, warmup: int) ->
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
+    chunks = 0  # per stage, summed over the timed steps on the device: an untrained router's count moves
     for _ in range(steps):
         routing = step()
+        if routing:
+            chunks = chunks + torch.stack([r.boundary_mask.sum() for r in routing])
     sync(device)
     seconds = (time.perf_counter() - start) / steps
     n_bytes = batch["input_ids"].numel()
@@ -101,7 +104,8 @@ def time_train_steps(model, tc, batch: dict, device, steps: int, warmup: int) ->
         "ms_per_step": seconds * 1e3,
         "bytes_per_s": n_bytes / seconds,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-        "bytes_per_chunk": bytes_per_chunk(chunk_counts(batch, routing)),  # cumulative over the stages
+        # cumulative over the stages, over all timed steps: the work the timing covers
+        "bytes_per_chunk": bytes_per_chunk([n_bytes * steps] + (chunks.tolist() if routing else [])),
     }
 
 
