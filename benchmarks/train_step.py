@@ -252,6 +252,8 @@ def main(argv=None):
                 runs.append((f"{stem} fast, routed at targets, CUDA graphs", config, "fast", None, stage_targets, True))
         if not args.no_reference:
             runs.append((f"{stem} reference", config, "reference", None, None, False))
+            if args.routed_at_targets:
+                runs.append((f"{stem} reference, routed at targets", config, "reference", None, stage_targets, False))
         if not args.no_transformer:
             tconfig = size_baseline("transformer", budget, args.seq_len, config)
             tlabel = f"{tconfig.arch_layout[0]} d{tconfig.d_model[0]} (matched to {stem})"
