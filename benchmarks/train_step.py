@@ -18,13 +18,15 @@ halved until it does and the row says the batch used.
 
 Model FLOPs per byte come from `hnet.eval.flops.flops_per_byte` (forward; training counted as 3x): for the
 H-Net at the bytes per chunk its (untrained) router produced over the timed steps (all of them: in the
-first steps of random weights that count moves several-fold), so MFU counts the work the timing covers. The Transformer ("T<n>", `hnet.eval.baselines.size_baseline`) is sized to the H-Net's
-forward FLOPs per byte at the target bytes per chunk (6, or 3 then 9 cumulative), the budget the H-Net is
-trained for. MFU = 3 x FLOPs/byte x bytes/s / the dense bf16 peak (989 TFLOP/s for H100/H200 SXM, or
---peak-tflops). An untrained router's compression is not the target (3-15 bytes per chunk in the first
-steps, and a second stage that may keep almost nothing), so its H-Net does more or less work than the
-Transformer is matched to: --routed-at-targets adds a row of each H-Net whose boundaries are fixed at the targets (one
-every 6th byte, or every 3rd position at each stage), the comparison at matched FLOPs.
+first steps of random weights that count moves several-fold), so MFU counts the work the timing covers.
+The Transformer ("T<n>", `hnet.eval.baselines.size_baseline`) is sized to the H-Net's forward FLOPs per
+byte at the target bytes per chunk (6, or 3 then 9 cumulative), the budget the H-Net is trained for.
+MFU = 3 x FLOPs/byte x bytes/s / the dense bf16 peak (989 TFLOP/s for H100/H200 SXM, or --peak-tflops).
+An untrained router's compression is not the target (from 2 to 2000 bytes per chunk in
+the 1-stage L's first 7 steps, and a second stage that may keep almost nothing), so its H-Net does more or
+less work than the Transformer is matched to: --routed-at-targets adds a row of each H-Net whose boundaries
+are fixed at the targets (one every 6th byte, or every 3rd position at each stage), the comparison at
+matched FLOPs (also on the reference path).
 """
 
 from __future__ import annotations

@@ -80,9 +80,9 @@ class Isotropic(nn.Module):
     def _replay(self, x, cu_seqlens, seq_idx, max_seqlen):
         """The layers as a CUDA graph captured for this input signature (the first call of one captures it).
 
-        A training step's host time was its bound: ~3000 launches, each with Python and autograd around
-        it, took longer than the kernels. A graph launches a stack's forward (or backward) in one call.
-        The attention's max_seqlen is rounded up to a power of two so that signatures repeat.
+        Each of a training step's ~3000 launches costs host time (Python, autograd); a graph launches a
+        stack's forward (or backward) in one call. The attention's max_seqlen is rounded up to a power of
+        two so that signatures repeat.
         """
         if max_seqlen is not None:
             max_seqlen = min(1 << (max_seqlen - 1).bit_length(), x.shape[1])
