@@ -77,11 +77,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     parser.add_argument("--dry-run", action="store_true", help="tiny preset, 2 CPU processes, a few steps")
     args = parser.parse_args(argv)
-    if args.dry_run:
-        tmp = Path(tempfile.mkdtemp(prefix="hnet-mgpu-"))
+    if not args.dry_run:
+        return compare(args)
+    with tempfile.TemporaryDirectory(prefix="hnet-mgpu-") as tmp:  # a dry run leaves nothing behind
+        tmp = Path(tmp)
         args.config, args.steps, args.processes = str(REPO / "configs" / "text" / "hnet_1stage_tiny.json"), 4, 2
         args.runs_dir = str(tmp / "runs")
         args.set = ["data.seq_len=128", "data.max_bytes=20000", "train.eval_batches=1", f"data.cache_dir={tmp / 'cache'}", *args.set]
+        return compare(args)
+
+
+def compare(args) -> dict:
+    """1 process, N processes, 1 again; the checkpoints moved between them."""
     n, steps, runs, config = args.processes, args.steps, Path(args.runs_dir), Path(args.config)
     overrides = [*args.set, f"train.max_steps={steps}", f"train.checkpoint_every={max(1, steps // 2)}",
                  "train.keep_checkpoints=2", f"train.eval_every={steps}", f"train.log_every={max(1, steps // 30)}"]

@@ -312,11 +312,17 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     # the command that (re)produces the section: without --report-only it trains what is missing, then writes it
     command = "python benchmarks/study.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only")
-    if args.dry_run:
-        tmp = Path(tempfile.mkdtemp(prefix="hnet-study-"))
+    if not args.dry_run:
+        return study(args, command)
+    with tempfile.TemporaryDirectory(prefix="hnet-study-") as tmp:  # a dry run leaves only what --docs names
+        tmp = Path(tmp)
         args.size, args.budget_bytes = "tiny", 3 * 2 * 128
         args.runs_dir, args.docs = args.runs_dir or str(tmp / "runs"), args.docs or str(tmp / "docs")
         args.set = ["data.max_bytes=12000", f"data.cache_dir={tmp / 'cache'}", *args.set]
+        return study(args, command)
+
+
+def study(args, command: str) -> None:
     args.runs_dir, args.docs = args.runs_dir or "runs/study", args.docs or str(REPO / "docs")
     configs = run_configs(args.data, args.size, args.budget_bytes, args.set, quick=args.dry_run)
     runs_dir = Path(args.runs_dir)
