@@ -30,6 +30,13 @@ def tiny_model(seed=0, **changes):
     return HNetForCausalLM(HNetConfig.from_dict(dict(TINY, **changes)))
 
 
+def staged_tiny_model(layout):
+    """A tiny H-Net of 1 or 2 stages (as the layout nests), each stage's widths and attention set."""
+    depth = 2 if len(layout[1]) == 1 else 3
+    return tiny_model(arch_layout=layout, d_model=[64, 96, 128][:depth], d_intermediate=[0, 192, 256][:depth],
+                      attn_cfg={"num_heads": [2] * depth, "rotary_emb_dim": [16] * depth, "window_size": [-1] * depth})
+
+
 def test_save_and_load_pretrained_round_trip(tmp_path):
     model = tiny_model()
     model.save_pretrained(tmp_path / "m")
@@ -114,8 +121,7 @@ def test_bucketed_chunks_change_neither_outputs_nor_gradients(layout):
     CUDA by default) and cuts its output back: attention and the Mamba-2 scans reset per sequence, so real
     positions, the inner routing and every gradient see no difference."""
     depth = 2 if len(layout[1]) == 1 else 3
-    model = tiny_model(arch_layout=layout, d_model=[64, 96, 128][:depth], d_intermediate=[0, 192, 256][:depth],
-                       attn_cfg={"num_heads": [2] * depth, "rotary_emb_dim": [16] * depth, "window_size": [-1] * depth})
+    model = staged_tiny_model(layout)
     inner_stacks = [m for m in model.modules() if isinstance(m, Isotropic) and m.stage > 0]
     lengths = []  # (stack input, its first layer's input, stack output) per inner stack call
     for stack in inner_stacks:
@@ -153,14 +159,12 @@ def test_cuda_graphs_give_the_eager_steps(layout):
     """Three bf16 training steps on different bytes with every stack replayed as CUDA graphs (the first
     step captures them) give the eager steps' losses and gradients; the byte-level stacks' graphs are
     captured once and replayed."""
-    depth = 2 if len(layout[1]) == 1 else 3
     torch.manual_seed(2)
     batches = [torch.randint(0, 256, (1, 3000), device="cuda") for _ in range(3)]
     cu = torch.tensor([0, 1000, 1001, 2500, 3000], dtype=torch.int32, device="cuda")
     runs = []
     for graphs in (True, False):  # a fresh model each (a capture wants parameters no eager step has used)
-        model = tiny_model(arch_layout=layout, d_model=[64, 96, 128][:depth], d_intermediate=[0, 192, 256][:depth],
-                           attn_cfg={"num_heads": [2] * depth, "rotary_emb_dim": [16] * depth, "window_size": [-1] * depth})
+        model = staged_tiny_model(layout)
         use_cuda_graphs(model.cuda(), graphs)
         steps = []
         for ids in batches:
