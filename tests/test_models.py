@@ -209,3 +209,19 @@ def test_bf16_load_keeps_fp32_residual_and_runs(tmp_path):
     ids = torch.randint(0, 256, (1, 40))
     assert (loaded(ids).logits.float() - model(ids).logits).abs().max() < 0.5
     assert torch.isfinite(tiny_model().to(torch.bfloat16)(ids).logits).all()  # a plain .to(dtype) runs too
+
+
+def test_residual_proj_runs_as_the_official_linear():
+    """residual_proj(h.to(fp32)): in fp32 from a bf16 h, and under autocast in autocast's dtype (the official
+    module is a plain nn.Linear, which autocast casts like any other)."""
+    stage = tiny_model().backbone
+    with torch.no_grad():
+        stage.residual_proj.weight.normal_()
+    w, b = stage.residual_proj.weight, stage.residual_proj.bias
+    h = torch.randn(2, 9, w.shape[1]).bfloat16()
+    expected = torch.nn.functional.linear(h.float(), w, b)
+    assert torch.equal(stage._residual(h), expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = stage._residual(h)
+    assert torch.equal(under_autocast, torch.nn.functional.linear(h, w.bfloat16(), b.bfloat16()).float())
+    assert not torch.equal(under_autocast, expected)  # bf16 rounding: the two paths differ

@@ -25,4 +25,4 @@ class GatedRMSNorm(RMSNorm):
     """Mamba-2's output norm: RMSNorm(x * silu(z)) * weight."""
 
     def forward(self, x, z):
-        return gated_rms_norm(x, z, self.weight, self.eps).to(x.dtype)
+        return gated_rms_norm(x, z, self.weight, self.eps, out_dtype=x.dtype)

@@ -12,6 +12,8 @@ import importlib.util
 import os
 from contextlib import contextmanager
 
+import torch
+
 from hnet.ops import conv1d as _conv1d_ref
 from hnet.ops import ema as _ema_ref
 from hnet.ops import norm as _norm_ref
@@ -59,11 +61,11 @@ def causal_conv1d(x, weight, bias=None, seq_idx=None, activation: str | None = "
     return impl(x, weight, bias, seq_idx, activation)
 
 
-def gated_rms_norm(x, z, weight, eps: float = 1e-5):
+def gated_rms_norm(x, z, weight, eps: float = 1e-5, out_dtype=torch.float32):
     impl = _norm_ref.gated_rms_norm
     if use_triton(x):
         from hnet.ops.triton.norm import gated_rms_norm as impl
-    return impl(x, z, weight, eps)
+    return impl(x, z, weight, eps, out_dtype)
 
 
 def add_rms_norm(h, residual, weight, eps: float = 1e-5):

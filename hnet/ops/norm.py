@@ -12,9 +12,10 @@ def rms_norm(x, weight, eps: float = 1e-5):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
 
 
-def gated_rms_norm(x, z, weight, eps: float = 1e-5):
-    """Mamba-2's output norm: the gate comes first, RMSNorm(x * silu(z)) * weight (one group)."""
-    return rms_norm(x.float() * F.silu(z.float()), weight, eps)
+def gated_rms_norm(x, z, weight, eps: float = 1e-5, out_dtype=torch.float32):
+    """Mamba-2's output norm: the gate comes first, RMSNorm(x * silu(z)) * weight (one group), computed in
+    float32 and returned in out_dtype."""
+    return rms_norm(x.float() * F.silu(z.float()), weight, eps).to(out_dtype)
 
 
 def add_rms_norm(h, residual, weight, eps: float = 1e-5):

@@ -58,11 +58,10 @@ def _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, t, cols, l, d, stride_xb, stri
 
 
 @triton.jit
-def _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
+def _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, partial, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
                         K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr):
-    """This block's share of dweight (d, K) and dbias (d,) from its own da: one row of partial sums per block."""
+    """This block's share of dweight (d, K) and dbias (d,) from its own da: row `partial` of the partial sums."""
     in_d = cols < d
-    partial = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
     if HAS_BIAS:
         tl.store(DB_PARTIAL + partial * d + cols, tl.sum(da, axis=0), mask=in_d)
     if HAS_SEQ:
@@ -95,8 +94,8 @@ def _conv1d_bwd(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, l, d, stride_
         da = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, dst, cols, l, d, stride_xb, stride_xl, stride_sb,
                                  K, HAS_BIAS, HAS_SEQ, SILU)
         if s == 0:  # this block's own da
-            _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
-                                K, HAS_BIAS, HAS_SEQ)
+            _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, b * tl.num_programs(1) + tl.program_id(1),
+                                b, t, cols, l, d, stride_xb, stride_xl, stride_sb, K, HAS_BIAS, HAS_SEQ)
         live = dst < l
         if HAS_SEQ:
             live &= tl.load(SEQ + b * stride_sb + dst, mask=live, other=-2) == seq_t
@@ -115,8 +114,8 @@ def _conv1d_bwd_da(X, W, BIAS, SEQ, DOUT, DA, DW_PARTIAL, DB_PARTIAL, l, d, stri
     da = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
                              K, HAS_BIAS, HAS_SEQ, SILU)
     tl.store(DA + b * l * d + t[:, None] * d + cols[None, :], da, mask=(t < l)[:, None] & (cols < d)[None, :])
-    _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
-                        K, HAS_BIAS, HAS_SEQ)
+    _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, b * tl.num_programs(1) + tl.program_id(1),
+                        b, t, cols, l, d, stride_xb, stride_xl, stride_sb, K, HAS_BIAS, HAS_SEQ)
 
 
 @triton.jit(do_not_specialize=["l", "stride_sb"])
@@ -140,18 +139,66 @@ def _conv1d_bwd_dx(DA, W, SEQ, DX, l, d, stride_sb, K: tl.constexpr, HAS_SEQ: tl
     tl.store(DX + b * l * d + t[:, None] * d + cols[None, :], dx, mask=(t < l)[:, None] & in_d[None, :])
 
 
+@triton.jit(do_not_specialize=["l", "stride_sb", "n_tiles"])
+def _conv1d_bwd_scratch(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, SCRATCH, l, d, stride_xb, stride_xl,
+                        stride_sb, n_tiles, K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr,
+                        SILU: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, HALO: tl.constexpr):
+    """The backward in one pass without recomputing: a fixed set of programs walks the tiles, and each parks
+    its tile's da, with the HALO rows after it, in its own slot of SCRATCH, then reads it back shifted by each
+    tap. The slots are rewritten tile after tile, so they stay in L2: da never goes to memory."""
+    n_l = tl.cdiv(l, BLOCK_L)
+    n_d = tl.cdiv(d, BLOCK_D)
+    rows = tl.arange(0, BLOCK_L)
+    halo = tl.arange(0, HALO)
+    offs = tl.arange(0, BLOCK_D)
+    slot = SCRATCH + tl.program_id(0) * (BLOCK_L + HALO) * BLOCK_D
+    for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
+        # positions fastest, so programs running side by side share x's rows at their tiles' edges
+        lt = tile % n_l
+        b = (tile // n_l) // n_d
+        cols = ((tile // n_l) % n_d) * BLOCK_D + offs
+        in_d = cols < d
+        t = lt * BLOCK_L + rows
+        da = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
+                                 K, HAS_BIAS, HAS_SEQ, SILU)
+        _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, b * n_l + lt, b, t, cols, l, d,
+                            stride_xb, stride_xl, stride_sb, K, HAS_BIAS, HAS_SEQ)
+        da_next = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, lt * BLOCK_L + BLOCK_L + halo, cols, l, d,
+                                      stride_xb, stride_xl, stride_sb, K, HAS_BIAS, HAS_SEQ, SILU)
+        tl.debug_barrier()  # the previous tile's reads of the slot are done
+        tl.store(slot + rows[:, None] * BLOCK_D + offs[None, :], da)
+        tl.store(slot + (BLOCK_L + halo)[:, None] * BLOCK_D + offs[None, :], da_next)
+        tl.debug_barrier()  # the whole tile is in the slot
+        if HAS_SEQ:
+            seq_t = tl.load(SEQ + b * stride_sb + t, mask=t < l, other=-1)
+        dx = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+        for s in tl.static_range(K):
+            live = t + s < l
+            if HAS_SEQ:
+                live &= tl.load(SEQ + b * stride_sb + t + s, mask=live, other=-2) == seq_t
+            da_s = tl.load(slot + (rows + s)[:, None] * BLOCK_D + offs[None, :])
+            dx += tl.where(live[:, None], da_s, 0.0) * tl.load(W + cols * K + (K - 1 - s), mask=in_d, other=0.0).to(tl.float32)[None, :]
+        tl.store(DX + b * l * d + t[:, None] * d + cols[None, :], dx, mask=(t < l)[:, None] & in_d[None, :])
+
+
 # Positions x channels per program, the default first. Tiles of 128 x 128 or more take 8 warps: with 4 they
-# spill registers, compile for 5-20 s each and ran 10-20x slower on the H200. The backward may also take
-# two passes (da written out in float32, then read back shifted) instead of recomputing each pre-activation
-# K times: on the H100 and the H200, in bf16 and fp32, the two-pass 128 x 64 tile was fastest, the one-pass
-# kernels 2x or more slower (their larger tiles, 3-7x, are left out); timing decides.
+# spill registers, compile for 5-20 s each and ran 10-20x slower on the H200. The backward comes in three
+# variants (its da_{t+s} reach past a tile's end): "scratch" (da parked in an L2-resident slot per program,
+# `programs` of them per SM), "two_pass" (da written out in float32, then read back shifted) and
+# "recompute" (each pre-activation recomputed K times). Timing decides.
 CANDIDATES = [dict(block_l=128, block_d=64, num_warps=4)] + [
     dict(block_l=bl, block_d=bd, num_warps=w) for bl in (64, 128, 256) for bd in (64, 128) for w in (4, 8)
     if w == 8 or bl * bd < 128 * 128]
-BWD_CANDIDATES = [dict(block_l=128, block_d=64, num_warps=4, two_pass=True)] + [
-    dict(block_l=bl, block_d=bd, num_warps=w, two_pass=True) for bl in (64, 128) for bd in (64, 128) for w in (4, 8)
-    if w == 8 or bl * bd < 128 * 128] + [
-    dict(block_l=bl, block_d=bd, num_warps=w) for bl, bd, w in ((64, 64, 4), (64, 64, 8), (128, 64, 8), (64, 128, 8))]
+BWD_CANDIDATES = [dict(block_l=128, block_d=64, num_warps=4, variant="scratch", programs=2)] + [
+    dict(block_l=bl, block_d=bd, num_warps=w, variant="scratch", programs=p)
+    for bl in (64, 128) for bd in (64, 128) for w in (4, 8) for p in (1, 2, 4) if w == 8 or bl * bd < 128 * 128] + [
+    dict(block_l=128, block_d=64, num_warps=4, variant="two_pass"),
+    dict(block_l=64, block_d=64, num_warps=4, variant="recompute")]
+
+
+def _halo(K: int) -> int:
+    """Rows past a tile's end whose da its dx needs (K - 1), as a power of two."""
+    return triton.next_power_of_2(max(K - 1, 1))
 
 
 class _CausalConv1d(torch.autograd.Function):
@@ -186,21 +233,29 @@ class _CausalConv1d(torch.autograd.Function):
         dx = torch.empty(b, l, d, device=x.device, dtype=x.dtype)
         seq_stride = seq_idx.stride(0) if seq_idx is not None else 0
 
-        def launch(block_l, block_d, num_warps=4, two_pass=False):  # -> partial sums of dweight and dbias
+        def launch(block_l, block_d, num_warps=4, variant="scratch", programs=2):  # -> dweight, dbias partial sums
             grid = (b, triton.cdiv(l, block_l), triton.cdiv(d, block_d))
             dw_partial = torch.empty(b * grid[1], d, K, device=x.device, dtype=torch.float32)
             db_partial = torch.empty(b * grid[1], d, device=x.device, dtype=torch.float32) if bias is not None else None
             flags = dict(K=K, HAS_SEQ=seq_idx is not None, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=num_warps)
-            if two_pass:
+            args = (l, d, x.stride(0), x.stride(1), seq_stride)
+            if variant == "scratch":
+                n_tiles = grid[0] * grid[1] * grid[2]
+                per_device = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 1
+                n_programs = min(n_tiles, programs * per_device)
+                halo = _halo(K)
+                scratch = torch.empty(n_programs, block_l + halo, block_d, device=x.device, dtype=torch.float32)
+                _conv1d_bwd_scratch[(n_programs,)](x, weight, bias, seq_idx, dout, dx, dw_partial, db_partial, scratch,
+                                                   *args, n_tiles, HAS_BIAS=bias is not None, SILU=ctx.silu,
+                                                   HALO=halo, **flags)
+            elif variant == "two_pass":
                 da = torch.empty(b, l, d, device=x.device, dtype=torch.float32)
-                _conv1d_bwd_da[grid](x, weight, bias, seq_idx, dout, da, dw_partial, db_partial, l, d,
-                                     x.stride(0), x.stride(1), seq_stride, HAS_BIAS=bias is not None, SILU=ctx.silu,
-                                     **flags)
+                _conv1d_bwd_da[grid](x, weight, bias, seq_idx, dout, da, dw_partial, db_partial, *args,
+                                     HAS_BIAS=bias is not None, SILU=ctx.silu, **flags)
                 _conv1d_bwd_dx[grid](da, weight, seq_idx, dx, l, d, seq_stride, **flags)
             else:
-                _conv1d_bwd[grid](x, weight, bias, seq_idx, dout, dx, dw_partial, db_partial, l, d,
-                                  x.stride(0), x.stride(1), seq_stride, HAS_BIAS=bias is not None, SILU=ctx.silu,
-                                  **flags)
+                _conv1d_bwd[grid](x, weight, bias, seq_idx, dout, dx, dw_partial, db_partial, *args,
+                                  HAS_BIAS=bias is not None, SILU=ctx.silu, **flags)
             return dw_partial, db_partial
 
         key = (d, K, x.dtype, bias is None, seq_idx is None, ctx.silu)

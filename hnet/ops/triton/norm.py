@@ -1,5 +1,6 @@
 """The two RMSNorms of the hot path, fused forward and backward, float32 math; x, z, h (..., d), weight (d,).
-- gated: y = RMSNorm(x * silu(z)) * weight, float32 output; equals `hnet.ops.norm.gated_rms_norm`;
+- gated: y = RMSNorm(x * silu(z)) * weight, float32 math, the output in the dtype asked for (the layer asks
+  for x's: a bf16 output written once, not written in float32 and cast); equals `hnet.ops.norm.gated_rms_norm`;
 - with the residual add before it: residual' = h + residual (float32), y = RMSNorm(residual') * weight in
   h's dtype; equals `hnet.ops.norm.add_rms_norm`. Unfused, each block's add, cast, square, mean, scale and
   cast were a pass over the float32 residual stream each way.
@@ -112,11 +113,11 @@ def rows_of(t, d: int):
 
 class _GatedRMSNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, z, weight, eps):
+    def forward(ctx, x, z, weight, eps, out_dtype):
         shape, d = x.shape, x.shape[-1]
         x2, z2 = rows_of(x, d), rows_of(z, d)
         n_rows = x2.shape[0]
-        y = torch.empty(n_rows, d, device=x.device, dtype=torch.float32)
+        y = torch.empty(n_rows, d, device=x.device, dtype=out_dtype)
         rstd = torch.empty(n_rows, device=x.device, dtype=torch.float32)
         block_d, rows, grid = _launch_shape(n_rows, d)
         _gated_rms_norm_fwd[(grid,)](x2, z2, weight, y, rstd, n_rows, d, x2.stride(0), z2.stride(0), eps,
@@ -139,11 +140,11 @@ class _GatedRMSNorm(torch.autograd.Function):
             ROWS_PER_PROGRAM=rows, BLOCK_D=block_d
         )
         dw = dw_partial.sum(0).to(weight.dtype)
-        return dx.view(ctx.shape), dz.view(ctx.shape), dw, None
+        return dx.view(ctx.shape), dz.view(ctx.shape), dw, None, None
 
 
-def gated_rms_norm(x, z, weight, eps: float = 1e-5):
-    return _GatedRMSNorm.apply(x, z, weight, eps)
+def gated_rms_norm(x, z, weight, eps: float = 1e-5, out_dtype=torch.float32):
+    return _GatedRMSNorm.apply(x, z, weight, eps, out_dtype)
 
 
 class _AddRMSNorm(torch.autograd.Function):
