@@ -38,7 +38,7 @@ import triton  # noqa: E402  (after hnet.ops.triton, which needs it anyway)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import kernel_path  # noqa: E402
-from train_throughput import print_tuning  # noqa: E402
+from train_throughput import ceilings, print_tuning  # noqa: E402
 
 
 def shapes(quick: bool) -> dict:
@@ -61,18 +61,6 @@ def bench(fn, device, reps: int = 3) -> float:
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
-
-
-def ceilings(device) -> tuple[float, float]:
-    """(GB/s of a device-to-device copy, bf16 matmul TFLOP/s) measured now."""
-    if device.type != "cuda":
-        return float("nan"), float("nan")
-    src = torch.empty(1 << 30, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    gbps = 2 * src.numel() / bench(lambda: dst.copy_(src), device) / 1e6
-    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    tflops = 2 * 8192**3 / bench(lambda: a @ a, device) / 1e9
-    return gbps, tflops
 
 
 def rel(a, b) -> float:

@@ -42,6 +42,23 @@ def device_info(device) -> tuple[str, float]:
     return name, next((v for k, v in PEAK_TFLOPS.items() if k in name), float("nan"))
 
 
+def ceilings(device) -> tuple[float, float]:
+    """(GB/s of a device-to-device copy, bf16 matmul TFLOP/s) measured now; nan off CUDA."""
+    if device.type != "cuda":
+        return float("nan"), float("nan")
+    from triton.testing import do_bench
+
+    def bench(fn):
+        return do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    gbps = 2 * src.numel() / bench(lambda: dst.copy_(src)) / 1e6
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    tflops = 2 * 8192**3 / bench(lambda: a @ a) / 1e9
+    return gbps, tflops
+
+
 def print_tuning():
     """The launch configurations the fast path chose by timing in this process (none without a GPU)."""
     if torch.cuda.is_available():
