@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hnet.ops.cache import update_rows_
+from hnet.ops.dispatch import adjacent_cosine
 
 
 @dataclass
@@ -39,18 +40,6 @@ def routing_output(p, mask=None) -> RoutingOutput:
     return RoutingOutput(boundary_prob, boundary_mask, boundary_prob.gather(-1, selected.unsqueeze(-1)))
 
 
-def adjacent_cosine(q, k):
-    """sum(q * k, -1) of unit vectors, as the official einsum("bld,bld->bl") gives it, without its batched
-    matmul: one 1 x D by D x 1 product per position, whose backward (two K = 1 GEMMs) took 4.2 ms at
-    8 x 8192 x 1024 on an H200. Under autocast that matmul reads and writes the autocast dtype; the
-    same roundings are made here, the sum in float32 as the matmul accumulates."""
-    device = q.device.type
-    if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-        return (q.to(dtype).float() * k.to(dtype).float()).sum(-1).to(dtype)
-    return (q * k).sum(-1)
-
-
 class RoutingModule(nn.Module):
     def __init__(self, d_model: int, device=None, dtype=None):
         super().__init__()
@@ -74,9 +63,8 @@ class RoutingModule(nn.Module):
     def forward(self, h, cu_seqlens=None, mask=None, cache=None) -> RoutingOutput:
         """h (B, L, D) padded, or (1, T, D) packed with cu_seqlens. A cache (prefill, rows without
         padding) keeps the last position of every row."""
-        q = F.normalize(self.q_proj_layer(h[:, :-1]), dim=-1)
-        k = F.normalize(self.k_proj_layer(h[:, 1:]), dim=-1)
-        p = F.pad(torch.clamp((1 - adjacent_cosine(q, k)) / 2, min=0.0, max=1.0), (1, 0), value=1.0)
+        cos = adjacent_cosine(self.q_proj_layer(h[:, :-1]), self.k_proj_layer(h[:, 1:]))
+        p = F.pad(torch.clamp((1 - cos) / 2, min=0.0, max=1.0), (1, 0), value=1.0)
         if cu_seqlens is not None:
             starts = torch.zeros_like(p, dtype=torch.bool).index_fill_(1, cu_seqlens[:-1].long(), True)  # no host copy
             p = p.masked_fill(starts, 1.0)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import torch
 
 from hnet.ops import conv1d as _conv1d_ref
+from hnet.ops import cosine as _cosine_ref
 from hnet.ops import ema as _ema_ref
 from hnet.ops import norm as _norm_ref
 from hnet.ops import rotary as _rotary_ref
@@ -94,3 +95,11 @@ def rotary_qkv(qkv, cos, sin):
     if use_triton(qkv):
         from hnet.ops.triton.rotary import rotary_qkv as impl
     return impl(qkv, cos, sin)
+
+
+def adjacent_cosine(q, k, eps: float = 1e-12):
+    impl = _cosine_ref.adjacent_cosine
+    # The kernel computes in float32: float32 inputs, or any under autocast (whose roundings it makes).
+    if use_triton(q) and (q.dtype == torch.float32 or torch.is_autocast_enabled(q.device.type)):
+        from hnet.ops.triton.cosine import adjacent_cosine as impl
+    return impl(q, k, eps)
