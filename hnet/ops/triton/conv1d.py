@@ -181,11 +181,84 @@ def _conv1d_bwd_scratch(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, SCRAT
         tl.store(DX + b * l * d + t[:, None] * d + cols[None, :], dx, mask=(t < l)[:, None] & in_d[None, :])
 
 
+@triton.jit(do_not_specialize=["l", "stride_sb"])
+def _conv1d_bwd_segment(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, SCRATCH, l, d, stride_xb, stride_xl,
+                        stride_sb, K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr,
+                        SILU: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, HALO: tl.constexpr,
+                        TILES: tl.constexpr):
+    """The one-pass backward over TILES tiles of positions, one after the other, of one row and channel
+    block: da parked in the program's slot of SCRATCH (with the HALO rows after it) and read back shifted
+    by each tap, and dweight and dbias summed elementwise over the tiles, reduced once at the end (K <= 4)."""
+    cols = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    b, seg = tl.program_id(1), tl.program_id(2)
+    in_d = cols < d
+    rows = tl.arange(0, BLOCK_L)
+    halo = tl.arange(0, HALO)
+    offs = tl.arange(0, BLOCK_D)
+    slot = SCRATCH + ((b * tl.num_programs(2) + seg) * tl.num_programs(0) + tl.program_id(0)) * (BLOCK_L + HALO) * BLOCK_D
+    w_last = tl.load(W + cols * K + (K - 1), mask=in_d, other=0.0).to(tl.float32)
+    dw0 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+    dw1 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+    dw2 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+    dw3 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+    db = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+    for i in range(TILES):
+        t = (seg * TILES + i) * BLOCK_L + rows
+        if HAS_SEQ:
+            seq_t = tl.load(SEQ + b * stride_sb + t, mask=t < l, other=-1)
+        da = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
+                                 K, HAS_BIAS, HAS_SEQ, SILU)
+        db += da
+        for k in tl.static_range(K):  # the taps again (cached): dweight[:, k] += da_t x_{t-(K-1)+k}
+            src = t - (K - 1 - k)
+            ok = (src >= 0) & (t < l)
+            if HAS_SEQ:
+                ok &= tl.load(SEQ + b * stride_sb + src, mask=ok, other=-2) == seq_t
+            xs = tl.load(X + b * stride_xb + src[:, None] * stride_xl + cols[None, :], mask=ok[:, None] & in_d[None, :],
+                         other=0.0).to(tl.float32)
+            if k == 0:
+                dw0 += da * xs
+            elif k == 1:
+                dw1 += da * xs
+            elif k == 2:
+                dw2 += da * xs
+            else:
+                dw3 += da * xs
+        da_next = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, (seg * TILES + i + 1) * BLOCK_L + halo, cols, l, d,
+                                      stride_xb, stride_xl, stride_sb, K, HAS_BIAS, HAS_SEQ, SILU)
+        tl.debug_barrier()  # the previous tile's reads of the slot are done
+        tl.store(slot + rows[:, None] * BLOCK_D + offs[None, :], da)
+        tl.store(slot + (BLOCK_L + halo)[:, None] * BLOCK_D + offs[None, :], da_next)
+        tl.debug_barrier()  # the whole tile is in the slot
+        dx = da * w_last[None, :]  # tap s = 0: the position's own da
+        for s in tl.static_range(1, K):
+            live = t + s < l
+            if HAS_SEQ:
+                live &= tl.load(SEQ + b * stride_sb + t + s, mask=live, other=-2) == seq_t
+            da_s = tl.load(slot + (rows + s)[:, None] * BLOCK_D + offs[None, :])
+            dx += tl.where(live[:, None], da_s, 0.0) * tl.load(W + cols * K + (K - 1 - s), mask=in_d, other=0.0).to(tl.float32)[None, :]
+        tl.store(DX + b * l * d + t[:, None] * d + cols[None, :], dx, mask=(t < l)[:, None] & in_d[None, :])
+    partial = b * tl.num_programs(2) + seg
+    if HAS_BIAS:
+        tl.store(DB_PARTIAL + partial * d + cols, tl.sum(db, axis=0), mask=in_d)
+    for k in tl.static_range(K):
+        if k == 0:
+            acc = dw0
+        elif k == 1:
+            acc = dw1
+        elif k == 2:
+            acc = dw2
+        else:
+            acc = dw3
+        tl.store(DW_PARTIAL + (partial * d + cols) * K + k, tl.sum(acc, axis=0), mask=in_d)
+
+
 # Positions x channels per program, the default first. Tiles of 128 x 128 or more take 8 warps: with 4 they
-# spill registers, compile for 5-20 s each and ran 10-20x slower on the H200. The backward comes in three
+# spill registers, compile for 5-20 s each and ran 10-20x slower on the H200. The backward comes in four
 # variants (its da_{t+s} reach past a tile's end): "scratch" (da parked in an L2-resident slot per program,
-# `programs` of them per SM), "two_pass" (da written out in float32, then read back shifted) and
-# "recompute" (each pre-activation recomputed K times). Timing decides.
+# `programs` of them per SM), "segment" (the same over `tiles` consecutive tiles per program, dweight summed
+# across them), "two_pass" (da written out in float32, then read back shifted) and "recompute" (each
+# pre-activation recomputed K times). Timing decides.
 CANDIDATES = [dict(block_l=128, block_d=64, num_warps=4)] + [
     dict(block_l=bl, block_d=bd, num_warps=w) for bl in (64, 128, 256) for bd in (64, 128) for w in (4, 8)
     if w == 8 or bl * bd < 128 * 128]
@@ -193,7 +266,9 @@ BWD_CANDIDATES = [dict(block_l=128, block_d=64, num_warps=4, variant="scratch", 
     dict(block_l=bl, block_d=bd, num_warps=w, variant="scratch", programs=p)
     for bl in (64, 128) for bd in (64, 128) for w in (4, 8) for p in (1, 2, 4) if w == 8 or bl * bd < 128 * 128] + [
     dict(block_l=128, block_d=64, num_warps=4, variant="two_pass"),
-    dict(block_l=64, block_d=64, num_warps=4, variant="recompute")]
+    dict(block_l=64, block_d=64, num_warps=4, variant="recompute")] + [
+    dict(block_l=bl, block_d=bd, num_warps=w, variant="segment", tiles=n)
+    for bl, bd, w in ((32, 64, 4), (32, 128, 8), (64, 64, 8), (16, 128, 4)) for n in (8, 32)]
 
 
 def _halo(K: int) -> int:
@@ -233,13 +308,21 @@ class _CausalConv1d(torch.autograd.Function):
         dx = torch.empty(b, l, d, device=x.device, dtype=x.dtype)
         seq_stride = seq_idx.stride(0) if seq_idx is not None else 0
 
-        def launch(block_l, block_d, num_warps=4, variant="scratch", programs=2):  # -> dweight, dbias partial sums
+        def launch(block_l, block_d, num_warps=4, variant="scratch", programs=2, tiles=8):  # -> dweight, dbias partials
             grid = (b, triton.cdiv(l, block_l), triton.cdiv(d, block_d))
-            dw_partial = torch.empty(b * grid[1], d, K, device=x.device, dtype=torch.float32)
-            db_partial = torch.empty(b * grid[1], d, device=x.device, dtype=torch.float32) if bias is not None else None
+            n_partials = b * (triton.cdiv(grid[1], tiles) if variant == "segment" else grid[1])
+            dw_partial = torch.empty(n_partials, d, K, device=x.device, dtype=torch.float32)
+            db_partial = torch.empty(n_partials, d, device=x.device, dtype=torch.float32) if bias is not None else None
             flags = dict(K=K, HAS_SEQ=seq_idx is not None, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=num_warps)
             args = (l, d, x.stride(0), x.stride(1), seq_stride)
-            if variant == "scratch":
+            if variant == "segment":
+                seg_grid = (grid[2], b, triton.cdiv(grid[1], tiles))
+                halo = _halo(K)
+                scratch = torch.empty(*seg_grid, block_l + halo, block_d, device=x.device, dtype=torch.float32)
+                _conv1d_bwd_segment[seg_grid](x, weight, bias, seq_idx, dout, dx, dw_partial, db_partial, scratch,
+                                              *args, HAS_BIAS=bias is not None, SILU=ctx.silu, HALO=halo,
+                                              TILES=tiles, **flags)
+            elif variant == "scratch":
                 n_tiles = grid[0] * grid[1] * grid[2]
                 per_device = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 1
                 n_programs = min(n_tiles, programs * per_device)
@@ -259,7 +342,8 @@ class _CausalConv1d(torch.autograd.Function):
             return dw_partial, db_partial
 
         key = (d, K, x.dtype, bias is None, seq_idx is None, ctx.silu)
-        dw_partial, db_partial = launch_fastest("conv1d_bwd", key, b * l, BWD_CANDIDATES, launch)
+        candidates = [c for c in BWD_CANDIDATES if K <= 4 or c["variant"] != "segment"]  # its 4 dweight sums
+        dw_partial, db_partial = launch_fastest("conv1d_bwd", key, b * l, candidates, launch)
         dw = dw_partial.sum(0).to(weight.dtype)
         db = db_partial.sum(0).to(bias.dtype) if bias is not None else None
         return dx, dw, db, None, None
