@@ -58,10 +58,11 @@ def _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, t, cols, l, d, stride_xb, stri
 
 
 @triton.jit
-def _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, partial, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
+def _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
                         K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr):
-    """This block's share of dweight (d, K) and dbias (d,) from its own da: row `partial` of the partial sums."""
+    """This block's share of dweight (d, K) and dbias (d,) from its own da: one row of partial sums per block."""
     in_d = cols < d
+    partial = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
     if HAS_BIAS:
         tl.store(DB_PARTIAL + partial * d + cols, tl.sum(da, axis=0), mask=in_d)
     if HAS_SEQ:
@@ -94,8 +95,8 @@ def _conv1d_bwd(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, l, d, stride_
         da = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, dst, cols, l, d, stride_xb, stride_xl, stride_sb,
                                  K, HAS_BIAS, HAS_SEQ, SILU)
         if s == 0:  # this block's own da
-            _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, b * tl.num_programs(1) + tl.program_id(1),
-                                b, t, cols, l, d, stride_xb, stride_xl, stride_sb, K, HAS_BIAS, HAS_SEQ)
+            _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
+                                K, HAS_BIAS, HAS_SEQ)
         live = dst < l
         if HAS_SEQ:
             live &= tl.load(SEQ + b * stride_sb + dst, mask=live, other=-2) == seq_t
@@ -114,8 +115,8 @@ def _conv1d_bwd_da(X, W, BIAS, SEQ, DOUT, DA, DW_PARTIAL, DB_PARTIAL, l, d, stri
     da = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
                              K, HAS_BIAS, HAS_SEQ, SILU)
     tl.store(DA + b * l * d + t[:, None] * d + cols[None, :], da, mask=(t < l)[:, None] & (cols < d)[None, :])
-    _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, b * tl.num_programs(1) + tl.program_id(1),
-                        b, t, cols, l, d, stride_xb, stride_xl, stride_sb, K, HAS_BIAS, HAS_SEQ)
+    _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
+                        K, HAS_BIAS, HAS_SEQ)
 
 
 @triton.jit(do_not_specialize=["l", "stride_sb"])
@@ -137,48 +138,6 @@ def _conv1d_bwd_dx(DA, W, SEQ, DX, l, d, stride_sb, K: tl.constexpr, HAS_SEQ: tl
         da = tl.load(DA + b * l * d + dst[:, None] * d + cols[None, :], mask=live[:, None] & in_d[None, :], other=0.0)
         dx += da * tl.load(W + cols * K + (K - 1 - s), mask=in_d, other=0.0).to(tl.float32)[None, :]
     tl.store(DX + b * l * d + t[:, None] * d + cols[None, :], dx, mask=(t < l)[:, None] & in_d[None, :])
-
-
-@triton.jit(do_not_specialize=["l", "stride_sb", "n_tiles"])
-def _conv1d_bwd_scratch(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, SCRATCH, l, d, stride_xb, stride_xl,
-                        stride_sb, n_tiles, K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr,
-                        SILU: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, HALO: tl.constexpr):
-    """The backward in one pass without recomputing: a fixed set of programs walks the tiles, and each parks
-    its tile's da, with the HALO rows after it, in its own slot of SCRATCH, then reads it back shifted by each
-    tap. The slots are rewritten tile after tile, so they stay in L2: da never goes to memory."""
-    n_l = tl.cdiv(l, BLOCK_L)
-    n_d = tl.cdiv(d, BLOCK_D)
-    rows = tl.arange(0, BLOCK_L)
-    halo = tl.arange(0, HALO)
-    offs = tl.arange(0, BLOCK_D)
-    slot = SCRATCH + tl.program_id(0) * (BLOCK_L + HALO) * BLOCK_D
-    for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
-        # positions fastest, so programs running side by side share x's rows at their tiles' edges
-        lt = tile % n_l
-        b = (tile // n_l) // n_d
-        cols = ((tile // n_l) % n_d) * BLOCK_D + offs
-        in_d = cols < d
-        t = lt * BLOCK_L + rows
-        da = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
-                                 K, HAS_BIAS, HAS_SEQ, SILU)
-        _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, b * n_l + lt, b, t, cols, l, d,
-                            stride_xb, stride_xl, stride_sb, K, HAS_BIAS, HAS_SEQ)
-        da_next = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, lt * BLOCK_L + BLOCK_L + halo, cols, l, d,
-                                      stride_xb, stride_xl, stride_sb, K, HAS_BIAS, HAS_SEQ, SILU)
-        tl.debug_barrier()  # the previous tile's reads of the slot are done
-        tl.store(slot + rows[:, None] * BLOCK_D + offs[None, :], da)
-        tl.store(slot + (BLOCK_L + halo)[:, None] * BLOCK_D + offs[None, :], da_next)
-        tl.debug_barrier()  # the whole tile is in the slot
-        if HAS_SEQ:
-            seq_t = tl.load(SEQ + b * stride_sb + t, mask=t < l, other=-1)
-        dx = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
-        for s in tl.static_range(K):
-            live = t + s < l
-            if HAS_SEQ:
-                live &= tl.load(SEQ + b * stride_sb + t + s, mask=live, other=-2) == seq_t
-            da_s = tl.load(slot + (rows + s)[:, None] * BLOCK_D + offs[None, :])
-            dx += tl.where(live[:, None], da_s, 0.0) * tl.load(W + cols * K + (K - 1 - s), mask=in_d, other=0.0).to(tl.float32)[None, :]
-        tl.store(DX + b * l * d + t[:, None] * d + cols[None, :], dx, mask=(t < l)[:, None] & in_d[None, :])
 
 
 @triton.jit(do_not_specialize=["l", "stride_sb"])
@@ -254,21 +213,22 @@ def _conv1d_bwd_segment(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, SCRAT
 
 
 # Positions x channels per program, the default first. Tiles of 128 x 128 or more take 8 warps: with 4 they
-# spill registers, compile for 5-20 s each and ran 10-20x slower on the H200. The backward comes in four
-# variants (its da_{t+s} reach past a tile's end): "scratch" (da parked in an L2-resident slot per program,
-# `programs` of them per SM), "segment" (the same over `tiles` consecutive tiles per program, dweight summed
-# across them), "two_pass" (da written out in float32, then read back shifted) and "recompute" (each
-# pre-activation recomputed K times). Timing decides.
+# spill registers, compile for 5-20 s each and ran 10-20x slower on the H200. The backward comes in three
+# variants (its da_{t+s} reach past a tile's end): "two_pass" (da written out in float32, then read back
+# shifted), "segment" (one pass, da parked in an L2-resident slot per program, over `tiles` consecutive
+# tiles) and "recompute" (each pre-activation recomputed K times). Timing decides. On the H200 (session 10)
+# "segment" was fastest on unpacked rows (674 us against 993 for "two_pass", 8 x 8192 x 1792, bf16), and
+# "two_pass" on packed ones (1211 us, 8 x 8192 x 2304, the 1-stage L step), where "segment" reads the
+# sequence ids at every tap.
 CANDIDATES = [dict(block_l=128, block_d=64, num_warps=4)] + [
     dict(block_l=bl, block_d=bd, num_warps=w) for bl in (64, 128, 256) for bd in (64, 128) for w in (4, 8)
     if w == 8 or bl * bd < 128 * 128]
-BWD_CANDIDATES = [dict(block_l=128, block_d=64, num_warps=4, variant="scratch", programs=2)] + [
-    dict(block_l=bl, block_d=bd, num_warps=w, variant="scratch", programs=p)
-    for bl in (64, 128) for bd in (64, 128) for w in (4, 8) for p in (1, 2, 4) if w == 8 or bl * bd < 128 * 128] + [
-    dict(block_l=128, block_d=64, num_warps=4, variant="two_pass"),
-    dict(block_l=64, block_d=64, num_warps=4, variant="recompute")] + [
+BWD_CANDIDATES = [dict(block_l=128, block_d=64, num_warps=4, variant="two_pass")] + [
+    dict(block_l=bl, block_d=bd, num_warps=w, variant="two_pass") for bl in (64, 128) for bd in (64, 128)
+    for w in (4, 8) if w == 8 or bl * bd < 128 * 128] + [
     dict(block_l=bl, block_d=bd, num_warps=w, variant="segment", tiles=n)
-    for bl, bd, w in ((32, 64, 4), (32, 128, 8), (64, 64, 8), (16, 128, 4)) for n in (8, 32)]
+    for bl, bd, w, n in ((32, 64, 4, 32), (32, 64, 4, 8), (64, 64, 8, 32), (16, 128, 4, 32))] + [
+    dict(block_l=bl, block_d=bd, num_warps=w, variant="recompute") for bl, bd, w in ((64, 64, 4), (64, 64, 8), (128, 64, 8), (64, 128, 8))]
 
 
 def _halo(K: int) -> int:
@@ -308,7 +268,7 @@ class _CausalConv1d(torch.autograd.Function):
         dx = torch.empty(b, l, d, device=x.device, dtype=x.dtype)
         seq_stride = seq_idx.stride(0) if seq_idx is not None else 0
 
-        def launch(block_l, block_d, num_warps=4, variant="scratch", programs=2, tiles=8):  # -> dweight, dbias partials
+        def launch(block_l, block_d, num_warps=4, variant="two_pass", tiles=8):  # -> dweight, dbias partial sums
             grid = (b, triton.cdiv(l, block_l), triton.cdiv(d, block_d))
             n_partials = b * (triton.cdiv(grid[1], tiles) if variant == "segment" else grid[1])
             dw_partial = torch.empty(n_partials, d, K, device=x.device, dtype=torch.float32)
@@ -322,15 +282,6 @@ class _CausalConv1d(torch.autograd.Function):
                 _conv1d_bwd_segment[seg_grid](x, weight, bias, seq_idx, dout, dx, dw_partial, db_partial, scratch,
                                               *args, HAS_BIAS=bias is not None, SILU=ctx.silu, HALO=halo,
                                               TILES=tiles, **flags)
-            elif variant == "scratch":
-                n_tiles = grid[0] * grid[1] * grid[2]
-                per_device = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 1
-                n_programs = min(n_tiles, programs * per_device)
-                halo = _halo(K)
-                scratch = torch.empty(n_programs, block_l + halo, block_d, device=x.device, dtype=torch.float32)
-                _conv1d_bwd_scratch[(n_programs,)](x, weight, bias, seq_idx, dout, dx, dw_partial, db_partial, scratch,
-                                                   *args, n_tiles, HAS_BIAS=bias is not None, SILU=ctx.silu,
-                                                   HALO=halo, **flags)
             elif variant == "two_pass":
                 da = torch.empty(b, l, d, device=x.device, dtype=torch.float32)
                 _conv1d_bwd_da[grid](x, weight, bias, seq_idx, dout, da, dw_partial, db_partial, *args,
