@@ -148,7 +148,7 @@ def test_gated_rms_norm(shape, dtype, z_slice):
     z = torch.randn(*shape[:-1], d + 5 if z_slice else d, device=DEVICE, dtype=dtype)
     w = torch.randn(d, device=DEVICE, dtype=dtype)
     gate = (lambda t: t[..., 3 : 3 + d]) if z_slice else (lambda t: t)
-    for out_dtype in {torch.float32, dtype}:
+    for out_dtype in dict.fromkeys((torch.float32, dtype)):
         fast, ref = leaves(x, z, w), leaves(x, z, w)
         y_fast = triton_norm.gated_rms_norm(fast[0], gate(fast[1]), fast[2], out_dtype=out_dtype)
         y_ref = gated_rms_norm(ref[0], gate(ref[1]), ref[2], out_dtype=out_dtype)

@@ -1,6 +1,6 @@
 """The routing cosine in one pass each way; equals `hnet.ops.cosine.adjacent_cosine`, with its roundings
-under autocast. Unfused, the two normalisations, casts, product and sum were ~12 passes over q and k
-(65535 x 1024 each in the 1-stage L step), forward and backward."""
+under autocast. Unfused, the normalisations, casts, product and sum were each a pass over q and k (65535 x
+1024 each in the 1-stage L step; its 14 casts alone took 1.7 ms a step on the H200)."""
 
 from __future__ import annotations
 
