@@ -18,9 +18,7 @@ a whole Mamba-2 layer forward+backward, fast path vs reference, and mamba_ssm's 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -38,7 +36,7 @@ import triton  # noqa: E402  (after hnet.ops.triton, which needs it anyway)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import kernel_path  # noqa: E402
-from train_throughput import ceilings, print_tuning  # noqa: E402
+from train_throughput import bench, ceilings, print_tuning  # noqa: E402
 
 
 def shapes(quick: bool) -> dict:
@@ -48,19 +46,6 @@ def shapes(quick: bool) -> dict:
     # t, heads, head_dim, rot, hidden: the main network of hnet_1stage_L over 8 x 8192 bytes (~3 bytes a chunk).
     return {"b": 8, "l": 8192, "h": 24, "p": 64, "n": 128, "chunk": 256, "d_model": 1024, "m": 1400, "d_ema": 1536,
             "t": 21504, "heads": 16, "head_dim": 96, "rot": 48, "hidden": 4096}
-
-
-def bench(fn, device, reps: int = 3) -> float:
-    """Median milliseconds of fn()."""
-    if device.type == "cuda":
-        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def rel(a, b) -> float:

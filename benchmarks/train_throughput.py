@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -42,20 +43,30 @@ def device_info(device) -> tuple[str, float]:
     return name, next((v for k, v in PEAK_TFLOPS.items() if k in name), float("nan"))
 
 
+def bench(fn, device, reps: int = 3) -> float:
+    """Median milliseconds of fn() (triton's do_bench on CUDA, a wall clock elsewhere)."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=25, rep=100, return_mode="median")
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
 def ceilings(device) -> tuple[float, float]:
     """(GB/s of a device-to-device copy, bf16 matmul TFLOP/s) measured now; nan off CUDA."""
     if device.type != "cuda":
         return float("nan"), float("nan")
-    from triton.testing import do_bench
-
-    def bench(fn):
-        return do_bench(fn, warmup=25, rep=100, return_mode="median")
-
     src = torch.empty(1 << 30, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    gbps = 2 * src.numel() / bench(lambda: dst.copy_(src)) / 1e6
+    gbps = 2 * src.numel() / bench(lambda: dst.copy_(src), device) / 1e6
     a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    tflops = 2 * 8192**3 / bench(lambda: a @ a) / 1e9
+    tflops = 2 * 8192**3 / bench(lambda: a @ a, device) / 1e9
     return gbps, tflops
 
 

@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+from hnet.ops.triton.norm import _launch_shape, rows_of  # one program per row, as the norms
+
 
 @triton.jit
 def _unit(X, row, sx, cols, d, eps):
@@ -59,17 +61,11 @@ def _cosine_bwd(Q, K, DCOS, DQ, DK, n_rows, d, sq, sk, eps, ROUND: tl.constexpr,
             tl.store(DK + row * d + cols, dk, mask=live)
 
 
-def _launch_shape(n_rows: int, d: int):
-    rows = 8 if n_rows >= 8 * 1024 else 1
-    return triton.next_power_of_2(d), rows, triton.cdiv(n_rows, rows)
-
-
 class _AdjacentCosine(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, eps, out_dtype):
         shape, d = q.shape, q.shape[-1]
-        q2, k2 = q.reshape(-1, d), k.reshape(-1, d)
-        q2, k2 = (t if t.stride(-1) == 1 else t.contiguous() for t in (q2, k2))
+        q2, k2 = rows_of(q, d), rows_of(k, d)
         n_rows = q2.shape[0]
         cos = torch.empty(n_rows, device=q.device, dtype=out_dtype)
         block_d, rows, grid = _launch_shape(n_rows, d)
