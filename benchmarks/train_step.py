@@ -11,7 +11,7 @@ isotropic Transformer of matched FLOPs per byte, trained by the same step.
 Rows are printed as a markdown table, to paste into benchmarks/RESULTS.md with the header lines above it.
 
 A step: forward in bf16 autocast (fp32 on CPU) on packed batches of the bundled text (documents of 2048
-bytes), cross-entropy + ratio loss (`hnet.training.loop.forward_loss`, alpha 0.03, targets N = 6 or
+bytes), cross-entropy + ratio loss (`hnet.training.step.train_step`, alpha 0.03, targets N = 6 or
 (3, 3)), backward, gradient clipping, fused AdamW; random weights. The reference path is the same step
 with HNET_REFERENCE=1, which `hnet.ops.dispatch` reads at every call. If a batch does not fit, it is
 halved until it does and the row says the batch used.
@@ -53,7 +53,7 @@ from hnet.layers.isotropic import Isotropic, use_cuda_graphs
 from hnet.models import HNet
 from hnet.ops import dispatch
 from hnet.ops.packed import positions_in_sequence
-from hnet.training.loop import default_ratio_targets
+from hnet.config import default_ratio_targets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import ceilings, device_info, print_tuning, text_batch, time_train_steps  # noqa: E402

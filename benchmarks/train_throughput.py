@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from hnet.config import RunConfig
-from hnet.training.loop import build_model, default_ratio_targets, forward_loss
+from hnet.training import Objective, build_model, build_optimizer, train_step
 from hnet.training.metrics import bytes_per_chunk
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,35 +97,33 @@ def text_batch(batch_size: int, seq_len: int, device, doc_len: int = 2048) -> di
 
 def time_train_steps(model, tc, batch: dict, device, steps: int, warmup: int) -> dict:
     """Warmup, then the mean time of `steps` training steps of `model` on one fixed batch."""
-    optimizer = torch.optim.AdamW(model.param_groups(tc.lr, tc.weight_decay, tc.lr_multipliers), lr=tc.lr,
-                                  betas=tuple(tc.betas), fused=device.type == "cuda")
-    targets = tc.ratio_targets or default_ratio_targets(model.num_stages - 1)
+    optimizer = build_optimizer(model, tc)
+    objective = Objective.of(tc, model.num_stages - 1)
     # CUDA graphs replay the weights' casts, which autocast's cache would skip (`use_cuda_graphs`).
     graphs = any(getattr(m, "cuda_graphs", False) for m in model.modules())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda", cache_enabled=not graphs)
 
-    def step():
-        with autocast:
-            loss, _, _, routing = forward_loss(model, batch, targets, tc.ratio_loss_weight, lambda t: t, 1)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return routing
 
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    chunks = 0  # per stage, summed over the timed steps on the device: an untrained router's count moves
-    for _ in range(steps):
-        routing = step()
-        if routing:
-            chunks = chunks + torch.stack([r.boundary_mask.sum() for r in routing])
-    sync(device)
-    seconds = (time.perf_counter() - start) / steps
+    def step():
+        return train_step(model, optimizer, [batch], objective, tc.grad_clip).last.routing
+
+    model.forward = autocast(model.forward)  # the forward alone under autocast, as accelerate wraps it
+    try:
+        for _ in range(warmup):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        chunks = 0  # per stage, summed over the timed steps on the device: an untrained router's count moves
+        for _ in range(steps):
+            routing = step()
+            if routing:
+                chunks = chunks + torch.stack([r.boundary_mask.sum() for r in routing])
+        sync(device)
+        seconds = (time.perf_counter() - start) / steps
+    finally:
+        del model.forward  # the class's forward again
     n_bytes = batch["input_ids"].numel()
     return {
         "params": sum(p.numel() for p in model.parameters()),

@@ -261,6 +261,12 @@ class DataConfig:
     cache_dir: Optional[str] = None  # shard cache; default $HNET_CACHE or ~/.cache/hnet-lm
 
 
+def default_ratio_targets(num_routing_stages: int) -> list[float]:
+    """Target bytes per chunk N of each routing stage when a run names none: the paper's text settings,
+    N = 6 for one stage, (3, 3) for two."""
+    return [6.0] if num_routing_stages == 1 else [3.0] * num_routing_stages
+
+
 @dataclass
 class TrainConfig:
     seed: int = 0
@@ -276,8 +282,14 @@ class TrainConfig:
     decay_fraction: float = 0.2
     min_lr_fraction: float = 0.0
     grad_clip: float = 1.0
-    ratio_loss_weight: float = 0.03  # alpha
     ratio_targets: Optional[list[float]] = None  # target bytes per chunk N per routing stage
+    # Routing recipe (docs/results.md, "Chunking that finds structure", says what each did at our scale).
+    ratio_loss_weight: Union[float, list[float]] = 0.03  # alpha (the paper's 0.03), or one per routing stage
+    # per routing stage, null or [low, high] bytes per chunk around its target: penalise only leaving the band
+    ratio_loss_bands: Optional[list[Optional[list[float]]]] = None
+    ratio_loss_warmup_steps: int = 0  # alpha ramps linearly from 0 over these first steps
+    router_lr_multiplier: float = 1.0  # the routing modules' lr relative to their stage's
+    router_warmup_steps: int = 0  # the routing modules' lr ramps linearly from 0 over these first steps
     eval_every: int = 100
     eval_batches: int = 8
     log_every: int = 10
@@ -349,6 +361,31 @@ class RunConfig:
                 )
         if self.train.ratio_targets is not None and any(n <= 1 for n in self.train.ratio_targets):
             raise ValueError(f"{source}: field 'train.ratio_targets' has value {self.train.ratio_targets!r}; each N must be > 1")
+        self._validate_routing_recipe(source, routing_stages)
+
+    def _validate_routing_recipe(self, source: str, routing_stages: int) -> None:
+        tc = self.train
+
+        def bad(name, why):
+            raise ValueError(f"{source}: field 'train.{name}' has value {getattr(tc, name)!r}; {why}")
+
+        weights = tc.ratio_loss_weight if isinstance(tc.ratio_loss_weight, list) else [tc.ratio_loss_weight]
+        if isinstance(tc.ratio_loss_weight, list) and len(weights) != routing_stages:
+            bad("ratio_loss_weight", f"one weight per routing stage: the model has {routing_stages}")
+        if any(w < 0 for w in weights):
+            bad("ratio_loss_weight", "weights must be >= 0")
+        for name in ("ratio_loss_warmup_steps", "router_warmup_steps"):
+            if getattr(tc, name) < 0:
+                bad(name, "must be >= 0")
+        if tc.router_lr_multiplier <= 0:
+            bad("router_lr_multiplier", "must be positive")
+        if tc.ratio_loss_bands is not None:
+            if len(tc.ratio_loss_bands) != routing_stages:
+                bad("ratio_loss_bands", f"one entry (null or [low, high]) per routing stage: the model has {routing_stages}")
+            targets = tc.ratio_targets or default_ratio_targets(routing_stages)
+            for band, n in zip(tc.ratio_loss_bands, targets):
+                if band is not None and not (len(band) == 2 and 1 < band[0] <= n <= band[1]):
+                    bad("ratio_loss_bands", f"a band is [low, high] with 1 < low <= target ({n:g}) <= high")
 
     def _validate_model_type(self, source: str) -> None:
         """The layout depth, tokenizer and vocabulary that each model_type needs."""

@@ -1,12 +1,13 @@
 """Routing, chunk, dechunk, STE and the ratio loss on inputs whose answers are known by hand."""
 
+import json
 import math
 
 import pytest
 import torch
 
 from hnet.chunking.chunk import chunk, dechunk, ste
-from hnet.chunking.ratio_loss import ratio_loss
+from hnet.chunking.ratio_loss import ratio_loss, ratio_loss_terms
 from hnet.chunking.routing import RoutingModule, routing_output
 from hnet.ops.cosine import adjacent_cosine
 
@@ -100,3 +101,65 @@ def test_ratio_loss_by_hand():
     assert math.isclose(ratio_loss([routing_output(p)], [4.0]).item(), 1.0, rel_tol=1e-6)
     with pytest.raises(ValueError, match="target"):
         ratio_loss([r], [4.0, 2.0])
+
+
+@pytest.mark.parametrize("case", ["tiny_1stage", "tiny_2stage"])
+def test_ratio_loss_equals_the_official_values_of_the_goldens(case):
+    from golden import GOLDEN, load_case
+
+    if not GOLDEN.is_dir():
+        pytest.skip("../shared/reference is not beside the repo")
+    official = json.loads((GOLDEN / case / "meta.json").read_text())["ratio_loss_official_load_balancing_loss"]
+    model, inputs = load_case(case)
+    with torch.no_grad():
+        routing = model(inputs["input_ids_packed"], cu_seqlens=inputs["cu_seqlens"]).routing
+    N = official["N"]
+    terms = ratio_loss_terms(routing, [N] * len(routing))
+    for s, term in enumerate(terms):
+        assert math.isclose(term.item(), official[f"stage{s}"]["packed"], rel_tol=1e-6)
+    # the same from global counts (what training uses): one process holding the whole batch
+    counts = torch.tensor([[float(r.boundary_mask.sum()), float(r.boundary_mask.numel())] for r in routing])
+    assert math.isclose(ratio_loss(routing, [N] * len(routing), counts).item(), sum(t.item() for t in terms), rel_tol=1e-6)
+
+
+def test_ratio_loss_over_processes_has_the_global_batch_gradient():
+    """Two 'processes' with their halves of a batch, global counts: the mean of their gradients is the
+    gradient of the loss of the whole batch (F and G of all positions), which the mean of per-half
+    losses is not."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 64, requires_grad=True)
+
+    def routed(p):
+        return routing_output(torch.sigmoid(p))
+
+    whole = ratio_loss([routed(logits.view(1, -1))], [6.0])
+    (expected,) = torch.autograd.grad(whole, logits)
+    halves = [routed(logits[i:i + 1]) for i in range(2)]
+    counts = torch.tensor([[sum(float(r.boundary_mask.sum()) for r in halves), 128.0]])
+    grads = [torch.autograd.grad(ratio_loss([r], [6.0], counts, world_size=2), logits)[0] for r in halves]
+    torch.testing.assert_close((grads[0] + grads[1]) / 2, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_band_ratio_loss_by_hand():
+    # F = 0.5 (boundaries at 0 and 2), G = 0.5: 2 bytes per chunk
+    p = torch.tensor([[1.0, 0.2, 0.6, 0.2]], requires_grad=True)
+    r = routing_output(p)
+    # a point band is the official loss, value and gradient
+    point = ratio_loss([r], [4.0], bands=[(4.0, 4.0)])
+    official = ratio_loss([r], [4.0])
+    g_point, = torch.autograd.grad(point, p, retain_graph=True)
+    g_official, = torch.autograd.grad(official, p, retain_graph=True)
+    assert math.isclose(point.item(), official.item(), rel_tol=1e-6) and torch.equal(g_point, g_official)
+    # a band that holds 2 bytes per chunk: loss 1, no gradient
+    inside = ratio_loss([r], [4.0], bands=[(1.5, 5.0)])
+    assert math.isclose(inside.item(), 1.0, rel_tol=1e-6)
+    assert torch.autograd.grad(inside, p, retain_graph=True)[0].abs().max() < 1e-7
+    # below the band [3, 5]: the official loss with N = 3, the nearer edge.
+    # L = N/(N-1) ((N-1) F G + (1-F)(1-G)) = 1.5 (2 * 0.25 + 0.25) = 1.125; dL/dG = 1.5 (2 F - (1 - F)) = 0.75,
+    # and G is the mean of p[..., 1] over 4 positions: dL/dp = 0.1875 at every position.
+    below = ratio_loss([r], [4.0], bands=[(3.0, 5.0)])
+    assert math.isclose(below.item(), 1.125, rel_tol=1e-6)
+    (grad,) = torch.autograd.grad(below, p)
+    torch.testing.assert_close(grad, torch.full_like(p, 0.1875))
+    # a stage without a band keeps the official loss
+    assert math.isclose(ratio_loss([r, r], [4.0, 4.0], bands=[None, (1.5, 5.0)]).item(), official.item() + 1.0, rel_tol=1e-6)

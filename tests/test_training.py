@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import hnet.training.checkpoint as checkpoint_module
-import hnet.training.loop as loop_module
+import hnet.training.step as step_module
 from hnet.cli import main
 from hnet.config import RunConfig
 from hnet.models import latest_checkpoint
@@ -111,15 +111,17 @@ def test_crash_mid_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
 
 def test_non_finite_loss_stops_naming_the_step(tmp_path, monkeypatch):
     config = RunConfig.from_dict(tiny_run_config(tmp_path))
-    real = loop_module.forward_loss
+    real = step_module.forward_loss
     calls = {"n": 0}
 
     def poisoned(*a, **k):
         calls["n"] += 1
-        loss, ce, ratio, routing = real(*a, **k)
-        return (loss * float("nan") if calls["n"] == 5 else loss), ce, ratio, routing
+        out = real(*a, **k)
+        if calls["n"] == 5:
+            out.loss = out.loss * float("nan")
+        return out
 
-    monkeypatch.setattr(loop_module, "forward_loss", poisoned)
+    monkeypatch.setattr(step_module, "forward_loss", poisoned)
     with pytest.raises(TrainingError, match="step 5"):
         train(config, tmp_path / "run", progress=False)
     assert latest_checkpoint(tmp_path / "run").name == "step_000003"

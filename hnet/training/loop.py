@@ -1,19 +1,12 @@
-"""One training loop for every model (H-Net and baselines), on accelerate: CPU, one GPU or several.
-
-Per optimizer step: `grad_accum` micro-batches; loss = cross-entropy (mean over the predicted tokens of
-the global batch) + alpha * ratio loss per routing stage. The ratio loss's F and G are counted over the
-positions of all processes (F is a constant; the loss is affine in G), so N processes compute exactly
-what one process computes on the same global batch; across micro-batches it is averaged, as the official
-training did.
-"""
+"""One training loop for every model (H-Net and baselines), on accelerate: CPU, one GPU or several. The
+step itself (`hnet.training.step.train_step`) and the optimizer (`hnet.training.optim`) are shared with
+the benchmarks."""
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,15 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from hnet.config import RunConfig, apply_overrides, read_json
+from hnet.constants import IGNORE_INDEX, LN2
 from hnet.training.checkpoint import latest_checkpoint, load_checkpoint_state, save_checkpoint
 from hnet.training.metrics import MetricsWriter, bytes_per_chunk, chunk_counts
-from hnet.training.schedule import lr_multiplier
-
-LN2 = math.log(2)
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (a non-finite loss); the last good checkpoint is kept."""
+from hnet.training.optim import build_optimizer, build_schedule, ratio_loss_scale
+from hnet.training.step import Objective, TrainingError, run_batch, train_step
 
 
 @dataclass
@@ -41,50 +30,10 @@ class TrainResult:
     bytes_per_chunk: list[float]
 
 
-def default_ratio_targets(num_routing_stages: int) -> list[float]:
-    # The paper's text settings: N = 6 for one stage, (3, 3) for two.
-    return [6.0] if num_routing_stages == 1 else [3.0] * num_routing_stages
-
-
 def build_model(config: RunConfig):
     from hnet.models import model_for_run
 
     return model_for_run(config)
-
-
-def ratio_loss_global(routing, targets, counts, world_size: int) -> torch.Tensor:
-    """The ratio loss with F and G over the positions of every process (see the module docstring).
-    counts: (num_stages, 2) boundaries and positions of each stage, summed over the processes."""
-    total = 0.0
-    for r, N, (boundaries, positions) in zip(routing, targets, counts):
-        p = r.boundary_prob[..., 1].float()
-        frac = boundaries / positions
-        G = p.sum() / positions * world_size  # averaging over processes (DDP) yields the global mean
-        total = total + N / (N - 1) * ((N - 1) * frac * G + (1 - frac) * (1 - G))
-    return total
-
-
-def run_batch(model, batch):
-    """A loader batch through the model: packed (1, B*L) with cu_seqlens, or plain rows (separator packing)."""
-    if batch.get("cu_seqlens") is not None:
-        return model(batch["input_ids"].reshape(1, -1), cu_seqlens=batch["cu_seqlens"])
-    return model(batch["input_ids"])
-
-
-def forward_loss(model, batch, targets, alpha, reduce_sum, world_size):
-    out = run_batch(model, batch)
-    logits = out.logits.view(-1, out.logits.shape[-1]).float()
-    labels = batch["labels"].view(-1)
-    nll = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
-    # One all-reduce per micro-batch: the label count, then each routing stage's boundaries and positions.
-    local_counts = [(labels != -100).sum().float()]
-    for r in out.routing:
-        local_counts += [r.boundary_mask.sum().float(), labels.new_full((), r.boundary_prob[..., 1].numel(), dtype=torch.float32)]
-    counts = reduce_sum(torch.stack(local_counts))
-    ce = nll / counts[0] * world_size
-    ratio = (ratio_loss_global(out.routing, targets, counts[1:].view(-1, 2), world_size) if out.routing
-             else torch.zeros((), device=ce.device))
-    return ce + alpha * ratio, ce.detach(), ratio.detach(), out.routing
 
 
 @torch.no_grad()
@@ -95,8 +44,9 @@ def evaluate(model, batches, token_bytes=None) -> dict:
     for batch in batches:
         out = run_batch(model, batch)
         labels = batch["labels"].view(-1)
-        nll += F.cross_entropy(out.logits.view(-1, out.logits.shape[-1]).float(), labels, ignore_index=-100, reduction="sum").item()
-        scored = labels[labels != -100]
+        nll += F.cross_entropy(out.logits.view(-1, out.logits.shape[-1]).float(), labels, ignore_index=IGNORE_INDEX,
+                               reduction="sum").item()
+        scored = labels[labels != IGNORE_INDEX]
         n_bytes += int(scored.numel() if token_bytes is None else token_bytes[scored.cpu()].sum())
         if out.routing:
             counts = chunk_counts(batch, out.routing)
@@ -160,15 +110,9 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
 
     model = build_model(config)
     routing_stages = model.num_stages - 1
-    targets = tc.ratio_targets or default_ratio_targets(routing_stages)
-    optimizer = torch.optim.AdamW(
-        model.param_groups(tc.lr, tc.weight_decay, tc.lr_multipliers), lr=tc.lr, betas=tuple(tc.betas),
-        # fused on GPU (a few kernels for all parameters, as the step benchmarks time it); on CPU the plain
-        # per-parameter loop. Both are elementwise: the same result on any number of processes.
-        fused=torch.cuda.is_available(), foreach=False,
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
-        s, tc.max_steps, tc.schedule, tc.warmup_fraction, tc.decay_fraction, tc.min_lr_fraction))
+    objective = Objective.of(tc, routing_stages)
+    optimizer = build_optimizer(model, tc)
+    schedule = build_schedule(optimizer, tc)
     micro_rows = tc.batch_size // tc.grad_accum
     loader = TrainLoader(data.train, dc.seq_len, micro_rows, seed=tc.seed, rank=rank, world_size=world, packing=dc.packing)
     start_step = 0
@@ -197,41 +141,40 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
         initial = validation()
         metrics.write(dict(step=0, processes=world, **initial))
     bar = tqdm(total=tc.max_steps, initial=start_step, disable=not (progress and accelerator.is_main_process), desc="train")
-    last_eval, window_start, window_tokens = initial, time.perf_counter(), 0
+    last_eval, window_start, window_ids, window_bytes = initial, time.perf_counter(), 0, 0
+    token_bytes_dev = None if token_bytes is None else token_bytes.to(accelerator.device)
     batches = iter(loader)
     step = start_step
     while step < tc.max_steps:
-        for micro in range(tc.grad_accum):
-            batch = send_to_device(next(batches), accelerator.device)
-            sync = micro == tc.grad_accum - 1
-            with accelerator.no_sync(model) if not sync else nullcontext():
-                loss, ce, ratio, routing = forward_loss(model, batch, targets, tc.ratio_loss_weight, reduce_sum, world)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1}; the last good checkpoint is kept in {run_dir}/checkpoints")
-                accelerator.backward(loss / tc.grad_accum)
-            window_tokens += batch["input_ids"].numel() * world
-        if tc.grad_clip > 0:
-            accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
+        micro_batches = [send_to_device(next(batches), accelerator.device) for _ in range(tc.grad_accum)]
+        try:
+            result = train_step(model, optimizer, micro_batches, objective, tc.grad_clip, accelerator, step=step + 1,
+                                ratio_scale=ratio_loss_scale(step, tc), reduce_sum=reduce_sum, world_size=world)
+        except TrainingError as e:
+            raise TrainingError(f"{e}; the last good checkpoint is kept in {run_dir}/checkpoints") from None
         schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        window_ids += result.tokens * world
+        if token_bytes is not None:  # the bytes those ids cover (a BPE run); read back at the next log
+            window_bytes = window_bytes + sum(token_bytes_dev[b["input_ids"]].sum() for b in micro_batches) * world
         step += 1
         bar.update(1)
 
         if step % tc.log_every == 0 or step == tc.max_steps:
             elapsed = time.perf_counter() - window_start
+            last = result.last
             # over the whole global batch: each process's terms are its share, scaled by the process count
-            loss_, ce_, ratio_ = (reduce_sum(torch.stack([loss, ce, ratio]).detach()) / world).tolist()
-            record = dict(step=step, loss=loss_, ce=ce_, ratio_loss=ratio_,
-                          lr=schedule.get_last_lr()[0], bytes_per_s=window_tokens / elapsed)
-            if routing:
-                record["bytes_per_chunk"] = bytes_per_chunk(chunk_counts(batch, routing))
+            loss_, ce_, *ratio_ = (reduce_sum(torch.cat([torch.stack([result.loss, last.ce]), last.ratio])) / world).tolist()
+            n_bytes = window_ids if token_bytes is None else float(window_bytes)
+            record = dict(step=step, loss=loss_, ce=ce_, ratio_loss=sum(ratio_), lr=schedule.get_last_lr()[0],
+                          ids_per_s=window_ids / elapsed, bytes_per_s=n_bytes / elapsed)
+            if last.routing:
+                record["bytes_per_chunk"] = bytes_per_chunk(chunk_counts(result.batch, last.routing))
             if torch.cuda.is_available():  # every process's peak so far, in GiB (a collective: all ranks log)
                 peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30], device=accelerator.device)
                 record["peak_gib"] = [round(x, 2) for x in (accelerator.gather(peak) if world > 1 else peak).tolist()]
             metrics.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", **({"B/chunk": "/".join(f"{x:.1f}" for x in record["bytes_per_chunk"])} if routing else {}))
-            window_start, window_tokens = time.perf_counter(), 0
+            bar.set_postfix(loss=f"{record['loss']:.3f}", **({"B/chunk": "/".join(f"{x:.1f}" for x in record["bytes_per_chunk"])} if last.routing else {}))
+            window_start, window_ids, window_bytes = time.perf_counter(), 0, 0
         if step % tc.eval_every == 0 or step == tc.max_steps:
             last_eval = validation()
             metrics.write(dict(step=step, **last_eval))
