@@ -94,7 +94,8 @@ def summarize(run_dir: str | Path) -> RunSummary:
         steps.append(r["step"])
     last_step = steps[-1]
     curve = [(r["step"] * bytes_per_step, float(np.interp(r["step"], steps, flops)), r["val_bpb"]) for r in evals]
-    throughput = [r["bytes_per_s"] * bpt for r in trained if "bytes_per_s" in r]  # the loop logs ids per second
+    # runs logged before `ids_per_s` existed wrote ids per second under the name bytes_per_s
+    throughput = [r["bytes_per_s"] * (1 if "ids_per_s" in r else bpt) for r in trained if "bytes_per_s" in r]
     return RunSummary(
         run=run_dir.name, data=config.data.kind, model=model_kind(config),
         parameters=sum(p.numel() for p in HNetForCausalLM(config.model, device="meta").parameters()),
