@@ -83,3 +83,34 @@ def test_run_config_errors_and_overrides(tmp_path):
     assert config.train.ratio_targets == [5] and config.train.lr == 0.001 and config.data.path == "other.txt"
     with pytest.raises(ValueError, match="key=value"):
         apply_overrides(run, ["train.lr"])
+
+
+ROUTING_RECIPE_BAD = {
+    "weight list of the wrong length": ({"ratio_loss_weight": [0.03, 0.03]}, "ratio_loss_weight", "[0.03, 0.03]"),
+    "negative weight": ({"ratio_loss_weight": -0.1}, "ratio_loss_weight", "-0.1"),
+    "weight of the wrong type": ({"ratio_loss_weight": "high"}, "ratio_loss_weight", "'high'"),
+    "negative ratio warmup": ({"ratio_loss_warmup_steps": -5}, "ratio_loss_warmup_steps", "-5"),
+    "negative router warmup": ({"router_warmup_steps": -1}, "router_warmup_steps", "-1"),
+    "router lr multiplier 0": ({"router_lr_multiplier": 0.0}, "router_lr_multiplier", "0.0"),
+    "band without the target": ({"ratio_loss_bands": [[2.0, 5.0]]}, "ratio_loss_bands", "[[2.0, 5.0]]"),
+    "band of one number": ({"ratio_loss_bands": [[4.0]]}, "ratio_loss_bands", "[[4.0]]"),
+    "bands for two stages": ({"ratio_loss_bands": [None, [4.0, 8.0]]}, "ratio_loss_bands", "[None, [4.0, 8.0]]"),
+    "band below 1": ({"ratio_loss_bands": [[0.5, 8.0]]}, "ratio_loss_bands", "[[0.5, 8.0]]"),
+}
+
+
+@pytest.mark.parametrize("case", ROUTING_RECIPE_BAD.values(), ids=ROUTING_RECIPE_BAD.keys())
+def test_bad_routing_recipe_names_field_value_and_file(case, tmp_path):
+    train, field, value = case
+    path = write(tmp_path, {"model": TINY, "data": {"path": "x.txt"}, "train": {"ratio_targets": [6.0], **train}})
+    with pytest.raises(ValueError) as err:
+        RunConfig.from_json(path)
+    message = str(err.value)
+    assert str(path) in message and f"'train.{field}'" in message and value in message
+
+
+def test_good_routing_recipe_loads():
+    train = {"ratio_loss_weight": [0.05], "ratio_loss_bands": [[4.0, 8.0]], "ratio_loss_warmup_steps": 100,
+             "router_lr_multiplier": 0.5, "router_warmup_steps": 50}
+    config = RunConfig.from_dict({"model": TINY, "train": train})
+    assert config.train.ratio_loss_bands == [[4.0, 8.0]] and config.train.ratio_loss_weight == [0.05]

@@ -16,9 +16,12 @@ import torch.nn.functional as F
 from hnet.config import RunConfig, apply_overrides, read_json
 from hnet.constants import IGNORE_INDEX, LN2
 from hnet.training.checkpoint import latest_checkpoint, load_checkpoint_state, save_checkpoint
+from hnet.chunking.diagnostics import CollapseMonitor, routing_diagnostics, routing_sums
 from hnet.training.metrics import MetricsWriter, bytes_per_chunk, chunk_counts
 from hnet.training.optim import build_optimizer, build_schedule, ratio_loss_scale
 from hnet.training.step import Objective, TrainingError, run_batch, train_step
+
+STRUCTURE_SNIPPET_BYTES = 8192  # validation bytes the structure scores are drawn on at each evaluation
 
 
 @dataclass
@@ -78,6 +81,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
     from accelerate.utils import send_to_device
     from tqdm.auto import tqdm
 
+    from hnet.analysis.structure import structure_snippet
     from hnet.data import TrainLoader, prepare_data, tokenizer_and_split, val_batches
 
     run_dir = Path(run_dir)
@@ -136,12 +140,24 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
 
     metrics = MetricsWriter(run_dir, enabled=accelerator.is_main_process)
     snippet = data.val.doc(0)[:1024].tobytes() if dc.tokenizer == "bytes" and data.val.num_docs else b""
+    scored = b""  # the longer fixed snippet the structure scores are drawn on
+    if routing_stages and dc.tokenizer == "bytes" and accelerator.is_main_process:
+        scored = structure_snippet((data.val.doc(i) for i in range(data.val.num_docs)), STRUCTURE_SNIPPET_BYTES)
+
+    def evaluation(step):
+        result = validation()
+        if scored:
+            result.update(structure_fields(raw_model, scored))
+        metrics.write(dict(step=step, **result))
+        return result
+
+    monitor = CollapseMonitor(objective.targets)
     initial = None
     if start_step == 0:
-        initial = validation()
-        metrics.write(dict(step=0, processes=world, **initial))
+        initial = evaluation(0)
     bar = tqdm(total=tc.max_steps, initial=start_step, disable=not (progress and accelerator.is_main_process), desc="train")
     last_eval, window_start, window_ids, window_bytes = initial, time.perf_counter(), 0, 0
+    collapsed = [False] * routing_stages
     token_bytes_dev = None if token_bytes is None else token_bytes.to(accelerator.device)
     batches = iter(loader)
     step = start_step
@@ -169,15 +185,25 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
                           ids_per_s=window_ids / elapsed, bytes_per_s=n_bytes / elapsed)
             if last.routing:
                 record["bytes_per_chunk"] = bytes_per_chunk(chunk_counts(result.batch, last.routing))
+                record["ratio_loss_scale"] = ratio_loss_scale(step - 1, tc)
+                record.update(routing_diagnostics(reduce_sum(routing_sums(last.routing))))
+                record["collapsed"] = monitor.update(record)
+                for s, (now, before) in enumerate(zip(record["collapsed"], collapsed)):
+                    if now and not before and accelerator.is_main_process:
+                        bar.write(f"warning: step {step}: routing stage {s + 1} has collapsed: "
+                                  f"{record['stage_bytes_per_chunk'][s]:.2f} positions per chunk against a target of "
+                                  f"{objective.targets[s]:g}, boundary rate {record['boundary_rate'][s]:.3f}")
+                collapsed = record["collapsed"]
             if torch.cuda.is_available():  # every process's peak so far, in GiB (a collective: all ranks log)
                 peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30], device=accelerator.device)
                 record["peak_gib"] = [round(x, 2) for x in (accelerator.gather(peak) if world > 1 else peak).tolist()]
             metrics.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", **({"B/chunk": "/".join(f"{x:.1f}" for x in record["bytes_per_chunk"])} if last.routing else {}))
+            bar.set_postfix(loss=f"{record['loss']:.3f}", **({
+                "B/chunk": "/".join(f"{x:.1f}" for x in record["bytes_per_chunk"]),
+                "p~0.5": "/".join(f"{x:.0%}" for x in record["near_threshold"])} if last.routing else {}))
             window_start, window_ids, window_bytes = time.perf_counter(), 0, 0
         if step % tc.eval_every == 0 or step == tc.max_steps:
-            last_eval = validation()
-            metrics.write(dict(step=step, **last_eval))
+            last_eval = evaluation(step)
             bar.set_postfix(val_bpb=f"{last_eval['val_bpb']:.3f}")
             if snippet and routing_stages and accelerator.is_main_process:
                 _write_boundaries(raw_model, snippet, run_dir / "boundaries" / f"step_{step:06d}.html")
@@ -188,6 +214,16 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
     metrics.close()
     return TrainResult(run_dir, step, last_eval and last_eval["val_bpb"], initial and initial["val_bpb"],
                        (last_eval or {}).get("bytes_per_chunk", []))
+
+
+def structure_fields(model, text: bytes) -> dict:
+    """`structure_scores` of the model on `text`, as metric fields: one list over the routing stages per
+    score (None where a score is undefined)."""
+    from hnet.analysis.structure import structure_scores
+    from hnet.chunking.boundaries import extract_boundaries
+
+    per_stage = structure_scores(extract_boundaries(model, text))
+    return {key: [stage.get(key) for stage in per_stage] for key in per_stage[0] if key != "boundary_rate"}
 
 
 def _write_boundaries(model, snippet: bytes, path: Path) -> None:

@@ -47,7 +47,8 @@ class MetricsWriter:
                     self.tensorboard.add_scalar(key, value, record["step"])
                 elif isinstance(value, list):
                     for i, v in enumerate(value):
-                        self.tensorboard.add_scalar(f"{key}/stage{i + 1}", v, record["step"])
+                        if isinstance(v, (int, float)):  # a per-stage figure (None: undefined there)
+                            self.tensorboard.add_scalar(f"{key}/stage{i + 1}", v, record["step"])
 
     def close(self) -> None:
         if self.file:

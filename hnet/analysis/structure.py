@@ -1,0 +1,75 @@
+"""Structure scores: a few numbers per routing stage that say whether a model's boundaries follow the
+structure of its data, logged at every evaluation on the run's fixed validation snippet.
+
+text     word starts: precision, recall and F1 of the boundaries, beside the F1 that boundaries placed at
+         random at the same rate would get in expectation (precision = the share of bytes that begin a word,
+         recall = the boundary rate), and the boundary rate at whitespace and at letters
+dna      the boundary rate at each codon position inside long open reading frames (a codon-aligned
+         chunker favours one position)
+protein  the boundary rate per residue class
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hnet.chunking.boundaries import Boundaries
+from hnet.chunking.stats import boundary_stats
+
+# Residue classes by side chain (one common grouping); letters outside them (B, X, Z, ...) are left out.
+RESIDUE_CLASSES = {"hydrophobic": "AVILMFWC", "polar": "STNQY", "positive": "KRH", "negative": "DE", "special": "GP"}
+
+
+def random_f1(predicted: int, reference: int, n: int) -> float | None:
+    """Expected precision and recall of `predicted` offsets drawn at random among n against `reference`
+    ones are reference / n and predicted / n; their F1."""
+    if not (n and predicted and reference):
+        return None
+    precision, recall = reference / n, predicted / n
+    return 2 * precision * recall / (precision + recall)
+
+
+def _residue_class_rates(by_residue: dict) -> dict:
+    out = {}
+    for name, letters in RESIDUE_CLASSES.items():
+        counts = [by_residue[c] for c in letters if c in by_residue]
+        total = sum(c["bytes"] for c in counts)
+        out[f"{name}_rate"] = sum(c["boundaries"] for c in counts) / total if total else None
+    return out
+
+
+def structure_scores(b: Boundaries) -> list[dict]:
+    """One flat dict per routing stage of `b` (stage 1 first): the scores of the module docstring for the
+    kind of data the text is, and its boundary rate."""
+    stats = boundary_stats(b)
+    out = []
+    for stage in stats["stages"]:
+        scores = {"boundary_rate": stage["boundary_rate"]}
+        if stats["kind"] == "text":
+            words = stage["word_starts"]
+            scores.update(word_start_precision=words["precision"], word_start_recall=words["recall"],
+                          word_start_f1=words["f1"],
+                          word_start_f1_random=random_f1(words["predicted"], words["reference"], stats["bytes"]),
+                          whitespace_rate=stage["rate_by_class"]["whitespace"]["rate"],
+                          letter_rate=stage["rate_by_class"]["letter"]["rate"])
+        elif stats["kind"] == "dna":
+            codons = stage["dna"]["rate_by_codon_position_in_orfs"]
+            scores.update({f"codon_position_{k}_rate": v["rate"] for k, v in codons.items()})
+            scores["orf_nucleotides"] = stage["dna"]["orf_nucleotides"]
+        elif stats["kind"] == "protein":
+            scores.update(_residue_class_rates(stage["protein"]["rate_by_residue"]))
+        out.append(scores)
+    return out
+
+
+def structure_snippet(docs, size: int) -> bytes:
+    """The validation snippet the scores are drawn on: the first `size` bytes of the validation documents
+    joined by newlines (fixed for a run, so evaluations compare)."""
+    out, n = [], 0
+    for doc in docs:
+        piece = bytes(np.asarray(doc, dtype=np.uint8)[: size - n])
+        out.append(piece)
+        n += len(piece) + 1
+        if n >= size:
+            break
+    return b"\n".join(out)[:size]
