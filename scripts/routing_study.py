@@ -1,0 +1,327 @@
+"""The routing recipe study: which setting makes a small H-Net's learned boundaries follow the structure of
+its data, at budgets a user can afford.
+
+    python scripts/routing_study.py --runs-dir .runs/routing --budget-bytes 100000000 --parallel 10 \
+        --text-data .data/books --dna-data .data/bacteria.fa.gz          # on one GPU: every arm at once
+    python scripts/routing_study.py --runs-dir .runs/routing --report    # docs/results.md's section + plots
+    python scripts/routing_study.py --dry-run                            # tiny arms on CPU: checks the code
+
+Each arm is the `small` text 1-stage preset (configs/text/hnet_1stage_small.json) with a few fields changed
+(ARMS), trained by `hnet train` on the same bytes per optimizer step (8 x 8192, as 4 micro-batches of 2 so
+that ten arms share one GPU's memory) for `--budget-bytes` training bytes; besides them the 2-stage text
+preset (does its second stage collapse?) and the DNA 1-stage preset (codon-frame structure). Small models
+leave most of a GPU idle, so the arms run as parallel processes on one GPU. A run's metrics (routing
+diagnostics at every log step, structure scores on its validation snippet at every evaluation) are all the
+report needs: checkpoints are deleted when a run ends, so the runs directory travels. An arm whose
+metrics already hold its last evaluation is skipped; one cut short is reported at the bytes it reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT_1STAGE = "configs/text/hnet_1stage_small.json"
+
+# name: (preset, overrides, why)
+ARMS = {
+    "base": (TEXT_1STAGE, [], "the preset: the paper's alpha 0.03, N = 6"),
+    "base_seed1": (TEXT_1STAGE, ["train.seed=1"], "the preset, another seed: the noise between runs"),
+    "alpha0.05": (TEXT_1STAGE, ["train.ratio_loss_weight=0.05"], "alpha 0.05 (reported to give word-like boundaries at ~20M parameters)"),
+    "alpha0.1": (TEXT_1STAGE, ["train.ratio_loss_weight=0.1"], "alpha 0.1"),
+    "target4": (TEXT_1STAGE, ["train.ratio_targets=[4.0]"], "N = 4: closer to the ~4.5 bytes of an English word and its space"),
+    "router_lr4": (TEXT_1STAGE, ["train.router_lr_multiplier=4.0"], "the routing module's lr x4"),
+    "band4-8": (TEXT_1STAGE, ["train.ratio_loss_bands=[[4.0,8.0]]"], "the band ratio loss: free between 4 and 8 bytes per chunk"),
+    "batch4x": (TEXT_1STAGE, ["train.batch_size=32", "train.grad_accum=16"],
+                "4x the bytes per optimizer step (256K; the paper's is 2M), same bytes in all"),
+    "2stage": ("configs/text/hnet_2stage_small.json", [], "the 2-stage preset: N = (3, 3)"),
+    "dna": ("configs/dna/hnet_1stage_small.json", [], "DNA, 1-stage preset"),
+}
+EVALS = 8  # evaluations per run, so curves have points
+MICRO_ROWS = 2  # sequences per micro-batch
+DRY_RUN = ["data.seq_len=128", "train.eval_batches=2", "data.max_bytes=100000"]
+DRY_RUN_MODEL = {"arch_layout": ["m1", ["T1"], "m1"], "d_model": [32, 64], "d_intermediate": [0, 128], "vocab_size": 256,
+                 "ssm_cfg": {"chunk_size": 16, "d_conv": 4, "d_state": 8, "expand": 2},
+                 "attn_cfg": {"num_heads": [1, 2], "rotary_emb_dim": [16, 16], "window_size": [-1, -1]}}
+
+
+def arm_config(name: str, budget_bytes: int, data_paths: dict[str, str | None], dry_run: bool) -> dict:
+    """The run config dict of an arm: its preset, its overrides, the study's budget and cadence."""
+    sys.path.insert(0, str(REPO))
+    from hnet.config import RunConfig, apply_overrides, read_json
+
+    preset, overrides, _ = ARMS[name]
+    raw = read_json(REPO / preset)
+    if dry_run:
+        raw = apply_overrides(raw, DRY_RUN)
+        raw["model"] = DRY_RUN_MODEL
+        raw["data"].update(path={"text": "package:tinyshakespeare.txt", "dna": "package:ecoli_genome_sample.fa"}[raw["data"]["kind"]],
+                           source={"text": "text", "dna": "fasta"}[raw["data"]["kind"]], split="tail")
+    elif data_paths.get(raw["data"]["kind"]):
+        path = data_paths[raw["data"]["kind"]]
+        raw["data"]["path"] = path
+        if raw["data"]["source"] == "datasets" and not path.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
+            raw["data"]["source"] = "text"  # a folder of one .txt(.gz) per document
+    raw = apply_overrides(raw, overrides)
+    batch = raw["train"]["batch_size"]
+    if "train.grad_accum=16" not in overrides:
+        raw["train"]["grad_accum"] = batch // MICRO_ROWS if not dry_run else 1
+    bytes_per_step = batch * raw["data"]["seq_len"]
+    steps = max(EVALS, budget_bytes // bytes_per_step)
+    raw["train"].update(max_steps=steps, eval_every=max(1, steps // EVALS), log_every=max(1, steps // 80),
+                        checkpoint_every=steps, keep_checkpoints=1)
+    RunConfig.from_dict(raw, f"arm {name}")  # refuse a bad arm before anything runs
+    return raw
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def finished(run_dir: Path, config: dict) -> bool:
+    saved = run_dir / "arm.json"
+    if not saved.is_file() or json.loads(saved.read_text()) != config:
+        return False
+    return any("val_bpb" in r and r["step"] >= config["train"]["max_steps"] for r in read_metrics(run_dir))
+
+
+def train_arms(names: list[str], runs_dir: Path, budget_bytes: int, parallel: int, data_paths: dict, dry_run: bool) -> None:
+    """Each arm as its own `hnet train` process, `parallel` at a time; the shard caches are prepared
+    first, one process per corpus, so the arms do not race to write them."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    todo = []
+    for name in names:
+        config = arm_config(name, budget_bytes, data_paths, dry_run)
+        run_dir = runs_dir / name
+        if finished(run_dir, config):
+            print(f"{name}: finished earlier, skipped")
+            continue
+        todo.append((name, config, run_dir))
+    env = dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    prepared = set()
+    for name, config, run_dir in todo:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        (run_dir / "arm.json").write_text(json.dumps(config))
+        corpus = json.dumps(config["data"], sort_keys=True)
+        if corpus not in prepared:
+            prepared.add(corpus)
+            subprocess.run([sys.executable, "-c", "import sys; from hnet.config import RunConfig; "
+                            "from hnet.data import prepare_data; prepare_data(RunConfig.from_json(sys.argv[1]).data)",
+                            str(run_dir / "arm.json")], env=env, check=True)
+    running: list[tuple[str, subprocess.Popen, Path, float]] = []
+    queue = list(todo)
+    while queue or running:
+        while queue and len(running) < parallel:
+            name, config, run_dir = queue.pop(0)
+            log = open(run_dir / "log.txt", "w")
+            cmd = [sys.executable, "-m", "hnet.cli", "train", str(run_dir / "arm.json"), "--out", str(run_dir / "run"),
+                   "--overwrite"]
+            running.append((name, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), run_dir, time.time()))
+            print(f"{name}: started ({config['train']['max_steps']} steps)", flush=True)
+        time.sleep(0.5 if dry_run else 10)
+        for item in list(running):
+            name, proc, run_dir, start = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            shutil.rmtree(run_dir / "run" / "checkpoints", ignore_errors=True)  # the metrics are the result
+            status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; see {run_dir / 'log.txt'})"
+            print(f"{name}: {status} in {time.time() - start:.0f} s", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+def arm_curves(run_dir: Path) -> dict:
+    """What the report draws from one arm's metrics: per evaluation, training bytes, val bpb and the
+    structure scores; per log step, the routing diagnostics."""
+    config = json.loads((run_dir / "arm.json").read_text())
+    bytes_per_step = config["train"]["batch_size"] * config["data"]["seq_len"]
+    records = read_metrics(run_dir / "run")
+    evals = [r for r in records if "val_bpb" in r]
+    logs = [r for r in records if "loss" in r and "boundary_rate" in r]
+    return {"config": config, "bytes_per_step": bytes_per_step, "evals": evals, "logs": logs,
+            "kind": config["data"]["kind"], "target": config["train"].get("ratio_targets")}
+
+
+def stage_value(record: dict, key: str, stage: int = 0):
+    value = record.get(key)
+    return value[stage] if isinstance(value, list) and len(value) > stage else None
+
+
+def summary_row(name: str, c: dict) -> dict:
+    last, log = (c["evals"][-1] if c["evals"] else {}), (c["logs"][-1] if c["logs"] else {})
+    stages = len(log.get("boundary_rate", [])) or 1
+    fmt = lambda key, d=last: "/".join("-" if stage_value(d, key, s) is None else f"{stage_value(d, key, s):.3f}" for s in range(stages))  # noqa: E731
+    row = {"arm": name, "what": ARMS.get(name, ("", [], ""))[2],
+           "training bytes": f"{last.get('step', 0) * c['bytes_per_step'] / 1e6:.3g}M",
+           "val bpb": f"{last['val_bpb']:.4f}" if "val_bpb" in last else "-",
+           "positions per chunk": "/".join(f"{x:.2f}" for x in log.get("stage_bytes_per_chunk", [])),
+           "p within 0.05 of 0.5": fmt("near_threshold", log),
+           "collapsed": "/".join("yes" if x else "no" for x in log.get("collapsed", [])),
+           "ever collapsed": "/".join("yes" if any(stage_value(r, "collapsed", s) for r in c["logs"]) else "no" for s in range(stages))}
+    if c["kind"] == "text":
+        row.update({"word-start F1": fmt("word_start_f1"), "random F1": fmt("word_start_f1_random"),
+                    "word-start precision": fmt("word_start_precision"), "whitespace rate": fmt("whitespace_rate"),
+                    "letter rate": fmt("letter_rate")})
+    elif c["kind"] == "dna":
+        row.update({f"codon pos {k} rate": fmt(f"codon_position_{k}_rate") for k in (1, 2, 3)})
+    return row
+
+
+def markdown_table(rows: list[dict]) -> str:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(keys) + " |", "| " + " | ".join("---" for _ in keys) + " |"]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot_curves(curves: dict[str, dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    text = {n: c for n, c in curves.items() if c["kind"] == "text"}
+    panels = [
+        ("f1_vs_bytes.png", "word-start F1 / random F1 at the same rate (stage 1)",
+         lambda r: (stage_value(r, "word_start_f1") or 0) / stage_value(r, "word_start_f1_random")
+         if stage_value(r, "word_start_f1_random") else None, "evals"),
+        ("bpb_vs_bytes.png", "validation bits per byte", lambda r: r.get("val_bpb"), "evals"),
+        ("near_threshold_vs_bytes.png", "share of p within 0.05 of 0.5 (stage 1)",
+         lambda r: stage_value(r, "near_threshold"), "logs"),
+        ("positions_per_chunk_vs_bytes.png", "positions per chunk (stage 1)",
+         lambda r: stage_value(r, "stage_bytes_per_chunk"), "logs"),
+    ]
+    paths = []
+    for filename, ylabel, value, series in panels:
+        fig, ax = plt.subplots(figsize=(6.4, 3.8))
+        for name, c in text.items():
+            points = [(r["step"] * c["bytes_per_step"] / 1e6, value(r)) for r in c[series]]
+            points = [(x, y) for x, y in points if y is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o" if series == "evals" else None, markersize=3, label=name)
+        if filename.startswith("f1"):
+            ax.axhline(1.0, color="gray", linewidth=0.8)
+            ax.axhline(2.0, color="gray", linestyle="--", linewidth=0.8)
+        ax.set(xlabel="training bytes (millions)", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out / filename, dpi=110)
+        plt.close(fig)
+        paths.append(out / filename)
+    # the 2-stage arm: positions per chunk of each stage against its target, to show a collapse
+    two = {n: c for n, c in curves.items() if c["logs"] and len(c["logs"][0]["boundary_rate"]) > 1}
+    if two:
+        fig, ax = plt.subplots(figsize=(6.4, 3.8))
+        for name, c in two.items():
+            for s in range(len(c["logs"][0]["boundary_rate"])):
+                xs = [r["step"] * c["bytes_per_step"] / 1e6 for r in c["logs"]]
+                line, = ax.plot(xs, [stage_value(r, "stage_bytes_per_chunk", s) for r in c["logs"]], label=f"{name} stage {s + 1}")
+                if c["target"]:
+                    ax.axhline(c["target"][s], color=line.get_color(), linestyle="--", linewidth=0.8)
+        ax.set(xlabel="training bytes (millions)", ylabel="positions per chunk (target dashed)", yscale="log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "two_stage_positions_per_chunk.png", dpi=110)
+        plt.close(fig)
+        paths.append(out / "two_stage_positions_per_chunk.png")
+    return paths
+
+
+def write_report(runs_dir: Path, doc: Path, figures: Path, command: str, findings: str | None) -> str:
+    """The study's section of `doc` (between `<!-- section: routing -->` and the next section marker),
+    with its table and plots; the rest of the file is kept."""
+    curves = {p.name: arm_curves(p) for p in sorted(runs_dir.iterdir()) if (p / "arm.json").is_file()}
+    curves = {n: curves[n] for n in [*ARMS, *curves] if n in curves}  # the arms' order
+    paths = plot_curves(curves, figures)
+    device = runs_dir / "device.json"
+    where = json.loads(device.read_text()) if device.is_file() else {}
+    text_rows = [summary_row(n, c) for n, c in curves.items() if c["kind"] == "text"]
+    other_rows = [summary_row(n, c) for n, c in curves.items() if c["kind"] != "text"]
+    rel = lambda p: os.path.relpath(p, doc.parent)  # noqa: E731
+    section = "\n".join([
+        "<!-- section: routing -->",
+        "## Chunking that finds structure: the routing recipe study",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Trained {where.get('date', '?')} on {where.get('device', '?')}, torch {where.get('torch', '?')}; "
+        f"{where.get('parallel', '?')} arms at once on the one GPU.",
+        "",
+        "Every arm: the `small` preset, 8 x 8192 bytes per optimizer step unless said otherwise, the books corpus "
+        "(validation: whole held-out books). Scores at the last evaluation reached, on the run's fixed 8,192-byte "
+        "validation snippet (`hnet.analysis.structure`); routing diagnostics at the last log step. A random F1 is "
+        "what boundaries placed at random at the same rate would score.",
+        "",
+        markdown_table(text_rows),
+        "",
+        *([markdown_table(other_rows), ""] if other_rows else []),
+        *[f"![{p.stem}]({rel(p)})" for p in paths],
+        "",
+        *([findings, ""] if findings else []),
+    ])
+    old = doc.read_text() if doc.is_file() else ""
+    start = old.find("<!-- section: routing -->")
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + section
+    else:
+        end = old.find("<!-- section:", start + 1)
+        new = old[:start] + section + ("\n" + old[end:] if end >= 0 else "")
+    doc.write_text(new.rstrip("\n") + "\n")
+    return section
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs-dir", default=".runs/routing")
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated, of: " + ", ".join(ARMS))
+    parser.add_argument("--budget-bytes", type=int, default=100_000_000)
+    parser.add_argument("--parallel", type=int, default=len(ARMS), help="arms trained at once")
+    parser.add_argument("--text-data", help="the books: a .jsonl(.gz) or a folder of one .txt(.gz) per book")
+    parser.add_argument("--dna-data", help="a FASTA(.gz) of genomes")
+    parser.add_argument("--report", action="store_true", help="write the section of --doc from the runs, no training")
+    parser.add_argument("--doc", default=str(REPO / "docs" / "results.md"))
+    parser.add_argument("--findings", help="a file whose text ends the section (the reading of the figures)")
+    parser.add_argument("--dry-run", action="store_true", help="two tiny arms on CPU, in a temporary folder")
+    args = parser.parse_args(argv)
+    names = args.arms.split(",")
+    unknown = [n for n in names if n not in ARMS]
+    if unknown:
+        parser.error(f"unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
+    if args.dry_run:
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = Path(tmp) / "runs"
+            train_arms(["base", "band4-8"], runs, EVALS * 8 * 128, 2, {}, dry_run=True)
+            print(write_report(runs, Path(tmp) / "results.md", Path(tmp) / "routing", "--dry-run", None))
+        return
+    runs_dir = Path(args.runs_dir)
+    if not args.report:
+        import torch
+
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        (runs_dir / "device.json").write_text(json.dumps({
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU", "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d"), "parallel": args.parallel}))
+        train_arms(names, runs_dir, args.budget_bytes, args.parallel,
+                   {"text": args.text_data, "dna": args.dna_data}, dry_run=False)
+    command = "python scripts/routing_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    findings = Path(args.findings).read_text().strip() if args.findings else None
+    write_report(runs_dir, Path(args.doc), Path(args.doc).parent / "routing", command, findings)
+
+
+if __name__ == "__main__":
+    main()
