@@ -31,3 +31,14 @@ def test_compare_two_tiny_runs(tmp_path):
         image = matplotlib.image.imread(out / name)
         assert image.shape[:2] == (4 * 120, int(5.5 * 120)), image.shape  # one data kind: a 5.5 x 4 in panel at 120 dpi
         assert image[..., :3].std() > 0.01  # not blank
+    # the routing diagnostics beside bpb: the H-Net only (the Transformer routes nothing)
+    assert "routing_vs_bytes.png" in report
+    image = matplotlib.image.imread(out / "routing_vs_bytes.png")
+    assert image.shape[:2] == (4 * 120, 16 * 120) and image[..., :3].std() > 0.01
+    from hnet.eval.compare import summarize
+
+    hnet = summarize(tmp_path / "hnet")
+    assert [r["step"] for r in hnet.routing_logs] == list(range(1, 11)) and hnet.ratio_targets == [4.0]
+    assert [r["step"] for r in hnet.structure_evals] == [0, 5, 10]
+    assert hnet.structure_evals[-1]["training_bytes"] == 10 * 4 * 128
+    assert not summarize(tmp_path / "transformer").routing_logs

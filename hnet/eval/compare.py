@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hnet.config import RunConfig, parse_layer_string
+from hnet.config import RunConfig, default_ratio_targets, parse_layer_string
 from hnet.eval.flops import flops_per_byte
 from hnet.eval.runs import bytes_per_token, read_metrics, run_config
 
@@ -39,6 +39,11 @@ class RunSummary:
     wall_clock_s: float
     bytes_per_s: float | None
     curve: list[tuple[float, float, float]] = field(default_factory=list)  # (training bytes, training FLOPs, val bpb)
+    # the routing's records, with their training bytes: the metrics fields of `hnet.chunking.diagnostics`
+    # at log steps, and the structure scores of `hnet.analysis.structure` at evaluations
+    routing_logs: list[dict] = field(default_factory=list)
+    structure_evals: list[dict] = field(default_factory=list)
+    ratio_targets: list[float] = field(default_factory=list)
 
 
 def model_kind(config: RunConfig) -> str:
@@ -103,6 +108,9 @@ def summarize(run_dir: str | Path) -> RunSummary:
         bytes_per_chunk=[float(x) for x in bpc], bytes_per_token=bpt, val_bpb=evals[-1]["val_bpb"] if evals else None,
         steps=last_step, wall_clock_s=_wall_clock(records),
         bytes_per_s=float(np.mean(throughput)) if throughput else None, curve=curve,
+        routing_logs=[dict(r, training_bytes=r["step"] * bytes_per_step) for r in trained if "near_threshold" in r],
+        structure_evals=[dict(r, training_bytes=r["step"] * bytes_per_step) for r in evals if "word_start_f1" in r],
+        ratio_targets=list(config.train.ratio_targets or default_ratio_targets(routing_stages)) if routing_stages else [],
     )
 
 
@@ -130,7 +138,7 @@ def write_report(summaries: list[RunSummary], out: Path) -> None:
         for s in summaries:
             row = asdict(s)
             writer.writerow([_cell(c, row[c]) for c in COLUMNS])
-    plots = plot_curves(summaries, out)
+    plots = plot_curves(summaries, out) + plot_routing(summaries, out)
     lines = [
         "# Comparison", "",
         "Validation bits per byte = total NLL in bits / raw bytes of the same text (a BPE model's token NLL over "
@@ -172,6 +180,44 @@ def plot_curves(summaries: list[RunSummary], out: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def plot_routing(summaries: list[RunSummary], out: Path) -> list[Path]:
+    """Beside bpb, for the runs that logged routing diagnostics: stage 1's word-start F1 against its random
+    baseline at the same rate (dashed), the share of boundary probabilities within 0.05 of 0.5, and each
+    stage's positions per chunk against its target (dotted); x is training bytes."""
+    routed = [s for s in summaries if s.routing_logs]
+    if not routed:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (f1, near, per_chunk) = plt.subplots(1, 3, figsize=(16, 4))
+    for s in routed:
+        scored = [r for r in s.structure_evals if r["word_start_f1"][0] is not None]
+        if scored:
+            x = [r["training_bytes"] for r in scored]
+            line, = f1.plot(x, [r["word_start_f1"][0] for r in scored], marker="o", markersize=3, label=s.run)
+            f1.plot(x, [r["word_start_f1_random"][0] for r in scored], linestyle="--", color=line.get_color())
+        x = [r["training_bytes"] for r in s.routing_logs]
+        for stage in range(len(s.ratio_targets)):
+            label = s.run if len(s.ratio_targets) == 1 else f"{s.run} stage {stage + 1}"
+            near.plot(x, [r["near_threshold"][stage] for r in s.routing_logs], label=label)
+            line, = per_chunk.plot(x, [r["stage_bytes_per_chunk"][stage] for r in s.routing_logs], label=label)
+            per_chunk.axhline(s.ratio_targets[stage], linestyle=":", color=line.get_color())
+    f1.set(xlabel="training bytes", ylabel="word-start F1, stage 1 (random at the same rate: dashed)")
+    near.set(xlabel="training bytes", ylabel="share of p within 0.05 of 0.5")
+    per_chunk.set(xlabel="training bytes", ylabel="positions per chunk (target: dotted)", yscale="log")
+    for panel in (f1, near, per_chunk):
+        panel.grid(alpha=0.3)
+        panel.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "routing_vs_bytes.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
 
 
 def compare_runs(run_dirs, out) -> list[RunSummary]:
