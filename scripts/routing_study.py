@@ -91,7 +91,7 @@ def finished(run_dir: Path, config: dict) -> bool:
     saved = run_dir / "arm.json"
     if not saved.is_file() or json.loads(saved.read_text()) != config:
         return False
-    return any("val_bpb" in r and r["step"] >= config["train"]["max_steps"] for r in read_metrics(run_dir))
+    return any("val_bpb" in r and r["step"] >= config["train"]["max_steps"] for r in read_metrics(run_dir / "run"))
 
 
 def train_arms(names: list[str], runs_dir: Path, budget_bytes: int, parallel: int, data_paths: dict, dry_run: bool) -> None:
