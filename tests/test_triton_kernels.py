@@ -544,7 +544,7 @@ def test_dispatch_picks_reference_on_cpu_and_when_asked(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["tiny_1stage", "tiny_hybrid_window"])
+@pytest.mark.parametrize("case", ["tiny_1stage", "tiny_2stage", "tiny_hybrid_window"])  # 2stage: a packed inner stack feeds a second router
 def test_model_fast_path_equals_reference(case):
     golden = pytest.importorskip("golden")
     if not golden.GOLDEN.exists():
