@@ -22,6 +22,11 @@ CONFIGS = {
 }
 
 
+# The count and the counter differ by 2e-4 or less, by 1.6% for the 2-stage H-Net. Leaving out the
+# routing term (q, k, residual projections and the dechunk) would miss 5.4% (1 stage) and 13% (2 stages).
+TOLERANCE = {"hnet_2stage": 0.02}
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_counted_flops_match_flop_counter_mode(name):
     # Imported here: it imports triton, which must not happen before test_triton_kernels sets up the interpreter.
@@ -36,7 +41,7 @@ def test_counted_flops_match_flop_counter_mode(name):
         out = model(ids)
     chunks = bytes_per_chunk([ids.numel()] + [r.boundary_mask.sum().item() for r in out.routing])
     counted = flops_per_byte(config, ids.shape[1], chunks) * ids.numel()
-    assert counted == pytest.approx(counter.get_total_flops(), rel=0.10)
+    assert counted == pytest.approx(counter.get_total_flops(), rel=TOLERANCE.get(name, 1e-3))
 
 
 def test_breakdown_scales_inner_stages_and_bpe_tokens():

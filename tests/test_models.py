@@ -76,7 +76,9 @@ def test_official_pt_checkpoint_loads(tmp_path):
     loaded = load_checkpoint(tmp_path / "m.pt", tmp_path / "c.json")
     assert loaded.backbone.residual_proj.weight.dtype == torch.float32
     ids = torch.randint(0, 256, (1, 30))
-    assert (loaded(ids).logits - model(ids).logits).abs().max() < 0.5  # bf16 rounding of every weight
+    # bf16 rounding of every weight moved the logits (largest ~0.6) by 1.7e-3 (1.4e-3 to 1.9e-3 over 4 seeds);
+    # an all-zero model is 0.6 away, one tensor left at another seed's init mostly 0.5 or more
+    assert (loaded(ids).logits - model(ids).logits).abs().max() < 5e-3
 
 
 @pytest.mark.parametrize("layout", [["m2", ["T2"], "m2"], ["m1", ["t1m1", ["T1"], "m1t1"], "m1"], ["T2"]], ids=["1stage", "2stage", "isotropic"])
@@ -207,7 +209,9 @@ def test_bf16_load_keeps_fp32_residual_and_runs(tmp_path):
     assert loaded.embeddings.weight.dtype == torch.bfloat16
     assert loaded.backbone.residual_proj.weight.dtype == torch.float32
     ids = torch.randint(0, 256, (1, 40))
-    assert (loaded(ids).logits.float() - model(ids).logits).abs().max() < 0.5
+    # computed in bf16 too: 3.5e-3 from the float32 logits (largest ~0.6; 3.5e-3 to 3.7e-3 over 4 seeds, but a
+    # boundary that bf16 flips moves them by ~0.5: this seed flips none)
+    assert (loaded(ids).logits.float() - model(ids).logits).abs().max() < 1e-2
     assert torch.isfinite(tiny_model().to(torch.bfloat16)(ids).logits).all()  # a plain .to(dtype) runs too
 
 

@@ -2,7 +2,8 @@
 
 Without a GPU the kernels run under Triton's interpreter at small shapes (fp32 only: the interpreter's
 bf16 dots and casts are not faithful). On a GPU the same tests run compiled, in bf16 too, and
-HNET_REAL_SHAPES=1 adds the shapes of a Mamba-2 layer of d_model 1024 at batch 8 x 8192.
+HNET_REAL_SHAPES=1 also runs the shapes of a Mamba-2 layer of d_model 1024 at batch 8 x 8192. Cases that do
+not run here are collected and skipped with the reason.
 """
 
 import os
@@ -44,7 +45,9 @@ from hnet.ops.triton.ssd.state_passing import state_passing, state_passing_bwd  
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 REAL_SHAPES = os.environ.get("HNET_REAL_SHAPES") == "1" and DEVICE == "cuda"
-DTYPES = [torch.float32] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+# GPU-only cases are collected everywhere and skipped with the reason, so a CPU run's count says what it left out.
+ON_GPU = pytest.mark.skipif(DEVICE != "cuda", reason="bf16 runs compiled on a GPU only (the interpreter's bf16 is not faithful)")
+DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=ON_GPU)]
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
 # dA and dD are one number per head, each a sum over every (batch, position, channel) of products that the
 # bf16 kernels round: cancellation in those sums leaves a larger relative error than elementwise outputs, so
@@ -55,7 +58,8 @@ REDUCED_GRAD_TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
 def real_shapes(*cases):
     """Cases at the shapes of the L models, only with HNET_REAL_SHAPES=1 on a GPU; marked, so that
     `pytest -m real_shapes` runs them alone (compiling every small case first takes minutes)."""
-    return [pytest.param(c, marks=pytest.mark.real_shapes) for c in cases] if REAL_SHAPES else []
+    skip = pytest.mark.skipif(not REAL_SHAPES, reason="real shapes run with HNET_REAL_SHAPES=1 on a GPU only")
+    return [pytest.param(c, marks=[pytest.mark.real_shapes, skip]) for c in cases]
 
 
 @pytest.fixture(autouse=True)
@@ -186,7 +190,7 @@ def test_add_rms_norm(shape, dtype, with_residual):
 # ---- the routing cosine -------------------------------------------------------------------------------
 
 # q, k as the routing projections give them: float32, or bf16 under autocast (whose roundings both make).
-@pytest.mark.parametrize("autocast", [False] + ([True] if DEVICE == "cuda" else []), ids=lambda a: "bf16 autocast" if a else "fp32")
+@pytest.mark.parametrize("autocast", [False, pytest.param(True, marks=ON_GPU)], ids=lambda a: "bf16 autocast" if a else "fp32")
 @pytest.mark.parametrize("shape", [(2, 70, 40), (1, 1, 7), (3, 50, 1024)] + real_shapes((1, 65535, 1024)), ids=str)
 def test_adjacent_cosine(shape, autocast):
     torch.manual_seed(0)
@@ -504,7 +508,7 @@ def test_every_launch_candidate(monkeypatch):
 
     for name in ("ssd.chunk_scan", "ssd.chunk_state", "ssd.state_passing", "conv1d"):  # the modules (ssd re-exports same-named functions)
         monkeypatch.setattr(importlib.import_module(f"hnet.ops.triton.{name}"), "launch_fastest", nth_candidate)
-    dtype = DTYPES[-1]
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
     x, dt, A, B, C, D, s0, seq_idx = ssd_inputs(1, 200, 8, 16, 1, 16, dtype, packed=True, init=True)
     xc = torch.randn(2, 70, 40, device=DEVICE, dtype=dtype)
     w, bias = torch.randn(40, 4, device=DEVICE, dtype=dtype), torch.randn(40, device=DEVICE, dtype=dtype)
@@ -544,7 +548,7 @@ def test_dispatch_picks_reference_on_cpu_and_when_asked(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["tiny_1stage", "tiny_hybrid_window"])
+@pytest.mark.parametrize("case", ["tiny_1stage", "tiny_2stage", "tiny_hybrid_window"])  # 2stage: a packed inner stack feeds a second router
 def test_model_fast_path_equals_reference(case):
     golden = pytest.importorskip("golden")
     if not golden.GOLDEN.exists():
