@@ -193,7 +193,7 @@ def first_step_gradients(config: RunConfig, run_dir: Path) -> tuple[dict, list[i
     parameter without one), and the label count of each micro-batch it ran."""
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    grads, label_counts, real = {}, [], loop_module.forward_loss
+    grads, label_counts, real = {}, [], step_module.forward_loss
 
     def counting(model, batch, *a, **k):
         label_counts.append(int((batch["labels"] != -100).sum()))
@@ -205,13 +205,13 @@ def first_step_gradients(config: RunConfig, run_dir: Path) -> tuple[dict, list[i
         raise _FirstStepReached
 
     handle = register_optimizer_step_pre_hook(capture)
-    loop_module.forward_loss = counting
+    step_module.forward_loss = counting
     try:
         with pytest.raises(_FirstStepReached):
             train(config, run_dir, progress=False)
     finally:
         handle.remove()
-        loop_module.forward_loss = real
+        step_module.forward_loss = real
     return grads, label_counts
 
 

@@ -1,10 +1,11 @@
 """The training step: the one `hnet train` takes and the benchmarks time.
 
-Per optimizer step: the micro-batches of one global batch; loss = cross-entropy (mean over the predicted
-tokens of the global batch) + alpha_s * ratio loss of each routing stage s. The ratio loss's F and G are
-counted over the positions of all processes (`hnet.chunking.ratio_loss`), so N processes compute exactly
-what one process computes on the same global batch; across micro-batches it is averaged, as the official
-training did.
+Per optimizer step: the micro-batches of one global batch, each micro-batch's loss = cross-entropy (mean
+over its predicted tokens on all processes) + alpha_s * ratio loss of each routing stage s, and the mean of
+those losses over the micro-batches (so a micro-batch with fewer scored tokens weighs each token more). The
+ratio loss's F and G are counted over the positions of all processes (`hnet.chunking.ratio_loss`), so N
+processes compute exactly what one process computes on the same global batch; across micro-batches it is
+averaged, as the official training did.
 """
 
 from __future__ import annotations
