@@ -5,11 +5,11 @@ import shutil
 import pytest
 import torch
 
-from tiny_runs import load_benchmark
+from tiny_runs import load_script
 
 
 def test_study_dry_run(tmp_path, capsys):
-    study = load_benchmark("study")
+    study = load_script("study")
     args = ["--dry-run", "--runs-dir", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
             "--set", f"data.cache_dir={tmp_path / 'cache'}"]
     study.main(args)
@@ -47,7 +47,7 @@ def test_study_dry_run(tmp_path, capsys):
     ("out of memory", "CUDA out of memory. Tried to allocate 3.91 GiB."),
 ])
 def test_study_goes_on_past_a_failed_run(tmp_path, monkeypatch, error, message):
-    study = load_benchmark("study")
+    study = load_script("study")
     real_train = study.train
 
     def train(config, run_dir, **kwargs):
@@ -72,7 +72,7 @@ def test_study_goes_on_past_a_failed_run(tmp_path, monkeypatch, error, message):
                                            ("protein", ["boundary rate by residue offset from the start",
                                                         "boundary rate by residue over the same records"])])
 def test_study_dry_run_dna_and_protein(tmp_path, data, markers):
-    study = load_benchmark("study")
+    study = load_script("study")
     study.main(["--dry-run", "--data", data, "--runs-dir", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
                 "--set", f"data.cache_dir={tmp_path / 'cache'}"])
     results = (tmp_path / "docs" / "results.md").read_text()
