@@ -5,6 +5,8 @@ reference path (HNET_REFERENCE=1, read by `hnet.ops.dispatch` at every call).
     python benchmarks/forward.py --config .ref/configs/hnet_2stage_XL.json --batch 4
     TRITON_INTERPRET=1 python benchmarks/forward.py --device cpu --quick      # tiny presets: checks the code path
 
+The official configs go in the ignored .ref/ folder first: mkdir -p .ref && cp -r ../shared/reference/configs .ref/
+
 Weights and activations in bf16 (fp32 on CPU), under torch.inference_mode, on packed batches of the
 bundled text (documents of 2048 bytes). If a batch does not fit, it is halved until it does and the row
 says the batch used. Rows are printed as a markdown table for benchmarks/RESULTS.md.
@@ -12,6 +14,7 @@ says the batch used. Rows are printed as a markdown table for benchmarks/RESULTS
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -19,13 +22,14 @@ from pathlib import Path
 import torch
 
 from hnet import HNetForCausalLM
+from hnet.eval.flops import device_info
+from hnet.eval.timing import environment, fitting, load_model_config, sync, text_batch
+from hnet.ops.dispatch import kernel_path
 from hnet.training.metrics import bytes_per_chunk, chunk_counts
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import REPO, QUICK_CONFIGS, common_parser, fitting, kernel_path, load_model_config, print_header  # noqa: E402
-from train_throughput import device_info, sync, text_batch  # noqa: E402
-
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = [f".ref/configs/hnet_{s}.json" for s in ("1stage_L", "2stage_L", "1stage_XL", "2stage_XL")]
+QUICK_CONFIGS = ["configs/text/hnet_1stage_tiny.json", "configs/text/hnet_2stage_tiny.json"]
 
 
 def forward_once(model, device, batch: int, seq_len: int, steps: int, warmup: int) -> dict:
@@ -51,14 +55,23 @@ def forward_once(model, device, batch: int, seq_len: int, steps: int, warmup: in
 
 
 def main(argv=None):
-    parser = common_parser(__doc__, DEFAULT_CONFIGS)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", nargs="+", default=DEFAULT_CONFIGS, help="H-Net model JSONs")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=8, help="rows of --seq-len bytes (halved while it does not fit)")
+    parser.add_argument("--seq-len", type=int, default=8192)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="tiny presets, batch 2 x 128, 1 step: checks the code path")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.quick:
         args.config, args.batch, args.seq_len, args.steps, args.warmup = QUICK_CONFIGS, 2, 128, 1, 0
+    if missing := [p for p in args.config if not (REPO / p).exists()]:
+        sys.exit(f"{missing[0]}: not found (the official configs: mkdir -p .ref && cp -r ../shared/reference/configs .ref/)")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     name, _ = device_info(device)
-    print_header(name)
+    print(environment(name))
     print(f"forward: {dtype}, inference_mode, {args.warmup} warmup + {args.steps} timed, "
           f"requested batch {args.batch} x {args.seq_len} bytes")
 
@@ -69,9 +82,9 @@ def main(argv=None):
         model = HNetForCausalLM(config, device=device, dtype=dtype).eval()
         params = sum(p.numel() for p in model.parameters())
         for kpath in ("fast", "reference"):
-            with kernel_path(kpath, device):
+            with kernel_path(kpath):
                 batch, r = fitting(lambda b: forward_once(model, device, b, args.seq_len, args.steps, args.warmup),
-                                   args.batch, device)
+                                   args.batch)
             label = f"{Path(path).stem} {kpath}"
             if r is None:
                 rows.append((label, f"{params / 1e6:.1f}M", f"OOM at 1 x {args.seq_len}", "-", "-", "-", "-", "-"))

@@ -3,7 +3,8 @@
     python benchmarks/generate.py                       # hnet_1stage_L shape, random bf16 weights, CUDA
     python benchmarks/generate.py --device cpu --quick  # tiny shapes: checks that it runs
 
-Run from the repository root (the default config path is relative to it). For each context length and
+Run from the repository root (the default config path is relative to it; the official configs go in the
+ignored .ref/ folder: mkdir -p .ref && cp -r ../shared/reference/configs .ref/). For each context length and
 batch size: every row holds `context` bytes of text (the bundled Shakespeare sample), is prefilled, then
 fed the following bytes of the text one step at a time (teacher forcing, so that the boundary rate is
 the model's on text rather than on its own output). The baseline runs the whole forward over the
@@ -22,10 +23,11 @@ from pathlib import Path
 import torch
 
 from hnet import HNetConfig, HNetForCausalLM
+from hnet.eval.flops import device_info
+from hnet.eval.timing import TEXT, sync
 from hnet.generation.cache import select_rows
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import TEXT, device_info, sync  # noqa: E402
+DEFAULT_CONFIG = ".ref/configs/hnet_1stage_L.json"
 
 QUICK_CONFIG = {
     "arch_layout": ["m2", ["T2"], "m2"], "d_model": [64, 128], "d_intermediate": [0, 256],
@@ -83,7 +85,7 @@ def full_forward(model, ids, context: int, warmup: int, steps: int, device) -> f
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="../shared/reference/configs/hnet_1stage_L.json")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="an official model JSON")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
@@ -99,6 +101,8 @@ def main(argv=None):
     if args.quick:
         config, name = HNetConfig.from_dict(QUICK_CONFIG), "quick (tiny)"
         args.contexts, args.batch_sizes, args.steps, args.full_steps = [64, 256], [1, 4], 16, 2
+    elif not Path(args.config).exists():
+        sys.exit(f"{args.config}: not found (the official configs: mkdir -p .ref && cp -r ../shared/reference/configs .ref/)")
     else:
         config, name = HNetConfig.from_json(args.config), args.config
     torch.manual_seed(0)

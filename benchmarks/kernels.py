@@ -18,13 +18,13 @@ a whole Mamba-2 layer forward+backward, fast path vs reference, and mamba_ssm's 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from hnet.eval.timing import bench, ceilings, print_tuning
 from hnet.ops import conv1d, ema, norm, rotary, ssd, swiglu
+from hnet.ops.dispatch import kernel_path
 from hnet.ops.triton import conv1d as triton_conv1d
 from hnet.ops.triton import ema as triton_ema
 from hnet.ops.triton import rotary as triton_rotary
@@ -33,10 +33,6 @@ from hnet.ops.triton import norm as triton_norm
 from hnet.ops.triton import ssd as triton_ssd
 
 import triton  # noqa: E402  (after hnet.ops.triton, which needs it anyway)
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import kernel_path  # noqa: E402
-from train_throughput import bench, ceilings, print_tuning  # noqa: E402
 
 
 def shapes(quick: bool) -> dict:
@@ -254,7 +250,7 @@ def main():
     run = fwd_bwd(layer, (u,))
     print(f"\nMamba2({s['d_model']}) forward+backward at {s['b']} x {s['l']}:")
     for label, path in (("fast path", "fast"), ("reference", "reference")):
-        with kernel_path(path, device):
+        with kernel_path(path):
             print(f"  {label:<10} {fmt(bench(run, device))} ms")
     print_tuning()
 

@@ -8,6 +8,11 @@ isotropic Transformer of matched FLOPs per byte, trained by the same step.
     python benchmarks/train_step.py --no-reference --routed-at-targets   # + each H-Net at its target compression
     TRITON_INTERPRET=1 python benchmarks/train_step.py --device cpu --quick   # tiny models: checks the code path
 
+The default configs are the official ones, which the repository does not carry: copy them into the
+ignored .ref/ folder first (from the repository root, next to the shared reference checkout):
+
+    mkdir -p .ref && cp -r ../shared/reference/configs .ref/
+
 Rows are printed as a markdown table, to paste into benchmarks/RESULTS.md with the header lines above it.
 
 A step: forward in bf16 autocast (fp32 on CPU) on packed batches of the bundled text (documents of 2048
@@ -22,107 +27,51 @@ first steps of random weights that count moves several-fold), so MFU counts the 
 The Transformer ("T<n>", `hnet.eval.baselines.size_baseline`) is sized to the H-Net's forward FLOPs per
 byte at the target bytes per chunk (6, or 3 then 9 cumulative), the budget the H-Net is trained for.
 MFU = 3 x FLOPs/byte x bytes/s / a bf16 peak: the datasheet's dense peak (989 TFLOP/s for H100/H200 SXM,
-or --peak-tflops), and the peak measured in the same run (a bf16 8192^3 matmul, as `kernels.py` measures
-it), the one the targets name.
+or --peak-tflops), and the peak measured in the same run (a bf16 8192^3 matmul, `hnet.eval.timing.ceilings`,
+as `kernels.py` measures it), the one the targets name.
 An untrained router's compression is not the target (from 2 to 2000 bytes per chunk in
 the 1-stage L's first 7 steps, and a second stage that may keep almost nothing), so its H-Net does more or
 less work than the Transformer is matched to: --routed-at-targets adds a row of each H-Net whose boundaries
-are fixed at the targets (one every 6th byte, or every 3rd position at each stage), the comparison at
-matched FLOPs (also on the reference path).
+are fixed at the targets (one every 6th byte, or every 3rd position at each stage:
+`hnet.chunking.fixed.route_every`), the comparison at matched FLOPs (also on the reference path).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from hnet import HNetConfig, HNetForCausalLM
-from hnet.chunking.routing import routing_output
-from hnet.config import RunConfig, TrainConfig
+from hnet.chunking.fixed import route_every
+from hnet.config import TrainConfig, default_ratio_targets
 from hnet.eval.baselines import size_baseline
-from hnet.eval.compare import TRAIN_FLOPS_PER_FORWARD
-from hnet.eval.flops import flops_per_byte
+from hnet.eval.flops import device_info, flops_per_byte, mfu
+from hnet.eval.timing import (ceilings, environment, fitting, load_model_config, print_tuning, text_batch,
+                              time_train_steps)
 from hnet.layers.isotropic import Isotropic, use_cuda_graphs
-from hnet.models import HNet
-from hnet.ops import dispatch
-from hnet.ops.packed import positions_in_sequence
-from hnet.config import default_ratio_targets
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import ceilings, device_info, print_tuning, text_batch, time_train_steps  # noqa: E402
+from hnet.ops.dispatch import kernel_path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = [".ref/configs/hnet_1stage_L.json", ".ref/configs/hnet_2stage_L.json"]
 QUICK_CONFIGS = ["configs/text/hnet_1stage_tiny.json", "configs/text/hnet_2stage_tiny.json"]
 
 
-def load_model_config(path: str) -> HNetConfig:
-    """An official model JSON, or the model of one of our run presets."""
-    try:
-        return HNetConfig.from_json(path)
-    except ValueError:
-        return RunConfig.from_json(path).model
-
-
-@contextmanager
-def kernel_path(path: str, device):
-    """'fast': the Triton kernels (on CPU only under TRITON_INTERPRET=1, forced); 'reference': HNET_REFERENCE=1."""
-    previous = os.environ.pop("HNET_REFERENCE", None)
-    if path == "reference":
-        os.environ["HNET_REFERENCE"] = "1"
-    try:
-        forced = device.type != "cuda" and path == "fast" and os.environ.get("TRITON_INTERPRET") == "1"
-        with dispatch.force_triton() if forced else nullcontext():
-            yield
-    finally:
-        os.environ.pop("HNET_REFERENCE", None)
-        if previous is not None:
-            os.environ["HNET_REFERENCE"] = previous
-
-
-def halving(batch: int):
-    """batch, batch / 2, ..., 1: the sizes tried until one fits."""
-    return [batch >> k for k in range(batch.bit_length())]
-
-
-def route_at_targets(model, targets: list[float]) -> None:
-    """Fix each stage's boundaries at one every N-th position of each packed sequence, from its start (N that
-    stage's target). The router still runs and gets its gradient (straight through the fixed values), so
-    the step's cost is a trained router's at that compression."""
-    for stage in model.modules():
-        if isinstance(stage, HNet) and not stage.is_innermost:
-            stage.routing_module.forward = fixed_routing(stage.routing_module.forward, round(targets[stage.stage]))
-
-
-def fixed_routing(route, every: int):
-    def forward(h, cu_seqlens=None, mask=None, cache=None):
-        p = route(h, cu_seqlens, mask, cache=cache).boundary_prob[..., 1]
-        length = p.shape[1]
-        pos = torch.arange(length, device=p.device) if cu_seqlens is None else positions_in_sequence(cu_seqlens, length)
-        fixed = (pos % every == 0).to(p.dtype)
-        return routing_output(fixed + (p - p.detach()), mask)
-
-    return forward
-
-
 def train_step_once(config: HNetConfig, device, batch: int, seq_len: int, steps: int, warmup: int,
                     bucket_lengths: bool | None = None, targets: list[float] | None = None,
                     cuda_graphs: bool = False) -> dict:
-    """targets: route at these compressions (`route_at_targets`); None: as the router decides."""
+    """targets: route at these compressions (`hnet.chunking.fixed.route_every`); None: as the router decides."""
     torch.manual_seed(0)
     model = HNetForCausalLM(config, device=device)
     for stack in model.modules():
         if isinstance(stack, Isotropic):
             stack.bucket_lengths = bucket_lengths
     if targets is not None:
-        route_at_targets(model, targets)
+        route_every(model, targets)
     use_cuda_graphs(model, cuda_graphs)
     r = time_train_steps(model, TrainConfig(), text_batch(batch, seq_len, device), device, steps, warmup)
     use_cuda_graphs(model, False)  # frees the graphs' memory with the model
@@ -131,30 +80,19 @@ def train_step_once(config: HNetConfig, device, batch: int, seq_len: int, steps:
             "peak_gib": float("nan") if peak is None else peak, "bytes_per_chunk": r["bytes_per_chunk"]}
 
 
-def fitting(run, batch: int, device) -> tuple[int, dict | None]:
-    """run(b) at the largest of batch, batch / 2, ..., 1 that fits in memory: (that b, its result)."""
-    for b in halving(batch):
-        try:
-            return b, run(b)
-        except torch.cuda.OutOfMemoryError:
-            pass
-        torch.cuda.empty_cache()  # outside the handler: its traceback no longer holds the failed step's tensors
-    return 0, None
-
-
 def profile_step(config: HNetConfig, device, batch: int, seq_len: int, warmup: int, rows: int,
                  targets: list[float] | None = None) -> None:
     """One fast-path step under torch.profiler, after `warmup` unprofiled ones: the ops and kernels that
     take the most GPU (or CPU) time, and the profiled step's wall-clock to set their total against.
-    targets: routed at these compressions (`route_at_targets`)."""
+    targets: routed at these compressions (`route_every`)."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.manual_seed(0)
     model = HNetForCausalLM(config, device=device)
     if targets is not None:
-        route_at_targets(model, targets)
+        route_every(model, targets)
     data = text_batch(batch, seq_len, device)
-    with kernel_path("fast", device):
+    with kernel_path("fast"):
         time_train_steps(model, TrainConfig(), data, device, steps=max(warmup, 1), warmup=0)  # compile, allocate
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:
@@ -189,32 +127,15 @@ def print_host_syncs(model, data, device) -> None:
         print(f"  {count:4d}  {site}")
 
 
-def mfu(flops_per_byte_fwd: float, bytes_per_s: float, peak_tflops: float) -> float:
-    return TRAIN_FLOPS_PER_FORWARD * flops_per_byte_fwd * bytes_per_s / (peak_tflops * 1e12)
-
-
-def print_header(name: str):
-    import triton
-
-    print(f"device: {name}; torch {torch.__version__}; triton {triton.__version__}; "
-          f"CUDA {torch.version.cuda}; TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}")
-
-
-def common_parser(doc: str, configs: list[str]) -> argparse.ArgumentParser:
-    """The options the step and forward benchmarks share."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", nargs="+", default=configs, help="H-Net model JSONs")
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", nargs="+", default=DEFAULT_CONFIGS, help="H-Net model JSONs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=8, help="rows of --seq-len bytes (halved while it does not fit)")
     parser.add_argument("--seq-len", type=int, default=8192)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny presets, batch 2 x 128, 1 step: checks the code path")
-    return parser
-
-
-def main(argv=None):
-    parser = common_parser(__doc__, DEFAULT_CONFIGS)
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU (default: known H100/H200)")
     parser.add_argument("--no-transformer", action="store_true", help="skip the matched Transformer")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference path (HNET_REFERENCE=1)")
@@ -231,10 +152,12 @@ def main(argv=None):
     device = torch.device(args.device)
     if args.quick:
         args.config, args.batch, args.seq_len, args.steps, args.warmup = QUICK_CONFIGS, 2, 128, 1, 0
+    if missing := [p for p in args.config if not (REPO / p).exists()]:
+        sys.exit(f"{missing[0]}: not found (the official configs: mkdir -p .ref && cp -r ../shared/reference/configs .ref/)")
     name, peak = device_info(device)
     peak = args.peak_tflops or peak
     measured = ceilings(device)[1]
-    print_header(name)
+    print(environment(name))
     print(f"training step: bf16 autocast={device.type == 'cuda'}, {args.warmup} warmup + {args.steps} timed steps, "
           f"requested batch {args.batch} x {args.seq_len} bytes, MFU against {peak} TFLOP/s (datasheet) and "
           f"{measured:.0f} TFLOP/s (bf16 matmul measured now)")
@@ -267,9 +190,9 @@ def main(argv=None):
             if args.cuda_graphs:
                 runs.append((f"{tlabel}, CUDA graphs", tconfig, "fast", None, None, True))
         for label, cfg, kpath, bucket, fixed, graphs in runs:
-            with kernel_path(kpath, device):
+            with kernel_path(kpath):
                 batch, r = fitting(lambda b: train_step_once(cfg, device, b, args.seq_len, args.steps, args.warmup,
-                                                             bucket, fixed, graphs), args.batch, device)
+                                                             bucket, fixed, graphs), args.batch)
             if r is None:
                 rows.append((label, "-", f"OOM at 1 x {args.seq_len}", "-", "-", "-", "-", "-", "-", "-"))
                 continue

@@ -53,3 +53,14 @@ def test_breakdown_scales_inner_stages_and_bpe_tokens():
     assert flops_per_byte(transformer, 256, (), bytes_per_token=4.0) == pytest.approx(flops_per_byte(transformer, 256) / 4)
     with pytest.raises(ValueError, match="bytes_per_chunk"):
         flops_per_byte(config, 1024)
+
+
+def test_mfu_and_peak_by_device_name():
+    import math
+
+    from hnet.eval.flops import mfu, peak_tflops
+
+    # 1 GFLOP per byte forward, 3 GFLOP per byte trained, at 1e5 bytes/s: 3e14 FLOP/s of a 1000 TFLOP/s peak
+    assert mfu(1e9, 1e5, 1000.0) == pytest.approx(0.3)
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == peak_tflops("NVIDIA H200") == 989.0
+    assert math.isnan(peak_tflops("NVIDIA A100-SXM4-80GB")) and math.isnan(peak_tflops("cpu"))

@@ -1,19 +1,13 @@
 """scripts/routing_study.py end to end at tiny size: two arms in parallel processes, then the report."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "routing_study.py"
+from tiny_runs import load_script
 
 
 def load_study():
-    spec = importlib.util.spec_from_file_location("routing_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("routing_study")
 
 
 @pytest.mark.slow

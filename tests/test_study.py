@@ -5,11 +5,11 @@ import shutil
 import pytest
 import torch
 
-from tiny_runs import load_benchmark
+from tiny_runs import load_script
 
 
 def test_study_dry_run(tmp_path, capsys):
-    study = load_benchmark("study")
+    study = load_script("study")
     args = ["--dry-run", "--runs-dir", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
             "--set", f"data.cache_dir={tmp_path / 'cache'}"]
     study.main(args)
@@ -46,7 +46,7 @@ def test_study_goes_on_past_a_failed_run(tmp_path, monkeypatch):
     """A run that diverges and one that runs out of memory are listed with their error and left out of the
     table, and the grid goes on to the run after them. The grid is cut to those three runs (the whole grid
     trains in test_study_dry_run): the one after the failures is the only one that trains."""
-    study = load_benchmark("study")
+    study = load_script("study")
     errors = {"hnet_2stage": "non-finite loss (nan) at step 3", "transformer": "CUDA out of memory. Tried to allocate 3.91 GiB."}
     real_train, real_run_configs = study.train, study.run_configs
 
@@ -77,7 +77,7 @@ def test_study_goes_on_past_a_failed_run(tmp_path, monkeypatch):
                                            ("protein", ["boundary rate by residue offset from the start",
                                                         "boundary rate by residue over the same records"])])
 def test_study_dry_run_dna_and_protein(tmp_path, data, markers):
-    study = load_benchmark("study")
+    study = load_script("study")
     study.main(["--dry-run", "--data", data, "--runs-dir", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
                 "--set", f"data.cache_dir={tmp_path / 'cache'}"])
     results = (tmp_path / "docs" / "results.md").read_text()

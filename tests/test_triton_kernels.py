@@ -538,13 +538,13 @@ def test_every_launch_candidate(monkeypatch):
 
 # ---- dispatch and the whole model ------------------------------------------------------------------------
 
-def test_dispatch_picks_reference_on_cpu_and_when_asked(monkeypatch):
+def test_dispatch_picks_reference_on_cpu_and_when_asked():
     x = torch.randn(2, 3)
     assert not dispatch.use_triton(x)
     with dispatch.force_triton():
         assert dispatch.use_triton(x)
-        monkeypatch.setenv("HNET_REFERENCE", "1")
-        assert not dispatch.use_triton(x)
+        with dispatch.kernel_path("reference"):
+            assert not dispatch.use_triton(x)
 
 
 @pytest.mark.slow
@@ -558,11 +558,8 @@ def test_model_fast_path_equals_reference(case):
     for packed in (False, True):
         kwargs = {"cu_seqlens": inputs["cu_seqlens"].to(DEVICE)} if packed else {"mask": inputs["mask"].to(DEVICE)}
         ids = inputs["input_ids_packed" if packed else "input_ids"].to(DEVICE)
-        os.environ["HNET_REFERENCE"] = "1"
-        try:
+        with dispatch.kernel_path("reference"):
             ref = golden.run_with_intermediates(model, ids, **kwargs)
-        finally:
-            del os.environ["HNET_REFERENCE"]
         with dispatch.force_triton():
             fast = golden.run_with_intermediates(model, ids, **kwargs)
         for name, r in ref.items():

@@ -5,7 +5,7 @@ import copy
 import importlib.util
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+REPO = Path(__file__).resolve().parents[1]
 
 SSM = {"chunk_size": 16, "d_conv": 4, "d_state": 8, "expand": 2}
 HNET_MODEL = {"arch_layout": ["m1", ["T1"], "m1"], "d_model": [32, 64], "d_intermediate": [0, 128], "ssm_cfg": SSM,
@@ -42,7 +42,12 @@ def tiny_fixed(tmp_path, rule="space", tokenizer_path=None, **train) -> dict:
 def load_benchmark(name: str):
     """A fresh module object of benchmarks/NAME.py (a script, not a package module), for a test to call
     and to monkeypatch on its own."""
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    return load_script(name, "benchmarks")
+
+
+def load_script(name: str, folder: str = "scripts"):
+    """The same for FOLDER/NAME.py: scripts/ by default (the study, the preset writer)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -14,6 +14,10 @@ sequence (each packed sequence is tokenized alone). Our BPE tokens carry their l
 (" world"), so on plain words this is the space rule's placement. The rule is not causal: whether a
 token starts at t can depend on bytes after t, which the model may exploit a little; it cannot run in
 cached decoding.
+
+every N. A chunk begins at positions 0, N, 2N, ... of each sequence: the compression a router trained to
+target N reaches, without training one. It is no `fixed_boundaries` rule of a run config: `route_every`
+puts it in place of each stage's router (the benchmarks time a step at the target compressions with it).
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hnet.chunking.routing import RoutingCache, RoutingModule, RoutingOutput
+from hnet.chunking.routing import RoutingCache, RoutingModule, RoutingOutput, routing_output
 from hnet.ops.cache import update_rows_
+from hnet.ops.packed import positions_in_sequence
 
 RULES = ("space", "bpe")
 
@@ -69,6 +74,13 @@ def token_start_boundaries(ids: torch.Tensor, tokenizer, cu_seqlens=None) -> tor
             offsets = np.cumsum(token_lengths) - token_lengths
             out[r, start + offsets[token_lengths > 0]] = True
     return torch.from_numpy(out).to(ids.device) | _sequence_starts(ids.shape, cu_seqlens, ids.device)
+
+
+def every_nth_boundaries(shape, every: int, cu_seqlens=None, device=None) -> torch.Tensor:
+    """(B, L) bool: positions 0, N, 2N, ... of every row, or of every packed sequence of a (1, T) row."""
+    length = shape[1]
+    pos = torch.arange(length, device=device) if cu_seqlens is None else positions_in_sequence(cu_seqlens, length)
+    return (pos % every == 0).expand(shape)
 
 
 @dataclass
@@ -140,3 +152,43 @@ def _decided(boundary_prob, boundary, mask=None) -> RoutingOutput:
         boundary = boundary & mask
     selected = boundary_prob.gather(-1, boundary.long().unsqueeze(-1))
     return RoutingOutput(boundary_prob, boundary, selected)
+
+
+class EveryNthRouting(RoutingModule):
+    """The routing module with a boundary every N-th position of each sequence. The router still runs:
+    p takes the rule's value (0 or 1, so the dechunk EMA sees hard boundaries) and passes its gradient
+    straight through to the learned p, so that a training step costs what a trained router's does at
+    compression N. Training and prefill only: no decoding step.
+    """
+
+    def __init__(self, d_model: int, every: int, device=None, dtype=None):
+        super().__init__(d_model, device=device, dtype=dtype)
+        if every < 1:
+            raise ValueError(f"a boundary every {every} positions: expected at least 1")
+        self.every = every
+
+    @classmethod
+    def replacing(cls, router: RoutingModule, every: int) -> EveryNthRouting:
+        """In place of `router`, with its very projections: the same parameters, under the same names."""
+        w = router.q_proj_layer.weight
+        routing = cls(w.shape[1], every, device=w.device, dtype=w.dtype)
+        routing.q_proj_layer, routing.k_proj_layer = router.q_proj_layer, router.k_proj_layer
+        return routing
+
+    def forward(self, h, cu_seqlens=None, mask=None, cache=None) -> RoutingOutput:
+        p = super().forward(h, cu_seqlens, mask, cache).boundary_prob[..., 1]
+        fixed = every_nth_boundaries(p.shape, self.every, cu_seqlens, p.device).to(p.dtype)
+        return routing_output(fixed + (p - p.detach()), mask)  # the rule's value, the learned p's gradient
+
+    def step(self, h, cache: RoutingCache, mask=None) -> RoutingOutput:
+        raise ValueError("a boundary every N positions is for training steps: it does not decode byte by byte")
+
+
+def route_every(model, every) -> None:
+    """Route each chunking stage s of `model` at one boundary every round(every[s]) positions of each
+    sequence (`EveryNthRouting`, which keeps the stage's router parameters), e.g. at its ratio targets."""
+    from hnet.models.hnet import HNet  # not at the top: hnet.models imports this module
+
+    stages = [m for m in model.modules() if isinstance(m, HNet) and not m.is_innermost]
+    for stage in stages:
+        stage.routing_module = EveryNthRouting.replacing(stage.routing_module, round(every[stage.stage]))

@@ -17,10 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from hnet.config import RunConfig, default_ratio_targets, parse_layer_string
-from hnet.eval.flops import flops_per_byte
+from hnet.eval.flops import TRAIN_FLOPS_PER_FORWARD, flops_per_byte
 from hnet.eval.runs import bytes_per_token, read_metrics, run_config
-
-TRAIN_FLOPS_PER_FORWARD = 3  # forward + a backward of twice its cost
 
 
 @dataclass

@@ -21,17 +21,24 @@ Per byte, a stage's per-token FLOPs are divided by the bytes each of its tokens 
 of a byte model, bytes per token for a BPE model, and the cumulative bytes per chunk for the inner
 stages of an H-Net (their sequence length is seq_len / bytes per chunk too). Training costs about 3x
 the forward (the backward is twice the forward).
+
+Model FLOPs utilisation (`mfu`): the training FLOPs per second these counts imply, as a fraction of a
+dense bf16 peak (the datasheet's, `PEAK_TFLOPS`, or one measured).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from hnet.config import MAMBA_HEADDIM, HNetConfig, parse_layer_string
 
 SWIGLU_MULTIPLE = 128  # SwiGLU's default `multiple_of`
 EMA_CHUNK = 64  # ema_scan's chunk size
 COMPONENTS = ("attention", "mamba2", "mlp", "head", "routing")
+TRAIN_FLOPS_PER_FORWARD = 3  # forward + a backward of twice its cost
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16 of the SXM cards, by a part of the device name
 
 
 def attention_flops(d: int, context: int) -> float:
@@ -93,3 +100,21 @@ def flops_per_byte(config: HNetConfig, seq_len: int, bytes_per_chunk: Sequence[f
                    bytes_per_token: float = 1.0) -> float:
     """Forward FLOPs per byte of input (see the module docstring for what is counted)."""
     return sum(flops_breakdown(config, seq_len, bytes_per_chunk, bytes_per_token).values())
+
+
+def mfu(forward_flops_per_byte: float, bytes_per_s: float, peak_tflops: float) -> float:
+    """The fraction of `peak_tflops` that training at `bytes_per_s` uses (training = 3x the forward)."""
+    return TRAIN_FLOPS_PER_FORWARD * forward_flops_per_byte * bytes_per_s / (peak_tflops * 1e12)
+
+
+def peak_tflops(device_name: str) -> float:
+    """The dense bf16 peak of a device by its name (e.g. "NVIDIA H100 80GB HBM3"), nan if not known."""
+    return next((v for k, v in PEAK_TFLOPS.items() if k in device_name), float("nan"))
+
+
+def device_info(device) -> tuple[str, float]:
+    """(the device's name, its dense bf16 peak in TFLOP/s or nan); "cpu" off CUDA."""
+    if device.type != "cuda":
+        return "cpu", float("nan")
+    name = torch.cuda.get_device_name(device)
+    return name, peak_tflops(name)

@@ -3,14 +3,15 @@
 The Triton kernels run on CUDA tensors when triton imports; CPU tensors, a missing triton, or the
 environment variable HNET_REFERENCE=1 take the reference, which stays the definition. Inside
 `force_triton()` the kernels also take CPU tensors, which only works under TRITON_INTERPRET=1: the
-tests use it to run whole models through the kernels on a machine without a GPU.
+tests use it to run whole models through the kernels on a machine without a GPU. `kernel_path("fast")`
+or `kernel_path("reference")` sets one path for a block (benchmarks, tests) and then puts back what was set.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -35,6 +36,26 @@ def force_triton():
         yield
     finally:
         _forced = previous
+
+
+@contextmanager
+def kernel_path(path: str):
+    """'reference': every op its PyTorch reference (HNET_REFERENCE=1). 'fast': the Triton kernels
+    (HNET_REFERENCE unset), and under TRITON_INTERPRET=1 on CPU tensors too (`force_triton`; CUDA tensors
+    take them anyway). On leaving, HNET_REFERENCE is again what it was: its old value, or unset."""
+    if path not in ("fast", "reference"):
+        raise ValueError(f"kernel path {path!r}: expected 'fast' or 'reference'")
+    previous = os.environ.pop("HNET_REFERENCE", None)
+    if path == "reference":
+        os.environ["HNET_REFERENCE"] = "1"
+    try:
+        forced = path == "fast" and os.environ.get("TRITON_INTERPRET") == "1"
+        with force_triton() if forced else nullcontext():
+            yield
+    finally:
+        os.environ.pop("HNET_REFERENCE", None)
+        if previous is not None:
+            os.environ["HNET_REFERENCE"] = previous
 
 
 def reference_requested() -> bool:

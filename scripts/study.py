@@ -1,7 +1,7 @@
 """The headline study: learned chunking (H-Net) against BPE and raw bytes, one modality at a time.
 
-    python benchmarks/study.py --data text --budget-bytes 10000000 --runs-dir runs/study
-    python benchmarks/study.py --dry-run          # the whole grid at tiny size on a few kB, on CPU (CI)
+    python scripts/study.py --data text --budget-bytes 10000000 --runs-dir runs/study
+    python scripts/study.py --dry-run          # the whole grid at tiny size on a few kB, on CPU (CI)
 
 For the modality, every model of the grid (the `configs/<data>/<model>_<size>.json` presets, sized to
 matched forward FLOPs per byte) trains through the normal loop on exactly `--budget-bytes` training bytes
@@ -29,14 +29,13 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from hnet.config import RunConfig, apply_overrides, read_json
+from hnet.eval.compare import compare_runs
+from hnet.eval.runs import read_metrics
+from hnet.models import latest_checkpoint, load_model
+from hnet.training import TrainingError, train
 
-from hnet.config import RunConfig, apply_overrides, read_json  # noqa: E402
-from hnet.eval.compare import compare_runs  # noqa: E402
-from hnet.eval.runs import read_metrics  # noqa: E402
-from hnet.models import latest_checkpoint, load_model  # noqa: E402
-from hnet.training import TrainingError, train  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # bpe_transformer first: its tokenizer is what the H-Net's boundaries are compared with
 GRID = {
@@ -288,7 +287,7 @@ def write_section(data: str, runs_dir: Path, configs: dict[str, RunConfig], docs
         lines += [f"(no boundary statistics: {e})"]
     lines += ["", f"<!-- end: {data} -->"]
     results = docs / "results.md"
-    existing = results.read_text() if results.exists() else "# Results of the headline study\n\nWritten by `benchmarks/study.py`; each section from its runs' metrics files.\n"
+    existing = results.read_text() if results.exists() else "# Results of the headline study\n\nWritten by `scripts/study.py`; each section from its runs' metrics files.\n"
     pattern = re.compile(rf"<!-- section: {data} -->.*?<!-- end: {data} -->", re.S)
     section = "\n".join(lines)
     existing = pattern.sub(lambda _: section, existing) if pattern.search(existing) else existing.rstrip() + "\n\n" + section + "\n"
@@ -311,7 +310,7 @@ def main(argv=None) -> None:
                         help="train nothing: write the section from the finished runs (e.g. runs brought back from a GPU machine)")
     args = parser.parse_args(argv)
     # the command that (re)produces the section: without --report-only it trains what is missing, then writes it
-    command = "python benchmarks/study.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only")
+    command = "python scripts/study.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only")
     if not args.dry_run:
         return study(args, command)
     with tempfile.TemporaryDirectory(prefix="hnet-study-") as tmp:  # a dry run leaves only what --docs names

@@ -1,7 +1,7 @@
 """Write the baseline presets, each sized to the forward FLOPs per byte of the 1-stage H-Net preset of
 its data kind and size, and the table of what every preset costs (configs/README.md).
 
-    python -m hnet.eval.presets [--configs configs]
+    python scripts/presets.py [--configs configs]
 
 Beside each configs/<data>/hnet_1stage_<size>.json it writes transformer, mamba2, hybrid and
 bpe_transformer presets (and hnet_space for text), with the same data, batch, steps and learning rate.
@@ -32,7 +32,7 @@ README_HEAD = """# Presets
 `configs/<data>/<model>_<size>.json`: `tiny` trains on a CPU in minutes on the bundled samples; `small` is
 for one GPU on the corpora of `../shared/data/large`. The H-Net presets set the budget; the baselines
 (`transformer`, `mamba2`, `hybrid`, `bpe_transformer`; `hnet_space` for text) are written by
-`python -m hnet.eval.presets`, sized with `hnet.eval.baselines.size_baseline` to the forward FLOPs per
+`python scripts/presets.py`, sized with `hnet.eval.baselines.size_baseline` to the forward FLOPs per
 byte of `hnet_1stage` of the same data and size, with its data, batch size, steps and learning rate.
 
 Forward FLOPs per byte are counted by `hnet.eval.flops` (Chinchilla-style: 2 per multiply-add of every
@@ -146,7 +146,7 @@ def write_presets(configs: Path) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hnet.eval.presets", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python scripts/presets.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", default="configs", type=Path)
     write_presets(parser.parse_args(argv).configs)
 

@@ -1,0 +1,150 @@
+"""What the benchmark scripts share: a timer, the ceilings measured on the device, a batch of the bundled
+text, a training step timed as the loop takes it, and a batch halved until it fits.
+
+    bench(fn, device)                          # median ms of fn()
+    ceilings(device)                           # (copy GB/s, bf16 matmul TFLOP/s) measured now
+    text_batch(batch_size, seq_len, device)    # packed rows of the sample text, documents of 2048 bytes
+    time_train_steps(model, train_config, batch, device, steps, warmup)
+    fitting(run, batch)                        # run(b) at the largest of batch, batch / 2, ... that fits
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import torch
+
+from hnet.config import HNetConfig, RunConfig
+from hnet.constants import BOS, IGNORE_INDEX
+from hnet.data.sources import SAMPLES_DIR
+from hnet.training import Objective, build_optimizer, train_step
+from hnet.training.metrics import bytes_per_chunk
+
+TEXT = SAMPLES_DIR / "tinyshakespeare.txt"
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(fn, device, reps: int = 3) -> float:
+    """Median milliseconds of fn() (triton's do_bench on CUDA, a wall clock elsewhere)."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=25, rep=100, return_mode="median")
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def ceilings(device) -> tuple[float, float]:
+    """(GB/s of a device-to-device copy, bf16 matmul TFLOP/s) measured now; nan off CUDA."""
+    if device.type != "cuda":
+        return float("nan"), float("nan")
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    gbps = 2 * src.numel() / bench(lambda: dst.copy_(src), device) / 1e6
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    tflops = 2 * 8192**3 / bench(lambda: a @ a, device) / 1e9
+    return gbps, tflops
+
+
+def environment(device_name: str) -> str:
+    """One line: the device and the versions a benchmark's figures depend on."""
+    import triton
+
+    return (f"device: {device_name}; torch {torch.__version__}; triton {triton.__version__}; "
+            f"CUDA {torch.version.cuda}; TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}")
+
+
+def print_tuning():
+    """Print the launch configurations the fast path chose by timing in this process (none without a GPU)."""
+    if torch.cuda.is_available():
+        from hnet.ops.triton.tuning import tuning_report
+
+        for line in tuning_report():
+            print("tuned:", line)
+
+
+def load_model_config(path: str) -> HNetConfig:
+    """An official model JSON, or the model of one of our run presets."""
+    try:
+        return HNetConfig.from_json(path)
+    except ValueError:
+        return RunConfig.from_json(path).model
+
+
+def text_batch(batch_size: int, seq_len: int, device, doc_len: int = 2048) -> dict:
+    """Rows of the sample text cut into documents of `doc_len` bytes, each starting with BOS."""
+    data = torch.frombuffer(bytearray(TEXT.read_bytes()), dtype=torch.uint8).long()
+    ids = torch.empty(batch_size, seq_len + 1, dtype=torch.long)
+    starts = []
+    for row in range(batch_size):
+        offset = (row * 7919 * seq_len) % (len(data) - seq_len - 1)
+        ids[row] = data[offset: offset + seq_len + 1]
+        for s in range(0, seq_len, doc_len):
+            ids[row, s] = BOS
+            starts.append(row * seq_len + s)
+    labels = ids[:, 1:].clone()
+    labels[labels == BOS] = IGNORE_INDEX
+    cu = torch.tensor(starts + [batch_size * seq_len], dtype=torch.int32)
+    return {"input_ids": ids[:, :-1].contiguous().to(device), "labels": labels.to(device), "cu_seqlens": cu.to(device)}
+
+
+def time_train_steps(model, tc, batch: dict, device, steps: int, warmup: int) -> dict:
+    """Warmup, then the mean time of `steps` training steps of `model` on one fixed batch."""
+    optimizer = build_optimizer(model, tc)
+    objective = Objective.of(tc, model.num_stages - 1)
+    # CUDA graphs replay the weights' casts, which autocast's cache would skip (`use_cuda_graphs`).
+    graphs = any(getattr(m, "cuda_graphs", False) for m in model.modules())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda", cache_enabled=not graphs)
+
+    def step():
+        return train_step(model, optimizer, [batch], objective, tc.grad_clip).last.routing
+
+    model.forward = autocast(model.forward)  # the forward alone under autocast, as accelerate wraps it
+    try:
+        for _ in range(warmup):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        chunks = 0  # per stage, summed over the timed steps on the device: an untrained router's count moves
+        for _ in range(steps):
+            routing = step()
+            if routing:
+                chunks = chunks + torch.stack([r.boundary_mask.sum() for r in routing])
+        sync(device)
+        seconds = (time.perf_counter() - start) / steps
+    finally:
+        del model.forward  # the class's forward again
+    n_bytes = batch["input_ids"].numel()
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "ms_per_step": seconds * 1e3,
+        "bytes_per_s": n_bytes / seconds,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        # cumulative over the stages, over all timed steps: the work the timing covers
+        "bytes_per_chunk": bytes_per_chunk([n_bytes * steps] + (chunks.tolist() if routing else [])),
+    }
+
+
+def fitting(run, batch: int) -> tuple[int, object]:
+    """run(b) at the largest of batch, batch / 2, ..., 1 that fits in memory: (that b, its result), or
+    (0, None) if none does."""
+    for b in (batch >> k for k in range(batch.bit_length())):
+        try:
+            return b, run(b)
+        except torch.cuda.OutOfMemoryError:
+            pass
+        torch.cuda.empty_cache()  # outside the handler: its traceback no longer holds the failed step's tensors
+    return 0, None
