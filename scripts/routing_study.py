@@ -55,7 +55,6 @@ DRY_RUN_MODEL = {"arch_layout": ["m1", ["T1"], "m1"], "d_model": [32, 64], "d_in
 
 def arm_config(name: str, budget_bytes: int, data_paths: dict[str, str | None], dry_run: bool) -> dict:
     """The run config dict of an arm: its preset, its overrides, the study's budget and cadence."""
-    sys.path.insert(0, str(REPO))
     from hnet.config import RunConfig, apply_overrides, read_json
 
     preset, overrides, _ = ARMS[name]
