@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> None:
         module = {
             "eval": "hnet.eval",
             "compare": "hnet.eval",
-            "inspect": "hnet.chunking.inspect",
+            "inspect": "hnet.analysis.inspect",
             "generate": "hnet.generation",
             "tokenizer": "hnet.data",
         }[args.command]

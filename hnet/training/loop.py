@@ -249,7 +249,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
 
 def _write_boundaries(model, snippet: bytes, path: Path) -> None:
     try:
-        from hnet.chunking import write_boundary_snapshot
+        from hnet.analysis import write_boundary_snapshot
     except ImportError:
         return
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hnet.chunking.boundaries import Boundaries, extract_boundaries, parse_stages
-from hnet.chunking.render import render_term
-from hnet.chunking.render_html import render_html
-from hnet.chunking.stats import boundary_stats
+from hnet.analysis.boundaries import Boundaries, extract_boundaries, parse_stages
+from hnet.analysis.render import render_term
+from hnet.analysis.render_html import render_html
+from hnet.analysis.stats import boundary_stats
 
 
 def read_text(text: str | None = None, file: str | None = None) -> bytes:
