@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hnet.config import RunConfig, apply_overrides, read_json  # noqa: E402
-from hnet.eval.runs import read_metrics  # noqa: E402
+from hnet.eval.run_files import read_metrics  # noqa: E402
 from hnet.models import latest_checkpoint  # noqa: E402
 
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from hnet.config import RunConfig, apply_overrides, read_json  # noqa: E402
 from hnet.eval.compare import compare_runs  # noqa: E402
-from hnet.eval.runs import read_metrics  # noqa: E402
+from hnet.eval.run_files import read_metrics  # noqa: E402
 from hnet.models import latest_checkpoint, load_model  # noqa: E402
 from hnet.training import TrainingError, train  # noqa: E402
 

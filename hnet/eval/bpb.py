@@ -94,7 +94,7 @@ def evaluate_path(model_path, data, out=None, window: int | None = None, stride:
                   progress: bool = True) -> tuple[dict, Path]:
     """`hnet eval`: bpb of a run, checkpoint or model directory on FILE_OR_CONFIG; writes the JSON result
     to `out`, else RUN/eval/<data name>.json (MODEL/eval/... for a bare model). Returns (result, path)."""
-    from hnet.eval.runs import eval_documents, run_config, run_dir_of, run_tokenizer
+    from hnet.eval.run_files import eval_documents, run_config, run_dir_of, run_tokenizer
     from hnet.models import load_model
 
     docs, name = eval_documents(data)

@@ -18,7 +18,7 @@ import numpy as np
 
 from hnet.config import RunConfig, parse_layer_string
 from hnet.eval.flops import flops_per_byte
-from hnet.eval.runs import bytes_per_token, read_metrics, run_config
+from hnet.eval.run_files import bytes_per_token, read_metrics, run_config
 
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + a backward of twice its cost
 
