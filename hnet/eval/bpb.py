@@ -117,9 +117,3 @@ def evaluate_path(model_path, data, out=None, window: int | None = None, stride:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     return result, path
-
-
-def eval_from_cli(args) -> None:
-    result, path = evaluate_path(args.model, args.data, args.out, args.window, args.stride)
-    print(f"{result['bpb']:.4f} bits per byte over {result['bytes']} bytes ({result['documents']} documents); "
-          f"wrote {path}")

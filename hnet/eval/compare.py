@@ -181,8 +181,3 @@ def compare_runs(run_dirs, out) -> list[RunSummary]:
             s.run = str(run_dir)
     write_report(summaries, Path(out))
     return summaries
-
-
-def compare_from_cli(args) -> None:
-    summaries = compare_runs(args.runs, args.out)
-    print(f"compared {len(summaries)} runs; wrote {args.out}/report.md, report.csv, bpb_vs_bytes.png, bpb_vs_flops.png")

@@ -1,3 +1,3 @@
-from hnet.training.loop import TrainingError, TrainResult, build_model, evaluate, load_run_config, train, train_from_cli
+from hnet.training.loop import TrainingError, TrainResult, build_model, evaluate, load_run_config, train
 
-__all__ = ["TrainingError", "TrainResult", "build_model", "evaluate", "load_run_config", "train", "train_from_cli"]
+__all__ = ["TrainingError", "TrainResult", "build_model", "evaluate", "load_run_config", "train"]

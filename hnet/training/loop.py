@@ -263,17 +263,3 @@ def load_run_config(path: str | Path, overrides: list[str] = (), max_steps: int 
     if overrides:
         data = apply_overrides(data, list(overrides), source=f"{path} (--set)")
     return RunConfig.from_dict(data, str(path))
-
-
-def train_from_cli(args) -> None:
-    config = load_run_config(args.config, args.set, args.max_steps)
-    result = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
-    lines = [f"run directory: {result.run_dir}"]
-    if result.initial_val_bpb is not None:
-        lines.append(f"validation bits per byte: {result.initial_val_bpb:.3f} before training -> {result.val_bpb:.3f} after {result.step} steps")
-    elif result.val_bpb is not None:
-        lines.append(f"validation bits per byte: {result.val_bpb:.3f} after {result.step} steps")
-    if result.bytes_per_chunk:
-        lines.append("bytes per chunk (stage 1" + (", 2" if len(result.bytes_per_chunk) > 1 else "") + "): "
-                     + ", ".join(f"{x:.2f}" for x in result.bytes_per_chunk))
-    print("\n".join(lines))
