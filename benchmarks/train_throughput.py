@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from hnet.config import RunConfig
-from hnet.training.loop import build_model, default_ratio_targets, forward_loss
+from hnet.training import model_for_run
+from hnet.training.loop import default_ratio_targets, forward_loss
 from hnet.training.metrics import bytes_per_chunk
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,7 +141,7 @@ def time_train_steps(model, tc, batch: dict, device, steps: int, warmup: int) ->
 def measure(config_path: str, device, steps: int, warmup: int) -> dict:
     config = RunConfig.from_json(config_path)
     torch.manual_seed(0)
-    model = build_model(config).to(device)
+    model = model_for_run(config).to(device)
     batch = text_batch(config.train.batch_size, config.data.seq_len, device)
     result = time_train_steps(model, config.train, batch, device, steps, warmup)
     return {"config": config_path, "batch": f"{config.train.batch_size} x {config.data.seq_len}", **result}

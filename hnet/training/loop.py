@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from hnet.config import RunConfig, apply_overrides, read_json
 from hnet.training.checkpoint import latest_checkpoint, load_checkpoint_state, save_checkpoint
 from hnet.training.metrics import MetricsWriter, bytes_per_chunk, chunk_counts
+from hnet.training.model import model_for_run
 from hnet.training.schedule import lr_multiplier
 
 LN2 = math.log(2)
@@ -44,12 +45,6 @@ class TrainResult:
 def default_ratio_targets(num_routing_stages: int) -> list[float]:
     # The paper's text settings: N = 6 for one stage, (3, 3) for two.
     return [6.0] if num_routing_stages == 1 else [3.0] * num_routing_stages
-
-
-def build_model(config: RunConfig):
-    from hnet.models import model_for_run
-
-    return model_for_run(config)
 
 
 def ratio_loss_global(routing, targets, counts, world_size: int) -> torch.Tensor:
@@ -158,7 +153,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
         data = prepare_data(dc, tokenizer)  # a cache hit: the main process wrote it
     token_bytes = None if dc.tokenizer == "bytes" else torch.as_tensor(tokenizer.token_bytes())
 
-    model = build_model(config)
+    model = model_for_run(config)
     routing_stages = model.num_stages - 1
     targets = tc.ratio_targets or default_ratio_targets(routing_stages)
     optimizer = torch.optim.AdamW(
