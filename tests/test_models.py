@@ -122,7 +122,7 @@ def test_bucketed_chunks_change_neither_outputs_nor_gradients(layout):
     positions, the inner routing and every gradient see no difference."""
     depth = 2 if len(layout[1]) == 1 else 3
     model = staged_tiny_model(layout)
-    inner_stacks = [m for m in model.modules() if isinstance(m, Isotropic) and m.stage > 0]
+    inner_stacks = [m for m in model.modules() if isinstance(m, Isotropic) and m.length_varies]
     lengths = []  # (stack input, its first layer's input, stack output) per inner stack call
     for stack in inner_stacks:
         stack.register_forward_pre_hook(lambda _m, args: lengths.append([args[0].shape[1]]))
@@ -175,7 +175,7 @@ def test_cuda_graphs_give_the_eager_steps(layout):
             steps.append((loss.item(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}))
         runs.append(steps)
         if graphs:
-            byte_level = [m for m in model.modules() if isinstance(m, Isotropic) and m.stage == 0]
+            byte_level = [m for m in model.modules() if isinstance(m, Isotropic) and not m.length_varies]
             assert len(byte_level) == 2 and all(len(m._graphs) == 1 for m in byte_level)
     for (graph_loss, graph_grads), (eager_loss, eager_grads) in zip(*runs, strict=True):
         assert abs(eager_loss - graph_loss) <= 1e-3 * abs(eager_loss)

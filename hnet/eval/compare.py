@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hnet.config import RunConfig, parse_layer_string
+from hnet.config import RunConfig
 from hnet.eval.flops import flops_per_byte
 from hnet.eval.run_files import bytes_per_token, read_metrics, run_config
+from hnet.layers.isotropic import parse_layer_string
 
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + a backward of twice its cost
 

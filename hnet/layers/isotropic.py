@@ -2,41 +2,54 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import torch
 from torch import nn
 
-from hnet.config import HNetConfig, parse_layer_string
 from hnet.layers.block import make_block
 from hnet.layers.norm import RMSNorm
 from hnet.ops.packed import bucketed_length, pad_packed, seq_idx_from_cu_seqlens
 
+# A layout string: letters with counts. m / M: Mamba-2, t / T: attention; upper case adds a SwiGLU MLP.
+LAYER_RE = re.compile(r"([mMtT])(\d+)")
+LAYOUT_RE = re.compile(r"^(?:[mMtT]\d+)+$")
+
+
+def parse_layer_string(spec: str) -> list[tuple[str, bool]]:
+    """'m4T1' -> [('mamba', False)] * 4 + [('attn', True)]: (mixer kind, has SwiGLU MLP) per layer."""
+    out = []
+    for letter, count in LAYER_RE.findall(spec):
+        out += [("mamba" if letter in "mM" else "attn", letter.isupper())] * int(count)
+    return out
+
 
 class Isotropic(nn.Module):
-    def __init__(self, config: HNetConfig, stage: int, layout: str, device=None, dtype=None):
+    """layout: a layer string; ssm: the Mamba-2 layers' keyword arguments (d_state, d_conv, expand,
+    chunk_size); num_heads, rotary_emb_dim, window_size: the attention layers'.
+
+    length_varies: the packed length changes from step to step (a stack over chunks, as many as a router
+    made). Such a stack pads its input to a rounded length (`bucketed_length`) so that the matmul shapes
+    repeat and cuBLAS does not choose its kernels anew every step; on CUDA only, as the CPU has no such
+    cost. `bucket_lengths` True / False forces the padding on or off; None leaves it to that rule.
+    """
+
+    def __init__(self, layout: str, d_model: int, d_intermediate: int = 0, ssm: dict | None = None,
+                 num_heads: int = 1, rotary_emb_dim: int = 0, window_size: int = -1,
+                 length_varies: bool = False, device=None, dtype=None):
         super().__init__()
-        d = config.d_model[stage]
-        attn = config.attn_cfg
         specs = parse_layer_string(layout)
         self.layers = nn.ModuleList(
-            make_block(
-                kind, with_mlp, d, config.d_intermediate[stage], config.ssm_cfg,
-                num_heads=attn.num_heads[stage] if attn.num_heads else 1,
-                rotary_emb_dim=attn.rotary_emb_dim[stage] if attn.rotary_emb_dim else 0,
-                window_size=attn.window_size[stage] if attn.window_size else -1,
-                device=device, dtype=dtype,
-            )
+            make_block(kind, with_mlp, d_model, d_intermediate, ssm, num_heads=num_heads,
+                       rotary_emb_dim=rotary_emb_dim, window_size=window_size, device=device, dtype=dtype)
             for kind, with_mlp in specs
         )
-        self.rmsnorm = RMSNorm(d, device=device, dtype=dtype)
+        self.rmsnorm = RMSNorm(d_model, device=device, dtype=dtype)
         # Residual additions per layer (2 with an MLP): scales the init of output projections.
         self.height = sum(2 if with_mlp else 1 for _, with_mlp in specs)
         self.has_attention = any(kind != "mamba" for kind, _ in specs)
-        # Inside an H-Net (stage > 0) a packed stack runs over chunks, as many as the router made: padded
-        # to a rounded length (`bucketed_length`) so the matmul shapes repeat and cuBLAS does not choose its
-        # kernels anew every step. None: on CUDA only (the CPU has no such cost); True / False force it.
-        self.stage = stage
+        self.length_varies = length_varies
         self.bucket_lengths = None
         # cuda_graphs: training steps (CUDA, grad enabled, no cache) replay the stack's forward and backward
         # as CUDA graphs, one per input signature, up to MAX_GRAPHS (`use_cuda_graphs`).
@@ -98,14 +111,14 @@ class Isotropic(nn.Module):
             graphed = _capture(self, x, cu_seqlens, seq_idx, max_seqlen)
             self._graphs[key] = graphed
             if len(self._graphs) == MAX_GRAPHS:
-                warnings.warn(f"stage {self.stage} stack: {MAX_GRAPHS} CUDA graphs captured; new input shapes run eagerly")
+                warnings.warn(f"{MAX_GRAPHS} CUDA graphs captured in one stack; new input shapes run eagerly")
         if cu_seqlens is None:
             return graphed(x)
         return graphed(x, cu_seqlens, seq_idx)
 
     def _buckets(self, x) -> bool:
         if self.bucket_lengths is None:
-            return self.stage > 0 and x.is_cuda
+            return self.length_varies and x.is_cuda
         return self.bucket_lengths
 
     def step(self, x, cache: list, mask=None):
