@@ -49,7 +49,8 @@ from hnet.config import RunConfig, TrainConfig
 from hnet.eval.baselines import size_baseline
 from hnet.eval.compare import TRAIN_FLOPS_PER_FORWARD
 from hnet.eval.flops import flops_per_byte
-from hnet.layers.isotropic import Isotropic, use_cuda_graphs
+from hnet.layers.cuda_graphs import use_cuda_graphs
+from hnet.layers.isotropic import Isotropic
 from hnet.models import HNet
 from hnet.ops import dispatch
 from hnet.ops.packed import positions_in_sequence
@@ -223,7 +224,7 @@ def main(argv=None):
     parser.add_argument("--routed-at-targets", action="store_true", help="also each H-Net's fast path with its "
                         "boundaries fixed at the ratio targets (the work its matched Transformer is sized to)")
     parser.add_argument("--cuda-graphs", action="store_true", help="also the fast rows (and the Transformer) "
-                        "with every stack replayed as CUDA graphs (`hnet.layers.isotropic.use_cuda_graphs`)")
+                        "with every stack replayed as CUDA graphs (`hnet.layers.cuda_graphs.use_cuda_graphs`)")
     parser.add_argument("--profile", type=int, metavar="ROWS", help="also profile one fast-path step of each "
                         "H-Net (and of its routed-at-targets row) at the batch that fitted, printing the ROWS "
                         "ops and kernels of most time")

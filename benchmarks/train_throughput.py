@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from hnet.config import RunConfig
+from hnet.layers.cuda_graphs import uses_cuda_graphs
 from hnet.training import model_for_run
 from hnet.training.loop import default_ratio_targets, forward_loss
 from hnet.training.metrics import bytes_per_chunk
@@ -102,7 +103,7 @@ def time_train_steps(model, tc, batch: dict, device, steps: int, warmup: int) ->
                                   betas=tuple(tc.betas), fused=device.type == "cuda")
     targets = tc.ratio_targets or default_ratio_targets(model.num_stages - 1)
     # CUDA graphs replay the weights' casts, which autocast's cache would skip (`use_cuda_graphs`).
-    graphs = any(getattr(m, "cuda_graphs", False) for m in model.modules())
+    graphs = uses_cuda_graphs(model)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda", cache_enabled=not graphs)
 
     def step():

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from hnet import HNetConfig, HNetForCausalLM, load_checkpoint, load_model
-from hnet.layers.isotropic import Isotropic, use_cuda_graphs
+from hnet.layers.cuda_graphs import use_cuda_graphs
+from hnet.layers.isotropic import Isotropic
 from hnet.ops.packed import bucketed_length, positions_in_sequence
 from test_config import TINY
 
@@ -176,7 +177,7 @@ def test_cuda_graphs_give_the_eager_steps(layout):
         runs.append(steps)
         if graphs:
             byte_level = [m for m in model.modules() if isinstance(m, Isotropic) and not m.length_varies]
-            assert len(byte_level) == 2 and all(len(m._graphs) == 1 for m in byte_level)
+            assert len(byte_level) == 2 and all(len(m.run_layers.graphs) == 1 for m in byte_level)
     for (graph_loss, graph_grads), (eager_loss, eager_grads) in zip(*runs, strict=True):
         assert abs(eager_loss - graph_loss) <= 1e-3 * abs(eager_loss)
         assert eager_grads.keys() == graph_grads.keys()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import re
-import warnings
 
-import torch
 from torch import nn
 
 from hnet.layers.block import make_block
@@ -51,10 +49,6 @@ class Isotropic(nn.Module):
         self.has_attention = any(kind != "mamba" for kind, _ in specs)
         self.length_varies = length_varies
         self.bucket_lengths = None
-        # cuda_graphs: training steps (CUDA, grad enabled, no cache) replay the stack's forward and backward
-        # as CUDA graphs, one per input signature, up to MAX_GRAPHS (`use_cuda_graphs`).
-        self.cuda_graphs = False
-        self._graphs: dict[tuple, object] = {}
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> list:
         """One cache per layer (Mamba2Cache or KVCache)."""
@@ -78,43 +72,16 @@ class Isotropic(nn.Module):
                 max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
             elif max_seqlen is not None and padded:
                 max_seqlen = max(max_seqlen, length - n)  # the padding is a sequence too
-        if self.cuda_graphs and self.training and cache is None and x.is_cuda and torch.is_grad_enabled():
-            out = self._replay(x, cu_seqlens, seq_idx, max_seqlen)
-        else:
-            out = self._layers(x, cu_seqlens, seq_idx, max_seqlen, cache)
+        out = self.run_layers(x, cu_seqlens, seq_idx, max_seqlen, cache)
         return out[:, :n] if padded else out
 
-    def _layers(self, x, cu_seqlens, seq_idx, max_seqlen, cache=None):
+    def run_layers(self, x, cu_seqlens, seq_idx, max_seqlen, cache=None):
+        """The layers and the final norm on an input already padded, its seq_idx made: the part of the
+        forward that `hnet.layers.cuda_graphs` replays."""
         h, residual = x, None
         for layer, layer_cache in zip(self.layers, cache or [None] * len(self.layers)):
             h, residual = layer(h, residual, cu_seqlens, seq_idx, layer_cache, max_seqlen)
         return self._final_norm(h, residual)
-
-    def _replay(self, x, cu_seqlens, seq_idx, max_seqlen):
-        """The layers as a CUDA graph captured for this input signature (the first call of one captures it).
-
-        Each of a training step's ~3000 launches costs host time (Python, autograd); a graph launches a
-        stack's forward (or backward) in one call. The attention's max_seqlen is rounded up to a power of
-        two so that signatures repeat.
-        """
-        if max_seqlen is not None:
-            max_seqlen = min(1 << (max_seqlen - 1).bit_length(), x.shape[1])
-        autocast = torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda")
-        if self.has_attention and autocast not in (torch.float16, torch.bfloat16):
-            return self._layers(x, cu_seqlens, seq_idx, max_seqlen)  # the fp32 attention syncs: not capturable
-        key = (tuple(x.shape), x.dtype, x.requires_grad, None if cu_seqlens is None else cu_seqlens.shape[0],
-               max_seqlen, autocast)
-        graphed = self._graphs.get(key)
-        if graphed is None:
-            if len(self._graphs) >= MAX_GRAPHS:
-                return self._layers(x, cu_seqlens, seq_idx, max_seqlen)
-            graphed = _capture(self, x, cu_seqlens, seq_idx, max_seqlen)
-            self._graphs[key] = graphed
-            if len(self._graphs) == MAX_GRAPHS:
-                warnings.warn(f"{MAX_GRAPHS} CUDA graphs captured in one stack; new input shapes run eagerly")
-        if cu_seqlens is None:
-            return graphed(x)
-        return graphed(x, cu_seqlens, seq_idx)
 
     def _buckets(self, x) -> bool:
         if self.bucket_lengths is None:
@@ -130,35 +97,3 @@ class Isotropic(nn.Module):
 
     def _final_norm(self, h, residual):
         return self.rmsnorm.add(h, residual)[0]
-
-
-MAX_GRAPHS = 4  # per stack: each holds its own activations for the backward
-
-
-class _Captured(nn.Module):
-    """A stack's layers at one signature, as make_graphed_callables takes them: tensors in, tensors out."""
-
-    def __init__(self, stack: Isotropic, max_seqlen):
-        super().__init__()
-        self.stack, self.max_seqlen = stack, max_seqlen
-
-    def forward(self, x, cu_seqlens=None, seq_idx=None):
-        return self.stack._layers(x, cu_seqlens, seq_idx, self.max_seqlen)
-
-
-def _capture(stack: Isotropic, x, cu_seqlens, seq_idx, max_seqlen):
-    # Copies as the graph's static inputs: every replay copies its real inputs into them.
-    sample = [x.detach().clone().requires_grad_(x.requires_grad)]
-    if cu_seqlens is not None:
-        sample += [cu_seqlens.clone(), seq_idx.clone()]
-    return torch.cuda.make_graphed_callables(_Captured(stack, max_seqlen), tuple(sample))
-
-
-def use_cuda_graphs(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Run every stack of the model as CUDA graphs in training steps (`Isotropic._replay`). Autocast must be
-    entered with cache_enabled=False (a cached weight cast would outlive the optimizer step)."""
-    for m in model.modules():
-        if isinstance(m, Isotropic):
-            m.cuda_graphs = enabled
-            m._graphs.clear()
-    return model
