@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from hnet.config import RunConfig, apply_overrides, read_json
-from hnet.eval.runs import read_metrics
+from hnet.eval.run_files import read_metrics
 from hnet.models import latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

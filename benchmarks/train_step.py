@@ -53,7 +53,8 @@ from hnet.eval.baselines import size_baseline
 from hnet.eval.flops import device_info, flops_per_byte, mfu
 from hnet.eval.timing import (ceilings, environment, fitting, load_model_config, print_tuning, text_batch,
                               time_train_steps)
-from hnet.layers.isotropic import Isotropic, use_cuda_graphs
+from hnet.layers.cuda_graphs import use_cuda_graphs
+from hnet.layers.isotropic import Isotropic
 from hnet.ops.dispatch import kernel_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +145,7 @@ def main(argv=None):
     parser.add_argument("--routed-at-targets", action="store_true", help="also each H-Net's fast path with its "
                         "boundaries fixed at the ratio targets (the work its matched Transformer is sized to)")
     parser.add_argument("--cuda-graphs", action="store_true", help="also the fast rows (and the Transformer) "
-                        "with every stack replayed as CUDA graphs (`hnet.layers.isotropic.use_cuda_graphs`)")
+                        "with every stack replayed as CUDA graphs (`hnet.layers.cuda_graphs.use_cuda_graphs`)")
     parser.add_argument("--profile", type=int, metavar="ROWS", help="also profile one fast-path step of each "
                         "H-Net (and of its routed-at-targets row) at the batch that fitted, printing the ROWS "
                         "ops and kernels of most time")

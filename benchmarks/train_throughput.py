@@ -22,13 +22,13 @@ import torch
 from hnet.config import RunConfig
 from hnet.eval.flops import device_info
 from hnet.eval.timing import text_batch, time_train_steps
-from hnet.training import build_model
+from hnet.training import model_for_run
 
 
 def measure(config_path: str, device, steps: int, warmup: int) -> dict:
     config = RunConfig.from_json(config_path)
     torch.manual_seed(0)
-    model = build_model(config).to(device)
+    model = model_for_run(config).to(device)
     batch = text_batch(config.train.batch_size, config.data.seq_len, device)
     result = time_train_steps(model, config.train, batch, device, steps, warmup)
     return {"config": config_path, "batch": f"{config.train.batch_size} x {config.data.seq_len}", **result}

@@ -76,29 +76,94 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    # Imports are local so that `hnet --help` stays fast and a sub-command loads only what it uses.
-    if args.command == "train":
-        from hnet.training import train_from_cli
+    COMMANDS[args.command](args)
 
-        train_from_cli(args)
-    elif args.command == "quickstart":
-        quickstart(args.configs, args.out, args.max_steps)
-    elif args.command == "convert":
-        from hnet.models import load_checkpoint
 
-        load_checkpoint(args.checkpoint, args.config).save_pretrained(args.out)
-        print(f"wrote {args.out}/config.json and {args.out}/model.safetensors")
-    else:
-        module = {
-            "eval": "hnet.eval",
-            "compare": "hnet.eval",
-            "inspect": "hnet.chunking.inspect",
-            "generate": "hnet.generation",
-            "tokenizer": "hnet.data",
-        }[args.command]
-        import importlib
+# One function per sub-command: argparse in, plain calls of the package out. Imports are local so that
+# `hnet --help` stays fast and a sub-command loads only what it uses.
 
-        getattr(importlib.import_module(module), f"{args.command}_from_cli")(args)
+
+def _train(args) -> None:
+    from hnet.training import load_run_config, train
+
+    config = load_run_config(args.config, args.set, args.max_steps)
+    result = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
+    lines = [f"run directory: {result.run_dir}"]
+    if result.initial_val_bpb is not None:
+        lines.append(f"validation bits per byte: {result.initial_val_bpb:.3f} before training -> {result.val_bpb:.3f} after {result.step} steps")
+    elif result.val_bpb is not None:
+        lines.append(f"validation bits per byte: {result.val_bpb:.3f} after {result.step} steps")
+    if result.bytes_per_chunk:
+        lines.append("bytes per chunk (stage 1" + (", 2" if len(result.bytes_per_chunk) > 1 else "") + "): "
+                     + ", ".join(f"{x:.2f}" for x in result.bytes_per_chunk))
+    print("\n".join(lines))
+
+
+def _quickstart(args) -> None:
+    quickstart(args.configs, args.out, args.max_steps)
+
+
+def _eval(args) -> None:
+    from hnet.eval import evaluate_path
+
+    result, path = evaluate_path(args.model, args.data, args.out, args.window, args.stride)
+    print(f"{result['bpb']:.4f} bits per byte over {result['bytes']} bytes ({result['documents']} documents); "
+          f"wrote {path}")
+
+
+def _compare(args) -> None:
+    from hnet.eval import compare_runs
+
+    summaries = compare_runs(args.runs, args.out)
+    print(f"compared {len(summaries)} runs; wrote {args.out}/report.md, report.csv, bpb_vs_bytes.png, bpb_vs_flops.png")
+
+
+def _inspect(args) -> None:
+    from hnet.analysis.inspect import inspect_boundaries, read_text
+    from hnet.models import load_model
+
+    text = read_text(args.text, args.file)
+    inspect_boundaries(load_model(args.model), text, args.stage, args.format, args.out, name=str(args.model))
+
+
+def _generate(args) -> None:
+    """The continuation, streamed to stdout as it comes."""
+    import torch
+
+    from hnet.generation import Utf8Stream, stream
+    from hnet.models import load_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(args.model, device=device).eval()
+    text = Utf8Stream()
+    for new in stream(model, [args.prompt.encode()], args.max_new_bytes, args.temperature, args.top_k,
+                      args.top_p, seed=args.seed):
+        sys.stdout.write(text.feed(new[0]))
+        sys.stdout.flush()
+    sys.stdout.write(text.flush() + "\n")
+
+
+def _convert(args) -> None:
+    from hnet.models import load_checkpoint
+
+    load_checkpoint(args.checkpoint, args.config).save_pretrained(args.out)
+    print(f"wrote {args.out}/config.json and {args.out}/model.safetensors")
+
+
+def _tokenizer(args) -> None:
+    """`hnet tokenizer train`: BPE on the config's training split, measured on its validation split."""
+    from hnet.config import RunConfig
+    from hnet.data import read_split, train_bpe
+
+    train, val = read_split(RunConfig.from_json(args.data).data)
+    tokenizer = train_bpe(train, args.vocab_size, args.out)
+    val_tokens = sum(len(tokenizer.encode(d.text)) for d in val)
+    print(f"wrote {tokenizer.path}: {tokenizer.vocab_size} pieces from {len(train)} training documents; "
+          f"validation: {sum(len(d.text) for d in val) / max(val_tokens, 1):.3f} bytes per token")
+
+
+COMMANDS = {"train": _train, "quickstart": _quickstart, "eval": _eval, "compare": _compare, "inspect": _inspect,
+            "generate": _generate, "convert": _convert, "tokenizer": _tokenizer}
 
 
 def quickstart(configs: list[str], out: str, max_steps: int | None = None) -> None:

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-LAYER_RE = re.compile(r"([mMtT])(\d+)")
-LAYOUT_RE = re.compile(r"^(?:[mMtT]\d+)+$")
+from hnet.layers.isotropic import LAYER_RE, LAYOUT_RE
+
 MAMBA_HEADDIM = 64  # mamba_ssm Mamba2 default, used by every official config
 
 
@@ -202,14 +201,6 @@ class HNetConfig:
 def _stage_letters(layout: list) -> list[str]:
     strings = [layout[0]] if len(layout) == 1 else [layout[0], layout[2]]
     return [k for s in strings for k, _ in LAYER_RE.findall(s)]
-
-
-def parse_layer_string(spec: str) -> list[tuple[str, bool]]:
-    """'m4T1' -> [('mamba', False)] * 4 + [('attn', True)]: (mixer kind, has SwiGLU MLP) per layer."""
-    out = []
-    for letter, count in LAYER_RE.findall(spec):
-        out += [("mamba" if letter in "mM" else "attn", letter.isupper())] * int(count)
-    return out
 
 
 def check_layout(layout: Any, source: str = "<dict>", path: str = "arch_layout") -> int:

@@ -31,7 +31,7 @@ import torch
 
 from hnet.config import RunConfig, apply_overrides, read_json
 from hnet.eval.compare import compare_runs
-from hnet.eval.runs import read_metrics
+from hnet.eval.run_files import read_metrics
 from hnet.models import latest_checkpoint, load_model
 from hnet.training import TrainingError, train
 
@@ -178,7 +178,7 @@ def plot_bytes_per_chunk(run_dirs: list[Path], out: Path) -> Path | None:
 def save_boundary_stats(runs_dir: Path, data: str, max_bytes: int = 8192) -> dict:
     """Boundary statistics of the trained 1-stage H-Net on the start of its validation split, written to
     its run directory as boundary_stats.json (the report reads them there, with or without checkpoints)."""
-    from hnet.chunking import boundary_stats, extract_boundaries
+    from hnet.analysis import boundary_stats, extract_boundaries
     from hnet.data import BPETokenizer, prepare_data, tokenizer_for_run
 
     run_dir = runs_dir / BOUNDARY_RUN
@@ -203,7 +203,7 @@ def boundary_section(runs_dir: Path, data: str) -> list[str]:
     saved = json.loads(path.read_text()) if path.is_file() else save_boundary_stats(runs_dir, data)
     against = "; token agreement against the `bpe_transformer` run's tokenizer" if saved["token_agreement"] else ""
     lines = [f"Boundary statistics of `{BOUNDARY_RUN}` on the first {saved['text_bytes']:,} bytes of validation text "
-             f"(`hnet.chunking.boundary_stats`{against}):", "", "```json", json.dumps(saved["stages"], indent=1), "```"]
+             f"(`hnet.analysis.boundary_stats`{against}):", "", "```json", json.dumps(saved["stages"], indent=1), "```"]
     if "record_starts" in saved:
         starts = saved["record_starts"]
         rows = [f"| {k} | {v['bytes']} | {v['boundaries']} | {v['rate']:.3f} |" for k, v in starts["by_offset"].items() if v["bytes"]]
@@ -222,8 +222,8 @@ def record_start_rates(model, val, max_bytes: int) -> dict:
     records (each run alone, as it is trained), written as one FASTA text for `protein_stats`."""
     import numpy as np
 
-    from hnet.chunking import extract_boundaries
-    from hnet.chunking.stats import protein_stats
+    from hnet.analysis import extract_boundaries
+    from hnet.analysis.stats import protein_stats
 
     fasta, starts, used = b"", [], 0
     for i in range(val.num_docs):

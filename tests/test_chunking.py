@@ -9,7 +9,7 @@ import torch
 from hnet.chunking.chunk import chunk, dechunk, ste
 from hnet.chunking.ratio_loss import ratio_loss, ratio_loss_terms
 from hnet.chunking.routing import RoutingModule, routing_output
-from hnet.ops.cosine import adjacent_cosine
+from hnet.ops.cosine import rowwise_cosine
 
 
 def test_routing_probabilities_by_hand():
@@ -25,14 +25,14 @@ def test_routing_probabilities_by_hand():
     assert torch.allclose(r.selected_probs[0, :, 0], torch.tensor([1.0, 1.0, 0.5, 1.0, 0.5]))
 
 
-def test_adjacent_cosine_is_the_official_einsum_with_its_roundings():
+def test_rowwise_cosine_is_the_official_einsum_with_its_roundings():
     torch.manual_seed(0)
     q, k = torch.randn(2, 300, 64), torch.randn(2, 300, 64)
     unit = torch.nn.functional.normalize
     official = lambda: torch.einsum("bld,bld->bl", unit(q, dim=-1), unit(k, dim=-1))  # noqa: E731
-    torch.testing.assert_close(adjacent_cosine(q, k), official(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rowwise_cosine(q, k), official(), rtol=1e-6, atol=1e-6)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the einsum's bmm: bf16 in and out
-        ours, theirs = adjacent_cosine(q, k), official()
+        ours, theirs = rowwise_cosine(q, k), official()
     assert ours.dtype == theirs.dtype == torch.bfloat16
     assert (ours.float() - theirs.float()).abs().max() <= 2**-8  # at most one bf16 step apart, summed in fp32
     assert (ours == theirs).float().mean() > 0.99

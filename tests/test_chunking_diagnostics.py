@@ -10,7 +10,7 @@ from tiny_runs import tiny_hnet
 
 import hnet.chunking.routing as routing_module
 from hnet.analysis.structure import random_f1, structure_scores
-from hnet.chunking.boundaries import extract_boundaries
+from hnet.analysis.boundaries import extract_boundaries
 from hnet.chunking.diagnostics import CollapseMonitor, routing_diagnostics, routing_sums
 from hnet.chunking.routing import routing_output
 from hnet.config import RunConfig

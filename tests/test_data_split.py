@@ -1,6 +1,6 @@
 import pytest
 
-import hnet.data.runs as runs
+import hnet.data.run_tokenizer as run_tokenizer
 from hnet.config import DataConfig
 from hnet.data import Document, prepare_data, split_documents
 
@@ -73,8 +73,8 @@ def test_bpe_training_sees_no_validation_bytes(tmp_path, monkeypatch):
         seen.extend(train_docs)
         return train_bpe(train_docs, vocab_size, out_dir)
 
-    train_bpe = runs.train_bpe
-    monkeypatch.setattr(runs, "train_bpe", spy)
+    train_bpe = run_tokenizer.train_bpe
+    monkeypatch.setattr(run_tokenizer, "train_bpe", spy)
     cfg = DataConfig(path=str(root), tokenizer="bpe", vocab_size=320, val_fraction=0.2,
                      tokenizer_path=str(tmp_path / "tok"), cache_dir=str(tmp_path / "cache"))
     data = prepare_data(cfg)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from hnet import HNetConfig, HNetForCausalLM, load_checkpoint, load_model
-from hnet.layers.isotropic import Isotropic, use_cuda_graphs
+from hnet.layers.cuda_graphs import use_cuda_graphs
+from hnet.layers.isotropic import Isotropic
 from hnet.ops.packed import bucketed_length, positions_in_sequence
 from test_config import TINY
 
@@ -124,7 +125,7 @@ def test_bucketed_chunks_change_neither_outputs_nor_gradients(layout):
     positions, the inner routing and every gradient see no difference."""
     depth = 2 if len(layout[1]) == 1 else 3
     model = staged_tiny_model(layout)
-    inner_stacks = [m for m in model.modules() if isinstance(m, Isotropic) and m.stage > 0]
+    inner_stacks = [m for m in model.modules() if isinstance(m, Isotropic) and m.length_varies]
     lengths = []  # (stack input, its first layer's input, stack output) per inner stack call
     for stack in inner_stacks:
         stack.register_forward_pre_hook(lambda _m, args: lengths.append([args[0].shape[1]]))
@@ -177,8 +178,8 @@ def test_cuda_graphs_give_the_eager_steps(layout):
             steps.append((loss.item(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}))
         runs.append(steps)
         if graphs:
-            byte_level = [m for m in model.modules() if isinstance(m, Isotropic) and m.stage == 0]
-            assert len(byte_level) == 2 and all(len(m._graphs) == 1 for m in byte_level)
+            byte_level = [m for m in model.modules() if isinstance(m, Isotropic) and not m.length_varies]
+            assert len(byte_level) == 2 and all(len(m.run_layers.graphs) == 1 for m in byte_level)
     for (graph_loss, graph_grads), (eager_loss, eager_grads) in zip(*runs, strict=True):
         assert abs(eager_loss - graph_loss) <= 1e-3 * abs(eager_loss)
         assert eager_grads.keys() == graph_grads.keys()

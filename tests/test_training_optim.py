@@ -4,13 +4,13 @@ import pytest
 from tiny_runs import tiny_hnet
 
 from hnet.config import RunConfig
-from hnet.training import build_model
+from hnet.training import model_for_run
 from hnet.training.optim import build_optimizer, build_schedule, ratio_loss_scale
 
 
 def setup(tmp_path, **train):
     config = RunConfig.from_dict(tiny_hnet(tmp_path, lr_multipliers=[2.0, 1.0], warmup_fraction=0.0, **train))
-    model = build_model(config)
+    model = model_for_run(config)
     optimizer = build_optimizer(model, config.train)
     return config.train, optimizer, build_schedule(optimizer, config.train)
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from hnet.ops import dispatch  # noqa: E402
 from hnet.ops.conv1d import causal_conv1d  # noqa: E402
-from hnet.ops.cosine import adjacent_cosine  # noqa: E402
+from hnet.ops.cosine import rowwise_cosine  # noqa: E402
 from hnet.ops.ema import ema_scan  # noqa: E402
 from hnet.ops.norm import add_rms_norm, gated_rms_norm  # noqa: E402
 from hnet.ops.rotary import rotary_qkv, rotary_tables  # noqa: E402
@@ -192,13 +192,13 @@ def test_add_rms_norm(shape, dtype, with_residual):
 # q, k as the routing projections give them: float32, or bf16 under autocast (whose roundings both make).
 @pytest.mark.parametrize("autocast", [False, pytest.param(True, marks=ON_GPU)], ids=lambda a: "bf16 autocast" if a else "fp32")
 @pytest.mark.parametrize("shape", [(2, 70, 40), (1, 1, 7), (3, 50, 1024)] + real_shapes((1, 65535, 1024)), ids=str)
-def test_adjacent_cosine(shape, autocast):
+def test_rowwise_cosine(shape, autocast):
     torch.manual_seed(0)
     dtype = torch.bfloat16 if autocast else torch.float32
     q, k = torch.randn(shape, device=DEVICE, dtype=dtype), torch.randn(shape, device=DEVICE, dtype=dtype)
     fast, ref = leaves(q, k), leaves(q, k)
     with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
-        cos_fast, cos_ref = triton_cosine.adjacent_cosine(*fast), adjacent_cosine(*ref)
+        cos_fast, cos_ref = triton_cosine.rowwise_cosine(*fast), rowwise_cosine(*ref)
     assert cos_fast.dtype == cos_ref.dtype == dtype and cos_fast.shape == shape[:-1]
     if autocast:  # float32 sums in another order: at most one bf16 step apart, almost always equal
         assert (cos_fast.float() - cos_ref.float()).abs().max() <= 2**-8
@@ -208,14 +208,14 @@ def test_adjacent_cosine(shape, autocast):
     check_grads(cos_fast, fast, cos_ref, ref, TOL[dtype], "qk")
 
 
-def test_adjacent_cosine_of_a_row_below_eps():
+def test_rowwise_cosine_of_a_row_below_eps():
     """A q of norm below eps (1e-12): its norm clamps at eps, and its gradient (dcos k / |k| / eps) has no
     projection term."""
     torch.manual_seed(0)
     q, k = torch.randn(2, 5, 16, device=DEVICE), torch.randn(2, 5, 16, device=DEVICE)
     q[1, 3] *= 1e-13
     fast, ref = leaves(q, k), leaves(q, k)
-    cos_fast, cos_ref = triton_cosine.adjacent_cosine(*fast), adjacent_cosine(*ref)
+    cos_fast, cos_ref = triton_cosine.rowwise_cosine(*fast), rowwise_cosine(*ref)
     assert rel(cos_fast, cos_ref) < 1e-5
     dy = torch.randn_like(cos_ref)
     for a, b in zip(torch.autograd.grad(cos_fast, fast, dy), torch.autograd.grad(cos_ref, ref, dy)):

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hnet.chunking.boundaries import Boundaries
-from hnet.chunking.stats import boundary_stats
+from hnet.analysis.boundaries import Boundaries
+from hnet.analysis.stats import boundary_stats
 
 # Residue classes by side chain (one common grouping); letters outside them (B, X, Z, ...) are left out.
 RESIDUE_CLASSES = {"hydrophobic": "AVILMFWC", "polar": "STNQY", "positive": "KRH", "negative": "DE", "special": "GP"}

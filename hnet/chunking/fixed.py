@@ -57,20 +57,19 @@ def space_boundaries(ids: torch.Tensor, cu_seqlens=None) -> torch.Tensor:
     return (space & ~after_space) | _sequence_starts(ids.shape, cu_seqlens, ids.device)
 
 
-def token_start_boundaries(ids: torch.Tensor, tokenizer, cu_seqlens=None) -> torch.Tensor:
+def token_start_boundaries(ids: torch.Tensor, encode, token_bytes, cu_seqlens=None) -> torch.Tensor:
     """ids (B, L) bytes, or (1, T) packed -> (B, L) bool: the first byte of every token.
 
-    tokenizer: anything with `encode(bytes) -> ids` and `token_bytes()` (raw bytes per id), e.g.
-    `hnet.data.BPETokenizer`; a byte piece of a byte >= 0x80 counts for its first half only, so the
-    token lengths of a sequence sum to its length.
+    encode: bytes -> token ids (an array); token_bytes: (vocab_size,) raw bytes per id, so that the
+    token lengths of a sequence sum to its length (a BPE tokenizer's `encode` and `token_bytes()`).
     """
-    lengths = tokenizer.token_bytes()
+    lengths = np.asarray(token_bytes)
     rows = ids.detach().cpu().numpy().astype(np.uint8)
     out = np.zeros(rows.shape, dtype=bool)
     cuts = [0, rows.shape[1]] if cu_seqlens is None else cu_seqlens.tolist()
     for r, row in enumerate(rows):
         for start, end in zip(cuts[:-1], cuts[1:]):
-            token_lengths = lengths[tokenizer.encode(row[start:end].tobytes())]
+            token_lengths = lengths[encode(row[start:end].tobytes())]
             offsets = np.cumsum(token_lengths) - token_lengths
             out[r, start + offsets[token_lengths > 0]] = True
     return torch.from_numpy(out).to(ids.device) | _sequence_starts(ids.shape, cu_seqlens, ids.device)
@@ -94,15 +93,16 @@ class FixedRouting(RoutingModule):
 
     The rule reads the input ids, which the stage does not pass down: the model hands them over around
     each call with `reading(input_ids)`. The parameters are the routing module's, under the same names.
+    The 'bpe' rule takes `encode` and `token_bytes` as `token_start_boundaries` does.
     """
 
-    def __init__(self, d_model: int, rule: str = "space", tokenizer=None, device=None, dtype=None):
+    def __init__(self, d_model: int, rule: str = "space", encode=None, token_bytes=None, device=None, dtype=None):
         super().__init__(d_model, device=device, dtype=dtype)
         if rule not in RULES:
             raise ValueError(f"fixed_boundaries: unknown rule {rule!r}; expected one of {', '.join(RULES)}")
-        if rule == "bpe" and tokenizer is None:
-            raise ValueError("fixed_boundaries 'bpe' needs a tokenizer")
-        self.rule, self.tokenizer = rule, tokenizer
+        if rule == "bpe" and (encode is None or token_bytes is None):
+            raise ValueError("fixed_boundaries 'bpe' needs a tokenizer's encode and token_bytes")
+        self.rule, self.encode, self.token_bytes = rule, encode, token_bytes
         self.input_ids = None
 
     @contextmanager
@@ -116,7 +116,7 @@ class FixedRouting(RoutingModule):
     def boundaries(self, ids, cu_seqlens=None) -> torch.Tensor:
         if self.rule == "space":
             return space_boundaries(ids, cu_seqlens)
-        return token_start_boundaries(ids, self.tokenizer, cu_seqlens)
+        return token_start_boundaries(ids, self.encode, self.token_bytes, cu_seqlens)
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> FixedRoutingCache:
         cache = super().allocate_inference_cache(batch_size, max_seqlen, dtype)

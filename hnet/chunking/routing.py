@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hnet.ops.cache import update_rows_
-from hnet.ops.dispatch import adjacent_cosine
+from hnet.ops.dispatch import rowwise_cosine
 
 
 @dataclass
@@ -63,7 +63,7 @@ class RoutingModule(nn.Module):
     def forward(self, h, cu_seqlens=None, mask=None, cache=None) -> RoutingOutput:
         """h (B, L, D) padded, or (1, T, D) packed with cu_seqlens. A cache (prefill, rows without
         padding) keeps the last position of every row."""
-        cos = adjacent_cosine(self.q_proj_layer(h[:, :-1]), self.k_proj_layer(h[:, 1:]))
+        cos = rowwise_cosine(self.q_proj_layer(h[:, :-1]), self.k_proj_layer(h[:, 1:]))
         p = F.pad(torch.clamp((1 - cos) / 2, min=0.0, max=1.0), (1, 0), value=1.0)
         if cu_seqlens is not None:
             starts = torch.zeros_like(p, dtype=torch.bool).index_fill_(1, cu_seqlens[:-1].long(), True)  # no host copy

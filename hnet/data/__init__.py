@@ -7,7 +7,7 @@
 """
 
 from hnet.data.loader import IGNORE_INDEX, TrainLoader, val_batches
-from hnet.data.runs import run_tokenizer_model, tokenizer_and_split, tokenizer_for_run, tokenizer_from_cli
+from hnet.data.run_tokenizer import run_tokenizer_model, tokenizer_and_split, tokenizer_for_run
 from hnet.data.shards import PreparedData, TokenSplit, prepare_data
 from hnet.data.sources import Document, cache_root, iter_documents, resolve_path, source_files
 from hnet.data.split import read_split, split_documents
@@ -15,7 +15,7 @@ from hnet.data.tokenizers import BPETokenizer, ByteTokenizer, train_bpe
 
 __all__ = [
     "IGNORE_INDEX", "TrainLoader", "val_batches",
-    "run_tokenizer_model", "tokenizer_and_split", "tokenizer_for_run", "tokenizer_from_cli",
+    "run_tokenizer_model", "tokenizer_and_split", "tokenizer_for_run",
     "PreparedData", "TokenSplit", "prepare_data",
     "Document", "cache_root", "iter_documents", "resolve_path", "source_files",
     "read_split", "split_documents",

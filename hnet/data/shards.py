@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from hnet.config import DataConfig
-from hnet.data.runs import tokenizer_and_split
+from hnet.data.run_tokenizer import tokenizer_and_split
 from hnet.data.sources import Document, cache_root, source_files
 from hnet.data.split import read_split
 from hnet.data.tokenizers import BPETokenizer, ByteTokenizer

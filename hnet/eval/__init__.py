@@ -8,11 +8,11 @@ and the report over several runs.
 """
 
 from hnet.eval.baselines import baseline_config, size_baseline
-from hnet.eval.bpb import bits_per_byte, eval_from_cli, evaluate_path
-from hnet.eval.compare import compare_from_cli, compare_runs
+from hnet.eval.bpb import bits_per_byte, evaluate_path
+from hnet.eval.compare import compare_runs
 from hnet.eval.flops import flops_breakdown, flops_per_byte
 
 __all__ = [
-    "baseline_config", "size_baseline", "bits_per_byte", "evaluate_path", "eval_from_cli",
-    "compare_runs", "compare_from_cli", "flops_breakdown", "flops_per_byte",
+    "baseline_config", "size_baseline", "bits_per_byte", "evaluate_path",
+    "compare_runs", "flops_breakdown", "flops_per_byte",
 ]

@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from hnet.config import MAMBA_HEADDIM, AttnConfig, HNetConfig, SSMConfig, parse_layer_string
+from hnet.config import MAMBA_HEADDIM, AttnConfig, HNetConfig, SSMConfig
 from hnet.eval.flops import flops_per_byte
+from hnet.layers.isotropic import parse_layer_string
 
 KINDS = ("transformer", "mamba2", "hybrid")
 

@@ -94,7 +94,7 @@ def evaluate_path(model_path, data, out=None, window: int | None = None, stride:
                   progress: bool = True) -> tuple[dict, Path]:
     """`hnet eval`: bpb of a run, checkpoint or model directory on FILE_OR_CONFIG; writes the JSON result
     to `out`, else RUN/eval/<data name>.json (MODEL/eval/... for a bare model). Returns (result, path)."""
-    from hnet.eval.runs import eval_documents, run_config, run_dir_of, run_tokenizer
+    from hnet.eval.run_files import eval_documents, run_config, run_dir_of, run_tokenizer
     from hnet.models import load_model
 
     docs, name = eval_documents(data)
@@ -117,9 +117,3 @@ def evaluate_path(model_path, data, out=None, window: int | None = None, stride:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     return result, path
-
-
-def eval_from_cli(args) -> None:
-    result, path = evaluate_path(args.model, args.data, args.out, args.window, args.stride)
-    print(f"{result['bpb']:.4f} bits per byte over {result['bytes']} bytes ({result['documents']} documents); "
-          f"wrote {path}")

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hnet.config import RunConfig, default_ratio_targets, parse_layer_string
+from hnet.config import RunConfig, default_ratio_targets
 from hnet.eval.flops import TRAIN_FLOPS_PER_FORWARD, flops_per_byte
-from hnet.eval.runs import bytes_per_token, read_metrics, run_config
+from hnet.eval.run_files import bytes_per_token, read_metrics, run_config
+from hnet.layers.isotropic import parse_layer_string
 
 
 @dataclass
@@ -226,8 +227,3 @@ def compare_runs(run_dirs, out) -> list[RunSummary]:
             s.run = str(run_dir)
     write_report(summaries, Path(out))
     return summaries
-
-
-def compare_from_cli(args) -> None:
-    summaries = compare_runs(args.runs, args.out)
-    print(f"compared {len(summaries)} runs; wrote {args.out}/report.md, report.csv, bpb_vs_bytes.png, bpb_vs_flops.png")

@@ -32,7 +32,8 @@ from collections.abc import Sequence
 
 import torch
 
-from hnet.config import MAMBA_HEADDIM, HNetConfig, parse_layer_string
+from hnet.config import MAMBA_HEADDIM, HNetConfig
+from hnet.layers.isotropic import parse_layer_string
 
 SWIGLU_MULTIPLE = 128  # SwiGLU's default `multiple_of`
 EMA_CHUNK = 64  # ema_scan's chunk size

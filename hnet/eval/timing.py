@@ -19,6 +19,7 @@ import torch
 from hnet.config import HNetConfig, RunConfig
 from hnet.constants import BOS, IGNORE_INDEX
 from hnet.data.sources import SAMPLES_DIR
+from hnet.layers.cuda_graphs import uses_cuda_graphs
 from hnet.training import Objective, build_optimizer, train_step
 from hnet.training.metrics import bytes_per_chunk
 
@@ -104,7 +105,7 @@ def time_train_steps(model, tc, batch: dict, device, steps: int, warmup: int) ->
     optimizer = build_optimizer(model, tc)
     objective = Objective.of(tc, model.num_stages - 1)
     # CUDA graphs replay the weights' casts, which autocast's cache would skip (`use_cuda_graphs`).
-    graphs = any(getattr(m, "cuda_graphs", False) for m in model.modules())
+    graphs = uses_cuda_graphs(model)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda", cache_enabled=not graphs)
 
     def step():

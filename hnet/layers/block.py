@@ -44,12 +44,12 @@ class Block(nn.Module):
         return h, residual
 
 
-def make_block(kind: str, with_mlp: bool, d_model: int, d_intermediate: int, ssm_cfg, num_heads: int = 1,
-               rotary_emb_dim: int = 0, window_size: int = -1, device=None, dtype=None) -> Block:
+def make_block(kind: str, with_mlp: bool, d_model: int, d_intermediate: int, ssm: dict | None = None,
+               num_heads: int = 1, rotary_emb_dim: int = 0, window_size: int = -1, device=None, dtype=None) -> Block:
+    """ssm: Mamba2's keyword arguments (d_state, d_conv, expand, chunk_size)."""
     kw = {"device": device, "dtype": dtype}
     if kind == "mamba":
-        mixer = Mamba2(d_model, d_state=ssm_cfg.d_state, d_conv=ssm_cfg.d_conv, expand=ssm_cfg.expand,
-                       chunk_size=ssm_cfg.chunk_size, **kw)
+        mixer = Mamba2(d_model, **(ssm or {}), **kw)
     else:
         mixer = CausalSelfAttention(d_model, num_heads, rotary_emb_dim, window_size, **kw)
     mlp = SwiGLU(d_model, d_intermediate, **kw) if with_mlp else None

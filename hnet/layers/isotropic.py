@@ -2,46 +2,53 @@
 
 from __future__ import annotations
 
-import warnings
+import re
 
-import torch
 from torch import nn
 
-from hnet.config import HNetConfig, parse_layer_string
 from hnet.layers.block import make_block
 from hnet.layers.norm import RMSNorm
 from hnet.ops.packed import bucketed_length, pad_packed, seq_idx_from_cu_seqlens
 
+# A layout string: letters with counts. m / M: Mamba-2, t / T: attention; upper case adds a SwiGLU MLP.
+LAYER_RE = re.compile(r"([mMtT])(\d+)")
+LAYOUT_RE = re.compile(r"^(?:[mMtT]\d+)+$")
+
+
+def parse_layer_string(spec: str) -> list[tuple[str, bool]]:
+    """'m4T1' -> [('mamba', False)] * 4 + [('attn', True)]: (mixer kind, has SwiGLU MLP) per layer."""
+    out = []
+    for letter, count in LAYER_RE.findall(spec):
+        out += [("mamba" if letter in "mM" else "attn", letter.isupper())] * int(count)
+    return out
+
 
 class Isotropic(nn.Module):
-    def __init__(self, config: HNetConfig, stage: int, layout: str, device=None, dtype=None):
+    """layout: a layer string; ssm: the Mamba-2 layers' keyword arguments (d_state, d_conv, expand,
+    chunk_size); num_heads, rotary_emb_dim, window_size: the attention layers'.
+
+    length_varies: the packed length changes from step to step (a stack over chunks, as many as a router
+    made). Such a stack pads its input to a rounded length (`bucketed_length`) so that the matmul shapes
+    repeat and cuBLAS does not choose its kernels anew every step; on CUDA only, as the CPU has no such
+    cost. `bucket_lengths` True / False forces the padding on or off; None leaves it to that rule.
+    """
+
+    def __init__(self, layout: str, d_model: int, d_intermediate: int = 0, ssm: dict | None = None,
+                 num_heads: int = 1, rotary_emb_dim: int = 0, window_size: int = -1,
+                 length_varies: bool = False, device=None, dtype=None):
         super().__init__()
-        d = config.d_model[stage]
-        attn = config.attn_cfg
         specs = parse_layer_string(layout)
         self.layers = nn.ModuleList(
-            make_block(
-                kind, with_mlp, d, config.d_intermediate[stage], config.ssm_cfg,
-                num_heads=attn.num_heads[stage] if attn.num_heads else 1,
-                rotary_emb_dim=attn.rotary_emb_dim[stage] if attn.rotary_emb_dim else 0,
-                window_size=attn.window_size[stage] if attn.window_size else -1,
-                device=device, dtype=dtype,
-            )
+            make_block(kind, with_mlp, d_model, d_intermediate, ssm, num_heads=num_heads,
+                       rotary_emb_dim=rotary_emb_dim, window_size=window_size, device=device, dtype=dtype)
             for kind, with_mlp in specs
         )
-        self.rmsnorm = RMSNorm(d, device=device, dtype=dtype)
+        self.rmsnorm = RMSNorm(d_model, device=device, dtype=dtype)
         # Residual additions per layer (2 with an MLP): scales the init of output projections.
         self.height = sum(2 if with_mlp else 1 for _, with_mlp in specs)
         self.has_attention = any(kind != "mamba" for kind, _ in specs)
-        # Inside an H-Net (stage > 0) a packed stack runs over chunks, as many as the router made: padded
-        # to a rounded length (`bucketed_length`) so the matmul shapes repeat and cuBLAS does not choose its
-        # kernels anew every step. None: on CUDA only (the CPU has no such cost); True / False force it.
-        self.stage = stage
+        self.length_varies = length_varies
         self.bucket_lengths = None
-        # cuda_graphs: training steps (CUDA, grad enabled, no cache) replay the stack's forward and backward
-        # as CUDA graphs, one per input signature, up to MAX_GRAPHS (`use_cuda_graphs`).
-        self.cuda_graphs = False
-        self._graphs: dict[tuple, object] = {}
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> list:
         """One cache per layer (Mamba2Cache or KVCache)."""
@@ -65,47 +72,20 @@ class Isotropic(nn.Module):
                 max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
             elif max_seqlen is not None and padded:
                 max_seqlen = max(max_seqlen, length - n)  # the padding is a sequence too
-        if self.cuda_graphs and self.training and cache is None and x.is_cuda and torch.is_grad_enabled():
-            out = self._replay(x, cu_seqlens, seq_idx, max_seqlen)
-        else:
-            out = self._layers(x, cu_seqlens, seq_idx, max_seqlen, cache)
+        out = self.run_layers(x, cu_seqlens, seq_idx, max_seqlen, cache)
         return out[:, :n] if padded else out
 
-    def _layers(self, x, cu_seqlens, seq_idx, max_seqlen, cache=None):
+    def run_layers(self, x, cu_seqlens, seq_idx, max_seqlen, cache=None):
+        """The layers and the final norm on an input already padded, its seq_idx made: the part of the
+        forward that `hnet.layers.cuda_graphs` replays."""
         h, residual = x, None
         for layer, layer_cache in zip(self.layers, cache or [None] * len(self.layers)):
             h, residual = layer(h, residual, cu_seqlens, seq_idx, layer_cache, max_seqlen)
         return self._final_norm(h, residual)
 
-    def _replay(self, x, cu_seqlens, seq_idx, max_seqlen):
-        """The layers as a CUDA graph captured for this input signature (the first call of one captures it).
-
-        Each of a training step's ~3000 launches costs host time (Python, autograd); a graph launches a
-        stack's forward (or backward) in one call. The attention's max_seqlen is rounded up to a power of
-        two so that signatures repeat.
-        """
-        if max_seqlen is not None:
-            max_seqlen = min(1 << (max_seqlen - 1).bit_length(), x.shape[1])
-        autocast = torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda")
-        if self.has_attention and autocast not in (torch.float16, torch.bfloat16):
-            return self._layers(x, cu_seqlens, seq_idx, max_seqlen)  # the fp32 attention syncs: not capturable
-        key = (tuple(x.shape), x.dtype, x.requires_grad, None if cu_seqlens is None else cu_seqlens.shape[0],
-               max_seqlen, autocast)
-        graphed = self._graphs.get(key)
-        if graphed is None:
-            if len(self._graphs) >= MAX_GRAPHS:
-                return self._layers(x, cu_seqlens, seq_idx, max_seqlen)
-            graphed = _capture(self, x, cu_seqlens, seq_idx, max_seqlen)
-            self._graphs[key] = graphed
-            if len(self._graphs) == MAX_GRAPHS:
-                warnings.warn(f"stage {self.stage} stack: {MAX_GRAPHS} CUDA graphs captured; new input shapes run eagerly")
-        if cu_seqlens is None:
-            return graphed(x)
-        return graphed(x, cu_seqlens, seq_idx)
-
     def _buckets(self, x) -> bool:
         if self.bucket_lengths is None:
-            return self.stage > 0 and x.is_cuda
+            return self.length_varies and x.is_cuda
         return self.bucket_lengths
 
     def step(self, x, cache: list, mask=None):
@@ -117,35 +97,3 @@ class Isotropic(nn.Module):
 
     def _final_norm(self, h, residual):
         return self.rmsnorm.add(h, residual)[0]
-
-
-MAX_GRAPHS = 4  # per stack: each holds its own activations for the backward
-
-
-class _Captured(nn.Module):
-    """A stack's layers at one signature, as make_graphed_callables takes them: tensors in, tensors out."""
-
-    def __init__(self, stack: Isotropic, max_seqlen):
-        super().__init__()
-        self.stack, self.max_seqlen = stack, max_seqlen
-
-    def forward(self, x, cu_seqlens=None, seq_idx=None):
-        return self.stack._layers(x, cu_seqlens, seq_idx, self.max_seqlen)
-
-
-def _capture(stack: Isotropic, x, cu_seqlens, seq_idx, max_seqlen):
-    # Copies as the graph's static inputs: every replay copies its real inputs into them.
-    sample = [x.detach().clone().requires_grad_(x.requires_grad)]
-    if cu_seqlens is not None:
-        sample += [cu_seqlens.clone(), seq_idx.clone()]
-    return torch.cuda.make_graphed_callables(_Captured(stack, max_seqlen), tuple(sample))
-
-
-def use_cuda_graphs(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Run every stack of the model as CUDA graphs in training steps (`Isotropic._replay`). Autocast must be
-    entered with cache_enabled=False (a cached weight cast would outlive the optimizer step)."""
-    for m in model.modules():
-        if isinstance(m, Isotropic):
-            m.cuda_graphs = enabled
-            m._graphs.clear()
-    return model

@@ -3,7 +3,8 @@
 compared with everything else equal.
 
 A saved model is the usual config.json + model.safetensors (the same keys as an H-Net) plus
-chunker.json naming the rule; the BPE rule's sentencepiece model is copied beside it.
+chunker.json naming the rule. The BPE rule's sentencepiece model is copied beside it and chunker.json
+lists its bytes per token id, so that the model loads with sentencepiece alone, without the data package.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 
 from hnet.chunking.fixed import FixedRouting
 from hnet.config import HNetConfig
@@ -21,13 +23,30 @@ CHUNKER_FILE = "chunker.json"
 CHUNKER_TOKENIZER = "chunker_tokenizer.model"
 
 
+def latin1_encoder(tokenizer_file: str | Path):
+    """bytes -> ids of a sentencepiece model trained on bytes as latin-1 characters (as our BPE
+    tokenizers are): the rule needs the ids only, not the rest of a tokenizer."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_file))
+    return lambda data: np.asarray(sp.encode(data.decode("latin-1")), dtype=np.int64)
+
+
 class HNetFixedForCausalLM(HNetForCausalLM):
-    def __init__(self, config: HNetConfig, rule: str = "space", tokenizer=None, device=None, dtype=None):
+    """rule 'bpe' starts a chunk at every token of the sentencepiece model `tokenizer_file`;
+    token_bytes (vocab_size,): the raw bytes each of its ids stands for."""
+
+    def __init__(self, config: HNetConfig, rule: str = "space", tokenizer_file=None, token_bytes=None,
+                 device=None, dtype=None):
         if config.num_stages != 2:
             raise ValueError(f"a fixed chunker takes an H-Net with one chunking stage; arch_layout "
                              f"{config.arch_layout!r} has {config.num_stages - 1}")
         super().__init__(config, device=device, dtype=dtype)
-        self.backbone.routing_module = FixedRouting(config.d_model[0], rule, tokenizer, device=device, dtype=dtype)
+        self.tokenizer_file = None if tokenizer_file is None else Path(tokenizer_file)
+        encode = None if tokenizer_file is None else latin1_encoder(tokenizer_file)
+        token_bytes = None if token_bytes is None else np.asarray(token_bytes, dtype=np.int64)
+        self.backbone.routing_module = FixedRouting(config.d_model[0], rule, encode, token_bytes, device=device,
+                                                    dtype=dtype)
 
     @property
     def routing(self) -> FixedRouting:
@@ -44,18 +63,20 @@ class HNetFixedForCausalLM(HNetForCausalLM):
     def save_pretrained(self, directory: str | Path) -> None:
         super().save_pretrained(directory)
         chunker = {"rule": self.routing.rule}
-        if self.routing.tokenizer is not None:
-            shutil.copyfile(self.routing.tokenizer.path, Path(directory) / CHUNKER_TOKENIZER)
-            chunker["tokenizer"] = CHUNKER_TOKENIZER
+        if self.tokenizer_file is not None:
+            shutil.copyfile(self.tokenizer_file, Path(directory) / CHUNKER_TOKENIZER)
+            chunker.update(tokenizer=CHUNKER_TOKENIZER, token_bytes=self.routing.token_bytes.tolist())
         (Path(directory) / CHUNKER_FILE).write_text(json.dumps(chunker) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device=None, dtype=None):
-        from hnet.data.tokenizers import BPETokenizer
-
         directory = Path(directory)
         if not (directory / CHUNKER_FILE).is_file():
             raise ValueError(f"{directory}: not a fixed-chunker model directory (no {CHUNKER_FILE})")
         chunker = json.loads((directory / CHUNKER_FILE).read_text())
-        tokenizer = BPETokenizer(directory / chunker["tokenizer"]) if "tokenizer" in chunker else None
-        return super().from_pretrained(directory, chunker["rule"], tokenizer, device=device, dtype=dtype)
+        if "tokenizer" in chunker and "token_bytes" not in chunker:
+            raise ValueError(f"{directory / CHUNKER_FILE}: saved before the 'bpe' rule listed its token_bytes; add "
+                             f"them: the list BPETokenizer('{chunker['tokenizer']}').token_bytes() gives")
+        tokenizer_file = directory / chunker["tokenizer"] if "tokenizer" in chunker else None
+        return super().from_pretrained(directory, chunker["rule"], tokenizer_file, chunker.get("token_bytes"),
+                                       device=device, dtype=dtype)

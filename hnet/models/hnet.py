@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -32,6 +33,19 @@ class HNetCache:
     decoder: list | None = None
 
 
+def _stack(config: HNetConfig, stage: int, layout: str, device=None, dtype=None) -> Isotropic:
+    """The stack of layer string `layout` at `stage`, with that stage's widths and attention settings."""
+    attn = config.attn_cfg
+    return Isotropic(
+        layout, config.d_model[stage], config.d_intermediate[stage], dataclasses.asdict(config.ssm_cfg),
+        num_heads=attn.num_heads[stage] if attn.num_heads else 1,
+        rotary_emb_dim=attn.rotary_emb_dim[stage] if attn.rotary_emb_dim else 0,
+        window_size=attn.window_size[stage] if attn.window_size else -1,
+        length_varies=stage > 0,  # inside an H-Net a stack runs over chunks, as many as the router made
+        device=device, dtype=dtype,
+    )
+
+
 class HNet(nn.Module):
     """Stage s: encoder -> routing -> chunk -> main network (stage s+1 or an Isotropic) -> dechunk -> decoder.
 
@@ -47,11 +61,11 @@ class HNet(nn.Module):
         layout = config.stage_layout(stage)
         self.is_innermost = len(layout) == 1
         if self.is_innermost:
-            self.main_network = Isotropic(config, stage, layout[0], **kw)
+            self.main_network = _stack(config, stage, layout[0], **kw)
         else:
-            self.encoder = Isotropic(config, stage, layout[0], **kw)
+            self.encoder = _stack(config, stage, layout[0], **kw)
             self.main_network = HNet(config, stage + 1, **kw)
-            self.decoder = Isotropic(config, stage, layout[2], **kw)
+            self.decoder = _stack(config, stage, layout[2], **kw)
             self.routing_module = RoutingModule(d, **kw)
             # fp32 weights, as the residual is computed in fp32 (`_residual`); zero weight at init.
             self.residual_proj = nn.Linear(d, d, device=device, dtype=torch.float32)

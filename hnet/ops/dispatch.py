@@ -118,9 +118,9 @@ def rotary_qkv(qkv, cos, sin):
     return impl(qkv, cos, sin)
 
 
-def adjacent_cosine(q, k, eps: float = 1e-12):
-    impl = _cosine_ref.adjacent_cosine
+def rowwise_cosine(q, k, eps: float = 1e-12):
+    impl = _cosine_ref.rowwise_cosine
     # The kernel computes in float32: float32 inputs, or any under autocast (whose roundings it makes).
     if use_triton(q) and (q.dtype == torch.float32 or torch.is_autocast_enabled(q.device.type)):
-        from hnet.ops.triton.cosine import adjacent_cosine as impl
+        from hnet.ops.triton.cosine import rowwise_cosine as impl
     return impl(q, k, eps)

@@ -13,11 +13,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from hnet.chunking.diagnostics import CollapseMonitor, routing_diagnostics, routing_sums
 from hnet.config import RunConfig, apply_overrides, read_json
 from hnet.constants import IGNORE_INDEX, LN2
 from hnet.training.checkpoint import latest_checkpoint, load_checkpoint_state, save_checkpoint
-from hnet.chunking.diagnostics import CollapseMonitor, routing_diagnostics, routing_sums
 from hnet.training.metrics import MetricsWriter, bytes_per_chunk, chunk_counts
+from hnet.training.model import model_for_run
 from hnet.training.optim import build_optimizer, build_schedule, ratio_loss_scale
 from hnet.training.step import Objective, TrainingError, run_batch, train_step
 
@@ -31,12 +32,6 @@ class TrainResult:
     val_bpb: float | None
     initial_val_bpb: float | None
     bytes_per_chunk: list[float]
-
-
-def build_model(config: RunConfig):
-    from hnet.models import model_for_run
-
-    return model_for_run(config)
 
 
 @torch.no_grad()
@@ -112,7 +107,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
         data = prepare_data(dc, tokenizer)  # a cache hit: the main process wrote it
     token_bytes = None if dc.tokenizer == "bytes" else torch.as_tensor(tokenizer.token_bytes())
 
-    model = build_model(config)
+    model = model_for_run(config)
     routing_stages = model.num_stages - 1
     objective = Objective.of(tc, routing_stages)
     optimizer = build_optimizer(model, tc)
@@ -219,19 +214,16 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
 def structure_fields(model, text: bytes) -> dict:
     """`structure_scores` of the model on `text`, as metric fields: one list over the routing stages per
     score (None where a score is undefined)."""
+    from hnet.analysis import extract_boundaries
     from hnet.analysis.structure import structure_scores
-    from hnet.chunking.boundaries import extract_boundaries
 
     per_stage = structure_scores(extract_boundaries(model, text))
     return {key: [stage.get(key) for stage in per_stage] for key in per_stage[0] if key != "boundary_rate"}
 
 
 def _write_boundaries(model, snippet: bytes, path: Path) -> None:
-    try:
-        from hnet.chunking import write_boundary_snapshot
-    except ImportError:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from hnet.analysis import write_boundary_snapshot
+
     write_boundary_snapshot(model, snippet, path)
 
 
@@ -242,17 +234,3 @@ def load_run_config(path: str | Path, overrides: list[str] = (), max_steps: int 
     if overrides:
         data = apply_overrides(data, list(overrides), source=f"{path} (--set)")
     return RunConfig.from_dict(data, str(path))
-
-
-def train_from_cli(args) -> None:
-    config = load_run_config(args.config, args.set, args.max_steps)
-    result = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
-    lines = [f"run directory: {result.run_dir}"]
-    if result.initial_val_bpb is not None:
-        lines.append(f"validation bits per byte: {result.initial_val_bpb:.3f} before training -> {result.val_bpb:.3f} after {result.step} steps")
-    elif result.val_bpb is not None:
-        lines.append(f"validation bits per byte: {result.val_bpb:.3f} after {result.step} steps")
-    if result.bytes_per_chunk:
-        lines.append("bytes per chunk (stage 1" + (", 2" if len(result.bytes_per_chunk) > 1 else "") + "): "
-                     + ", ".join(f"{x:.2f}" for x in result.bytes_per_chunk))
-    print("\n".join(lines))

@@ -1,4 +1,4 @@
-"""The routing cosine in one pass each way; equals `hnet.ops.cosine.adjacent_cosine`, with its roundings
+"""The routing cosine in one pass each way; equals `hnet.ops.cosine.rowwise_cosine`, with its roundings
 under autocast. Unfused, the normalisations, casts, product and sum were each a pass over q and k (65535 x
 1024 each in the 1-stage L step; its 14 casts alone took 1.7 ms a step on the H200)."""
 
@@ -61,7 +61,7 @@ def _cosine_bwd(Q, K, DCOS, DQ, DK, n_rows, d, sq, sk, eps, ROUND: tl.constexpr,
             tl.store(DK + row * d + cols, dk, mask=live)
 
 
-class _AdjacentCosine(torch.autograd.Function):
+class _RowwiseCosine(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, eps, out_dtype):
         shape, d = q.shape, q.shape[-1]
@@ -88,9 +88,9 @@ class _AdjacentCosine(torch.autograd.Function):
         return dq.view(ctx.shape), dk.view(ctx.shape), None, None
 
 
-def adjacent_cosine(q, k, eps: float = 1e-12):
+def rowwise_cosine(q, k, eps: float = 1e-12):
     if q.shape != k.shape:
-        raise ValueError(f"adjacent_cosine: q and k must have one shape, got {tuple(q.shape)} and {tuple(k.shape)}")
+        raise ValueError(f"rowwise_cosine: q and k must have one shape, got {tuple(q.shape)} and {tuple(k.shape)}")
     device = q.device.type
     out_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
-    return _AdjacentCosine.apply(q, k, eps, out_dtype)
+    return _RowwiseCosine.apply(q, k, eps, out_dtype)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from hnet.chunking.boundaries import Boundaries
-from hnet.chunking.stats import BYTE_CLASSES, HISTOGRAM_MAX, boundary_stats, chunk_lengths
+from hnet.analysis.boundaries import Boundaries
+from hnet.analysis.stats import BYTE_CLASSES, HISTOGRAM_MAX, boundary_stats, chunk_lengths
 
 LABELED_SPAN = 120  # spans up to this many bytes get one tick label per byte
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hnet.chunking.boundaries import Boundaries, StageBoundaries
+from hnet.analysis.boundaries import Boundaries, StageBoundaries
 
 SPECIAL = "\\|[]{}"
 NAMED = {"\n": "\\n\n", "\t": "\\t", "\r": "\\r"}

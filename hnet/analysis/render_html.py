@@ -13,9 +13,9 @@ from __future__ import annotations
 import html
 import math
 
-from hnet.chunking.boundaries import Boundaries
-from hnet.chunking.render import ShownChunks, chunk_depth, display_units, hex_escape, is_shown_escaped, shown_chunks
-from hnet.chunking.stats import BYTE_CLASSES, boundary_stats
+from hnet.analysis.boundaries import Boundaries
+from hnet.analysis.render import ShownChunks, chunk_depth, display_units, hex_escape, is_shown_escaped, shown_chunks
+from hnet.analysis.stats import BYTE_CLASSES, boundary_stats
 
 # Per stage: the CSS of a chunk whose boundary has probability p (a decile's midpoint).
 STAGE_STYLE = {

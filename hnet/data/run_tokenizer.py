@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from hnet.config import DataConfig, RunConfig
+from hnet.config import DataConfig
 from hnet.data.sources import resolve_path
 from hnet.data.split import read_split
 from hnet.data.tokenizers import MODEL_NAME, BPETokenizer, ByteTokenizer, model_file, train_bpe
@@ -59,13 +59,3 @@ def _copy_model(source: Path, model: Path) -> None:
     tmp = model.with_name(f".{MODEL_NAME}.{os.getpid()}.tmp")  # renamed when whole: no half-written model
     shutil.copyfile(source, tmp)
     os.replace(tmp, model)
-
-
-def tokenizer_from_cli(args) -> None:
-    """`hnet tokenizer train --data CONFIG --vocab-size N --out DIR`."""
-    cfg = RunConfig.from_json(args.data).data
-    train, val = read_split(cfg)
-    tokenizer = train_bpe(train, args.vocab_size, args.out)
-    val_tokens = sum(len(tokenizer.encode(d.text)) for d in val)
-    print(f"wrote {tokenizer.path}: {tokenizer.vocab_size} pieces from {len(train)} training documents; "
-          f"validation: {sum(len(d.text) for d in val) / max(val_tokens, 1):.3f} bytes per token")

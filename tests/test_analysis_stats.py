@@ -7,9 +7,9 @@ import pytest
 from matplotlib.image import imread
 
 from handmade_routing import handmade_model
-from hnet.chunking import Boundaries, StageBoundaries, boundary_stats, compare_boundaries, extract_boundaries
-from hnet.chunking.plots import plot_boundary_prob, plot_chunk_lengths, plot_rate_by_class
-from hnet.chunking.stats import dna_stats, protein_stats, sequence_kind, token_starts, word_starts
+from hnet.analysis import Boundaries, StageBoundaries, boundary_stats, compare_boundaries, extract_boundaries
+from hnet.analysis.plots import plot_boundary_prob, plot_chunk_lengths, plot_rate_by_class
+from hnet.analysis.stats import dna_stats, protein_stats, sequence_kind, token_starts, word_starts
 
 TEXT = b"Hi  yo.\nOk 42"  # offsets: H0 i1 _2 _3 y4 o5 .6 \n7 O8 k9 _10 4 11 2 12
 
@@ -129,7 +129,7 @@ def test_plots_are_written_and_not_blank(tmp_path):
 
 
 def test_orf_scan_and_codon_position_rates_by_hand():
-    from hnet.chunking.stats import open_reading_frames
+    from hnet.analysis.stats import open_reading_frames
 
     orf = b"ATG" + b"GCA" * 3 + b"TAA"  # 5 codons, in frame 1 after one leading base
     sequence = b"C" + orf + b"ATGCC"  # the trailing ATG has no stop: not an ORF

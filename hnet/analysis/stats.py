@@ -13,7 +13,7 @@ import string
 
 import numpy as np
 
-from hnet.chunking.boundaries import Boundaries
+from hnet.analysis.boundaries import Boundaries
 
 BYTE_CLASSES = ("newline", "whitespace", "punctuation", "letter", "digit", "non_ascii", "control")
 WHITESPACE = b" \t\n\r\x0b\x0c"

@@ -15,9 +15,9 @@ import pytest
 from matplotlib.image import imread
 
 from handmade_routing import P1_OTHER, P2_OTHER, expected_boundaries, handmade_model
-from hnet.chunking import (Boundaries, StageBoundaries, extract_boundaries, render_html, render_term,
+from hnet.analysis import (Boundaries, StageBoundaries, extract_boundaries, render_html, render_term,
                            unescape_term, write_boundary_snapshot)
-from hnet.chunking.render import display_units, shown_chunks
+from hnet.analysis.render import display_units, shown_chunks
 from hnet.cli import main
 
 TEXT = b"Hi  yo.\nOk 42"

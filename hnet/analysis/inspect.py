@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hnet.chunking.boundaries import Boundaries, extract_boundaries, parse_stages
-from hnet.chunking.render import render_term
-from hnet.chunking.render_html import render_html
-from hnet.chunking.stats import boundary_stats
+from hnet.analysis.boundaries import Boundaries, extract_boundaries, parse_stages
+from hnet.analysis.render import render_term
+from hnet.analysis.render_html import render_html
+from hnet.analysis.stats import boundary_stats
 
 
 def read_text(text: str | None = None, file: str | None = None) -> bytes:
@@ -57,24 +57,24 @@ def summary(b: Boundaries, stages: list[int]) -> str:
     return "\n".join(lines)
 
 
-def inspect_from_cli(args) -> None:
-    text = read_text(args.text, args.file)
-    from hnet.models import load_model  # not at module level: hnet.models imports hnet.chunking
-
-    model = load_model(args.model)
-    stages = parse_stages(args.stage, model.config.num_stages - 1)
+def inspect_boundaries(model, text: bytes, stage: str = "all", fmt: str = "term", out: str | Path | None = None,
+                       name: str = "the model") -> None:
+    """`hnet inspect`: `model`'s boundaries on `text` at `stage` ('all' or a stage number) as `fmt` ('term',
+    'html' or 'json'), written to `out` or else to stdout; `name` titles the page and the JSON. The
+    terminal view is colored on a terminal (unless NO_COLOR) and its summary goes to stderr."""
+    stages = parse_stages(stage, model.config.num_stages - 1)
     b = extract_boundaries(model, text)
-    if args.format == "term":
-        color = args.out is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    if fmt == "term":
+        color = out is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
         output = render_term(b, stages, color=color) + "\n"
         print(summary(b, stages), file=sys.stderr)
-    elif args.format == "html":
-        output = render_html(b, stages, title=f"Chunk boundaries of {args.model}")
+    elif fmt == "html":
+        output = render_html(b, stages, title=f"Chunk boundaries of {name}")
     else:
-        output = json.dumps(inspection_json(b, stages, str(args.model))) + "\n"
-    if args.out:
-        Path(args.out).write_text(output, encoding="utf-8")
-        print(f"wrote {args.out}")
+        output = json.dumps(inspection_json(b, stages, name)) + "\n"
+    if out:
+        Path(out).write_text(output, encoding="utf-8")
+        print(f"wrote {out}")
     else:
         sys.stdout.write(output)
 
