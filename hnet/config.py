@@ -15,8 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from hnet.constants import BOS
+
 from hnet.layers.isotropic import LAYER_RE, LAYOUT_RE
 
+# The allowed values of the run config's fields that other modules check too.
+TOKENIZERS = ("bytes", "bpe")
+PACKINGS = ("cu_seqlens", "separator")
+FIXED_RULES = ("space", "bpe")  # hnet_fixed's boundary rules
 MAMBA_HEADDIM = 64  # mamba_ssm Mamba2 default, used by every official config
 
 
@@ -248,7 +254,7 @@ class DataConfig:
     vocab_size: int = 4096  # bpe vocabulary when the tokenizer is trained by the run
     seq_len: int = 8192  # tokens per sequence
     packing: str = "cu_seqlens"  # cu_seqlens (per-document resets) | separator (one stream, BOS between)
-    bos_id: int = 254  # prepended to every document, as the official generate.py does
+    bos_id: int = BOS  # prepended to every document, as the official generate.py does
     cache_dir: Optional[str] = None  # shard cache; default $HNET_CACHE or ~/.cache/hnet-lm
 
 
@@ -319,12 +325,12 @@ class RunConfig:
             "data.dna_lowercase": ("upper", "keep"),
             "data.dna_n_runs": ("keep", "collapse", "drop"),
             "data.split": ("documents", "tail"),
-            "data.tokenizer": ("bytes", "bpe"),
-            "data.packing": ("cu_seqlens", "separator"),
+            "data.tokenizer": TOKENIZERS,
+            "data.packing": PACKINGS,
             "train.schedule": ("wsd", "cosine"),
             "train.precision": ("auto", "fp32", "bf16"),
             "model_type": ("hnet", "isotropic", "hnet_fixed"),
-            "fixed_boundaries": ("space", "bpe"),
+            "fixed_boundaries": FIXED_RULES,
         }
         for name, allowed in choices.items():
             value = self

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-BOS = 254
+from hnet.constants import BOS
 WINDOW = 8192
 CONTEXT = 1024
 

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from hnet.chunking.routing import RoutingCache, RoutingModule, RoutingOutput, routing_output
+from hnet.config import FIXED_RULES
 from hnet.ops.cache import update_rows_
 from hnet.ops.packed import positions_in_sequence
 
-RULES = ("space", "bpe")
 
 
 def is_space_like(ids: torch.Tensor) -> torch.Tensor:
@@ -98,8 +98,8 @@ class FixedRouting(RoutingModule):
 
     def __init__(self, d_model: int, rule: str = "space", encode=None, token_bytes=None, device=None, dtype=None):
         super().__init__(d_model, device=device, dtype=dtype)
-        if rule not in RULES:
-            raise ValueError(f"fixed_boundaries: unknown rule {rule!r}; expected one of {', '.join(RULES)}")
+        if rule not in FIXED_RULES:
+            raise ValueError(f"fixed_boundaries: unknown rule {rule!r}; expected one of {', '.join(FIXED_RULES)}")
         if rule == "bpe" and (encode is None or token_bytes is None):
             raise ValueError("fixed_boundaries 'bpe' needs a tokenizer's encode and token_bytes")
         self.rule, self.encode, self.token_bytes = rule, encode, token_bytes

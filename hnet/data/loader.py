@@ -24,10 +24,10 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from hnet.config import PACKINGS
+from hnet.constants import IGNORE_INDEX
 from hnet.data.shards import TokenSplit
 
-IGNORE_INDEX = -100
-PACKINGS = ("cu_seqlens", "separator")
 
 
 class _Stream:

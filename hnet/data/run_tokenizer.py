@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from hnet.config import DataConfig
+from hnet.config import TOKENIZERS, DataConfig
 from hnet.data.sources import resolve_path
 from hnet.data.split import read_split
 from hnet.data.tokenizers import MODEL_NAME, BPETokenizer, ByteTokenizer, model_file, train_bpe
@@ -30,8 +30,8 @@ def tokenizer_and_split(cfg: DataConfig, run_dir: str | Path | None = None, is_m
     itself: loaded from there, or trained there if that folder holds none."""
     if cfg.tokenizer == "bytes":
         return ByteTokenizer(cfg.bos_id), None
-    if cfg.tokenizer != "bpe":
-        raise ValueError(f"data.tokenizer: unknown tokenizer {cfg.tokenizer!r}; expected bytes or bpe")
+    if cfg.tokenizer not in TOKENIZERS:
+        raise ValueError(f"data.tokenizer: unknown tokenizer {cfg.tokenizer!r}; expected one of {', '.join(TOKENIZERS)}")
     if run_dir is not None:
         model, source = run_tokenizer_model(run_dir), cfg.tokenizer_path
     elif cfg.tokenizer_path:

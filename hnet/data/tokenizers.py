@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
+from hnet.constants import BOS
+
 MODEL_NAME = "tokenizer.model"
 TRAIN_PIECE_CHARS = 4096  # training sentences are cut to this; sentencepiece skips longer ones
 TRAIN_MAX_PIECES = 100_000  # sentencepiece samples this many pieces (about 400 MB) from larger corpora
@@ -47,7 +49,7 @@ class ByteTokenizer:
     dtype = np.dtype(np.uint8)
     fingerprint = "bytes"
 
-    def __init__(self, bos_id: int = 254):
+    def __init__(self, bos_id: int = BOS):
         if not 0 <= bos_id < 256:
             raise ValueError(f"data.bos_id: {bos_id} is not a byte value")
         self.bos_id = bos_id

@@ -13,14 +13,13 @@ least `window - stride` ids of context before them.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-LN2 = math.log(2)
+from hnet.constants import BOS, LN2
 
 
 def plan_windows(n: int, window: int, stride: int) -> list[tuple[int, int]]:
@@ -62,7 +61,7 @@ def token_nll(model, ids: torch.Tensor, window: int, stride: int, batch_size: in
     return nll
 
 
-def bits_per_byte(model, docs: list[bytes], tokenizer=None, bos_id: int = 254, window: int = 8192,
+def bits_per_byte(model, docs: list[bytes], tokenizer=None, bos_id: int = BOS, window: int = 8192,
                   stride: int | None = None, batch_size: int = 8, progress: bool = False) -> dict:
     """bpb of `model` over `docs` (raw bytes each). tokenizer: None for a byte model, else a BPETokenizer
     (its own BOS is used). stride defaults to window // 2."""
@@ -110,7 +109,7 @@ def evaluate_path(model_path, data, out=None, window: int | None = None, stride:
         raise ValueError(f"{model_path}: a model over {model.config.vocab_size} ids needs the tokenizer of its run "
                          "directory")
     window = window or (config.data.seq_len if config else 8192)
-    bos_id = config.data.bos_id if config else 254
+    bos_id = config.data.bos_id if config else BOS
     result = bits_per_byte(model, docs, tokenizer, bos_id, window, stride, progress=progress)
     result.update(model=str(model_path), data=str(data))
     path = Path(out) if out else (run or Path(model_path)) / "eval" / f"{name}.json"

@@ -18,10 +18,10 @@ from collections.abc import Iterator
 
 import torch
 
+from hnet.constants import BOS
 from hnet.generation.cache import select_rows
 from hnet.generation.sampling import check_sampling, sample
 
-BOS = 254  # prepended to every prompt, as the official generate.py and our loader do
 
 
 @torch.inference_mode()

@@ -139,17 +139,17 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
     if routing_stages and dc.tokenizer == "bytes" and accelerator.is_main_process:
         scored = structure_snippet((data.val.doc(i) for i in range(data.val.num_docs)), STRUCTURE_SNIPPET_BYTES)
 
-    def evaluation(step):
+    def evaluation(step, **extra):
         result = validation()
         if scored:
             result.update(structure_fields(raw_model, scored))
-        metrics.write(dict(step=step, **result))
+        metrics.write(dict(step=step, **extra, **result))
         return result
 
     monitor = CollapseMonitor(objective.targets)
     initial = None
     if start_step == 0:
-        initial = evaluation(0)
+        initial = evaluation(0, processes=world)
     bar = tqdm(total=tc.max_steps, initial=start_step, disable=not (progress and accelerator.is_main_process), desc="train")
     last_eval, window_start, window_ids, window_bytes = initial, time.perf_counter(), 0, 0
     collapsed = [False] * routing_stages
