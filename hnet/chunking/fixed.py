@@ -187,8 +187,7 @@ class EveryNthRouting(RoutingModule):
 def route_every(model, every) -> None:
     """Route each chunking stage s of `model` at one boundary every round(every[s]) positions of each
     sequence (`EveryNthRouting`, which keeps the stage's router parameters), e.g. at its ratio targets."""
-    from hnet.models.hnet import HNet  # not at the top: hnet.models imports this module
-
-    stages = [m for m in model.modules() if isinstance(m, HNet) and not m.is_innermost]
+    # the model's chunking stages: the modules that hold a router (chunking knows no model classes)
+    stages = [m for m in model.modules() if isinstance(getattr(m, "routing_module", None), RoutingModule)]
     for stage in stages:
         stage.routing_module = EveryNthRouting.replacing(stage.routing_module, round(every[stage.stage]))
