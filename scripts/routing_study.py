@@ -7,9 +7,10 @@ its data, at budgets a user can afford.
     python scripts/routing_study.py --dry-run                            # tiny arms on CPU: checks the code
 
 Each arm is the `small` text 1-stage preset (configs/text/hnet_1stage_small.json) with a few fields changed
-(ARMS), trained by `hnet train` on the same bytes per optimizer step (8 x 8192, as 4 micro-batches of 2 so
-that ten arms share one GPU's memory) for `--budget-bytes` training bytes; besides them the 2-stage text
-preset (does its second stage collapse?) and the DNA 1-stage preset (codon-frame structure). Small models
+(ARMS), trained by `hnet train` on the same bytes per optimizer step (8 x 8192, as micro-batches of
+`--micro-rows` sequences so that several arms share one GPU's memory) for `--budget-bytes` training
+bytes; besides them the 2-stage text preset (does its second stage collapse?) and the DNA 1-stage preset
+(codon-frame structure). Small models
 leave most of a GPU idle, so the arms run as parallel processes on one GPU. A run's metrics (routing
 diagnostics at every log step, structure scores on its validation snippet at every evaluation) are all the
 report needs: checkpoints are deleted when a run ends, so the runs directory travels. An arm whose
@@ -40,20 +41,21 @@ ARMS = {
     "target4": (TEXT_1STAGE, ["train.ratio_targets=[4.0]"], "N = 4: closer to the ~4.5 bytes of an English word and its space"),
     "router_lr4": (TEXT_1STAGE, ["train.router_lr_multiplier=4.0"], "the routing module's lr x4"),
     "band4-8": (TEXT_1STAGE, ["train.ratio_loss_bands=[[4.0,8.0]]"], "the band ratio loss: free between 4 and 8 bytes per chunk"),
-    "batch4x": (TEXT_1STAGE, ["train.batch_size=32", "train.grad_accum=16"],
+    "batch4x": (TEXT_1STAGE, ["train.batch_size=32"],
                 "4x the bytes per optimizer step (256K; the paper's is 2M), same bytes in all"),
     "2stage": ("configs/text/hnet_2stage_small.json", [], "the 2-stage preset: N = (3, 3)"),
     "dna": ("configs/dna/hnet_1stage_small.json", [], "DNA, 1-stage preset"),
 }
 EVALS = 8  # evaluations per run, so curves have points
-MICRO_ROWS = 2  # sequences per micro-batch
+MICRO_ROWS = 4  # sequences per micro-batch (--micro-rows): fewer lets more arms share a GPU's memory
 DRY_RUN = ["data.seq_len=128", "train.eval_batches=2", "data.max_bytes=100000"]
 DRY_RUN_MODEL = {"arch_layout": ["m1", ["T1"], "m1"], "d_model": [32, 64], "d_intermediate": [0, 128], "vocab_size": 256,
                  "ssm_cfg": {"chunk_size": 16, "d_conv": 4, "d_state": 8, "expand": 2},
                  "attn_cfg": {"num_heads": [1, 2], "rotary_emb_dim": [16, 16], "window_size": [-1, -1]}}
 
 
-def arm_config(name: str, budget_bytes: int, data_paths: dict[str, str | None], dry_run: bool) -> dict:
+def arm_config(name: str, budget_bytes: int, data_paths: dict[str, str | None], dry_run: bool,
+               micro_rows: int = MICRO_ROWS) -> dict:
     """The run config dict of an arm: its preset, its overrides, the study's budget and cadence."""
     from hnet.config import RunConfig, apply_overrides, read_json
 
@@ -71,8 +73,7 @@ def arm_config(name: str, budget_bytes: int, data_paths: dict[str, str | None], 
             raw["data"]["source"] = "text"  # a folder of one .txt(.gz) per document
     raw = apply_overrides(raw, overrides)
     batch = raw["train"]["batch_size"]
-    if "train.grad_accum=16" not in overrides:
-        raw["train"]["grad_accum"] = batch // MICRO_ROWS if not dry_run else 1
+    raw["train"]["grad_accum"] = max(1, batch // micro_rows) if not dry_run else 1
     bytes_per_step = batch * raw["data"]["seq_len"]
     steps = max(EVALS, budget_bytes // bytes_per_step)
     raw["train"].update(max_steps=steps, eval_every=max(1, steps // EVALS), log_every=max(1, steps // 80),
@@ -93,13 +94,14 @@ def finished(run_dir: Path, config: dict) -> bool:
     return any("val_bpb" in r and r["step"] >= config["train"]["max_steps"] for r in read_metrics(run_dir / "run"))
 
 
-def train_arms(names: list[str], runs_dir: Path, budget_bytes: int, parallel: int, data_paths: dict, dry_run: bool) -> None:
+def train_arms(names: list[str], runs_dir: Path, budget_bytes: int, parallel: int, data_paths: dict, dry_run: bool,
+               micro_rows: int = MICRO_ROWS) -> None:
     """Each arm as its own `hnet train` process, `parallel` at a time; the shard caches are prepared
     first, one process per corpus, so the arms do not race to write them."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     todo = []
     for name in names:
-        config = arm_config(name, budget_bytes, data_paths, dry_run)
+        config = arm_config(name, budget_bytes, data_paths, dry_run, micro_rows)
         run_dir = runs_dir / name
         if finished(run_dir, config):
             print(f"{name}: finished earlier, skipped")
@@ -290,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated, of: " + ", ".join(ARMS))
     parser.add_argument("--budget-bytes", type=int, default=100_000_000)
     parser.add_argument("--parallel", type=int, default=len(ARMS), help="arms trained at once")
+    parser.add_argument("--micro-rows", type=int, default=MICRO_ROWS, help="sequences per micro-batch")
     parser.add_argument("--text-data", help="the books: a .jsonl(.gz) or a folder of one .txt(.gz) per book")
     parser.add_argument("--dna-data", help="a FASTA(.gz) of genomes")
     parser.add_argument("--report", action="store_true", help="write the section of --doc from the runs, no training")
@@ -316,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU", "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d"), "parallel": args.parallel}))
         train_arms(names, runs_dir, args.budget_bytes, args.parallel,
-                   {"text": args.text_data, "dna": args.dna_data}, dry_run=False)
+                   {"text": args.text_data, "dna": args.dna_data}, dry_run=False, micro_rows=args.micro_rows)
     command = "python scripts/routing_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
     findings = Path(args.findings).read_text().strip() if args.findings else None
     write_report(runs_dir, Path(args.doc), Path(args.doc).parent / "routing", command, findings)
