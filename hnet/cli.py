@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true")
     group.add_argument("--overwrite", action="store_true")
+    p.add_argument("--allow-lr-change", action="store_true",
+                   help="with --resume: apply a changed train.lr or schedule from the next step on")
 
     p = sub.add_parser("quickstart", help="train a tiny H-Net, BPE Transformer and byte Transformer, then compare")
     p.add_argument("--out", default="runs/quickstart")
@@ -87,7 +89,9 @@ def _train(args) -> None:
     from hnet.training import load_run_config, train
 
     config = load_run_config(args.config, args.set, args.max_steps)
-    result = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
+    if args.allow_lr_change and not args.resume:
+        raise ValueError("--allow-lr-change applies to --resume only")
+    result = train(config, args.out, resume=args.resume, overwrite=args.overwrite, allow_lr_change=args.allow_lr_change)
     lines = [f"run directory: {result.run_dir}"]
     if result.initial_val_bpb is not None:
         lines.append(f"validation bits per byte: {result.initial_val_bpb:.3f} before training -> {result.val_bpb:.3f} after {result.step} steps")

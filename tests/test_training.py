@@ -42,6 +42,15 @@ def write_config(tmp_path, data: dict, name="run.json") -> Path:
     return path
 
 
+def snapshot(folder: Path) -> dict:
+    """Every file under `folder` with its bytes: what a refused command must leave as it was."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def weights(run_dir: Path) -> dict:
     return load_file(str(latest_checkpoint(run_dir) / "model.safetensors"))
 
@@ -87,6 +96,52 @@ def test_bad_config_names_field_and_file_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     assert main(["train", str(path), "--out", str(tmp_path / "run"), "--set", "train.schedule=wsd", "--set", "data.path=nope.txt"]) == 2
     assert "nope.txt" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # the data is checked before the run directory is made
+
+
+def test_resume_with_another_model_is_refused_and_changes_nothing(tmp_path, capsys):
+    path = write_config(tmp_path, tiny_run_config(tmp_path, max_steps=3))
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(out)]) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(["train", str(path), "--out", str(out), "--resume", "--set", "model.d_model=[32,128]",
+                 "--set", "train.grad_clip=0.5", "--max-steps", "6"]) == 2
+    err = capsys.readouterr().err
+    assert "model.d_model ([32, 64] -> [32, 128])" in err and "train.grad_clip (1.0 -> 0.5)" in err
+    assert "train.max_steps" not in err.split("differs")[1].split(";")[0]  # a field that may change is not listed
+    assert snapshot(out) == before  # run.json above all: compare reads the parameter count from it
+
+
+def test_resume_applies_max_steps_and_records_the_change(tmp_path):
+    path = write_config(tmp_path, tiny_run_config(tmp_path, max_steps=3))
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(out)]) == 0
+    assert main(["train", str(path), "--out", str(out), "--resume", "--max-steps", "6", "--set", "train.log_every=2"]) == 0
+    assert latest_checkpoint(out).name == "step_000006"
+    events = [r for r in records(out) if "event" in r]
+    assert events == [dict(events[0], step=3, event="resume",
+                           changed={"train.log_every": [1, 2], "train.max_steps": [3, 6]})]
+    assert json.loads((out / "run.json").read_text())["train"]["max_steps"] == 6
+
+
+def test_a_new_lr_on_resume_needs_the_flag_and_is_then_what_the_optimizer_uses(tmp_path, capsys):
+    path = write_config(tmp_path, tiny_run_config(tmp_path))
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(out)]) == 0
+    first = {r["step"]: r["lr"] for r in records(out) if "lr" in r}
+    shutil.rmtree(out / "checkpoints" / "step_000006")
+    before = snapshot(out)
+    assert main(["train", str(path), "--out", str(out), "--resume", "--set", "train.lr=0.006"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr (0.003 -> 0.006)" in err and "--allow-lr-change" in err
+    assert snapshot(out) == before
+    assert main(["train", str(path), "--out", str(out), "--resume", "--set", "train.lr=0.006", "--allow-lr-change"]) == 0
+    resumed = {r["step"]: r["lr"] for r in records(out)[len(first) + 3:] if "lr" in r}  # after the 3 evals/event
+    assert sorted(resumed) == [4, 5, 6]
+    for step, lr in resumed.items():
+        assert lr == pytest.approx(2 * first[step]), step
+    assert json.loads((out / "run.json").read_text())["train"]["lr"] == 0.006
 
 
 def test_crash_mid_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
