@@ -197,14 +197,25 @@ def quickstart(configs: list[str], out: str, max_steps: int | None = None) -> No
           f"  hnet inspect {runs[0]} --text TEXT\n  hnet generate {runs[0]} --prompt TEXT")
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """What a user can cause: bad values, and files that are missing, unreadable, damaged or that do not fit
+    on the disk (OSError covers a full disk, a bad .gz, a permission). A bug still shows its traceback."""
+    import pickle
+
+    from hnet.training import TrainingError
+
+    return ValueError, OSError, EOFError, pickle.UnpicklingError, TrainingError
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except user_errors() as e:
         if args.debug:
             raise
-        print(f"hnet {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"hnet {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -1,6 +1,7 @@
 """The training loop: exact resume, several processes, atomic checkpoints, divergence guard, learning."""
 
 import json
+import errno
 import os
 import shutil
 import subprocess
@@ -162,6 +163,90 @@ def test_crash_mid_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     monkeypatch.undo()
     train(config, tmp_path / "run", resume=True, progress=False)  # and it resumes from there
     assert latest_checkpoint(tmp_path / "run").name == "step_000006"
+
+
+def test_a_full_disk_names_the_file_and_the_last_complete_checkpoint(tmp_path, monkeypatch, capsys):
+    path = write_config(tmp_path, tiny_run_config(tmp_path))
+    out = tmp_path / "run"
+    real_save = torch.save
+
+    def full_disk(obj, file, *a, **k):
+        if "step_000006" in str(file):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, file, *a, **k)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
+    assert main(["train", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert (f"hnet train: error: no space left on device while writing {out / 'checkpoints' / 'step_000006' / 'optimizer.pt'}; "
+                        f"the last complete checkpoint is step 3 ({out / 'checkpoints' / 'step_000003'})\n") in err
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_000003"]  # no partial folder left
+
+
+def test_resume_falls_back_past_a_truncated_checkpoint_and_readers_name_it(tmp_path, capsys):
+    path = write_config(tmp_path, tiny_run_config(tmp_path))
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(out)]) == 0
+    broken = out / "checkpoints" / "step_000006" / "model.safetensors"
+    broken.write_bytes(broken.read_bytes()[:-100])
+    capsys.readouterr()
+    for argv in (["eval", str(out), "--data", str(SHAKESPEARE)], ["generate", str(out), "--prompt", "To"],
+                 ["inspect", str(out), "--text", "To be"]):
+        before = snapshot(out)
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(broken) in err and "truncated" in err, err
+        assert "intact checkpoints: step_000003" in err
+        assert snapshot(out) == before
+    optimizer = out / "checkpoints" / "step_000003" / "optimizer.pt"
+    assert main(["train", str(path), "--out", str(out), "--resume", "--max-steps", "9"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {broken} has" in err and "skipping checkpoint step_000006" in err
+    assert [r["step"] for r in records(out) if r.get("event") == "resume"] == [3]  # it went on from step 3
+    assert latest_checkpoint(out).name == "step_000009" and not optimizer.exists()  # keep 2: 6 (rewritten), 9
+
+
+def test_a_deletion_cut_short_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
+    from hnet.models import checkpoint_problem, checkpoints
+
+    config = RunConfig.from_dict(tiny_run_config(tmp_path, keep_checkpoints=1))
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(folder, *a, **k):
+        if "step_000003" in str(folder) and not k.get("ignore_errors"):
+            next(p for p in Path(folder).iterdir() if p.name == "model.safetensors").unlink()
+            raise KeyboardInterrupt  # the process dies between two files
+        return real_rmtree(folder, *a, **k)
+
+    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    remaining = checkpoints(tmp_path / "run")
+    assert [c.name for c in remaining] == ["step_000006"] and checkpoint_problem(remaining[0]) is None
+
+
+def test_resume_with_another_tokenizer_of_the_same_size_is_refused(tmp_path, capsys):
+    from hnet.data import Document, train_bpe
+
+    data = tiny_run_config(tmp_path, max_steps=3)
+    del data["train"]["ratio_targets"]
+    data.update(model_type="isotropic", model={
+        "arch_layout": ["T1"], "d_model": [32], "d_intermediate": [64], "vocab_size": 400,
+        "attn_cfg": {"num_heads": [2], "rotary_emb_dim": [16], "window_size": [-1]}})
+    data["data"].update(tokenizer="bpe", vocab_size=400)
+    path = write_config(tmp_path, data)
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(out)]) == 0
+    shakespeare = (REPO / "hnet" / "samples" / "tinyshakespeare.txt").read_bytes()[40000:80000]
+    other = train_bpe([Document(shakespeare)], 400, tmp_path / "other")  # other text, the same size
+    (out / "tokenizer" / "tokenizer.model").write_bytes(other.path.read_bytes())
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(["train", str(path), "--out", str(out), "--resume", "--max-steps", "6"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "tokenizer.model: not the tokenizer that" in err and "step_000003" in err, err
+    assert snapshot(out) == before
 
 
 def test_non_finite_loss_stops_naming_the_step(tmp_path, monkeypatch):

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from hnet.chunking.diagnostics import CollapseMonitor, routing_diagnostics, routing_sums
 from hnet.config import RunConfig, apply_overrides, read_json
 from hnet.constants import IGNORE_INDEX, LN2
-from hnet.training.checkpoint import latest_checkpoint, load_checkpoint_state, save_checkpoint
+from hnet.models import checkpoint_problem
+from hnet.training.checkpoint import latest_checkpoint, load_checkpoint_state, newest_intact_checkpoint, save_checkpoint
 from hnet.training.lock import LOCK_NAME, RunLock
 from hnet.training.metrics import MetricsWriter, bytes_per_chunk, chunk_counts
 from hnet.training.model import model_for_run
@@ -100,7 +101,12 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, overwrite: b
     if resume:
         if existing is None:
             raise ValueError(f"{run_dir}: --resume given, but the run directory has no checkpoint")
-        return existing, resume_changes(run_dir, config, allow_lr_change)
+        changes = resume_changes(run_dir, config, allow_lr_change)
+        intact = newest_intact_checkpoint(run_dir)
+        if intact is None:
+            raise ValueError(f"{run_dir}: --resume given, but no checkpoint is intact ({checkpoint_problem(existing)}); "
+                             "start again with --overwrite")
+        return intact, changes
     if existing is not None or (run_dir / "metrics.jsonl").exists():
         if not overwrite:
             raise FileExistsError(f"{run_dir}: the run directory already holds a run; pass --resume or --overwrite")
@@ -160,7 +166,7 @@ def _train(config: RunConfig, run_dir: Path, accelerator, resume: bool, overwrit
         resume_from, changes = prepare_run_dir(run_dir, config, resume, overwrite, allow_lr_change)
     accelerator.wait_for_everyone()
     if resume and resume_from is None:
-        resume_from = latest_checkpoint(run_dir)
+        resume_from = newest_intact_checkpoint(run_dir)
 
     torch.manual_seed(tc.seed)
     tokenizer, split_docs = tokenizer_and_split(dc, run_dir, is_main=accelerator.is_main_process,
@@ -183,6 +189,10 @@ def _train(config: RunConfig, run_dir: Path, accelerator, resume: bool, overwrit
     if resume_from is not None:
         fresh_base_lrs = list(schedule.base_lrs)
         state = load_checkpoint_state(resume_from, model, optimizer)
+        if state.get("tokenizer", tokenizer.fingerprint) != tokenizer.fingerprint:
+            raise ValueError(f"{tokenizer_file(tokenizer)}: not the tokenizer that {resume_from} was trained with "
+                             f"(sha256 {tokenizer.fingerprint[:12]}..., the checkpoint records "
+                             f"{state['tokenizer'][:12]}...); put the run's own tokenizer back")
         schedule.load_state_dict(state["scheduler"])
         if changes:
             apply_schedule_change(schedule, fresh_base_lrs)
@@ -275,12 +285,17 @@ def _train(config: RunConfig, run_dir: Path, accelerator, resume: bool, overwrit
             if snippet and routing_stages and accelerator.is_main_process:
                 _write_boundaries(raw_model, snippet, run_dir / "boundaries" / f"step_{step:06d}.html")
         if (step % tc.checkpoint_every == 0 or step == tc.max_steps) and accelerator.is_main_process:
-            save_checkpoint(run_dir, step, raw_model, optimizer, {"loader": loader.state_dict(), "scheduler": schedule.state_dict()}, tc.keep_checkpoints)
+            extra = {"loader": loader.state_dict(), "scheduler": schedule.state_dict(), "tokenizer": tokenizer.fingerprint}
+            save_checkpoint(run_dir, step, raw_model, optimizer, extra, tc.keep_checkpoints)
         accelerator.wait_for_everyone()
     bar.close()
     metrics.close()
     return TrainResult(run_dir, step, last_eval and last_eval["val_bpb"], initial and initial["val_bpb"],
                        (last_eval or {}).get("bytes_per_chunk", []))
+
+
+def tokenizer_file(tokenizer) -> str:
+    return str(getattr(tokenizer, "path", "the byte tokenizer"))
 
 
 def structure_fields(model, text: bytes) -> dict:
