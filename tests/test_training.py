@@ -249,6 +249,32 @@ def test_resume_with_another_tokenizer_of_the_same_size_is_refused(tmp_path, cap
     assert snapshot(out) == before
 
 
+def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over(tmp_path, capsys):
+    path = write_config(tmp_path, tiny_run_config(tmp_path, max_steps=3))
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(out)]) == 0
+    holder = subprocess.Popen(  # another training process, as far as the lock can tell
+        [sys.executable, "-c", "import sys, time; from hnet.training.lock import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
+         "print('locked', flush=True); time.sleep(120)", str(out)],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        before = snapshot(out)
+        capsys.readouterr()
+        for extra in (["--overwrite"], ["--resume", "--max-steps", "6"]):
+            assert main(["train", str(path), "--out", str(out), *extra]) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and f"process {holder.pid} on host " in err, err
+            assert "is training in this run directory" in err
+            assert snapshot(out) == before  # --overwrite deleted nothing
+    finally:
+        holder.kill()  # dies holding the lock: the kernel frees it, the file still names it
+        holder.wait()
+    assert main(["train", str(path), "--out", str(out), "--resume", "--max-steps", "6"]) == 0
+    assert f"taking over the lock of process {holder.pid} on host" in capsys.readouterr().err
+    assert latest_checkpoint(out).name == "step_000006" and (out / ".lock").read_text() == ""
+
+
 def test_non_finite_loss_stops_naming_the_step(tmp_path, monkeypatch):
     config = RunConfig.from_dict(tiny_run_config(tmp_path))
     real = step_module.forward_loss
