@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -221,6 +222,8 @@ def check_layout(layout: Any, source: str = "<dict>", path: str = "arch_layout")
     for s in strings:
         if not isinstance(s, str) or not LAYOUT_RE.match(s):
             bad(f"{s!r} is not a layer string like 'm4', 'T22' or 'm4T1'")
+        if any(int(count) == 0 for _, count in LAYER_RE.findall(s)):
+            bad(f"{s!r} names a block of zero layers; every level needs at least one layer")
     if len(layout) == 1:
         return 1
     return 1 + check_layout(layout[1], source, path)
@@ -346,6 +349,7 @@ class RunConfig:
             value = getattr(getattr(self, group), attr)
             if value <= 0:
                 raise ValueError(f"{source}: field '{name}' has value {value!r}; must be positive")
+        self._validate_numbers(source)
         if not 0.0 < self.data.val_fraction < 1.0:
             raise ValueError(f"{source}: field 'data.val_fraction' has value {self.data.val_fraction!r}; must be in (0, 1)")
         routing_stages = self.model.num_stages - 1
@@ -359,6 +363,45 @@ class RunConfig:
         if self.train.ratio_targets is not None and any(n <= 1 for n in self.train.ratio_targets):
             raise ValueError(f"{source}: field 'train.ratio_targets' has value {self.train.ratio_targets!r}; each N must be > 1")
         self._validate_routing_recipe(source, routing_stages)
+
+    def _validate_numbers(self, source: str) -> None:
+        """Every number finite (JSON lets NaN and Infinity through), and each in the range it means."""
+        def bad(name, value, why):
+            raise ValueError(f"{source}: field '{name}' has value {value!r}; {why}")
+
+        for group in ("data", "train"):
+            for f in dataclasses.fields(getattr(self, group)):
+                value = getattr(getattr(self, group), f.name)
+                flat = value if isinstance(value, list) else [value]
+                flat = [y for x in flat for y in (x if isinstance(x, list) else [x])]
+                if any(isinstance(x, float) and not math.isfinite(x) for x in flat):
+                    bad(f"{group}.{f.name}", value, "must be a finite number")
+        tc, dc = self.train, self.data
+        if tc.lr <= 0:
+            bad("train.lr", tc.lr, "must be positive")
+        if tc.weight_decay < 0:
+            bad("train.weight_decay", tc.weight_decay, "must be >= 0")
+        if len(tc.betas) != 2 or not all(0 <= b < 1 for b in tc.betas):
+            bad("train.betas", tc.betas, "two numbers in [0, 1)")
+        if tc.lr_multipliers is not None and any(m <= 0 for m in tc.lr_multipliers):
+            bad("train.lr_multipliers", tc.lr_multipliers, "each must be positive")
+        for name in ("warmup_fraction", "decay_fraction", "min_lr_fraction"):
+            if not 0 <= getattr(tc, name) <= 1:
+                bad(f"train.{name}", getattr(tc, name), "must be in [0, 1]")
+        if tc.warmup_fraction + tc.decay_fraction > 1:
+            bad("train.decay_fraction", tc.decay_fraction, f"warmup_fraction + decay_fraction must be at most 1 "
+                f"(warmup_fraction is {tc.warmup_fraction})")
+        if tc.grad_clip < 0:
+            bad("train.grad_clip", tc.grad_clip, "must be >= 0 (0: no clipping)")
+        if tc.seed < 0:
+            bad("train.seed", tc.seed, "must be >= 0")
+        if tc.eval_batches <= 0:
+            bad("train.eval_batches", tc.eval_batches, "must be positive")
+        for name in ("val_bytes", "max_bytes"):
+            if getattr(dc, name) is not None and getattr(dc, name) <= 0:
+                bad(f"data.{name}", getattr(dc, name), "must be positive (or left out)")
+        if dc.vocab_size <= 0:
+            bad("data.vocab_size", dc.vocab_size, "must be positive")
 
     def _validate_routing_recipe(self, source: str, routing_stages: int) -> None:
         tc = self.train
