@@ -10,7 +10,7 @@ import argparse
 import sys
 
 
-QUICKSTART_CONFIGS = [f"configs/text/{name}_tiny.json" for name in ("hnet_1stage", "bpe_transformer", "transformer")]
+QUICKSTART_CONFIGS = [f"text/{name}_tiny" for name in ("hnet_1stage", "bpe_transformer", "transformer")]  # presets
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model from a run config")
-    p.add_argument("config")
+    p.add_argument("config", help="a run config file, or a preset by name (text/hnet_1stage_tiny)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")

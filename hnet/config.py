@@ -235,7 +235,48 @@ def layout_depth(layout: list) -> int:
 
 # ---------------------------------------------------------------------------------------------------
 # Run config: data + training (ours). Paths inside are relative to the working directory, except that
-# a path starting with "package:" names a file bundled in the `hnet/samples/` folder of the package.
+# a path starting with "package:" names a file bundled in the `hnet/samples/` folder of the package, and
+# that a preset's relative paths are relative to the folder that holds the package (the repository root
+# of a clone), so a preset reads the same files from any working directory.
+
+PRESETS_DIR = Path(__file__).resolve().parent / "configs"  # hnet/configs/<data>/<model>_<size>.json
+PATH_FIELDS = (("data", "path"), ("data", "tokenizer_path"), (None, "fixed_tokenizer_path"))
+
+
+def find_config(name: str | Path) -> Path:
+    """A run config by path, or a preset by name: "text/hnet_1stage_tiny" (".json" may be given)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    preset = PRESETS_DIR / path.with_suffix(".json") if path.suffix in ("", ".json") else None
+    if preset is not None and preset.is_file():
+        return preset
+    kinds = ", ".join(sorted(p.name for p in PRESETS_DIR.iterdir() if p.is_dir())) if PRESETS_DIR.is_dir() else ""
+    raise ValueError(f"{name}: config file does not exist, and it is not a preset name like "
+                     f"text/hnet_1stage_tiny (presets: {PRESETS_DIR}/{{{kinds}}}/*.json)")
+
+
+def read_run_json(name: str | Path) -> tuple[dict, Path]:
+    """The JSON of a run config found by `find_config`, with a preset's relative paths made absolute."""
+    path = find_config(name)
+    data = read_json(path)
+    if path.resolve().is_relative_to(PRESETS_DIR) and isinstance(data, dict):
+        root = PRESETS_DIR.parent.parent
+        for group, key in PATH_FIELDS:
+            node = data.get(group) if group else data
+            if not isinstance(node, dict) or key not in node:
+                continue
+            value = node[key]
+            anchored = [_anchor(v, root) for v in value] if isinstance(value, list) else _anchor(value, root)
+            node[key] = anchored
+    return data, path
+
+
+def _anchor(value, root: Path):
+    if not isinstance(value, str) or not value or value.startswith("package:") or Path(value).is_absolute():
+        return value
+    return str(root / value)
+
 
 
 @dataclass
@@ -316,7 +357,9 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "RunConfig":
-        return cls.from_dict(read_json(path), str(path))
+        """From a file, or a preset by name (`find_config`)."""
+        data, found = read_run_json(path)
+        return cls.from_dict(data, str(found))
 
     def to_dict(self) -> dict:
         return to_dict(self)

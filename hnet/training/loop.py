@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from hnet.chunking.diagnostics import CollapseMonitor, routing_diagnostics, routing_sums
-from hnet.config import RunConfig, apply_overrides, read_json
+from hnet.config import RunConfig, apply_overrides, read_run_json
 from hnet.constants import IGNORE_INDEX, LN2
 from hnet.models import checkpoint_problem
 from hnet.training.checkpoint import latest_checkpoint, load_checkpoint_state, newest_intact_checkpoint, save_checkpoint
@@ -315,7 +315,8 @@ def _write_boundaries(model, snippet: bytes, path: Path) -> None:
 
 
 def load_run_config(path: str | Path, overrides: list[str] = (), max_steps: int | None = None) -> RunConfig:
-    data = read_json(path)
+    """A run config from a file or a preset name, with `--set` overrides and `--max-steps` applied."""
+    data, path = read_run_json(path)
     if max_steps is not None:
         overrides = [*overrides, f"train.max_steps={max_steps}"]
     if overrides:
