@@ -10,6 +10,9 @@ __all__ = ["HNet", "HNetForCausalLM", "HNetFixedForCausalLM", "ModelOutput", "lo
            "latest_checkpoint", "checkpoints", "checkpoint_problem", "file_record", "model_dir"]
 
 
+READERS_SKIP = ("optimizer.pt",)  # a model is read without its optimizer state
+
+
 def checkpoints(run_dir) -> list[Path]:
     """The complete checkpoints of a run directory, oldest first (temporary, unfinished ones and ones
     being deleted are ignored: only a folder under its final name counts)."""
@@ -31,9 +34,9 @@ def file_record(path: Path) -> dict:
     return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def checkpoint_problem(checkpoint: Path) -> str | None:
-    """None if the checkpoint's files are those its state.json recorded, else what is wrong (naming the
-    file). Checkpoints written before the record existed are taken as they are."""
+def checkpoint_problem(checkpoint: Path, skip: tuple[str, ...] = ()) -> str | None:
+    """None if the checkpoint's files (but those in `skip`) are those its state.json recorded, else what
+    is wrong (naming the file). Checkpoints written before the record existed are taken as they are."""
     state = checkpoint / "state.json"
     if not state.is_file():
         return None
@@ -42,6 +45,8 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     except json.JSONDecodeError:
         return f"{state} is not valid JSON"
     for name, want in files.items():
+        if name in skip:
+            continue
         path = checkpoint / name
         if not path.is_file():
             return f"{path} is missing"
@@ -64,10 +69,11 @@ def model_dir(path) -> Path:
         if checkpoint is None:
             raise ValueError(f"{path}: the run has no checkpoint yet")
         path = checkpoint
-    problem = checkpoint_problem(path)
+    problem = checkpoint_problem(path, skip=READERS_SKIP)
     if problem:
         run = path.parent.parent if path.parent.name == "checkpoints" else None
-        intact = [c.name for c in (checkpoints(run) if run else []) if c != path and checkpoint_problem(c) is None]
+        intact = [c.name for c in (checkpoints(run) if run else [])
+                  if c != path and checkpoint_problem(c, skip=READERS_SKIP) is None]
         others = (f"intact checkpoints: {', '.join(intact)} (give one of them as the model path)" if intact
                   else "no intact checkpoint remains")
         raise ValueError(f"{problem}; {others}")

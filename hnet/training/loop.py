@@ -58,10 +58,11 @@ def evaluate(model, batches, token_bytes=None) -> dict:
     return result
 
 
-# What a resumed run may change: how far it trains and when it logs, evaluates and checkpoints. The
-# learning rate and its schedule only with `allow_lr_change`: they change what the optimizer does next.
+# What a resumed run may change: how far it trains, when it logs, evaluates and checkpoints, and where the
+# shard cache lives (the shards' content does not depend on it). The learning rate and its schedule only
+# with `allow_lr_change`: they change what the optimizer does next.
 RESUME_MAY_CHANGE = ("train.max_steps", "train.eval_every", "train.log_every", "train.checkpoint_every",
-                     "train.keep_checkpoints")
+                     "train.keep_checkpoints", "data.cache_dir")
 RESUME_LR_FIELDS = ("train.lr", "train.schedule", "train.warmup_fraction", "train.decay_fraction",
                     "train.min_lr_fraction")
 
@@ -199,7 +200,9 @@ def _train(config: RunConfig, run_dir: Path, accelerator, resume: bool, overwrit
         loader.load_state_dict(state["loader"])
         start_step = state["step"]
     if accelerator.is_main_process:  # only once the checks have passed and the data and model are there
-        (run_dir / "run.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+        tmp = run_dir / ".run.json.tmp"
+        tmp.write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+        tmp.replace(run_dir / "run.json")  # whole or not at all
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
 
