@@ -134,3 +134,6 @@ def test_a_killed_writers_temporary_folder_is_removed_by_the_next_run(corpus, tm
     prepare_data(config(corpus, tmp_path))
     assert not leftover.exists() and live.exists() and other_host.exists()
     assert len([e for e in entries(tmp_path) if not e.startswith(".")]) == 1
+    leftover.mkdir()
+    prepare_data(config(corpus, tmp_path))  # a cache hit cleans up too
+    assert not leftover.exists()

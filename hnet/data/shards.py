@@ -96,6 +96,7 @@ def prepare_data(cfg: DataConfig, tokenizer: ByteTokenizer | BPETokenizer | None
     }
     key = hashlib.sha256(json.dumps(key_inputs, sort_keys=True).encode()).hexdigest()[:16]
     entry = cache_root(cfg) / f"{cfg.kind}-{key}"
+    remove_stale_temporaries(entry.parent)  # on a cache hit too
     if not entry.is_dir():
         _write_entry(entry, split_docs or read_split(cfg), tokenizer, key_inputs)
     data = _open_entry(entry, tokenizer)
@@ -106,7 +107,6 @@ def prepare_data(cfg: DataConfig, tokenizer: ByteTokenizer | BPETokenizer | None
 
 def _write_entry(entry: Path, split_docs, tokenizer, key_inputs: dict) -> None:
     entry.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(entry.parent)
     # host and pid in the name: a later run can tell a killed writer's leftover from a live writer's work
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.{socket.gethostname()}.{os.getpid()}.", dir=entry.parent))
     try:
