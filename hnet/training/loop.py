@@ -166,8 +166,9 @@ def _train(config: RunConfig, run_dir: Path, accelerator, resume: bool, overwrit
     if accelerator.is_main_process:
         resume_from, changes = prepare_run_dir(run_dir, config, resume, overwrite, allow_lr_change)
     accelerator.wait_for_everyone()
-    if resume and resume_from is None:
+    if resume and resume_from is None:  # another process: the main one's checks passed, take their results
         resume_from = newest_intact_checkpoint(run_dir)
+        changes = resume_changes(run_dir, config, allow_lr_change)  # run.json is rewritten only after a barrier
 
     torch.manual_seed(tc.seed)
     tokenizer, split_docs = tokenizer_and_split(dc, run_dir, is_main=accelerator.is_main_process,
@@ -191,7 +192,7 @@ def _train(config: RunConfig, run_dir: Path, accelerator, resume: bool, overwrit
         fresh_base_lrs = list(schedule.base_lrs)
         state = load_checkpoint_state(resume_from, model, optimizer)
         if state.get("tokenizer", tokenizer.fingerprint) != tokenizer.fingerprint:
-            raise ValueError(f"{tokenizer_file(tokenizer)}: not the tokenizer that {resume_from} was trained with "
+            raise ValueError(f"{_tokenizer_file(tokenizer)}: not the tokenizer that {resume_from} was trained with "
                              f"(sha256 {tokenizer.fingerprint[:12]}..., the checkpoint records "
                              f"{state['tokenizer'][:12]}...); put the run's own tokenizer back")
         schedule.load_state_dict(state["scheduler"])
@@ -297,7 +298,7 @@ def _train(config: RunConfig, run_dir: Path, accelerator, resume: bool, overwrit
                        (last_eval or {}).get("bytes_per_chunk", []))
 
 
-def tokenizer_file(tokenizer) -> str:
+def _tokenizer_file(tokenizer) -> str:
     return str(getattr(tokenizer, "path", "the byte tokenizer"))
 
 
