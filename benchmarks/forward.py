@@ -29,7 +29,7 @@ from hnet.training.metrics import bytes_per_chunk, chunk_counts
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = [f".ref/configs/hnet_{s}.json" for s in ("1stage_L", "2stage_L", "1stage_XL", "2stage_XL")]
-QUICK_CONFIGS = ["configs/text/hnet_1stage_tiny.json", "configs/text/hnet_2stage_tiny.json"]
+QUICK_CONFIGS = ["hnet/configs/text/hnet_1stage_tiny.json", "hnet/configs/text/hnet_2stage_tiny.json"]
 
 
 def forward_once(model, device, batch: int, seq_len: int, steps: int, warmup: int) -> dict:

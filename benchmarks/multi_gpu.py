@@ -4,7 +4,7 @@ identical 1-process runs beside them (the noise of the GPU's own nondeterminism)
 efficiency at the same global batch and at the same batch per GPU, peak memory per GPU, and the end of each
 moved run beside the run it left.
 
-    python benchmarks/multi_gpu.py configs/text/hnet_1stage_small.json --steps 300 --processes 2 \\
+    python benchmarks/multi_gpu.py hnet/configs/text/hnet_1stage_small.json --steps 300 --processes 2 \\
         --set data.source=text --set data.path=.data/books
     python benchmarks/multi_gpu.py --dry-run      # a tiny preset on 2 CPU processes (gloo), a few seconds
 
@@ -69,7 +69,7 @@ def moved_run(runs: Path, written_by: int, resume_in: int, config: Path, overrid
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", nargs="?", default=str(REPO / "configs" / "text" / "hnet_1stage_small.json"))
+    parser.add_argument("config", nargs="?", default=str(REPO / "hnet" / "configs" / "text" / "hnet_1stage_small.json"))
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--runs-dir", default="runs/multi_gpu")
@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
         return compare(args)
     with tempfile.TemporaryDirectory(prefix="hnet-mgpu-") as tmp:  # a dry run leaves nothing behind
         tmp = Path(tmp)
-        args.config, args.steps, args.processes = str(REPO / "configs" / "text" / "hnet_1stage_tiny.json"), 4, 2
+        args.config, args.steps, args.processes = str(REPO / "hnet" / "configs" / "text" / "hnet_1stage_tiny.json"), 4, 2
         args.runs_dir = str(tmp / "runs")
         args.set = ["data.seq_len=128", "data.max_bytes=20000", "train.eval_batches=1", f"data.cache_dir={tmp / 'cache'}", *args.set]
         return compare(args)

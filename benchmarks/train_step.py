@@ -59,7 +59,7 @@ from hnet.ops.dispatch import kernel_path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = [".ref/configs/hnet_1stage_L.json", ".ref/configs/hnet_2stage_L.json"]
-QUICK_CONFIGS = ["configs/text/hnet_1stage_tiny.json", "configs/text/hnet_2stage_tiny.json"]
+QUICK_CONFIGS = ["hnet/configs/text/hnet_1stage_tiny.json", "hnet/configs/text/hnet_2stage_tiny.json"]
 
 
 def train_step_once(config: HNetConfig, device, batch: int, seq_len: int, steps: int, warmup: int,

@@ -1,7 +1,7 @@
 """Bytes/s and peak memory of one training step of a preset, exactly as `hnet train` takes it.
 
     python benchmarks/train_throughput.py                                  # text small presets, CUDA, bf16
-    python benchmarks/train_throughput.py configs/text/hnet_1stage_small.json --steps 20
+    python benchmarks/train_throughput.py hnet/configs/text/hnet_1stage_small.json --steps 20
     python benchmarks/train_throughput.py --device cpu --quick             # tiny preset: checks that it runs
 
 A step is the loop's own: forward in bf16 autocast (fp32 on CPU) on packed batches of the preset's
@@ -36,7 +36,7 @@ def measure(config_path: str, device, steps: int, warmup: int) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("configs", nargs="*", default=["configs/text/hnet_1stage_small.json", "configs/text/hnet_2stage_small.json"])
+    parser.add_argument("configs", nargs="*", default=["hnet/configs/text/hnet_1stage_small.json", "hnet/configs/text/hnet_2stage_small.json"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
@@ -46,7 +46,7 @@ def main():
     device = torch.device(args.device)
     configs = args.configs
     if args.quick:
-        configs, args.steps, args.warmup = ["configs/text/hnet_1stage_tiny.json"], 2, 1
+        configs, args.steps, args.warmup = ["hnet/configs/text/hnet_1stage_tiny.json"], 2, 1
     name, _ = device_info(device)
     print(f"device: {name}; torch {torch.__version__}")
     results = [measure(c, device, args.steps, args.warmup) for c in configs]

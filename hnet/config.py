@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -221,6 +222,8 @@ def check_layout(layout: Any, source: str = "<dict>", path: str = "arch_layout")
     for s in strings:
         if not isinstance(s, str) or not LAYOUT_RE.match(s):
             bad(f"{s!r} is not a layer string like 'm4', 'T22' or 'm4T1'")
+        if any(int(count) == 0 for _, count in LAYER_RE.findall(s)):
+            bad(f"{s!r} names a block of zero layers; every level needs at least one layer")
     if len(layout) == 1:
         return 1
     return 1 + check_layout(layout[1], source, path)
@@ -232,7 +235,48 @@ def layout_depth(layout: list) -> int:
 
 # ---------------------------------------------------------------------------------------------------
 # Run config: data + training (ours). Paths inside are relative to the working directory, except that
-# a path starting with "package:" names a file bundled in the `hnet/samples/` folder of the package.
+# a path starting with "package:" names a file bundled in the `hnet/samples/` folder of the package, and
+# that a preset's relative paths are relative to the folder that holds the package (the repository root
+# of a clone), so a preset reads the same files from any working directory.
+
+PRESETS_DIR = Path(__file__).resolve().parent / "configs"  # hnet/configs/<data>/<model>_<size>.json
+PATH_FIELDS = (("data", "path"), ("data", "tokenizer_path"), (None, "fixed_tokenizer_path"))
+
+
+def find_config(name: str | Path) -> Path:
+    """A run config by path, or a preset by name: "text/hnet_1stage_tiny" (".json" may be given)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    preset = PRESETS_DIR / path.with_suffix(".json") if path.suffix in ("", ".json") else None
+    if preset is not None and preset.is_file():
+        return preset
+    kinds = ", ".join(sorted(p.name for p in PRESETS_DIR.iterdir() if p.is_dir())) if PRESETS_DIR.is_dir() else ""
+    raise ValueError(f"{name}: config file does not exist, and it is not a preset name like "
+                     f"text/hnet_1stage_tiny (presets: {PRESETS_DIR}/{{{kinds}}}/*.json)")
+
+
+def read_run_json(name: str | Path) -> tuple[dict, Path]:
+    """The JSON of a run config found by `find_config`, with a preset's relative paths made absolute."""
+    path = find_config(name)
+    data = read_json(path)
+    if path.resolve().is_relative_to(PRESETS_DIR) and isinstance(data, dict):
+        root = PRESETS_DIR.parent.parent
+        for group, key in PATH_FIELDS:
+            node = data.get(group) if group else data
+            if not isinstance(node, dict) or key not in node:
+                continue
+            value = node[key]
+            anchored = [_anchor(v, root) for v in value] if isinstance(value, list) else _anchor(value, root)
+            node[key] = anchored
+    return data, path
+
+
+def _anchor(value, root: Path):
+    if not isinstance(value, str) or not value or value.startswith("package:") or Path(value).is_absolute():
+        return value
+    return str(root / value)
+
 
 
 @dataclass
@@ -313,7 +357,9 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "RunConfig":
-        return cls.from_dict(read_json(path), str(path))
+        """From a file, or a preset by name (`find_config`)."""
+        data, found = read_run_json(path)
+        return cls.from_dict(data, str(found))
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -346,6 +392,7 @@ class RunConfig:
             value = getattr(getattr(self, group), attr)
             if value <= 0:
                 raise ValueError(f"{source}: field '{name}' has value {value!r}; must be positive")
+        self._validate_numbers(source)
         if not 0.0 < self.data.val_fraction < 1.0:
             raise ValueError(f"{source}: field 'data.val_fraction' has value {self.data.val_fraction!r}; must be in (0, 1)")
         routing_stages = self.model.num_stages - 1
@@ -359,6 +406,45 @@ class RunConfig:
         if self.train.ratio_targets is not None and any(n <= 1 for n in self.train.ratio_targets):
             raise ValueError(f"{source}: field 'train.ratio_targets' has value {self.train.ratio_targets!r}; each N must be > 1")
         self._validate_routing_recipe(source, routing_stages)
+
+    def _validate_numbers(self, source: str) -> None:
+        """Every number finite (JSON lets NaN and Infinity through), and each in the range it means."""
+        def bad(name, value, why):
+            raise ValueError(f"{source}: field '{name}' has value {value!r}; {why}")
+
+        for group in ("data", "train"):
+            for f in dataclasses.fields(getattr(self, group)):
+                value = getattr(getattr(self, group), f.name)
+                flat = value if isinstance(value, list) else [value]
+                flat = [y for x in flat for y in (x if isinstance(x, list) else [x])]
+                if any(isinstance(x, float) and not math.isfinite(x) for x in flat):
+                    bad(f"{group}.{f.name}", value, "must be a finite number")
+        tc, dc = self.train, self.data
+        if tc.lr <= 0:
+            bad("train.lr", tc.lr, "must be positive")
+        if tc.weight_decay < 0:
+            bad("train.weight_decay", tc.weight_decay, "must be >= 0")
+        if len(tc.betas) != 2 or not all(0 <= b < 1 for b in tc.betas):
+            bad("train.betas", tc.betas, "two numbers in [0, 1)")
+        if tc.lr_multipliers is not None and any(m <= 0 for m in tc.lr_multipliers):
+            bad("train.lr_multipliers", tc.lr_multipliers, "each must be positive")
+        for name in ("warmup_fraction", "decay_fraction", "min_lr_fraction"):
+            if not 0 <= getattr(tc, name) <= 1:
+                bad(f"train.{name}", getattr(tc, name), "must be in [0, 1]")
+        if tc.warmup_fraction + tc.decay_fraction > 1:
+            bad("train.decay_fraction", tc.decay_fraction, f"warmup_fraction + decay_fraction must be at most 1 "
+                f"(warmup_fraction is {tc.warmup_fraction})")
+        if tc.grad_clip < 0:
+            bad("train.grad_clip", tc.grad_clip, "must be >= 0 (0: no clipping)")
+        if tc.seed < 0:
+            bad("train.seed", tc.seed, "must be >= 0")
+        if tc.eval_batches <= 0:
+            bad("train.eval_batches", tc.eval_batches, "must be positive")
+        for name in ("val_bytes", "max_bytes"):
+            if getattr(dc, name) is not None and getattr(dc, name) <= 0:
+                bad(f"data.{name}", getattr(dc, name), "must be positive (or left out)")
+        if dc.vocab_size <= 0:
+            bad("data.vocab_size", dc.vocab_size, "must be positive")
 
     def _validate_routing_recipe(self, source: str, routing_stages: int) -> None:
         tc = self.train

@@ -1,9 +1,9 @@
 """Write the baseline presets, each sized to the forward FLOPs per byte of the 1-stage H-Net preset of
-its data kind and size, and the table of what every preset costs (configs/README.md).
+its data kind and size, and the table of what every preset costs (hnet/configs/README.md).
 
     python scripts/presets.py [--configs configs]
 
-Beside each configs/<data>/hnet_1stage_<size>.json it writes transformer, mamba2, hybrid and
+Beside each hnet/configs/<data>/hnet_1stage_<size>.json it writes transformer, mamba2, hybrid and
 bpe_transformer presets (and hnet_space for text), with the same data, batch, steps and learning rate.
 Reading the `small` corpora and training their tokenizers takes a few minutes.
 """
@@ -29,7 +29,7 @@ BPE_VOCAB = {"tiny": 2048, "small": 8192}
 
 README_HEAD = """# Presets
 
-`configs/<data>/<model>_<size>.json`: `tiny` trains on a CPU in minutes on the bundled samples; `small` is
+`hnet/configs/<data>/<model>_<size>.json`: `tiny` trains on a CPU in minutes on the bundled samples; `small` is
 for one GPU on the corpora of `../shared/data/large`. The H-Net presets set the budget; the baselines
 (`transformer`, `mamba2`, `hybrid`, `bpe_transformer`; `hnet_space` for text) are written by
 `python scripts/presets.py`, sized with `hnet.eval.baselines.size_baseline` to the forward FLOPs per
@@ -147,7 +147,7 @@ def write_presets(configs: Path) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python scripts/presets.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", default="configs", type=Path)
+    parser.add_argument("--configs", default="hnet/configs", type=Path)
     write_presets(parser.parse_args(argv).configs)
 
 

@@ -6,8 +6,8 @@ its data, at budgets a user can afford.
     python scripts/routing_study.py --runs-dir .runs/routing --report    # docs/results.md's section + plots
     python scripts/routing_study.py --dry-run                            # tiny arms on CPU: checks the code
 
-Each arm is the `small` text 1-stage preset (configs/text/hnet_1stage_small.json) with a few fields changed
-(ARMS), trained by `hnet train` on the same bytes per optimizer step (8 x 8192, as micro-batches of
+Each arm is the `small` text 1-stage preset (hnet/configs/text/hnet_1stage_small.json) with a few fields
+changed (ARMS), trained by `hnet train` on the same bytes per optimizer step (8 x 8192, as micro-batches of
 `--micro-rows` sequences so that several arms share one GPU's memory) for `--budget-bytes` training
 bytes; besides them the 2-stage text preset (does its second stage collapse?) and the DNA 1-stage preset
 (codon-frame structure). Small models
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TEXT_1STAGE = "configs/text/hnet_1stage_small.json"
+TEXT_1STAGE = "hnet/configs/text/hnet_1stage_small.json"
 
 # name: (preset, overrides, why)
 ARMS = {
@@ -43,8 +43,8 @@ ARMS = {
     "band4-8": (TEXT_1STAGE, ["train.ratio_loss_bands=[[4.0,8.0]]"], "the band ratio loss: free between 4 and 8 bytes per chunk"),
     "batch4x": (TEXT_1STAGE, ["train.batch_size=32"],
                 "4x the bytes per optimizer step (256K; the paper's is 2M), same bytes in all"),
-    "2stage": ("configs/text/hnet_2stage_small.json", [], "the 2-stage preset: N = (3, 3)"),
-    "dna": ("configs/dna/hnet_1stage_small.json", [], "DNA, 1-stage preset"),
+    "2stage": ("hnet/configs/text/hnet_2stage_small.json", [], "the 2-stage preset: N = (3, 3)"),
+    "dna": ("hnet/configs/dna/hnet_1stage_small.json", [], "DNA, 1-stage preset"),
 }
 EVALS = 8  # evaluations per run, so curves have points
 MICRO_ROWS = 4  # sequences per micro-batch (--micro-rows): fewer lets more arms share a GPU's memory

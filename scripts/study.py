@@ -3,7 +3,7 @@
     python scripts/study.py --data text --budget-bytes 10000000 --runs-dir runs/study
     python scripts/study.py --dry-run          # the whole grid at tiny size on a few kB, on CPU (CI)
 
-For the modality, every model of the grid (the `configs/<data>/<model>_<size>.json` presets, sized to
+For the modality, every model of the grid (the `hnet/configs/<data>/<model>_<size>.json` presets, sized to
 matched forward FLOPs per byte) trains through the normal loop on exactly `--budget-bytes` training bytes
 (the same number of steps of the same bytes per batch); one configuration repeats with a second seed.
 Runs already finished in the runs directory are skipped, so a later session picks up where one stopped.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from hnet.config import RunConfig, apply_overrides, read_json
+from hnet.config import PRESETS_DIR, RunConfig, apply_overrides, read_json
 from hnet.eval.compare import compare_runs
 from hnet.eval.run_files import read_metrics
 from hnet.models import latest_checkpoint, load_model
@@ -52,14 +52,14 @@ QUICK_SHAPE = ["data.seq_len=128", "train.batch_size=2"]  # --dry-run's batches
 def run_configs(data: str, size: str, budget_bytes: int, data_overrides: list[str], quick: bool) -> dict[str, RunConfig]:
     configs = {}
     for model in GRID[data]:
-        preset = REPO / "configs" / data / f"{model}_{size}.json"
+        preset = PRESETS_DIR / data / f"{model}_{size}.json"
         raw = read_json(preset)
         bpe = raw["data"].get("tokenizer") == "bpe"
         if quick:
             raw = apply_overrides(raw, [*QUICK_SHAPE, "train.eval_batches=2",
                                         *(["data.vocab_size=400", "model.vocab_size=400"] if bpe else [])])
         # a BPE preset's seq_len counts tokens, sized to hold the H-Net's bytes per sequence: count H-Net bytes
-        byte_preset = read_json(REPO / "configs" / data / f"hnet_1stage_{size}.json") if bpe else raw
+        byte_preset = read_json(PRESETS_DIR / data / f"hnet_1stage_{size}.json") if bpe else raw
         if quick:
             byte_preset = apply_overrides(byte_preset, QUICK_SHAPE)
         bytes_per_step = byte_preset["train"]["batch_size"] * byte_preset["data"]["seq_len"]

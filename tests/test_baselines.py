@@ -16,7 +16,7 @@ from hnet.models import HNetFixedForCausalLM
 from hnet.training import train
 from tiny_runs import HNET_MODEL, TRANSFORMER_MODEL, tiny_fixed, tiny_hnet, tiny_transformer
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "hnet" / "configs"
 
 
 def chunks_of(text: bytes, mask) -> list[bytes]:

@@ -8,7 +8,7 @@ from tiny_runs import load_benchmark
 
 def test_train_step_table_and_profile(capsys, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    load_benchmark("train_step").main(["--device", "cpu", "--quick", "--config", "configs/text/hnet_1stage_tiny.json",
+    load_benchmark("train_step").main(["--device", "cpu", "--quick", "--config", "hnet/configs/text/hnet_1stage_tiny.json",
                                        "--profile", "5"])
     out = capsys.readouterr().out
     assert "| hnet_1stage_tiny fast | 2.3M | 2 x 128 |" in out and "(matched to hnet_1stage_tiny) |" in out
@@ -19,7 +19,7 @@ def test_train_step_table_and_profile(capsys, monkeypatch):
 def test_train_step_routed_at_targets(capsys, monkeypatch):
     """--routed-at-targets: the H-Net's boundaries fixed at one every 6th byte of each sequence (its target)."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    load_benchmark("train_step").main(["--device", "cpu", "--quick", "--config", "configs/text/hnet_1stage_tiny.json",
+    load_benchmark("train_step").main(["--device", "cpu", "--quick", "--config", "hnet/configs/text/hnet_1stage_tiny.json",
                                        "--no-reference", "--no-transformer", "--routed-at-targets"])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| hnet_1stage_tiny fast, routed"))
     bytes_per_chunk = float(row.rstrip(" |").split("|")[-1])
@@ -28,7 +28,7 @@ def test_train_step_routed_at_targets(capsys, monkeypatch):
 
 def test_forward_table(capsys, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    load_benchmark("forward").main(["--device", "cpu", "--quick", "--config", "configs/text/hnet_2stage_tiny.json"])
+    load_benchmark("forward").main(["--device", "cpu", "--quick", "--config", "hnet/configs/text/hnet_2stage_tiny.json"])
     assert "| hnet_2stage_tiny reference | 3.4M | 2 x 128 |" in capsys.readouterr().out
 
 

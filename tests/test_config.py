@@ -56,6 +56,8 @@ BAD = {
     "head-size": (with_change(attn_cfg__num_heads=[2, 3]), "d_model", "[64, 128]"),
     "mamba-head-size": (with_change(d_model=[48, 128]), "d_model", "[48, 128]"),
     "wrong-type": (with_change(vocab_size="256"), "vocab_size", "'256'"),
+    "zero-layers": (with_change(arch_layout=["m0", ["T2"], "m2"]), "arch_layout", "'m0'"),
+    "zero-layers-inner": (with_change(arch_layout=["m2", ["T1m0"], "m2"]), "arch_layout", "'T1m0'"),
 }
 
 
@@ -107,6 +109,41 @@ def test_bad_routing_recipe_names_field_value_and_file(case, tmp_path):
         RunConfig.from_json(path)
     message = str(err.value)
     assert str(path) in message and f"'train.{field}'" in message and value in message
+
+
+NUMBERS_BAD = {
+    "negative lr": ({"lr": -0.001}, "lr", "-0.001"),
+    "zero lr": ({"lr": 0.0}, "lr", "0.0"),
+    "NaN lr": ({"lr": float("nan")}, "lr", "nan"),
+    "infinite weight decay": ({"weight_decay": float("inf")}, "weight_decay", "inf"),
+    "NaN in a list": ({"ratio_loss_weight": [float("nan")]}, "ratio_loss_weight", "[nan]"),
+    "beta of 1": ({"betas": [0.9, 1.0]}, "betas", "[0.9, 1.0]"),
+    "warmup over 1": ({"warmup_fraction": 1.5}, "warmup_fraction", "1.5"),
+    "warmup and decay over 1": ({"warmup_fraction": 0.6, "decay_fraction": 0.6}, "decay_fraction", "0.6"),
+    "negative grad clip": ({"grad_clip": -1.0}, "grad_clip", "-1.0"),
+    "zero eval batches": ({"eval_batches": 0}, "eval_batches", "0"),
+    "zero lr multiplier": ({"lr_multipliers": [1.0, 0.0]}, "lr_multipliers", "[1.0, 0.0]"),
+}
+
+
+@pytest.mark.parametrize("case", NUMBERS_BAD.values(), ids=NUMBERS_BAD.keys())
+def test_bad_numbers_name_field_value_and_file(case, tmp_path):
+    train, field, value = case
+    path = write(tmp_path, {"model": TINY, "data": {"path": "x.txt"}, "train": {"ratio_targets": [6.0], **train}})
+    with pytest.raises(ValueError) as err:
+        RunConfig.from_json(path)
+    message = str(err.value)
+    assert str(path) in message and f"'train.{field}'" in message and value in message
+
+
+def test_a_negative_lr_is_refused_before_anything_is_written(tmp_path, capsys):
+    from hnet.cli import main
+
+    path = write(tmp_path, {"model": TINY, "data": {"path": "x.txt"}, "train": {"ratio_targets": [6.0]}})
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--set", "train.lr=-1e-3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'train.lr' has value -0.001; must be positive" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_good_routing_recipe_loads():

@@ -113,3 +113,27 @@ def test_bpe_shards_and_loader(tmp_path):
     assert len(text) > 32 and Path(cfg.path).read_bytes().startswith(text)
     again = prepare_data(cfg)  # the tokenizer now exists: loaded, not retrained, and the shards are cached
     assert again.path == data.path
+
+
+def test_a_killed_writers_temporary_folder_is_removed_by_the_next_run(corpus, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    leftover = cache / f".text-0123456789abcdef.{host}.{dead.pid}.k1ll3d"
+    live = cache / f".text-0123456789abcdef.{host}.{os.getpid()}.wr1t1n"  # a writer at work now
+    other_host = cache / f".text-0123456789abcdef.elsewhere.{dead.pid}.r3m0te"  # cannot tell: left alone
+    for folder in (leftover, live, other_host):
+        folder.mkdir()
+        (folder / "train.bin").write_bytes(b"\0" * 100)
+    prepare_data(config(corpus, tmp_path))
+    assert not leftover.exists() and live.exists() and other_host.exists()
+    assert len([e for e in entries(tmp_path) if not e.startswith(".")]) == 1
+    leftover.mkdir()
+    prepare_data(config(corpus, tmp_path))  # a cache hit cleans up too
+    assert not leftover.exists()

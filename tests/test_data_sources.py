@@ -197,3 +197,15 @@ def test_datasets_missing_field(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"content": "x"}\n')
     with pytest.raises(ValueError, match=r"a\.jsonl: no field 'text'.*fields: content"):
         read(tmp_path, source="datasets", path=str(tmp_path / "a.jsonl"))
+
+
+@pytest.mark.parametrize("content,message", [
+    (gzip.compress(b"some text " * 1000)[:-30], "the gzip file is truncated"),
+    (b"plain text, not gzip", "not a gzip file, though its name ends in .gz"),
+])
+def test_a_broken_gz_names_the_file_and_what_is_wrong(tmp_path, content, message):
+    path = tmp_path / "corpus.txt.gz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as e:
+        read(tmp_path, path=str(path))
+    assert str(e.value).startswith(f"{path}: ") and path.read_bytes() == content

@@ -146,3 +146,29 @@ def test_run_errors_name_what_is_wrong(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and named in err, err
+
+
+def test_a_run_scored_with_another_tokenizer_of_the_same_size_is_refused(tmp_path, capsys):
+    """Same vocabulary size, other pieces: the ids would mean other bytes and the bpb would be silently wrong."""
+    run = tmp_path / "run"
+    (tmp_path / "text.txt").write_bytes(TEXT)
+    own = train_bpe([Document(TEXT * 20)], 300, tmp_path / "own")
+    other = train_bpe([Document(b"the quick brown fox jumps over the lazy dog, again and again. " * 60)], 300,
+                      tmp_path / "other")
+    assert own.vocab_size == other.vocab_size and own.fingerprint != other.fingerprint
+    model = windowed_transformer(vocab_size=own.vocab_size)
+    config = {"model_type": "isotropic", "model": model.config.to_dict(),
+              "data": {"path": str(tmp_path / "text.txt"), "tokenizer": "bpe", "tokenizer_path": str(own.path)}}
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps(config))
+    checkpoint = run / "checkpoints" / "step_000001"
+    model.save_pretrained(checkpoint)
+    (checkpoint / "state.json").write_text(json.dumps({"step": 1, "tokenizer": own.fingerprint}))
+    (run / "tokenizer").mkdir()
+    (run / "tokenizer" / "tokenizer.model").write_bytes(other.path.read_bytes())
+    assert main(["eval", str(run), "--data", str(tmp_path / "text.txt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "tokenizer.model: not the tokenizer that" in err and "step_000001" in err
+    assert not (run / "eval").exists()
+    (run / "tokenizer" / "tokenizer.model").write_bytes(own.path.read_bytes())
+    assert main(["eval", str(run), "--data", str(tmp_path / "text.txt")]) == 0

@@ -1,7 +1,6 @@
 """Cached decoding equals the parallel forward and the official decode trace; `generate` batches rows
 of any length exactly as if each ran alone; sampling is reproducible; `hnet generate` streams UTF-8."""
 
-import codecs
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ from safetensors.torch import load_file
 from golden import CASES, GOLDEN, load_case, requires_golden
 from hnet import HNetConfig, HNetForCausalLM
 from hnet.cli import main
+from hnet.generation import show_bytes
 from hnet.generation.cache import select_rows
 
 
@@ -173,4 +173,30 @@ def test_cli_streams_valid_utf8(tmp_path, capsys):
     model.save_pretrained(tmp_path / "m")
     assert main(["generate", str(tmp_path / "m"), "--prompt", "caf\u00e9", "--max-new-bytes", "64", "--seed", "1"]) == 0
     expected = model.generate(["caf\u00e9".encode()], 64, seed=1)[0]
-    assert capsys.readouterr().out == codecs.decode(expected, "utf-8", "backslashreplace") + "\n"
+    assert capsys.readouterr().out == show_bytes(expected) + "\n"
+
+
+def test_cli_raw_bytes_prompt_file_and_out(tmp_path, capfdbinary):
+    model = random_model("1stage_hybrid")
+    model.save_pretrained(tmp_path / "m")
+    prompt = b"a\x00\xff\\xff"  # NUL, an invalid byte, and the four characters \xff
+    (tmp_path / "prompt.bin").write_bytes(prompt)
+    expected = model.generate([prompt], 64, seed=1)[0]
+    args = ["generate", str(tmp_path / "m"), "--max-new-bytes", "64", "--seed", "1"]
+    assert main([*args, "--prompt-file", str(tmp_path / "prompt.bin"), "--raw", "--out", str(tmp_path / "out.bin")]) == 0
+    assert capfdbinary.readouterr().out == expected
+    assert (tmp_path / "out.bin").read_bytes() == expected
+    # --prompt takes the argument's own bytes, as the shell passed them (Python holds 0xff as U+DCFF)
+    assert main([*args, "--prompt", "a\x00\udcff\\xff"]) == 0
+    assert capfdbinary.readouterr().out.decode() == show_bytes(expected) + "\n"
+
+
+def test_cli_refuses_a_bpe_model_naming_why(tmp_path, capsys):
+    torch.manual_seed(0)
+    HNetForCausalLM(HNetConfig.from_dict({
+        "arch_layout": ["T1"], "d_model": [32], "d_intermediate": [64], "vocab_size": 400,
+        "attn_cfg": {"num_heads": [2], "rotary_emb_dim": [16], "window_size": [-1]}})).save_pretrained(tmp_path / "bpe")
+    assert main(["generate", str(tmp_path / "bpe"), "--prompt", "To be", "--out", str(tmp_path / "out.bin")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "400 token ids (a BPE run)" in err and "byte-level models only" in err
+    assert not (tmp_path / "out.bin").exists()

@@ -23,3 +23,9 @@ def test_chunks_of_several_bytes():
     stream = Utf8Stream()
     data = "naïve 東京".encode()
     assert stream.feed(data[:3]) + stream.feed(data[3:8]) + stream.feed(data[8:]) + stream.flush() == "naïve 東京"
+
+
+def test_a_backslash_is_escaped_so_escapes_are_unambiguous():
+    assert "".join(feed_bytewise(b"\\xff")) == "\\\\xff"  # the four characters \xff
+    assert "".join(feed_bytewise(b"\xff")) == "\\xff"  # the one byte 0xff
+    assert "".join(feed_bytewise(b"a\x1b[2Jb\n\tc\x00")) == "a\\x1b[2Jb\n\tc\\x00"  # no terminal control

@@ -1,6 +1,7 @@
 """The training loop: exact resume, several processes, atomic checkpoints, divergence guard, learning."""
 
 import json
+import errno
 import os
 import shutil
 import subprocess
@@ -40,6 +41,15 @@ def write_config(tmp_path, data: dict, name="run.json") -> Path:
     path = tmp_path / name
     path.write_text(json.dumps(data))
     return path
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under `folder` with its bytes: what a refused command must leave as it was."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def weights(run_dir: Path) -> dict:
@@ -87,6 +97,52 @@ def test_bad_config_names_field_and_file_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     assert main(["train", str(path), "--out", str(tmp_path / "run"), "--set", "train.schedule=wsd", "--set", "data.path=nope.txt"]) == 2
     assert "nope.txt" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # the data is checked before the run directory is made
+
+
+def test_resume_with_another_model_is_refused_and_changes_nothing(tmp_path, capsys):
+    path = write_config(tmp_path, tiny_run_config(tmp_path, max_steps=3))
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(out)]) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(["train", str(path), "--out", str(out), "--resume", "--set", "model.d_model=[32,128]",
+                 "--set", "train.grad_clip=0.5", "--max-steps", "6"]) == 2
+    err = capsys.readouterr().err
+    assert "model.d_model ([32, 64] -> [32, 128])" in err and "train.grad_clip (1.0 -> 0.5)" in err
+    assert "train.max_steps" not in err.split("differs")[1].split(";")[0]  # a field that may change is not listed
+    assert snapshot(out) == before  # run.json above all: compare reads the parameter count from it
+
+
+def test_resume_applies_max_steps_and_records_the_change(tmp_path):
+    path = write_config(tmp_path, tiny_run_config(tmp_path, max_steps=3))
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(out)]) == 0
+    assert main(["train", str(path), "--out", str(out), "--resume", "--max-steps", "6", "--set", "train.log_every=2"]) == 0
+    assert latest_checkpoint(out).name == "step_000006"
+    events = [r for r in records(out) if "event" in r]
+    assert events == [dict(events[0], step=3, event="resume",
+                           changed={"train.log_every": [1, 2], "train.max_steps": [3, 6]})]
+    assert json.loads((out / "run.json").read_text())["train"]["max_steps"] == 6
+
+
+def test_a_new_lr_on_resume_needs_the_flag_and_is_then_what_the_optimizer_uses(tmp_path, capsys):
+    path = write_config(tmp_path, tiny_run_config(tmp_path))
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(out)]) == 0
+    first = {r["step"]: r["lr"] for r in records(out) if "lr" in r}
+    shutil.rmtree(out / "checkpoints" / "step_000006")
+    before = snapshot(out)
+    assert main(["train", str(path), "--out", str(out), "--resume", "--set", "train.lr=0.006"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr (0.003 -> 0.006)" in err and "--allow-lr-change" in err
+    assert snapshot(out) == before
+    assert main(["train", str(path), "--out", str(out), "--resume", "--set", "train.lr=0.006", "--allow-lr-change"]) == 0
+    resumed = {r["step"]: r["lr"] for r in records(out)[len(first) + 3:] if "lr" in r}  # after the 3 evals/event
+    assert sorted(resumed) == [4, 5, 6]
+    for step, lr in resumed.items():
+        assert lr == pytest.approx(2 * first[step]), step
+    assert json.loads((out / "run.json").read_text())["train"]["lr"] == 0.006
 
 
 def test_crash_mid_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
@@ -107,6 +163,119 @@ def test_crash_mid_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     monkeypatch.undo()
     train(config, tmp_path / "run", resume=True, progress=False)  # and it resumes from there
     assert latest_checkpoint(tmp_path / "run").name == "step_000006"
+
+
+def test_a_full_disk_names_the_file_and_the_last_complete_checkpoint(tmp_path, monkeypatch, capsys):
+    path = write_config(tmp_path, tiny_run_config(tmp_path))
+    out = tmp_path / "run"
+    real_save = torch.save
+
+    def full_disk(obj, file, *a, **k):
+        if "step_000006" in str(file):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, file, *a, **k)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
+    assert main(["train", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert (f"hnet train: error: no space left on device while writing {out / 'checkpoints' / 'step_000006' / 'optimizer.pt'}; "
+                        f"the last complete checkpoint is step 3 ({out / 'checkpoints' / 'step_000003'})\n") in err
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_000003"]  # no partial folder left
+
+
+def test_resume_falls_back_past_a_truncated_checkpoint_and_readers_name_it(tmp_path, capsys):
+    path = write_config(tmp_path, tiny_run_config(tmp_path))
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(out)]) == 0
+    broken = out / "checkpoints" / "step_000006" / "model.safetensors"
+    broken.write_bytes(broken.read_bytes()[:-100])
+    capsys.readouterr()
+    for argv in (["eval", str(out), "--data", str(SHAKESPEARE)], ["generate", str(out), "--prompt", "To"],
+                 ["inspect", str(out), "--text", "To be"]):
+        before = snapshot(out)
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(broken) in err and "truncated" in err, err
+        assert "intact checkpoints: step_000003" in err
+        assert snapshot(out) == before
+    optimizer = out / "checkpoints" / "step_000003" / "optimizer.pt"
+    assert main(["train", str(path), "--out", str(out), "--resume", "--max-steps", "9"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {broken} has" in err and "skipping checkpoint step_000006" in err
+    assert [r["step"] for r in records(out) if r.get("event") == "resume"] == [3]  # it went on from step 3
+    assert latest_checkpoint(out).name == "step_000009" and not optimizer.exists()  # keep 2: 6 (rewritten), 9
+    newest = out / "checkpoints" / "step_000009" / "optimizer.pt"
+    newest.write_bytes(newest.read_bytes()[:-100])  # readers do not read the optimizer state: no matter to them
+    assert main(["generate", str(out), "--prompt", "To", "--max-new-bytes", "4"]) == 0
+
+
+def test_a_deletion_cut_short_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
+    from hnet.models import checkpoint_problem, checkpoints
+
+    config = RunConfig.from_dict(tiny_run_config(tmp_path, keep_checkpoints=1))
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(folder, *a, **k):
+        if "step_000003" in str(folder) and not k.get("ignore_errors"):
+            next(p for p in Path(folder).iterdir() if p.name == "model.safetensors").unlink()
+            raise KeyboardInterrupt  # the process dies between two files
+        return real_rmtree(folder, *a, **k)
+
+    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    remaining = checkpoints(tmp_path / "run")
+    assert [c.name for c in remaining] == ["step_000006"] and checkpoint_problem(remaining[0]) is None
+
+
+def test_resume_with_another_tokenizer_of_the_same_size_is_refused(tmp_path, capsys):
+    from hnet.data import Document, train_bpe
+
+    data = tiny_run_config(tmp_path, max_steps=3)
+    del data["train"]["ratio_targets"]
+    data.update(model_type="isotropic", model={
+        "arch_layout": ["T1"], "d_model": [32], "d_intermediate": [64], "vocab_size": 400,
+        "attn_cfg": {"num_heads": [2], "rotary_emb_dim": [16], "window_size": [-1]}})
+    data["data"].update(tokenizer="bpe", vocab_size=400)
+    path = write_config(tmp_path, data)
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(out)]) == 0
+    shakespeare = (REPO / "hnet" / "samples" / "tinyshakespeare.txt").read_bytes()[40000:80000]
+    other = train_bpe([Document(shakespeare)], 400, tmp_path / "other")  # other text, the same size
+    (out / "tokenizer" / "tokenizer.model").write_bytes(other.path.read_bytes())
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(["train", str(path), "--out", str(out), "--resume", "--max-steps", "6"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "tokenizer.model: not the tokenizer that" in err and "step_000003" in err, err
+    assert snapshot(out) == before
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over(tmp_path, capsys):
+    path = write_config(tmp_path, tiny_run_config(tmp_path, max_steps=3))
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(out)]) == 0
+    holder = subprocess.Popen(  # another training process, as far as the lock can tell
+        [sys.executable, "-c", "import sys, time; from hnet.training.lock import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
+         "print('locked', flush=True); time.sleep(120)", str(out)],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        before = snapshot(out)
+        capsys.readouterr()
+        for extra in (["--overwrite"], ["--resume", "--max-steps", "6"]):
+            assert main(["train", str(path), "--out", str(out), *extra]) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and f"process {holder.pid} on host " in err, err
+            assert "is training in this run directory" in err
+            assert snapshot(out) == before  # --overwrite deleted nothing
+    finally:
+        holder.kill()  # dies holding the lock: the kernel frees it, the file still names it
+        holder.wait()
+    assert main(["train", str(path), "--out", str(out), "--resume", "--max-steps", "6"]) == 0
+    assert f"taking over the lock of process {holder.pid} on host" in capsys.readouterr().err
+    assert latest_checkpoint(out).name == "step_000006" and (out / ".lock").read_text() == ""
 
 
 def test_non_finite_loss_stops_naming_the_step(tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,7 @@ def prepare_data(cfg: DataConfig, tokenizer: ByteTokenizer | BPETokenizer | None
     }
     key = hashlib.sha256(json.dumps(key_inputs, sort_keys=True).encode()).hexdigest()[:16]
     entry = cache_root(cfg) / f"{cfg.kind}-{key}"
+    remove_stale_temporaries(entry.parent)  # on a cache hit too
     if not entry.is_dir():
         _write_entry(entry, split_docs or read_split(cfg), tokenizer, key_inputs)
     data = _open_entry(entry, tokenizer)
@@ -105,7 +107,8 @@ def prepare_data(cfg: DataConfig, tokenizer: ByteTokenizer | BPETokenizer | None
 
 def _write_entry(entry: Path, split_docs, tokenizer, key_inputs: dict) -> None:
     entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    # host and pid in the name: a later run can tell a killed writer's leftover from a live writer's work
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.{socket.gethostname()}.{os.getpid()}.", dir=entry.parent))
     try:
         meta = {"dtype": tokenizer.dtype.str, "vocab_size": tokenizer.vocab_size, **key_inputs}
         for name, docs in zip(("train", "val"), split_docs):
@@ -118,6 +121,29 @@ def _write_entry(entry: Path, split_docs, tokenizer, key_inputs: dict) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Delete the temporary folders that writers on this host left when they were killed; return them."""
+    host, removed = socket.gethostname(), []
+    for tmp in root.glob(".*"):
+        parts = tmp.name.rsplit(".", 2)  # ".ENTRY.HOST", pid, random suffix (a host name may hold dots)
+        if len(parts) != 3 or not tmp.is_dir() or not parts[1].isdigit():
+            continue
+        if parts[0].endswith(f".{host}") and not _alive(int(parts[1])):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _write_split(prefix: Path, docs: list[Document], tokenizer) -> dict:

@@ -20,6 +20,7 @@ With `kind="text"` and no alphabet, FASTA sequences are not checked.
 from __future__ import annotations
 
 import gzip
+import zlib
 import os
 import re
 from collections.abc import Iterator
@@ -105,15 +106,26 @@ def iter_documents(cfg: DataConfig) -> Iterator[Document]:
         raise ValueError(f"data.source: unknown source {cfg.source!r}; expected one of {', '.join(readers)}")
     budget = cfg.max_bytes
     for path in source_files(cfg):
-        for doc in readers[cfg.source](path, cfg):
-            if budget is not None:
-                doc.text = doc.text[:budget]
-                budget -= len(doc.text)
-            # An empty document (an empty file, an all-N record with dna_n_runs="drop") teaches nothing.
-            if doc.text:
-                yield doc
-            if budget is not None and budget <= 0:
-                return
+        try:
+            for doc in readers[cfg.source](path, cfg):
+                if budget is not None:
+                    doc.text = doc.text[:budget]
+                    budget -= len(doc.text)
+                # An empty document (an empty file, an all-N record with dna_n_runs="drop") teaches nothing.
+                if doc.text:
+                    yield doc
+                if budget is not None and budget <= 0:
+                    return
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+            raise ValueError(_gzip_problem(path, e)) from None
+
+
+def _gzip_problem(path: Path, e: Exception) -> str:
+    if isinstance(e, EOFError):
+        return f"{path}: the gzip file is truncated (it ends before its end-of-stream marker); copy or compress it again"
+    if isinstance(e, gzip.BadGzipFile):
+        return f"{path}: not a gzip file, though its name ends in .gz ({e}); rename it or compress it"
+    return f"{path}: the gzip data is corrupt ({e}); copy or compress it again"
 
 
 def _text_documents(path: Path, cfg: DataConfig) -> Iterator[Document]:

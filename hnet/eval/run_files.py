@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hnet.config import RunConfig, read_json
+from hnet.config import RunConfig, find_config, read_run_json
 
 
 def run_dir_of(path: str | Path) -> Path | None:
@@ -52,9 +52,12 @@ def eval_documents(spec: str | Path) -> tuple[list[bytes], str]:
 
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(f"{path}: data file does not exist")
+        try:
+            path = find_config(spec)  # a preset by name
+        except ValueError:
+            raise ValueError(f"{spec}: data file does not exist (nor a preset name)") from None
     if path.suffix == ".json":
-        data = read_json(path)
+        data, path = read_run_json(path)
         if isinstance(data, dict) and "model" in data:
             val = read_split(RunConfig.from_dict(data, str(path)).data)[1]
             return [d.text for d in val], f"{path.stem}_val"

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from hnet.generation.generate import BOS, generate, stream
 from hnet.generation.sampling import sample
-from hnet.generation.utf8 import Utf8Stream
+from hnet.generation.utf8 import Utf8Stream, show_bytes
 
-__all__ = ["BOS", "generate", "stream", "sample", "Utf8Stream"]
+__all__ = ["BOS", "generate", "stream", "sample", "Utf8Stream", "show_bytes"]

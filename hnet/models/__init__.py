@@ -1,3 +1,5 @@
+import hashlib
+import json
 from pathlib import Path
 
 from hnet.models.fixed import CHUNKER_FILE, HNetFixedForCausalLM
@@ -5,18 +7,60 @@ from hnet.models.hnet import HNet, HNetForCausalLM, ModelOutput
 from hnet.models.weights import load_checkpoint
 
 __all__ = ["HNet", "HNetForCausalLM", "HNetFixedForCausalLM", "ModelOutput", "load_checkpoint", "load_model",
-           "latest_checkpoint"]
+           "latest_checkpoint", "checkpoints", "checkpoint_problem", "file_record", "model_dir"]
+
+
+READERS_SKIP = ("optimizer.pt",)  # a model is read without its optimizer state
+
+
+def checkpoints(run_dir) -> list[Path]:
+    """The complete checkpoints of a run directory, oldest first (temporary, unfinished ones and ones
+    being deleted are ignored: only a folder under its final name counts)."""
+    return sorted(Path(run_dir, "checkpoints").glob("step_*[0-9]"))
 
 
 def latest_checkpoint(run_dir) -> Path | None:
-    """The newest complete checkpoint of a run directory (temporary, unfinished ones are ignored)."""
-    steps = sorted(Path(run_dir, "checkpoints").glob("step_*[0-9]"))
+    """The newest complete checkpoint of a run directory."""
+    steps = checkpoints(run_dir)
     return steps[-1] if steps else None
 
 
-def load_model(path, device=None, dtype=None):
-    """A model from a run directory (its latest checkpoint), a checkpoint directory or a converted official
-    model directory."""
+def file_record(path: Path) -> dict:
+    """What state.json records of each file of a checkpoint, so that a reader can tell it is whole."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def checkpoint_problem(checkpoint: Path, skip: tuple[str, ...] = ()) -> str | None:
+    """None if the checkpoint's files (but those in `skip`) are those its state.json recorded, else what
+    is wrong (naming the file). Checkpoints written before the record existed are taken as they are."""
+    state = checkpoint / "state.json"
+    if not state.is_file():
+        return None
+    try:
+        files = json.loads(state.read_text()).get("files", {})
+    except json.JSONDecodeError:
+        return f"{state} is not valid JSON"
+    for name, want in files.items():
+        if name in skip:
+            continue
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{path} is missing"
+        size = path.stat().st_size
+        if size != want["size"]:
+            return f"{path} has {size} bytes, {want['size']} were written (truncated or changed)"
+        if file_record(path)["sha256"] != want["sha256"]:
+            return f"{path} does not match the hash recorded when it was written (corrupt or changed)"
+    return None
+
+
+def model_dir(path) -> Path:
+    """The directory a model is read from: a run directory's latest checkpoint, verified against its
+    state.json, else `path` itself (a checkpoint or a converted official model)."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: no such run or model directory")
@@ -25,5 +69,20 @@ def load_model(path, device=None, dtype=None):
         if checkpoint is None:
             raise ValueError(f"{path}: the run has no checkpoint yet")
         path = checkpoint
+    problem = checkpoint_problem(path, skip=READERS_SKIP)
+    if problem:
+        run = path.parent.parent if path.parent.name == "checkpoints" else None
+        intact = [c.name for c in (checkpoints(run) if run else [])
+                  if c != path and checkpoint_problem(c, skip=READERS_SKIP) is None]
+        others = (f"intact checkpoints: {', '.join(intact)} (give one of them as the model path)" if intact
+                  else "no intact checkpoint remains")
+        raise ValueError(f"{problem}; {others}")
+    return path
+
+
+def load_model(path, device=None, dtype=None):
+    """A model from a run directory (its latest checkpoint), a checkpoint directory or a converted official
+    model directory."""
+    path = model_dir(path)
     cls = HNetFixedForCausalLM if (path / CHUNKER_FILE).is_file() else HNetForCausalLM
     return cls.from_pretrained(path, device=device, dtype=dtype)

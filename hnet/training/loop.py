@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from hnet.chunking.diagnostics import CollapseMonitor, routing_diagnostics, routing_sums
-from hnet.config import RunConfig, apply_overrides, read_json
+from hnet.config import RunConfig, apply_overrides, read_run_json
 from hnet.constants import IGNORE_INDEX, LN2
-from hnet.training.checkpoint import latest_checkpoint, load_checkpoint_state, save_checkpoint
+from hnet.models import checkpoint_problem
+from hnet.training.checkpoint import latest_checkpoint, load_checkpoint_state, newest_intact_checkpoint, save_checkpoint
+from hnet.training.lock import LOCK_NAME, RunLock
 from hnet.training.metrics import MetricsWriter, bytes_per_chunk, chunk_counts
 from hnet.training.model import model_for_run
 from hnet.training.optim import build_optimizer, build_schedule, ratio_loss_scale
@@ -56,46 +58,117 @@ def evaluate(model, batches, token_bytes=None) -> dict:
     return result
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
-    """Refuse to clobber a run that has a checkpoint; return the checkpoint to resume from, if any."""
+# What a resumed run may change: how far it trains, when it logs, evaluates and checkpoints, and where the
+# shard cache lives (the shards' content does not depend on it). The learning rate and its schedule only
+# with `allow_lr_change`: they change what the optimizer does next.
+RESUME_MAY_CHANGE = ("train.max_steps", "train.eval_every", "train.log_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "data.cache_dir")
+RESUME_LR_FIELDS = ("train.lr", "train.schedule", "train.warmup_fraction", "train.decay_fraction",
+                    "train.min_lr_fraction")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_changes(run_dir: Path, config: RunConfig, allow_lr_change: bool = False) -> dict:
+    """{field: [stored, new]} for the fields where `config` differs from the run's run.json; an error
+    listing the fields that a resume may not change."""
+    stored = _flatten(RunConfig.from_json(run_dir / "run.json").to_dict())
+    new = _flatten(config.to_dict())
+    changed = {k: [stored.get(k), new.get(k)] for k in sorted(stored.keys() | new.keys()) if stored.get(k) != new.get(k)}
+    allowed = RESUME_MAY_CHANGE + (RESUME_LR_FIELDS if allow_lr_change else ())
+    refused = [k for k in changed if k not in allowed]
+    if refused:
+        listed = ", ".join(f"{k} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in refused)
+        hint = (" (pass --allow-lr-change to apply a new learning rate or schedule)"
+                if set(refused) <= set(RESUME_LR_FIELDS) else "")
+        raise ValueError(f"{run_dir}: --resume with a config that differs from the run's run.json in {listed}; "
+                         f"a resume may change only {', '.join(allowed)}{hint}")
+    return changed
+
+
+def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, overwrite: bool,
+                    allow_lr_change: bool = False) -> tuple[Path | None, dict]:
+    """Refuse to clobber a run that has a checkpoint; return the checkpoint to resume from, if any, and the
+    config fields the resume changes. Writes nothing until every check has passed."""
     existing = latest_checkpoint(run_dir) if run_dir.exists() else None
     if resume:
         if existing is None:
             raise ValueError(f"{run_dir}: --resume given, but the run directory has no checkpoint")
-        return existing
+        changes = resume_changes(run_dir, config, allow_lr_change)
+        intact = newest_intact_checkpoint(run_dir)
+        if intact is None:
+            raise ValueError(f"{run_dir}: --resume given, but no checkpoint is intact ({checkpoint_problem(existing)}); "
+                             "start again with --overwrite")
+        return intact, changes
     if existing is not None or (run_dir / "metrics.jsonl").exists():
         if not overwrite:
             raise FileExistsError(f"{run_dir}: the run directory already holds a run; pass --resume or --overwrite")
-        shutil.rmtree(run_dir)
-    return None
+        for entry in run_dir.iterdir():  # all but the lock this process holds
+            if entry.name != LOCK_NAME:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    return None, {}
+
+
+def apply_schedule_change(schedule, fresh_base_lrs: list[float]) -> None:
+    """After loading a checkpoint's scheduler state: make the new config's base rates and schedule (the
+    lambdas are always the new config's) the ones in force from this step on."""
+    schedule.base_lrs = list(fresh_base_lrs)
+    for group, base, rule in zip(schedule.optimizer.param_groups, fresh_base_lrs, schedule.lr_lambdas):
+        group["initial_lr"] = base
+        group["lr"] = base * rule(schedule.last_epoch)
+    schedule._last_lr = [g["lr"] for g in schedule.optimizer.param_groups]
 
 
 def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, allow_lr_change: bool = False) -> TrainResult:
+    """Train `config` into `run_dir`, holding the run directory's lock throughout (the main process)."""
     from accelerate import Accelerator
+
+    run_dir = Path(run_dir)
+    tc = config.train
+    # cpu=True on a machine without CUDA makes `accelerate launch --multi_gpu` start gloo processes there.
+    accelerator = Accelerator(mixed_precision="bf16" if _precision(tc) == "bf16" else "no", cpu=not torch.cuda.is_available())
+    world = accelerator.num_processes
+    if tc.batch_size % (world * tc.grad_accum):
+        raise ValueError(f"train.batch_size {tc.batch_size} is not divisible by processes x grad_accum = {world * tc.grad_accum}")
+    lock = RunLock(run_dir).acquire() if accelerator.is_main_process else None
+    try:
+        return _train(config, run_dir, accelerator, resume, overwrite, progress, allow_lr_change)
+    finally:
+        if lock is not None:
+            lock.release(discard=not (run_dir / "run.json").exists())
+
+
+def _precision(tc) -> str:
+    return tc.precision if tc.precision != "auto" else ("bf16" if torch.cuda.is_available() else "fp32")
+
+
+def _train(config: RunConfig, run_dir: Path, accelerator, resume: bool, overwrite: bool, progress: bool,
+           allow_lr_change: bool) -> TrainResult:
     from accelerate.utils import send_to_device
     from tqdm.auto import tqdm
 
     from hnet.analysis.structure import structure_snippet
     from hnet.data import TrainLoader, prepare_data, tokenizer_and_split, val_batches
 
-    run_dir = Path(run_dir)
     tc, dc = config.train, config.data
-    precision = tc.precision if tc.precision != "auto" else ("bf16" if torch.cuda.is_available() else "fp32")
-    # cpu=True on a machine without CUDA makes `accelerate launch --multi_gpu` start gloo processes there.
-    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=not torch.cuda.is_available())
     world, rank = accelerator.num_processes, accelerator.process_index
-    if tc.batch_size % (world * tc.grad_accum):
-        raise ValueError(f"train.batch_size {tc.batch_size} is not divisible by processes x grad_accum = {world * tc.grad_accum}")
 
-    resume_from = None
+    resume_from, changes = None, {}
     if accelerator.is_main_process:
-        resume_from = prepare_run_dir(run_dir, resume, overwrite)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "run.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+        resume_from, changes = prepare_run_dir(run_dir, config, resume, overwrite, allow_lr_change)
     accelerator.wait_for_everyone()
-    if resume and resume_from is None:
-        resume_from = latest_checkpoint(run_dir)
+    if resume and resume_from is None:  # another process: the main one's checks passed, take their results
+        resume_from = newest_intact_checkpoint(run_dir)
+        changes = resume_changes(run_dir, config, allow_lr_change)  # run.json is rewritten only after a barrier
 
     torch.manual_seed(tc.seed)
     tokenizer, split_docs = tokenizer_and_split(dc, run_dir, is_main=accelerator.is_main_process,
@@ -116,10 +189,21 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
     loader = TrainLoader(data.train, dc.seq_len, micro_rows, seed=tc.seed, rank=rank, world_size=world, packing=dc.packing)
     start_step = 0
     if resume_from is not None:
+        fresh_base_lrs = list(schedule.base_lrs)
         state = load_checkpoint_state(resume_from, model, optimizer)
+        if state.get("tokenizer", tokenizer.fingerprint) != tokenizer.fingerprint:
+            raise ValueError(f"{_tokenizer_file(tokenizer)}: not the tokenizer that {resume_from} was trained with "
+                             f"(sha256 {tokenizer.fingerprint[:12]}..., the checkpoint records "
+                             f"{state['tokenizer'][:12]}...); put the run's own tokenizer back")
         schedule.load_state_dict(state["scheduler"])
+        if changes:
+            apply_schedule_change(schedule, fresh_base_lrs)
         loader.load_state_dict(state["loader"])
         start_step = state["step"]
+    if accelerator.is_main_process:  # only once the checks have passed and the data and model are there
+        tmp = run_dir / ".run.json.tmp"
+        tmp.write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+        tmp.replace(run_dir / "run.json")  # whole or not at all
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
 
@@ -146,6 +230,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
         metrics.write(dict(step=step, **extra, **result))
         return result
 
+    if changes:
+        metrics.write(dict(step=start_step, event="resume", changed=changes))
     monitor = CollapseMonitor(objective.targets)
     initial = None
     if start_step == 0:
@@ -203,12 +289,17 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrit
             if snippet and routing_stages and accelerator.is_main_process:
                 _write_boundaries(raw_model, snippet, run_dir / "boundaries" / f"step_{step:06d}.html")
         if (step % tc.checkpoint_every == 0 or step == tc.max_steps) and accelerator.is_main_process:
-            save_checkpoint(run_dir, step, raw_model, optimizer, {"loader": loader.state_dict(), "scheduler": schedule.state_dict()}, tc.keep_checkpoints)
+            extra = {"loader": loader.state_dict(), "scheduler": schedule.state_dict(), "tokenizer": tokenizer.fingerprint}
+            save_checkpoint(run_dir, step, raw_model, optimizer, extra, tc.keep_checkpoints)
         accelerator.wait_for_everyone()
     bar.close()
     metrics.close()
     return TrainResult(run_dir, step, last_eval and last_eval["val_bpb"], initial and initial["val_bpb"],
                        (last_eval or {}).get("bytes_per_chunk", []))
+
+
+def _tokenizer_file(tokenizer) -> str:
+    return str(getattr(tokenizer, "path", "the byte tokenizer"))
 
 
 def structure_fields(model, text: bytes) -> dict:
@@ -228,7 +319,8 @@ def _write_boundaries(model, snippet: bytes, path: Path) -> None:
 
 
 def load_run_config(path: str | Path, overrides: list[str] = (), max_steps: int | None = None) -> RunConfig:
-    data = read_json(path)
+    """A run config from a file or a preset name, with `--set` overrides and `--max-steps` applied."""
+    data, path = read_run_json(path)
     if max_steps is not None:
         overrides = [*overrides, f"train.max_steps={max_steps}"]
     if overrides:
