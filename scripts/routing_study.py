@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TEXT_1STAGE = "hnet/configs/text/hnet_1stage_small.json"
+TEXT_1STAGE = "text/hnet_1stage"  # presets as hnet/configs/<this>_<size>.json
 
 # name: (preset, overrides, why)
 ARMS = {
@@ -41,11 +41,12 @@ ARMS = {
     "target4": (TEXT_1STAGE, ["train.ratio_targets=[4.0]"], "N = 4: closer to the ~4.5 bytes of an English word and its space"),
     "router_lr4": (TEXT_1STAGE, ["train.router_lr_multiplier=4.0"], "the routing module's lr x4"),
     "band4-8": (TEXT_1STAGE, ["train.ratio_loss_bands=[[4.0,8.0]]"], "the band ratio loss: free between 4 and 8 bytes per chunk"),
-    "batch4x": (TEXT_1STAGE, ["train.batch_size=32"],
+    "batch4x": (TEXT_1STAGE, [],
                 "4x the bytes per optimizer step (256K; the paper's is 2M), same bytes in all"),
-    "2stage": ("hnet/configs/text/hnet_2stage_small.json", [], "the 2-stage preset: N = (3, 3)"),
-    "dna": ("hnet/configs/dna/hnet_1stage_small.json", [], "DNA, 1-stage preset"),
+    "2stage": ("text/hnet_2stage", [], "the 2-stage preset: N = (3, 3)"),
+    "dna": ("dna/hnet_1stage", [], "DNA, 1-stage preset"),
 }
+BATCH_SCALE = {"batch4x": 4}  # arms that multiply the preset's sequences per optimizer step
 EVALS = 8  # evaluations per run, so curves have points
 MICRO_ROWS = 4  # sequences per micro-batch (--micro-rows): fewer lets more arms share a GPU's memory
 DRY_RUN = ["data.seq_len=128", "train.eval_batches=2", "data.max_bytes=100000"]
@@ -55,12 +56,12 @@ DRY_RUN_MODEL = {"arch_layout": ["m1", ["T1"], "m1"], "d_model": [32, 64], "d_in
 
 
 def arm_config(name: str, budget_bytes: int, data_paths: dict[str, str | None], dry_run: bool,
-               micro_rows: int = MICRO_ROWS) -> dict:
+               micro_rows: int = MICRO_ROWS, size: str = "small") -> dict:
     """The run config dict of an arm: its preset, its overrides, the study's budget and cadence."""
     from hnet.config import RunConfig, apply_overrides, read_json
 
     preset, overrides, _ = ARMS[name]
-    raw = read_json(REPO / preset)
+    raw = read_json(REPO / "hnet" / "configs" / f"{preset}_{size}.json")
     if dry_run:
         raw = apply_overrides(raw, DRY_RUN)
         raw["model"] = DRY_RUN_MODEL
@@ -72,6 +73,7 @@ def arm_config(name: str, budget_bytes: int, data_paths: dict[str, str | None], 
         if raw["data"]["source"] == "datasets" and not path.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
             raw["data"]["source"] = "text"  # a folder of one .txt(.gz) per document
     raw = apply_overrides(raw, overrides)
+    raw["train"]["batch_size"] *= BATCH_SCALE.get(name, 1)
     batch = raw["train"]["batch_size"]
     raw["train"]["grad_accum"] = max(1, batch // micro_rows) if not dry_run else 1
     bytes_per_step = batch * raw["data"]["seq_len"]
@@ -95,13 +97,13 @@ def finished(run_dir: Path, config: dict) -> bool:
 
 
 def train_arms(names: list[str], runs_dir: Path, budget_bytes: int, parallel: int, data_paths: dict, dry_run: bool,
-               micro_rows: int = MICRO_ROWS) -> None:
+               micro_rows: int = MICRO_ROWS, size: str = "small") -> None:
     """Each arm as its own `hnet train` process, `parallel` at a time; the shard caches are prepared
     first, one process per corpus, so the arms do not race to write them."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     todo = []
     for name in names:
-        config = arm_config(name, budget_bytes, data_paths, dry_run, micro_rows)
+        config = arm_config(name, budget_bytes, data_paths, dry_run, micro_rows, size)
         run_dir = runs_dir / name
         if finished(run_dir, config):
             print(f"{name}: finished earlier, skipped")
@@ -244,27 +246,31 @@ def plot_curves(curves: dict[str, dict], out: Path) -> list[Path]:
 
 
 def write_report(runs_dir: Path, doc: Path, figures: Path, command: str, findings: str | None) -> str:
-    """The study's section of `doc` (between `<!-- section: routing -->` and the next section marker),
+    """The study's section of `doc` (between `<!-- section: routing -->`, or `routing_tiny`, and the next marker),
     with its table and plots; the rest of the file is kept."""
     curves = {p.name: arm_curves(p) for p in sorted(runs_dir.iterdir()) if (p / "arm.json").is_file()}
     curves = {n: curves[n] for n in [*ARMS, *curves] if n in curves}  # the arms' order
     paths = plot_curves(curves, figures)
     device = runs_dir / "device.json"
     where = json.loads(device.read_text()) if device.is_file() else {}
+    size = where.get("size", "small")
+    marker = "<!-- section: routing -->" if size == "small" else f"<!-- section: routing_{size} -->"
+    base = next(iter(curves.values()))["config"]
+    corpus = base["data"]["path"]
     text_rows = [summary_row(n, c) for n, c in curves.items() if c["kind"] == "text"]
     other_rows = [summary_row(n, c) for n, c in curves.items() if c["kind"] != "text"]
     rel = lambda p: os.path.relpath(p, doc.parent)  # noqa: E731
     section = "\n".join([
-        "<!-- section: routing -->",
-        "## Chunking that finds structure: the routing recipe study",
+        marker,
+        "## Chunking that finds structure: the routing recipe study" + ("" if size == "small" else f" ({size} presets)"),
         "",
         f"Command: `{command}`",
         "",
         f"Trained {where.get('date', '?')} on {where.get('device', '?')}, torch {where.get('torch', '?')}; "
-        f"{where.get('parallel', '?')} arms at once on the one GPU.",
+        f"{where.get('parallel', '?')} arms at once" + (" on the one GPU." if "CPU" not in where.get("device", "") else "."),
         "",
-        "Every arm: the `small` preset, 8 x 8192 bytes per optimizer step unless said otherwise, the books corpus "
-        "(validation: whole held-out books). Scores at the last evaluation reached, on the run's fixed 8,192-byte "
+        f"Every arm: the `{size}` preset, {base['train']['batch_size']} x {base['data']['seq_len']} bytes per optimizer "
+        f"step unless said otherwise, on `{corpus}`. Scores at the last evaluation reached, on the run's fixed 8,192-byte "
         "validation snippet (`hnet.analysis.structure`); routing diagnostics at the last log step. A random F1 is "
         "what boundaries placed at random at the same rate would score.",
         "",
@@ -276,7 +282,7 @@ def write_report(runs_dir: Path, doc: Path, figures: Path, command: str, finding
         *([findings, ""] if findings else []),
     ])
     old = doc.read_text() if doc.is_file() else ""
-    start = old.find("<!-- section: routing -->")
+    start = old.find(marker)
     if start < 0:
         new = old.rstrip("\n") + "\n\n" + section
     else:
@@ -293,6 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-bytes", type=int, default=100_000_000)
     parser.add_argument("--parallel", type=int, default=len(ARMS), help="arms trained at once")
     parser.add_argument("--micro-rows", type=int, default=MICRO_ROWS, help="sequences per micro-batch")
+    parser.add_argument("--size", default="small", choices=["small", "tiny"],
+                        help="the presets' size: tiny trains on a CPU, on the bundled sample")
     parser.add_argument("--text-data", help="the books: a .jsonl(.gz) or a folder of one .txt(.gz) per book")
     parser.add_argument("--dna-data", help="a FASTA(.gz) of genomes")
     parser.add_argument("--report", action="store_true", help="write the section of --doc from the runs, no training")
@@ -317,9 +325,10 @@ def main(argv: list[str] | None = None) -> None:
         runs_dir.mkdir(parents=True, exist_ok=True)
         (runs_dir / "device.json").write_text(json.dumps({
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU", "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d"), "parallel": args.parallel}))
+            "date": time.strftime("%Y-%m-%d"), "parallel": args.parallel, "size": args.size}))
         train_arms(names, runs_dir, args.budget_bytes, args.parallel,
-                   {"text": args.text_data, "dna": args.dna_data}, dry_run=False, micro_rows=args.micro_rows)
+                   {"text": args.text_data, "dna": args.dna_data}, dry_run=False, micro_rows=args.micro_rows,
+                   size=args.size)
     command = "python scripts/routing_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
     findings = Path(args.findings).read_text().strip() if args.findings else None
     write_report(runs_dir, Path(args.doc), Path(args.doc).parent / "routing", command, findings)
