@@ -245,16 +245,17 @@ def plot_curves(curves: dict[str, dict], out: Path) -> list[Path]:
     return paths
 
 
-def write_report(runs_dir: Path, doc: Path, figures: Path, command: str, findings: str | None) -> str:
+def write_report(runs_dir: Path, doc: Path, command: str, findings: str | None) -> str:
     """The study's section of `doc` (between `<!-- section: routing -->`, or `routing_tiny`, and the next marker),
     with its table and plots; the rest of the file is kept."""
     curves = {p.name: arm_curves(p) for p in sorted(runs_dir.iterdir()) if (p / "arm.json").is_file()}
     curves = {n: curves[n] for n in [*ARMS, *curves] if n in curves}  # the arms' order
-    paths = plot_curves(curves, figures)
     device = runs_dir / "device.json"
     where = json.loads(device.read_text()) if device.is_file() else {}
     size = where.get("size", "small")
-    marker = "<!-- section: routing -->" if size == "small" else f"<!-- section: routing_{size} -->"
+    name = "routing" if size == "small" else f"routing_{size}"
+    marker = f"<!-- section: {name} -->"
+    paths = plot_curves(curves, doc.parent / name)  # the figures beside the document, a folder per section
     base = next(iter(curves.values()))["config"]
     corpus = base["data"]["path"]
     text_rows = [summary_row(n, c) for n, c in curves.items() if c["kind"] == "text"]
@@ -316,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             runs = Path(tmp) / "runs"
             train_arms(["base", "band4-8"], runs, EVALS * 8 * 128, 2, {}, dry_run=True)
-            print(write_report(runs, Path(tmp) / "results.md", Path(tmp) / "routing", "--dry-run", None))
+            print(write_report(runs, Path(tmp) / "results.md", "--dry-run", None))
         return
     runs_dir = Path(args.runs_dir)
     if not args.report:
@@ -331,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
                    size=args.size)
     command = "python scripts/routing_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
     findings = Path(args.findings).read_text().strip() if args.findings else None
-    write_report(runs_dir, Path(args.doc), Path(args.doc).parent / "routing", command, findings)
+    write_report(runs_dir, Path(args.doc), command, findings)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def test_arms_train_in_parallel_and_the_report_reads_them(tmp_path, capsys):
 
     doc = tmp_path / "results.md"
     doc.write_text("# Results\n\n<!-- section: routing -->\nold\n<!-- section: dna -->\nkept\n")
-    study.write_report(runs, doc, tmp_path / "routing", "routing_study.py --dry-run", "What the figures show.")
+    study.write_report(runs, doc, "routing_study.py --dry-run", "What the figures show.")
     text = doc.read_text()
     assert "\nold\n" not in text and text.endswith("What the figures show.\n\n<!-- section: dna -->\nkept\n")
     rows = [line for line in text.splitlines() if line.startswith(("| base |", "| alpha0.1 |"))]
