@@ -175,8 +175,8 @@ def summary_row(name: str, c: dict) -> dict:
            "ever collapsed": "/".join("yes" if any(stage_value(r, "collapsed", s) for r in c["logs"]) else "no" for s in range(stages))}
     if c["kind"] == "text":
         row.update({"word-start F1": fmt("word_start_f1"), "random F1": fmt("word_start_f1_random"),
-                    "word-start precision": fmt("word_start_precision"), "whitespace rate": fmt("whitespace_rate"),
-                    "letter rate": fmt("letter_rate")})
+                    "space-before-word F1": fmt("space_start_f1"), "its random F1": fmt("space_start_f1_random"),
+                    "whitespace rate": fmt("whitespace_rate"), "letter rate": fmt("letter_rate")})
     elif c["kind"] == "dna":
         row.update({f"codon pos {k} rate": fmt(f"codon_position_{k}_rate") for k in (1, 2, 3)})
     return row
@@ -197,10 +197,15 @@ def plot_curves(curves: dict[str, dict], out: Path) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     text = {n: c for n, c in curves.items() if c["kind"] == "text"}
+    def over_random(key):
+        def value(r):
+            random = stage_value(r, f"{key}_f1_random")
+            return (stage_value(r, f"{key}_f1") or 0) / random if random else None
+        return value
+
     panels = [
-        ("f1_vs_bytes.png", "word-start F1 / random F1 at the same rate (stage 1)",
-         lambda r: (stage_value(r, "word_start_f1") or 0) / stage_value(r, "word_start_f1_random")
-         if stage_value(r, "word_start_f1_random") else None, "evals"),
+        ("f1_vs_bytes.png", "word-start F1 / random F1 at the same rate (stage 1)", over_random("word_start"), "evals"),
+        ("space_f1_vs_bytes.png", "space-before-word F1 / random F1 (stage 1)", over_random("space_start"), "evals"),
         ("bpb_vs_bytes.png", "validation bits per byte", lambda r: r.get("val_bpb"), "evals"),
         ("near_threshold_vs_bytes.png", "share of p within 0.05 of 0.5 (stage 1)",
          lambda r: stage_value(r, "near_threshold"), "logs"),
@@ -215,7 +220,7 @@ def plot_curves(curves: dict[str, dict], out: Path) -> list[Path]:
             points = [(x, y) for x, y in points if y is not None]
             if points:
                 ax.plot(*zip(*points), marker="o" if series == "evals" else None, markersize=3, label=name)
-        if filename.startswith("f1"):
+        if "f1" in filename:
             ax.axhline(1.0, color="gray", linewidth=0.8)
             ax.axhline(2.0, color="gray", linestyle="--", linewidth=0.8)
         ax.set(xlabel="training bytes (millions)", ylabel=ylabel)

@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from handmade_routing import handmade_model
@@ -50,6 +51,7 @@ def test_structure_scores_of_boundaries_at_word_starts():
     text = b"To be, or not to be: that is the question. Whether tis nobler in the mind"
     stage1 = structure_scores(extract_boundaries(handmade_model(routing_stages=1), text))[0]
     assert stage1["word_start_precision"] == stage1["word_start_recall"] == stage1["word_start_f1"] == 1.0
+    assert stage1["space_start_f1"] == 0.0  # chunks begin after the spaces, not at them
     assert stage1["whitespace_rate"] == 0.0 and 0 < stage1["letter_rate"] < 0.5
     words = len(text.split())
     assert stage1["word_start_f1_random"] == pytest.approx(random_f1(words, words, len(text)))
@@ -87,3 +89,18 @@ def test_a_forced_collapse_is_reported(tmp_path, capsys, monkeypatch):
     assert [r["collapsed"] for r in logged] == [[False], [False], [True], [True]]
     assert logged[-1]["boundary_rate"] == [1.0]
     assert capsys.readouterr().out.count("warning: step 3: routing stage 1 has collapsed") == 1
+
+
+def test_structure_scores_of_boundaries_at_the_space_before_each_word():
+    """Chunks that begin at the space before a word (" word", as GPT-2's BPE): no word start at all, every
+    space-before-word."""
+    from hnet.analysis.boundaries import StageBoundaries, Boundaries
+
+    text = b"to be or not to be"
+    starts = np.array([0, 2, 5, 8, 12, 15])
+    offsets = np.arange(len(text))
+    stage = StageBoundaries(1, offsets, np.isin(offsets, starts).astype(np.float32), np.isin(offsets, starts))
+    scores = structure_scores(Boundaries(text, [stage]))[0]
+    assert scores["space_start_precision"] == pytest.approx(5 / 6) and scores["space_start_f1"] == pytest.approx(10 / 11)
+    assert scores["word_start_f1"] == pytest.approx(2 * (1 / 6) * (1 / 6) / (2 / 6))  # only offset 0 is a word start
+    assert scores["space_start_f1_random"] == pytest.approx(random_f1(6, 5, len(text)))

@@ -3,7 +3,9 @@ structure of its data, logged at every evaluation on the run's fixed validation 
 
 text     word starts: precision, recall and F1 of the boundaries, beside the F1 that boundaries placed at
          random at the same rate would get in expectation (precision = the share of bytes that begin a word,
-         recall = the boundary rate), and the boundary rate at whitespace and at letters
+         recall = the boundary rate); the same against the whitespace byte before each word (a chunker may
+         begin its chunks there, " word" as GPT-2's BPE and SpaceByte do, and then scores near zero on word
+         starts while following words exactly); the boundary rate at whitespace and at letters
 dna      the boundary rate at each codon position inside long open reading frames (a codon-aligned
          chunker favours one position)
 protein  the boundary rate per residue class
@@ -14,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from hnet.analysis.boundaries import Boundaries
-from hnet.analysis.stats import boundary_stats
+from hnet.analysis.stats import agreement, boundary_stats, word_starts
 
 # Residue classes by side chain (one common grouping); letters outside them (B, X, Z, ...) are left out.
 RESIDUE_CLASSES = {"hydrophobic": "AVILMFWC", "polar": "STNQY", "positive": "KRH", "negative": "DE", "special": "GP"}
@@ -38,18 +40,27 @@ def _residue_class_rates(by_residue: dict) -> dict:
     return out
 
 
+def _space_start_scores(starts: np.ndarray, spaces_before: np.ndarray, n: int) -> dict:
+    spaces = agreement(starts, spaces_before)
+    return {"space_start_precision": spaces["precision"], "space_start_f1": spaces["f1"],
+            "space_start_f1_random": random_f1(spaces["predicted"], spaces["reference"], n)}
+
+
 def structure_scores(b: Boundaries) -> list[dict]:
     """One flat dict per routing stage of `b` (stage 1 first): the scores of the module docstring for the
     kind of data the text is, and its boundary rate."""
     stats = boundary_stats(b)
+    word_offsets = word_starts(b.text)
+    spaces_before = word_offsets[word_offsets > 0] - 1  # the whitespace byte just before each word
     out = []
-    for stage in stats["stages"]:
+    for stage, routed in zip(stats["stages"], b.stages):
         scores = {"boundary_rate": stage["boundary_rate"]}
         if stats["kind"] == "text":
             words = stage["word_starts"]
             scores.update(word_start_precision=words["precision"], word_start_recall=words["recall"],
                           word_start_f1=words["f1"],
                           word_start_f1_random=random_f1(words["predicted"], words["reference"], stats["bytes"]),
+                          **_space_start_scores(routed.starts, spaces_before, stats["bytes"]),
                           whitespace_rate=stage["rate_by_class"]["whitespace"]["rate"],
                           letter_rate=stage["rate_by_class"]["letter"]["rate"])
         elif stats["kind"] == "dna":
