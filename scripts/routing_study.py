@@ -223,7 +223,7 @@ def plot_curves(curves: dict[str, dict], out: Path) -> list[Path]:
         if "f1" in filename:
             ax.axhline(1.0, color="gray", linewidth=0.8)
             ax.axhline(2.0, color="gray", linestyle="--", linewidth=0.8)
-        ax.set(xlabel="training bytes (millions)", ylabel=ylabel)
+        ax.set(xlabel="training bytes (millions)", ylabel=ylabel, yscale="log" if "per_chunk" in filename else "linear")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
