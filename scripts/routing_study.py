@@ -204,10 +204,10 @@ def plot_curves(curves: dict[str, dict], out: Path) -> list[Path]:
         return value
 
     panels = [
-        ("f1_vs_bytes.png", "word-start F1 / random F1 at the same rate (stage 1)", over_random("word_start"), "evals"),
-        ("space_f1_vs_bytes.png", "space-before-word F1 / random F1 (stage 1)", over_random("space_start"), "evals"),
+        ("f1_vs_bytes.png", "word-start F1 / random, stage 1", over_random("word_start"), "evals"),
+        ("space_f1_vs_bytes.png", "space-before-word F1 / random, stage 1", over_random("space_start"), "evals"),
         ("bpb_vs_bytes.png", "validation bits per byte", lambda r: r.get("val_bpb"), "evals"),
-        ("near_threshold_vs_bytes.png", "share of p within 0.05 of 0.5 (stage 1)",
+        ("near_threshold_vs_bytes.png", "p within 0.05 of 0.5, stage 1",
          lambda r: stage_value(r, "near_threshold"), "logs"),
         ("positions_per_chunk_vs_bytes.png", "positions per chunk (stage 1)",
          lambda r: stage_value(r, "stage_bytes_per_chunk"), "logs"),
