@@ -45,6 +45,13 @@ split, and the BPE Transformer at the bytes per token of the training split unde
 trains (the same vocabulary, split and seed); its `seq_len` in tokens holds the H-Net's bytes per
 sequence, so all presets of a data kind and size read the same bytes per batch.
 
+The routing recipe. The H-Net presets keep the paper's ratio-loss weight (alpha 0.03), the targets N of the
+table below and none of the routing options (`ratio_loss_bands`, the warmups, `router_lr_multiplier`). In
+the routing recipe study on the `tiny` presets (`docs/results.md`), only 4x the sequences per optimizer
+step gave boundaries that follow words, placed at the space before each word, and it cost bits per byte at
+equal bytes. The `small` study on a GPU has not run yet. A preset changes when that study finds a setting
+that gives structure without the cost.
+
 """
 
 
