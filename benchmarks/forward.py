@@ -14,8 +14,6 @@ says the batch used. Rows are printed as a markdown table for benchmarks/RESULTS
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -23,13 +21,13 @@ import torch
 
 from hnet import HNetForCausalLM
 from hnet.eval.flops import device_info
-from hnet.eval.timing import environment, fitting, load_model_config, sync, text_batch
+from hnet.eval.timing import (environment, fitting, load_model_config, parse_shape_args, shape_parser, sync,
+                              text_batch)
 from hnet.ops.dispatch import kernel_path
 from hnet.training.metrics import bytes_per_chunk, chunk_counts
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = [f".ref/configs/hnet_{s}.json" for s in ("1stage_L", "2stage_L", "1stage_XL", "2stage_XL")]
-QUICK_CONFIGS = ["hnet/configs/text/hnet_1stage_tiny.json", "hnet/configs/text/hnet_2stage_tiny.json"]
 
 
 def forward_once(model, device, batch: int, seq_len: int, steps: int, warmup: int) -> dict:
@@ -55,20 +53,9 @@ def forward_once(model, device, batch: int, seq_len: int, steps: int, warmup: in
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", nargs="+", default=DEFAULT_CONFIGS, help="H-Net model JSONs")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=8, help="rows of --seq-len bytes (halved while it does not fit)")
-    parser.add_argument("--seq-len", type=int, default=8192)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="tiny presets, batch 2 x 128, 1 step: checks the code path")
-    args = parser.parse_args(argv)
+    parser = shape_parser(__doc__, DEFAULT_CONFIGS)
+    args = parse_shape_args(parser, argv, REPO)
     device = torch.device(args.device)
-    if args.quick:
-        args.config, args.batch, args.seq_len, args.steps, args.warmup = QUICK_CONFIGS, 2, 128, 1, 0
-    if missing := [p for p in args.config if not (REPO / p).exists()]:
-        sys.exit(f"{missing[0]}: not found (the official configs: mkdir -p .ref && cp -r ../shared/reference/configs .ref/)")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     name, _ = device_info(device)
     print(environment(name))

@@ -38,9 +38,7 @@ are fixed at the targets (one every 6th byte, or every 3rd position at each stag
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,15 +49,14 @@ from hnet.chunking.fixed import route_every
 from hnet.config import TrainConfig, default_ratio_targets
 from hnet.eval.baselines import size_baseline
 from hnet.eval.flops import device_info, flops_per_byte, mfu
-from hnet.eval.timing import (ceilings, environment, fitting, load_model_config, print_tuning, text_batch,
-                              time_train_steps)
+from hnet.eval.timing import (ceilings, environment, fitting, load_model_config, parse_shape_args, print_tuning,
+                              shape_parser, text_batch, time_train_steps)
 from hnet.layers.cuda_graphs import use_cuda_graphs
 from hnet.layers.isotropic import Isotropic
 from hnet.ops.dispatch import kernel_path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = [".ref/configs/hnet_1stage_L.json", ".ref/configs/hnet_2stage_L.json"]
-QUICK_CONFIGS = ["hnet/configs/text/hnet_1stage_tiny.json", "hnet/configs/text/hnet_2stage_tiny.json"]
 
 
 def train_step_once(config: HNetConfig, device, batch: int, seq_len: int, steps: int, warmup: int,
@@ -129,14 +126,7 @@ def print_host_syncs(model, data, device) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", nargs="+", default=DEFAULT_CONFIGS, help="H-Net model JSONs")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=8, help="rows of --seq-len bytes (halved while it does not fit)")
-    parser.add_argument("--seq-len", type=int, default=8192)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="tiny presets, batch 2 x 128, 1 step: checks the code path")
+    parser = shape_parser(__doc__, DEFAULT_CONFIGS)
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU (default: known H100/H200)")
     parser.add_argument("--no-transformer", action="store_true", help="skip the matched Transformer")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference path (HNET_REFERENCE=1)")
@@ -149,12 +139,8 @@ def main(argv=None):
     parser.add_argument("--profile", type=int, metavar="ROWS", help="also profile one fast-path step of each "
                         "H-Net (and of its routed-at-targets row) at the batch that fitted, printing the ROWS "
                         "ops and kernels of most time")
-    args = parser.parse_args(argv)
+    args = parse_shape_args(parser, argv, REPO)
     device = torch.device(args.device)
-    if args.quick:
-        args.config, args.batch, args.seq_len, args.steps, args.warmup = QUICK_CONFIGS, 2, 128, 1, 0
-    if missing := [p for p in args.config if not (REPO / p).exists()]:
-        sys.exit(f"{missing[0]}: not found (the official configs: mkdir -p .ref && cp -r ../shared/reference/configs .ref/)")
     name, peak = device_info(device)
     peak = args.peak_tflops or peak
     measured = ceilings(device)[1]

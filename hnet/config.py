@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from hnet.constants import BOS
-
 from hnet.layers.isotropic import LAYER_RE, LAYOUT_RE
 
 # The allowed values of the run config's fields that other modules check too.
@@ -88,6 +87,17 @@ def to_dict(obj) -> dict:
         if value is None and f.default is None:
             continue
         out[f.name] = value
+    return out
+
+
+def flat_fields(d: dict, prefix: str = "") -> dict:
+    """{"train.lr": 0.001, ...}: a nested config dict with dotted field names, as errors name fields."""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(flat_fields(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
     return out
 
 
@@ -278,7 +288,6 @@ def _anchor(value, root: Path):
     return str(root / value)
 
 
-
 @dataclass
 class DataConfig:
     kind: str = "text"  # text | dna | protein: what the bytes are (reports group by it)
@@ -300,6 +309,11 @@ class DataConfig:
     packing: str = "cu_seqlens"  # cu_seqlens (per-document resets) | separator (one stream, BOS between)
     bos_id: int = BOS  # prepended to every document, as the official generate.py does
     cache_dir: Optional[str] = None  # shard cache; default $HNET_CACHE or ~/.cache/hnet-lm
+
+
+def _refuse(source: str, name: str, value, why: str):
+    """The run config's one error form: the file, the field, its value and what is wrong."""
+    raise ValueError(f"{source}: field '{name}' has value {value!r}; {why}")
 
 
 def default_ratio_targets(num_routing_stages: int) -> list[float]:
@@ -383,7 +397,7 @@ class RunConfig:
             for part in name.split("."):
                 value = getattr(value, part)
             if value not in allowed:
-                raise ValueError(f"{source}: field '{name}' has value {value!r}; expected one of {', '.join(allowed)}")
+                _refuse(source, name, value, f"expected one of {', '.join(allowed)}")
         self._validate_model_type(source)
         positive = ["data.seq_len", "train.batch_size", "train.grad_accum", "train.max_steps", "train.eval_every",
                     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints"]
@@ -391,10 +405,10 @@ class RunConfig:
             group, attr = name.split(".")
             value = getattr(getattr(self, group), attr)
             if value <= 0:
-                raise ValueError(f"{source}: field '{name}' has value {value!r}; must be positive")
+                _refuse(source, name, value, "must be positive")
         self._validate_numbers(source)
         if not 0.0 < self.data.val_fraction < 1.0:
-            raise ValueError(f"{source}: field 'data.val_fraction' has value {self.data.val_fraction!r}; must be in (0, 1)")
+            _refuse(source, "data.val_fraction", self.data.val_fraction, "must be in (0, 1)")
         routing_stages = self.model.num_stages - 1
         for name in ("lr_multipliers", "ratio_targets"):
             value = getattr(self.train, name)
@@ -404,53 +418,50 @@ class RunConfig:
                     f"stage(s), {routing_stages} of them routing"
                 )
         if self.train.ratio_targets is not None and any(n <= 1 for n in self.train.ratio_targets):
-            raise ValueError(f"{source}: field 'train.ratio_targets' has value {self.train.ratio_targets!r}; each N must be > 1")
+            _refuse(source, "train.ratio_targets", self.train.ratio_targets, "each N must be > 1")
         self._validate_routing_recipe(source, routing_stages)
 
     def _validate_numbers(self, source: str) -> None:
         """Every number finite (JSON lets NaN and Infinity through), and each in the range it means."""
-        def bad(name, value, why):
-            raise ValueError(f"{source}: field '{name}' has value {value!r}; {why}")
-
         for group in ("data", "train"):
             for f in dataclasses.fields(getattr(self, group)):
                 value = getattr(getattr(self, group), f.name)
                 flat = value if isinstance(value, list) else [value]
                 flat = [y for x in flat for y in (x if isinstance(x, list) else [x])]
                 if any(isinstance(x, float) and not math.isfinite(x) for x in flat):
-                    bad(f"{group}.{f.name}", value, "must be a finite number")
+                    _refuse(source, f"{group}.{f.name}", value, "must be a finite number")
         tc, dc = self.train, self.data
         if tc.lr <= 0:
-            bad("train.lr", tc.lr, "must be positive")
+            _refuse(source, "train.lr", tc.lr, "must be positive")
         if tc.weight_decay < 0:
-            bad("train.weight_decay", tc.weight_decay, "must be >= 0")
+            _refuse(source, "train.weight_decay", tc.weight_decay, "must be >= 0")
         if len(tc.betas) != 2 or not all(0 <= b < 1 for b in tc.betas):
-            bad("train.betas", tc.betas, "two numbers in [0, 1)")
+            _refuse(source, "train.betas", tc.betas, "two numbers in [0, 1)")
         if tc.lr_multipliers is not None and any(m <= 0 for m in tc.lr_multipliers):
-            bad("train.lr_multipliers", tc.lr_multipliers, "each must be positive")
+            _refuse(source, "train.lr_multipliers", tc.lr_multipliers, "each must be positive")
         for name in ("warmup_fraction", "decay_fraction", "min_lr_fraction"):
             if not 0 <= getattr(tc, name) <= 1:
-                bad(f"train.{name}", getattr(tc, name), "must be in [0, 1]")
+                _refuse(source, f"train.{name}", getattr(tc, name), "must be in [0, 1]")
         if tc.warmup_fraction + tc.decay_fraction > 1:
-            bad("train.decay_fraction", tc.decay_fraction, f"warmup_fraction + decay_fraction must be at most 1 "
+            _refuse(source, "train.decay_fraction", tc.decay_fraction, f"warmup_fraction + decay_fraction must be at most 1 "
                 f"(warmup_fraction is {tc.warmup_fraction})")
         if tc.grad_clip < 0:
-            bad("train.grad_clip", tc.grad_clip, "must be >= 0 (0: no clipping)")
+            _refuse(source, "train.grad_clip", tc.grad_clip, "must be >= 0 (0: no clipping)")
         if tc.seed < 0:
-            bad("train.seed", tc.seed, "must be >= 0")
+            _refuse(source, "train.seed", tc.seed, "must be >= 0")
         if tc.eval_batches <= 0:
-            bad("train.eval_batches", tc.eval_batches, "must be positive")
+            _refuse(source, "train.eval_batches", tc.eval_batches, "must be positive")
         for name in ("val_bytes", "max_bytes"):
             if getattr(dc, name) is not None and getattr(dc, name) <= 0:
-                bad(f"data.{name}", getattr(dc, name), "must be positive (or left out)")
+                _refuse(source, f"data.{name}", getattr(dc, name), "must be positive (or left out)")
         if dc.vocab_size <= 0:
-            bad("data.vocab_size", dc.vocab_size, "must be positive")
+            _refuse(source, "data.vocab_size", dc.vocab_size, "must be positive")
 
     def _validate_routing_recipe(self, source: str, routing_stages: int) -> None:
         tc = self.train
 
         def bad(name, why):
-            raise ValueError(f"{source}: field 'train.{name}' has value {getattr(tc, name)!r}; {why}")
+            _refuse(source, f"train.{name}", getattr(tc, name), why)
 
         weights = tc.ratio_loss_weight if isinstance(tc.ratio_loss_weight, list) else [tc.ratio_loss_weight]
         if isinstance(tc.ratio_loss_weight, list) and len(weights) != routing_stages:
@@ -472,33 +483,30 @@ class RunConfig:
 
     def _validate_model_type(self, source: str) -> None:
         """The layout depth, tokenizer and vocabulary that each model_type needs."""
-        def bad(name, value, why):
-            raise ValueError(f"{source}: field '{name}' has value {value!r}; {why}")
-
         stages, layout = self.model.num_stages, self.model.arch_layout
         if self.model_type == "isotropic" and stages != 1:
-            bad("model.arch_layout", layout, "model_type 'isotropic' needs a 1-level layout like [\"T8\"]")
+            _refuse(source, "model.arch_layout", layout, "model_type 'isotropic' needs a 1-level layout like [\"T8\"]")
         if self.model_type == "hnet" and stages < 2:
-            bad("model.arch_layout", layout, "model_type 'hnet' needs 2 or more levels like [\"m4\", [\"T8\"], \"m4\"] "
+            _refuse(source, "model.arch_layout", layout, "model_type 'hnet' needs 2 or more levels like [\"m4\", [\"T8\"], \"m4\"] "
                 "(a flat layout is model_type 'isotropic')")
         if self.model_type == "hnet_fixed":
             if stages != 2:
-                bad("model.arch_layout", layout, "model_type 'hnet_fixed' takes one chunking stage (2 levels), "
+                _refuse(source, "model.arch_layout", layout, "model_type 'hnet_fixed' takes one chunking stage (2 levels), "
                     "as the rule gives the outer boundaries only")
             if self.train.ratio_loss_weight != 0:
-                bad("train.ratio_loss_weight", self.train.ratio_loss_weight, "must be 0 for model_type 'hnet_fixed' "
+                _refuse(source, "train.ratio_loss_weight", self.train.ratio_loss_weight, "must be 0 for model_type 'hnet_fixed' "
                     "(its boundaries come from a rule, not from the routing module)")
             if self.fixed_boundaries == "bpe" and not self.fixed_tokenizer_path:
-                bad("fixed_tokenizer_path", self.fixed_tokenizer_path,
+                _refuse(source, "fixed_tokenizer_path", self.fixed_tokenizer_path,
                     "fixed_boundaries 'bpe' needs a sentencepiece model")
         if self.model_type != "isotropic" and self.data.tokenizer != "bytes":
-            bad("data.tokenizer", self.data.tokenizer, f"model_type '{self.model_type}' reads bytes; a BPE baseline is "
+            _refuse(source, "data.tokenizer", self.data.tokenizer, f"model_type '{self.model_type}' reads bytes; a BPE baseline is "
                 "model_type 'isotropic'")
         # The embedding must fit the ids exactly: a larger one wastes FLOPs and parameters, a smaller one fails.
         # A BPE model read from data.tokenizer_path is checked against that file when the model is built.
         expected = 256 if self.data.tokenizer == "bytes" else None if self.data.tokenizer_path else self.data.vocab_size
         if expected is not None and self.model.vocab_size != expected:
-            bad("model.vocab_size", self.model.vocab_size, f"data.tokenizer '{self.data.tokenizer}' has {expected} ids"
+            _refuse(source, "model.vocab_size", self.model.vocab_size, f"data.tokenizer '{self.data.tokenizer}' has {expected} ids"
                 + (" (data.vocab_size)" if self.data.tokenizer == "bpe" else ""))
 
 

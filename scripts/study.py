@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from hnet.config import PRESETS_DIR, RunConfig, apply_overrides, read_json
+from hnet.config import PRESETS_DIR, RunConfig, apply_overrides, flat_fields, read_json
 from hnet.eval.compare import compare_runs
 from hnet.eval.run_files import read_metrics
 from hnet.models import latest_checkpoint, load_model
@@ -89,14 +89,7 @@ def config_changes(run_dir: Path, wanted: RunConfig) -> list[str]:
     asks for now (where the shard cache lives does not count); none for a run not started."""
     if not (run_dir / "run.json").is_file():
         return []
-
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in d.items():
-            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-        return out
-
-    a, b = flat(RunConfig.from_json(run_dir / "run.json").to_dict()), flat(wanted.to_dict())
+    a, b = flat_fields(RunConfig.from_json(run_dir / "run.json").to_dict()), flat_fields(wanted.to_dict())
     return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(a.keys() | b.keys())
             if a.get(k) != b.get(k) and k != "data.cache_dir"]
 

@@ -101,16 +101,6 @@ ROUTING_RECIPE_BAD = {
 }
 
 
-@pytest.mark.parametrize("case", ROUTING_RECIPE_BAD.values(), ids=ROUTING_RECIPE_BAD.keys())
-def test_bad_routing_recipe_names_field_value_and_file(case, tmp_path):
-    train, field, value = case
-    path = write(tmp_path, {"model": TINY, "data": {"path": "x.txt"}, "train": {"ratio_targets": [6.0], **train}})
-    with pytest.raises(ValueError) as err:
-        RunConfig.from_json(path)
-    message = str(err.value)
-    assert str(path) in message and f"'train.{field}'" in message and value in message
-
-
 NUMBERS_BAD = {
     "negative lr": ({"lr": -0.001}, "lr", "-0.001"),
     "zero lr": ({"lr": 0.0}, "lr", "0.0"),
@@ -126,8 +116,11 @@ NUMBERS_BAD = {
 }
 
 
-@pytest.mark.parametrize("case", NUMBERS_BAD.values(), ids=NUMBERS_BAD.keys())
-def test_bad_numbers_name_field_value_and_file(case, tmp_path):
+TRAIN_BAD = {**ROUTING_RECIPE_BAD, **NUMBERS_BAD}
+
+
+@pytest.mark.parametrize("case", TRAIN_BAD.values(), ids=TRAIN_BAD.keys())
+def test_bad_train_fields_name_field_value_and_file(case, tmp_path):
     train, field, value = case
     path = write(tmp_path, {"model": TINY, "data": {"path": "x.txt"}, "train": {"ratio_targets": [6.0], **train}})
     with pytest.raises(ValueError) as err:

@@ -21,6 +21,7 @@ from hnet.training import TrainingError, train
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO / ".." / "shared" / "data" / "text" / "tinyshakespeare.txt"
+SAMPLE = REPO / "hnet" / "samples" / "tinyshakespeare.txt"  # bundled: there whether or not ../shared is
 
 
 def tiny_run_config(tmp_path, **train_changes) -> dict:
@@ -190,7 +191,7 @@ def test_resume_falls_back_past_a_truncated_checkpoint_and_readers_name_it(tmp_p
     broken = out / "checkpoints" / "step_000006" / "model.safetensors"
     broken.write_bytes(broken.read_bytes()[:-100])
     capsys.readouterr()
-    for argv in (["eval", str(out), "--data", str(SHAKESPEARE)], ["generate", str(out), "--prompt", "To"],
+    for argv in (["eval", str(out), "--data", str(SAMPLE)], ["generate", str(out), "--prompt", "To"],
                  ["inspect", str(out), "--text", "To be"]):
         before = snapshot(out)
         assert main(argv) == 2, argv

@@ -29,7 +29,6 @@ from hnet.constants import IGNORE_INDEX
 from hnet.data.shards import TokenSplit
 
 
-
 class _Stream:
     """One pass over the documents of `split` in `order`, each preceded by BOS."""
 

@@ -156,3 +156,13 @@ def train_bpe(train_docs, vocab_size: int, out_dir: str | Path) -> BPETokenizer:
     tmp.write_bytes(model.getvalue())
     os.replace(tmp, path)
     return BPETokenizer(path)
+
+
+def check_trained_with(tokenizer, recorded: str | None, checkpoint, consequence: str = "") -> None:
+    """A ValueError unless `tokenizer` is the one whose fingerprint the checkpoint's state.json recorded
+    (None: a checkpoint from before the record, taken as it is)."""
+    if recorded and recorded != tokenizer.fingerprint:
+        name = getattr(tokenizer, "path", "the byte tokenizer")
+        raise ValueError(f"{name}: not the tokenizer that {checkpoint} was trained with (sha256 "
+                         f"{tokenizer.fingerprint[:12]}..., the checkpoint records {recorded[:12]}...); "
+                         f"{consequence}put the run's own tokenizer back")

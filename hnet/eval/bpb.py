@@ -94,24 +94,22 @@ def evaluate_path(model_path, data, out=None, window: int | None = None, stride:
     """`hnet eval`: bpb of a run, checkpoint or model directory on FILE_OR_CONFIG; writes the JSON result
     to `out`, else RUN/eval/<data name>.json (MODEL/eval/... for a bare model). Returns (result, path)."""
     from hnet.eval.run_files import eval_documents, run_config, run_dir_of, run_tokenizer
-    from hnet.models import load_model, model_dir
+    from hnet.data.tokenizers import check_trained_with
+    from hnet.models import load_from_dir, model_dir
 
     docs, name = eval_documents(data)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    checkpoint = model_dir(model_path)
-    model = load_model(checkpoint, device=device)
+    checkpoint = model_dir(model_path)  # verified once, then read
+    model = load_from_dir(checkpoint, device=device)
     run = run_dir_of(model_path)
     config = run_config(run) if run else None
     tokenizer = run_tokenizer(run, config) if config else None
     if tokenizer is not None and tokenizer.vocab_size != model.config.vocab_size:
         raise ValueError(f"{model_path}: the run's tokenizer has {tokenizer.vocab_size} pieces but the model "
                          f"predicts {model.config.vocab_size} ids: they do not belong together")
-    trained_with = json.loads((checkpoint / "state.json").read_text()).get("tokenizer") if (
-        checkpoint / "state.json").is_file() else None
-    if tokenizer is not None and trained_with and trained_with != tokenizer.fingerprint:
-        raise ValueError(f"{tokenizer.path}: not the tokenizer that {checkpoint} was trained with (sha256 "
-                         f"{tokenizer.fingerprint[:12]}..., the checkpoint records {trained_with[:12]}...); "
-                         "its bits per byte would be wrong: put the run's own tokenizer back")
+    if tokenizer is not None and (checkpoint / "state.json").is_file():
+        recorded = json.loads((checkpoint / "state.json").read_text()).get("tokenizer")
+        check_trained_with(tokenizer, recorded, checkpoint, "its bits per byte would be wrong: ")
     if tokenizer is None and model.config.vocab_size != 256:
         raise ValueError(f"{model_path}: a model over {model.config.vocab_size} ids needs the tokenizer of its run "
                          "directory")

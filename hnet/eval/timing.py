@@ -10,13 +10,16 @@ text, a training step timed as the loop takes it, and a batch halved until it fi
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from hnet.config import HNetConfig, RunConfig
+from hnet.config import PRESETS_DIR, HNetConfig, RunConfig
 from hnet.constants import BOS, IGNORE_INDEX
 from hnet.data.sources import SAMPLES_DIR
 from hnet.layers.cuda_graphs import uses_cuda_graphs
@@ -149,3 +152,30 @@ def fitting(run, batch: int) -> tuple[int, object]:
             pass
         torch.cuda.empty_cache()  # outside the handler: its traceback no longer holds the failed step's tensors
     return 0, None
+
+
+QUICK_CONFIGS = [str(PRESETS_DIR / "text" / f"hnet_{n}stage_tiny.json") for n in (1, 2)]
+
+
+def shape_parser(description: str, default_configs: list[str]) -> argparse.ArgumentParser:
+    """The options of a benchmark over model configs at a batch shape (train_step.py, forward.py)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", nargs="+", default=default_configs, help="H-Net model JSONs")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=8, help="rows of --seq-len bytes (halved while it does not fit)")
+    parser.add_argument("--seq-len", type=int, default=8192)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="tiny presets, batch 2 x 128, 1 step: checks the code path")
+    return parser
+
+
+def parse_shape_args(parser: argparse.ArgumentParser, argv, repo: Path) -> argparse.Namespace:
+    """The options, with --quick applied, and a one-line exit naming a config that is not there (paths are
+    relative to the repository `repo`)."""
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.config, args.batch, args.seq_len, args.steps, args.warmup = QUICK_CONFIGS, 2, 128, 1, 0
+    if missing := [p for p in args.config if not (repo / p).exists()]:
+        sys.exit(f"{missing[0]}: not found (the official configs: mkdir -p .ref && cp -r ../shared/reference/configs .ref/)")
+    return args

@@ -7,7 +7,7 @@ from hnet.models.hnet import HNet, HNetForCausalLM, ModelOutput
 from hnet.models.weights import load_checkpoint
 
 __all__ = ["HNet", "HNetForCausalLM", "HNetFixedForCausalLM", "ModelOutput", "load_checkpoint", "load_model",
-           "latest_checkpoint", "checkpoints", "checkpoint_problem", "file_record", "model_dir"]
+           "load_from_dir", "latest_checkpoint", "checkpoints", "checkpoint_problem", "file_record", "model_dir"]
 
 
 READERS_SKIP = ("optimizer.pt",)  # a model is read without its optimizer state
@@ -83,6 +83,10 @@ def model_dir(path) -> Path:
 def load_model(path, device=None, dtype=None):
     """A model from a run directory (its latest checkpoint), a checkpoint directory or a converted official
     model directory."""
-    path = model_dir(path)
-    cls = HNetFixedForCausalLM if (path / CHUNKER_FILE).is_file() else HNetForCausalLM
-    return cls.from_pretrained(path, device=device, dtype=dtype)
+    return load_from_dir(model_dir(path), device, dtype)
+
+
+def load_from_dir(directory: Path, device=None, dtype=None):
+    """The model saved in `directory` (a `model_dir`, already verified)."""
+    cls = HNetFixedForCausalLM if (directory / CHUNKER_FILE).is_file() else HNetForCausalLM
+    return cls.from_pretrained(directory, device=device, dtype=dtype)

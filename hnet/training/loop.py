@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from hnet.chunking.diagnostics import CollapseMonitor, routing_diagnostics, routing_sums
-from hnet.config import RunConfig, apply_overrides, read_run_json
+from hnet.config import RunConfig, apply_overrides, flat_fields, read_run_json
 from hnet.constants import IGNORE_INDEX, LN2
 from hnet.models import checkpoint_problem
 from hnet.training.checkpoint import latest_checkpoint, load_checkpoint_state, newest_intact_checkpoint, save_checkpoint
@@ -67,21 +67,11 @@ RESUME_LR_FIELDS = ("train.lr", "train.schedule", "train.warmup_fraction", "trai
                     "train.min_lr_fraction")
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def resume_changes(run_dir: Path, config: RunConfig, allow_lr_change: bool = False) -> dict:
     """{field: [stored, new]} for the fields where `config` differs from the run's run.json; an error
     listing the fields that a resume may not change."""
-    stored = _flatten(RunConfig.from_json(run_dir / "run.json").to_dict())
-    new = _flatten(config.to_dict())
+    stored = flat_fields(RunConfig.from_json(run_dir / "run.json").to_dict())
+    new = flat_fields(config.to_dict())
     changed = {k: [stored.get(k), new.get(k)] for k in sorted(stored.keys() | new.keys()) if stored.get(k) != new.get(k)}
     allowed = RESUME_MAY_CHANGE + (RESUME_LR_FIELDS if allow_lr_change else ())
     refused = [k for k in changed if k not in allowed]
@@ -158,6 +148,7 @@ def _train(config: RunConfig, run_dir: Path, accelerator, resume: bool, overwrit
 
     from hnet.analysis.structure import structure_snippet
     from hnet.data import TrainLoader, prepare_data, tokenizer_and_split, val_batches
+    from hnet.data.tokenizers import check_trained_with
 
     tc, dc = config.train, config.data
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -191,10 +182,7 @@ def _train(config: RunConfig, run_dir: Path, accelerator, resume: bool, overwrit
     if resume_from is not None:
         fresh_base_lrs = list(schedule.base_lrs)
         state = load_checkpoint_state(resume_from, model, optimizer)
-        if state.get("tokenizer", tokenizer.fingerprint) != tokenizer.fingerprint:
-            raise ValueError(f"{_tokenizer_file(tokenizer)}: not the tokenizer that {resume_from} was trained with "
-                             f"(sha256 {tokenizer.fingerprint[:12]}..., the checkpoint records "
-                             f"{state['tokenizer'][:12]}...); put the run's own tokenizer back")
+        check_trained_with(tokenizer, state.get("tokenizer"), resume_from)
         schedule.load_state_dict(state["scheduler"])
         if changes:
             apply_schedule_change(schedule, fresh_base_lrs)
@@ -296,10 +284,6 @@ def _train(config: RunConfig, run_dir: Path, accelerator, resume: bool, overwrit
     metrics.close()
     return TrainResult(run_dir, step, last_eval and last_eval["val_bpb"], initial and initial["val_bpb"],
                        (last_eval or {}).get("bytes_per_chunk", []))
-
-
-def _tokenizer_file(tokenizer) -> str:
-    return str(getattr(tokenizer, "path", "the byte tokenizer"))
 
 
 def structure_fields(model, text: bytes) -> dict:
