@@ -20,6 +20,10 @@ def test_arms_train_in_parallel_and_the_report_reads_them(tmp_path, capsys):
         assert config["train"]["max_steps"] == study.EVALS and not (runs / arm / "run" / "checkpoints").exists()
         assert study.finished(runs / arm, config)
     assert json.loads((runs / "alpha0.1" / "arm.json").read_text())["train"]["ratio_loss_weight"] == 0.1
+    budget, base = study.EVALS * 8 * 128, json.loads((runs / "base" / "arm.json").read_text())
+    wide = study.arm_config("batch4x", budget, {}, dry_run=True)
+    assert wide["train"]["batch_size"] == 4 * base["train"]["batch_size"]  # 4x the sequences a step
+    assert wide["train"]["max_steps"] == max(study.EVALS, base["train"]["max_steps"] // 4)  # the same bytes
     study.train_arms(["base"], runs, study.EVALS * 8 * 128, 1, {}, dry_run=True)  # finished: skipped
     assert "base: finished earlier, skipped" in capsys.readouterr().out
 

@@ -43,3 +43,20 @@ def test_ratio_loss_warmup(tmp_path):
     assert [ratio_loss_scale(s, tc) for s in range(6)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
     tc.ratio_loss_warmup_steps = 0
     assert ratio_loss_scale(0, tc) == 1.0
+
+
+def test_the_step_scales_the_ratio_loss(tmp_path):
+    """forward_loss adds ratio_scale x alpha x the ratio loss of each stage to the cross-entropy."""
+    import torch
+
+    from hnet.training import Objective, forward_loss
+
+    config = RunConfig.from_dict(tiny_hnet(tmp_path, ratio_loss_weight=0.2))
+    torch.manual_seed(0)
+    model = model_for_run(config)
+    ids = torch.randint(0, 256, (2, 33))
+    batch = {"input_ids": ids[:, :-1].contiguous(), "labels": ids[:, 1:].contiguous()}
+    objective = Objective.of(config.train, 1)
+    for scale in (1.0, 0.25, 0.0):
+        out = forward_loss(model, batch, objective, ratio_scale=scale)
+        assert out.loss.item() == pytest.approx(out.ce.item() + scale * 0.2 * out.ratio[0].item(), rel=1e-6)
