@@ -156,10 +156,10 @@ def test_generate_until_stops_before_the_first_stop_string(tmp_path):
     loaded = random_byte_model()
     lm = HNetLM(loaded=loaded, batch_size=2, progress=False)
     contexts = ["ROMEO: ", "To be, or not to be"]
-    free = [loaded.model.generate([c.encode()], 40, temperature=0)[0] for c in contexts]
+    free = [loaded.model.generate([c.encode()], 24, temperature=0)[0] for c in contexts]
     ascii_byte = next(b for b in free[0][3:] if 32 <= b < 127)
     stop = chr(ascii_byte)
-    kwargs = {"until": [stop, "never appears \u2603"], "max_gen_toks": 40, "do_sample": False}
+    kwargs = {"until": [stop, "never appears \u2603"], "max_gen_toks": 24, "do_sample": False}
     out = lm.generate_until([instance("generate_until", c, dict(kwargs)) for c in contexts])
     for text, full in zip(out, free):
         decoded = full.decode("utf-8", errors="replace")
