@@ -64,8 +64,7 @@ class HNetLM(LM):
         self.window = int(window or loaded.window)
         self.stride = int(stride or max(self.window // 2, 1))
         self.batch_size = int(batch_size)
-        self.packing = packing if isinstance(packing, bool) else str(packing).lower() in ("1", "true", "yes")
-        self.progress = progress
+        self.packing, self.progress = _flag(packing), _flag(progress)
         self._device = next(self.model.parameters()).device
 
     # ---- text <-> ids
@@ -157,6 +156,11 @@ class HNetLM(LM):
                 break
         texts = [self._decode(g) for g in generated]
         return [min((t.split(u, 1)[0] for u in until), key=len, default=t) for t in texts]
+
+
+def _flag(value) -> bool:
+    """A model argument that is a bool, or its text in a model_args string."""
+    return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
 
 
 def task_manager(tasks: list[str], include_path=None):
