@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="bits per byte on held-out data")
     p.add_argument("model", metavar="RUN_OR_MODEL")
     p.add_argument("--data", required=True, nargs="+", metavar="FILE_OR_CONFIG",
-                   help="files, folders (every file under them) or run configs (their validation split): one row each, and the total")
+                   help="files, folders (every file under them) or run configs (their validation split): one row "
+                        "each, and the total")
     p.add_argument("--out")
     p.add_argument("--window", type=int, help="ids per window (default: the run's seq_len, else 8192)")
     p.add_argument("--stride", type=int, help="ids between window starts (default: window / 2)")

@@ -184,7 +184,8 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("configs", nargs="+", metavar="CONFIG", help="a preset name, a run config file or a run directory")
+    parser.add_argument("configs", nargs="+", metavar="CONFIG",
+                        help="a preset name, a run config file or a run directory")
     parser.add_argument("--out", required=True, help="folder for the task YAMLs, their jsonl files and the hook")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. data.path=PATH (every config)")

@@ -173,6 +173,26 @@ def test_generate_until_stops_before_the_first_stop_string(tmp_path):
     assert text == free_text.split(stop, 1)[0]
 
 
+def test_generation_ends_at_bos(tmp_path):
+    """BOS begins the next document: a row that samples it has ended its text (and BOS is not in it)."""
+    from hnet.eval.harness import HNetLM
+
+    for loaded in (random_byte_model(), bpe_model(tmp_path)):
+        lm = HNetLM(loaded=loaded, progress=False)
+        [first] = lm.generate_until([instance("generate_until", "To be", {"until": ["never"], "max_gen_toks": 1})])
+        favour = torch.zeros(loaded.model.lm_head.out_features)
+        favour[loaded.bos_id] = 1e4
+        calls = []  # the prefill gives the first new id as it was; every step after it gives BOS
+
+        def bos_after_the_first(module, args, out):
+            calls.append(1)
+            return out + favour if len(calls) > 1 else out
+
+        loaded.model.lm_head.register_forward_hook(bos_after_the_first)
+        [text] = lm.generate_until([instance("generate_until", "To be", {"until": ["never"], "max_gen_toks": 10})])
+        assert text == first and len(calls) == 2  # one id, then BOS: the row stopped there
+
+
 def test_without_lm_eval_the_command_names_the_extra(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` now fails as if it were not installed
     assert main(["lm-eval", str(tmp_path), "--tasks", "hellaswag"]) == 2

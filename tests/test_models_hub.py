@@ -50,7 +50,11 @@ def test_a_repo_id_is_a_snapshot_download(tmp_path, monkeypatch):
     model = tiny()
     model.save_pretrained(tmp_path / "snapshot")
     asked = []
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id: asked.append(repo_id) or str(tmp_path / "snapshot"))
+    def download(repo_id):
+        asked.append(repo_id)
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
     same_logits(model, hnet.load_model("someone/tiny-hnet"))
     assert asked == ["someone/tiny-hnet"]
 

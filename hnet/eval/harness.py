@@ -13,8 +13,9 @@ What the harness asks and how it is answered, for byte models and the BPE baseli
 - loglikelihood_rolling(text): BOS + the text, in the windows of `hnet eval` (window = the run's seq_len,
   stride = window / 2): the harness's bits_per_byte of a text is `hnet eval`'s bpb of it.
 - generate_until(context, gen_kwargs): our cached generation (`hnet.generation.stream_ids`), greedy unless
-  do_sample; the output is cut before the first stop string. max_gen_toks counts the model's own ids:
-  bytes for a byte model, tokens for the BPE baseline.
+  do_sample; the output is cut before the first stop string, and before BOS (a model trained here begins
+  the next document with it: its end-of-text). max_gen_toks counts the model's own ids: bytes for a byte
+  model, tokens for the BPE baseline.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class HNetLM(LM):
 
     def __init__(self, pretrained=None, loaded: EvalModel | None = None, batch_size=16, device=None, dtype=None,
                  window=None, stride=None, packing=True, max_batch_size=None, progress=True):
+        # max_batch_size: passed by simple_evaluate for batch_size "auto", which this model does not take
         super().__init__()
         if (pretrained is None) == (loaded is None):
             raise ValueError("give the model as pretrained=RUN_OR_MODEL (or, from Python, loaded=EvalModel)")
@@ -87,14 +89,14 @@ class HNetLM(LM):
         tail = whole[len(head):] if whole[:len(head)] == head else self._encode(continuation)
         return [self.bos_id, *head], tail
 
-    def _bar(self, total: int, what: str):
-        return tqdm(total=total, desc=f"hnet {what}", unit="request", disable=not self.progress)
+    def _bar(self, total: int, what: str, disable: bool = False):
+        return tqdm(total=total, desc=f"hnet {what}", unit="request", disable=disable or not self.progress)
 
     # ---- the three requests of the harness
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         pairs = [self.request_ids(*r.args) for r in requests]
-        with self._bar(len(pairs), "loglikelihood") as bar:
+        with self._bar(len(pairs), "loglikelihood", disable_tqdm) as bar:
             results = continuation_logprobs(self.model, pairs, self.window, self.batch_size, self.packing, bar)
         for r, result in zip(requests, results):
             self.cache_hook.add_partial("loglikelihood", r.args, result)
@@ -106,7 +108,7 @@ class HNetLM(LM):
         docs = [[self.bos_id, *self._encode(r.args[0])] for r in requests]
         short = [i for i, ids in enumerate(docs) if len(ids) - 1 <= self.window]
         results = [0.0] * len(docs)
-        with self._bar(len(docs), "loglikelihood_rolling") as bar:
+        with self._bar(len(docs), "loglikelihood_rolling", disable_tqdm) as bar:
             scored = continuation_logprobs(self.model, [(docs[i][:1], docs[i][1:]) for i in short], self.window,
                                            self.batch_size, self.packing, bar)
             for i, (logprob, _) in zip(short, scored):
@@ -126,7 +128,7 @@ class HNetLM(LM):
         for i, kwargs in enumerate(settings):
             groups.setdefault(json.dumps(kwargs, sort_keys=True, default=str), []).append(i)
         results = [""] * len(requests)
-        with self._bar(len(requests), "generate_until") as bar:
+        with self._bar(len(requests), "generate_until", disable_tqdm) as bar:
             for members in groups.values():
                 kwargs = settings[members[0]]
                 for first in range(0, len(members), self.batch_size):
@@ -144,17 +146,22 @@ class HNetLM(LM):
         temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
         keep = max(self.window - max_new, 1)  # as lm-eval's HF model: the prompt leaves room for the output
         rows = [[self.bos_id, *self._encode(c)][-keep:] for c in contexts]
-        # a byte model stops each row at its stop bytes; a BPE model's stop strings are found in decoded text
-        stops = [u.encode("utf-8") for u in until] if self.tokenizer is None else []
+        # Every row stops at BOS (a new document: the end of this one) and a byte model's row at its stop
+        # strings' bytes; a BPE model's stop strings are found in the decoded text, all rows together.
+        stops = [[self.bos_id]] + ([list(u.encode("utf-8")) for u in until] if self.tokenizer is None else [])
         generated = [[] for _ in rows]
+
+        def done(ids):
+            return self.bos_id in ids or any(u in self._decode(ids) for u in until)
+
         for new in stream_ids(self.model, rows, max_new, temperature, kwargs.get("top_k"), kwargs.get("top_p"),
                               stops):
             for out, token in zip(generated, new):
                 if token is not None:
                     out.append(token)
-            if self.tokenizer is not None and until and all(any(u in self._decode(g) for u in until) for g in generated):
+            if self.tokenizer is not None and all(map(done, generated)):
                 break
-        texts = [self._decode(g) for g in generated]
+        texts = [self._decode(g[:g.index(self.bos_id)] if self.bos_id in g else g) for g in generated]
         return [min((t.split(u, 1)[0] for u in until), key=len, default=t) for t in texts]
 
 

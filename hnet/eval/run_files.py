@@ -106,11 +106,7 @@ class EvalModel:
     path: Path  # the folder the weights were read from
 
     def encode(self, data: bytes) -> list[int]:
-        return data_ids(self.tokenizer, data)
-
-
-def data_ids(tokenizer, data: bytes) -> list[int]:
-    return list(data) if tokenizer is None else tokenizer.encode(data).tolist()
+        return list(data) if self.tokenizer is None else self.tokenizer.encode(data).tolist()
 
 
 def load_for_eval(model_path, device=None, dtype=None) -> EvalModel:
@@ -124,14 +120,14 @@ def load_for_eval(model_path, device=None, dtype=None) -> EvalModel:
     checkpoint = model_dir(model_path)  # verified once, then read
     model = load_from_dir(checkpoint, device=device, dtype=dtype)
     run = run_dir_of(model_path)
-    config = run_config(run) if run else None
     if run is not None:
+        config = run_config(run)
         tokenizer = run_tokenizer(run, config)
-        data = config.data
-        seq_len, bos_id = data.seq_len, data.bos_id
+        seq_len, bos_id = config.data.seq_len, config.data.bos_id
     else:  # a model folder: an exported run keeps its tokenizer and its run config beside the weights
         tokenizer = BPETokenizer(checkpoint / TOKENIZER_FILE) if (checkpoint / TOKENIZER_FILE).is_file() else None
-        data = read_json(checkpoint / TRAINING_CONFIG)["data"] if (checkpoint / TRAINING_CONFIG).is_file() else {}
+        trained = checkpoint / TRAINING_CONFIG
+        data = read_json(trained).get("data", {}) if trained.is_file() else {}
         seq_len, bos_id = data.get("seq_len", 8192), data.get("bos_id", BOS)
     if tokenizer is not None and tokenizer.vocab_size != model.config.vocab_size:
         raise ValueError(f"{model_path}: the run's tokenizer has {tokenizer.vocab_size} pieces but the model "
@@ -157,7 +153,8 @@ def read_harness_results(run_dir: Path) -> dict[str, dict[str, float]]:
         for task, values in results.items():
             for key, value in values.items():
                 metric, _, filter_name = key.partition(",")
-                if not filter_name or "_stderr" in metric or isinstance(value, bool) or not isinstance(value, (int, float)):
+                numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+                if not filter_name or "_stderr" in metric or not numeric:
                     continue
                 merged.setdefault(task, {})[metric if filter_name == "none" else f"{metric} ({filter_name})"] = value
     return merged

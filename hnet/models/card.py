@@ -8,14 +8,17 @@ come from the caller as (label, value) rows: this module knows nothing of runs o
 from __future__ import annotations
 
 from hnet.config import HNetConfig
+from hnet.layers.isotropic import parse_layer_string
 
 
 def model_kind(config: HNetConfig, fixed_rule: str | None = None) -> str:
     """A short description of the architecture, e.g. "1-stage H-Net" or "isotropic Transformer"."""
     if config.num_stages > 1:
-        chunking = f", boundaries from the fixed rule '{fixed_rule}'" if fixed_rule else ""
+        chunking = f" with boundaries from the fixed rule '{fixed_rule}'" if fixed_rule else ""
         return f"{config.num_stages - 1}-stage H-Net{chunking}"
-    return "isotropic stack"
+    kinds = {kind for kind, _ in parse_layer_string(config.arch_layout[0])}
+    return "isotropic " + ("Transformer" if kinds == {"attn"} else "Mamba-2" if kinds == {"mamba"} else
+                           "hybrid of Mamba-2 and attention")
 
 
 def model_card(config: HNetConfig, parameters: int, name: str = "H-Net", fixed_rule: str | None = None,
@@ -51,12 +54,13 @@ def model_card(config: HNetConfig, parameters: int, name: str = "H-Net", fixed_r
         'model = hnet.load_model("PATH_OR_REPO_ID")   # this folder, or its Hub repo id (needs huggingface_hub)',
     ]
     if tokenizer:
-        lines += ['# ids: sentencepiece.SentencePieceProcessor(model_file=".../tokenizer.model"), bytes as latin-1 text']
+        lines += ['# ids: sentencepiece.SentencePieceProcessor(model_file=".../tokenizer.model"), the bytes as latin-1',
+                  "# text (hnet.data.BPETokenizer does this)"]
     else:
         lines += ['ids = torch.tensor([[254, *"To be, or not to be".encode()]])   # BOS 254 first',
                   "logits = model(ids).logits"]
-    lines += ["```", "", "`hnet eval PATH --data FILE` gives its bits per byte on a text; `hnet lm-eval PATH --tasks ...` "
-              "runs lm-evaluation-harness tasks on it.", ""]
+    lines += ["```", "", "`hnet eval PATH --data FILE` gives its bits per byte on a text; "
+              "`hnet lm-eval PATH --tasks ...` runs lm-evaluation-harness tasks on it.", ""]
     if training:
         lines += ["## Training", "", "| | |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in training], ""]
     return "\n".join(lines)
