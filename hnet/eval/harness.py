@@ -205,7 +205,7 @@ def run_lm_eval(model_path, tasks: list[str], limit=None, batch_size: int = 16, 
     manager = task_manager(tasks, include_path)
     lm = HNetLM(pretrained=model_path, batch_size=batch_size, device=device, progress=progress, **model_args)
     results = simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
-                              task_manager=manager, log_samples=log_samples, bootstrap_iters=1000)
+                              task_manager=manager, log_samples=log_samples)
     results["config"].update(model="hnet", model_args={"pretrained": str(model_path), **model_args},
                              batch_size=batch_size, window=lm.window, stride=lm.stride)
     samples = results.pop("samples", None) or {}
