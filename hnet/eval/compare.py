@@ -175,7 +175,9 @@ def harness_table(summaries: list[RunSummary], out: Path) -> list[str]:
 
 
 def _harness_cell(value) -> str:
-    return "" if value is None else f"{value:.4f}"
+    if value is None:
+        return ""
+    return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"  # a word perplexity of an untrained model is huge
 
 
 def plot_curves(summaries: list[RunSummary], out: Path) -> list[Path]:
