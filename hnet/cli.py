@@ -36,10 +36,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="bits per byte on held-out data")
     p.add_argument("model", metavar="RUN_OR_MODEL")
-    p.add_argument("--data", required=True, metavar="FILE_OR_CONFIG")
+    p.add_argument("--data", required=True, nargs="+", metavar="FILE_OR_CONFIG",
+                   help="files, folders (every file under them) or run configs (their validation split): one row "
+                        "each, and the total")
     p.add_argument("--out")
     p.add_argument("--window", type=int, help="ids per window (default: the run's seq_len, else 8192)")
     p.add_argument("--stride", type=int, help="ids between window starts (default: window / 2)")
+
+    p = sub.add_parser("lm-eval", help="lm-evaluation-harness tasks (needs the extra: pip install 'hnet-lm[eval]')")
+    p.add_argument("model", metavar="RUN_OR_MODEL")
+    p.add_argument("--tasks", required=True, help="comma-separated task names or task YAML files")
+    p.add_argument("--limit", type=_limit, help="items per task (a fraction below 1: that share of them)")
+    p.add_argument("--batch-size", type=int, default=16, help="requests per forward pass")
+    p.add_argument("--num-fewshot", type=int)
+    p.add_argument("--include-path", action="append", metavar="DIR", help="a folder of task YAMLs (repeatable)")
+    p.add_argument("--window", type=int, help="ids per window (default: the run's seq_len, else 8192)")
+    p.add_argument("--stride", type=int, help="ids between rolling windows (default: window / 2)")
+    p.add_argument("--log-samples", action="store_true", help="also write every scored sample (jsonl per task)")
+    p.add_argument("--out", metavar="DIR", help="default: RUN/lm_eval/")
+
+    p = sub.add_parser("export", help="a run's model as a Hub model folder (weights, model card, tokenizer)")
+    p.add_argument("model", metavar="RUN_OR_MODEL")
+    p.add_argument("--out", required=True, metavar="DIR")
 
     p = sub.add_parser("compare", help="one report over several runs")
     p.add_argument("runs", nargs="+", metavar="RUN")
@@ -111,12 +129,49 @@ def _quickstart(args) -> None:
     quickstart(args.configs, args.out, args.max_steps)
 
 
+def _limit(value: str) -> int | float:
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"--limit {value}: must be > 0")
+    return number if number < 1 else int(number)
+
+
 def _eval(args) -> None:
     from hnet.eval import evaluate_path
 
-    result, path = evaluate_path(args.model, args.data, args.out, args.window, args.stride)
+    result, path = evaluate_path(args.model, args.data[0] if len(args.data) == 1 else args.data, args.out,
+                                 args.window, args.stride)
+    if len(result["rows"]) > 1:
+        width = max(len(r["name"]) for r in result["rows"]) + 2
+        print(f"{'data':{width}} {'bytes':>12} {'bits/byte':>10}")
+        for r in result["rows"]:
+            print(f"{r['name']:{width}} {r['bytes']:>12,} {r['bpb']:>10.4f}")
+        print(f"{'total':{width}} {result['bytes']:>12,} {result['bpb']:>10.4f}")
     print(f"{result['bpb']:.4f} bits per byte over {result['bytes']} bytes ({result['documents']} documents); "
           f"wrote {path}")
+
+
+def _lm_eval(args) -> None:
+    try:
+        import lm_eval  # noqa: F401  (the optional extra: say so before anything else runs)
+    except ImportError:
+        raise ValueError("lm-eval is not installed: pip install 'hnet-lm[eval]' (the optional extra that brings "
+                         "lm-evaluation-harness)") from None
+    from hnet.eval.harness import run_lm_eval
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    model_args = {k: v for k, v in (("window", args.window), ("stride", args.stride)) if v is not None}
+    _, json_path, md_path = run_lm_eval(args.model, tasks, args.limit, args.batch_size, args.out, args.include_path,
+                                        args.num_fewshot, args.log_samples, **model_args)
+    print(md_path.read_text())
+    print(f"wrote {json_path} and {md_path}")
+
+
+def _export(args) -> None:
+    from hnet.eval.export import export_model
+
+    out = export_model(args.model, args.out)
+    print(f"wrote {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
 
 
 def _compare(args) -> None:
@@ -189,8 +244,8 @@ def _tokenizer(args) -> None:
           f"validation: {sum(len(d.text) for d in val) / max(val_tokens, 1):.3f} bytes per token")
 
 
-COMMANDS = {"train": _train, "quickstart": _quickstart, "eval": _eval, "compare": _compare, "inspect": _inspect,
-            "generate": _generate, "convert": _convert, "tokenizer": _tokenizer}
+COMMANDS = {"train": _train, "quickstart": _quickstart, "eval": _eval, "lm-eval": _lm_eval, "export": _export,
+            "compare": _compare, "inspect": _inspect, "generate": _generate, "convert": _convert, "tokenizer": _tokenizer}
 
 
 def quickstart(configs: list[str], out: str, max_steps: int | None = None) -> None:

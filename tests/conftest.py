@@ -8,3 +8,23 @@ sys.path.insert(0, str(Path(__file__).parent))  # test helpers (golden.py) impor
 if not torch.cuda.is_available():
     # Triton reads this when its kernels are defined; some torch modules import triton early.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_hnet(tmp_path_factory):
+    """A tiny H-Net run trained a few steps on the bundled sample (once per session): the run directory, for
+    the tests that evaluate, export and compare a run as a user would. A test that writes into a run (eval/,
+    lm_eval/) copies it first (shutil.copytree), so that no test sees another's results."""
+    import json
+
+    from hnet.cli import main
+    from tiny_runs import tiny_hnet
+
+    root = tmp_path_factory.mktemp("tiny_trained_hnet")
+    config = tiny_hnet(root, max_steps=4, eval_every=4, checkpoint_every=4)
+    (root / "config.json").write_text(json.dumps(config))
+    assert main(["train", str(root / "config.json"), "--out", str(root / "run")]) == 0
+    return root / "run"

@@ -56,6 +56,14 @@ def test_bpe_round_trip_is_exact(bpe, name):
 
 
 @needs_data
+def test_bpe_decodes_any_ids(bpe):
+    """A sampling model may emit byte pieces that encode never pairs up (0xE3 0x96 ...): decode still gives bytes."""
+    byte_ids = [i for i in range(bpe.vocab_size) if bpe.sp.is_byte(i)]
+    odd = [byte_ids[0xE3], byte_ids[0x96], bpe.encode(b"to be")[0], byte_ids[0xF0], byte_ids[0x9F]]
+    assert isinstance(bpe.decode(odd), bytes) and bpe.decode(odd).endswith(b"\xef\xbf\xbd")  # U+FFFD, in UTF-8
+    assert bpe.decode(bpe.encode(INVALID_UTF8)) == INVALID_UTF8
+
+
 def test_bpe_model_properties(bpe):
     assert bpe.vocab_size == 400 and bpe.bos_id == 1
     assert bpe.path.name == "tokenizer.model"

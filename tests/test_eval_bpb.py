@@ -47,6 +47,30 @@ def test_hnet_eval_equals_a_hand_computation(tmp_path):
     assert result["model"] == str(tmp_path / "model") and result["data"] == str(tmp_path / "text.txt")
 
 
+def test_hnet_eval_on_files_and_a_folder_gives_a_row_each_and_their_total(tmp_path, capsys):
+    model = tiny_hnet()
+    model.save_pretrained(tmp_path / "model")
+    texts = {"corpus/a.txt": TEXT, "corpus/sub/b.txt": b"a second document\n" * 5, "corpus/.hidden": b"skipped",
+             "c.txt": "三国演义".encode()}
+    for name, text in texts.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(text)
+    argv = ["eval", str(tmp_path / "model"), "--data", str(tmp_path / "corpus"), str(tmp_path / "c.txt"),
+            "--window", "64", "--out", str(tmp_path / "r.json")]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert [r["name"] for r in result["rows"]] == ["a.txt", "sub/b.txt", str(tmp_path / "c.txt")]
+    docs = [texts["corpus/a.txt"], texts["corpus/sub/b.txt"], texts["c.txt"]]
+    for row, doc in zip(result["rows"], docs):
+        alone = bits_per_byte(model, [doc], window=64)
+        assert row["bpb"] == pytest.approx(alone["bpb"], rel=1e-9) and row["bytes"] == alone["bytes"]
+    whole = bits_per_byte(model, docs, window=64)
+    assert result["bpb"] == pytest.approx(whole["bpb"], rel=1e-9) and result["bytes"] == whole["bytes"]
+    assert result["documents"] == 3
+    printed = capsys.readouterr().out
+    assert "total" in printed and "sub/b.txt" in printed
+
+
 @pytest.mark.parametrize("n,window,stride", [(2, 8, 4), (9, 8, 4), (10, 8, 8), (100, 16, 5), (101, 7, 1), (50, 64, 32)])
 def test_windows_score_every_target_once(n, window, stride):
     scored, plan = [], plan_windows(n, window, stride)

@@ -41,3 +41,20 @@ def test_no_upward_imports():
 def test_layers_know_no_hnet_config():
     for path in sorted((PACKAGE / "layers").rglob("*.py")):
         assert "hnet.config" not in imported_modules(path), path
+
+
+def test_only_the_command_line_imports_the_harness_adapter():
+    """hnet.eval.harness imports lm_eval, an optional extra: the package imports it only where `hnet lm-eval`
+    runs, so everything else works without lm-eval installed."""
+    importers = [str(path.relative_to(PACKAGE.parent)) for path in sorted(PACKAGE.rglob("*.py"))
+                 if path.name != "harness.py" and any(name == "hnet.eval.harness" or name == "lm_eval"
+                                                      or name.startswith("lm_eval.") for name in imported_modules(path))]
+    assert importers == ["hnet/cli.py"], importers
+
+
+def test_importing_the_package_does_not_import_lm_eval():
+    import subprocess
+    import sys
+
+    code = "import sys, hnet, hnet.eval, hnet.cli, hnet.generation; sys.exit('lm_eval' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent).returncode == 0

@@ -60,3 +60,15 @@ def test_a_wheel_installed_elsewhere_trains_a_preset_by_name_in_an_empty_folder(
     missing = hnet("train", "text/no_such_preset", "--out", "run2")
     assert missing.returncode == 2 and "text/no_such_preset: config file does not exist" in missing.stderr
     assert sorted(p.name for p in empty.iterdir()) == ["run"]
+
+
+def test_ci_installs_what_the_readme_test_command_installs():
+    """CI runs the README's test command; both install the `test` extra, which brings lm-eval for the harness tests."""
+    import re
+    import tomllib
+
+    readme_extras = re.findall(r"-e '\.\[([\w,]+)\]' && \.venv/bin/python -m pytest", (REPO / "README.md").read_text())
+    ci_extras = re.findall(r"install -q -e '\.\[([\w,]+)\]'", (REPO / ".ci" / "run").read_text())
+    assert readme_extras == ci_extras == ["test"]
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert [r for r in extras["test"] if r.startswith("lm_eval")] == extras["eval"]

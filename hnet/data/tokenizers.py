@@ -98,7 +98,14 @@ class BPETokenizer:
         return np.concatenate(ids) if ids else np.empty(0, dtype=self.dtype)
 
     def decode(self, ids) -> bytes:
-        return self.sp.decode(np.asarray(ids).tolist()).encode("latin-1")
+        """The bytes of any ids. Byte pieces that do not pair up as the UTF-8 of one latin-1 character (which
+        `encode` never makes, but a sampling model may) decode to characters beyond latin-1, or U+FFFD: those
+        give their UTF-8 bytes."""
+        text = self.sp.decode(np.asarray(ids).tolist())
+        try:
+            return text.encode("latin-1")
+        except UnicodeEncodeError:
+            return b"".join(c.encode("latin-1") if ord(c) < 256 else c.encode("utf-8") for c in text)
 
     def token_bytes(self) -> np.ndarray:
         """(vocab_size,) raw bytes per id, computed once. A byte piece <0xXX> is one UTF-8 byte of chr(b):

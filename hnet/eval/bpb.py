@@ -91,33 +91,29 @@ def bits_per_byte(model, docs: list[bytes], tokenizer=None, bos_id: int = BOS, w
 
 def evaluate_path(model_path, data, out=None, window: int | None = None, stride: int | None = None,
                   progress: bool = True) -> tuple[dict, Path]:
-    """`hnet eval`: bpb of a run, checkpoint or model directory on FILE_OR_CONFIG; writes the JSON result
-    to `out`, else RUN/eval/<data name>.json (MODEL/eval/... for a bare model). Returns (result, path)."""
-    from hnet.eval.run_files import eval_documents, run_config, run_dir_of, run_tokenizer
-    from hnet.data.tokenizers import check_trained_with
-    from hnet.models import load_from_dir, model_dir
+    """`hnet eval`: bpb of a run, checkpoint or model folder on FILE_OR_CONFIG, a folder (each file under it)
+    or a list of them: one row per file (or config's validation split) under "rows", and their total at the
+    top level. Writes the JSON result to `out`, else RUN/eval/<data name>.json (MODEL/eval/... for a bare
+    model). Returns (result, path)."""
+    from hnet.eval.run_files import eval_documents, eval_sources, load_for_eval, run_dir_of
 
-    docs, name = eval_documents(data)
+    sources = eval_sources(data)
+    documents = [(name, *eval_documents(spec)) for name, spec in sources]  # every file read before scoring
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    checkpoint = model_dir(model_path)  # verified once, then read
-    model = load_from_dir(checkpoint, device=device)
-    run = run_dir_of(model_path)
-    config = run_config(run) if run else None
-    tokenizer = run_tokenizer(run, config) if config else None
-    if tokenizer is not None and tokenizer.vocab_size != model.config.vocab_size:
-        raise ValueError(f"{model_path}: the run's tokenizer has {tokenizer.vocab_size} pieces but the model "
-                         f"predicts {model.config.vocab_size} ids: they do not belong together")
-    if tokenizer is not None and (checkpoint / "state.json").is_file():
-        recorded = json.loads((checkpoint / "state.json").read_text()).get("tokenizer")
-        check_trained_with(tokenizer, recorded, checkpoint, "its bits per byte would be wrong: ")
-    if tokenizer is None and model.config.vocab_size != 256:
-        raise ValueError(f"{model_path}: a model over {model.config.vocab_size} ids needs the tokenizer of its run "
-                         "directory")
-    window = window or (config.data.seq_len if config else 8192)
-    bos_id = config.data.bos_id if config else BOS
-    result = bits_per_byte(model, docs, tokenizer, bos_id, window, stride, progress=progress)
-    result.update(model=str(model_path), data=str(data))
-    path = Path(out) if out else (run or Path(model_path)) / "eval" / f"{name}.json"
+    loaded = load_for_eval(model_path, device=device)
+    window = window or loaded.window
+    rows = []
+    for name, docs, _ in documents:
+        row = bits_per_byte(loaded.model, docs, loaded.tokenizer, loaded.bos_id, window, stride, progress=progress)
+        rows.append(dict(row, name=name))
+    nll_bits, n_bytes = sum(r["nll_bits"] for r in rows), sum(r["bytes"] for r in rows)
+    result = {"bpb": nll_bits / max(n_bytes, 1), "bytes": n_bytes, "nll_bits": nll_bits,
+              "tokens": sum(r["tokens"] for r in rows), "documents": sum(r["documents"] for r in rows),
+              "window": rows[0]["window"], "stride": rows[0]["stride"], "rows": rows,
+              "model": str(model_path), "data": str(data) if isinstance(data, (str, Path)) else [str(d) for d in data]}
+    specs = [data] if isinstance(data, (str, Path)) else list(data)
+    name = documents[0][2] if len(documents) == 1 else "+".join(Path(s).name for s in specs)[:100]
+    path = Path(out) if out else (run_dir_of(model_path) or Path(model_path)) / "eval" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     return result, path

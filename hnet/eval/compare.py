@@ -5,7 +5,8 @@ the bytes per chunk measured at the last evaluation, or the bytes per token of i
 training bytes, bytes per chunk per stage or bytes per token, the last validation bpb, wall-clock and
 throughput. Training FLOPs = 3 x forward FLOPs per byte x bytes, the FLOPs per byte of an H-Net taken
 at the bytes per chunk logged for each stretch of training (its chunks, and so its cost, change as the
-routing learns).
+routing learns). Where runs hold `hnet lm-eval` results (RUN/lm_eval/), the report adds their table
+(report.md's "lm-eval" section, harness.csv).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from hnet.config import RunConfig, default_ratio_targets
 from hnet.eval.flops import TRAIN_FLOPS_PER_FORWARD, flops_per_byte
-from hnet.eval.run_files import bytes_per_token, read_metrics, run_config
+from hnet.eval.run_files import bytes_per_token, read_harness_results, read_metrics, run_config
 from hnet.layers.isotropic import parse_layer_string
 
 
@@ -43,6 +44,7 @@ class RunSummary:
     routing_logs: list[dict] = field(default_factory=list)
     structure_evals: list[dict] = field(default_factory=list)
     ratio_targets: list[float] = field(default_factory=list)
+    harness: dict = field(default_factory=dict)  # {task: {metric: value}} of `hnet lm-eval` runs found in RUN/lm_eval
 
 
 def model_kind(config: RunConfig) -> str:
@@ -110,6 +112,7 @@ def summarize(run_dir: str | Path) -> RunSummary:
         routing_logs=[dict(r, training_bytes=r["step"] * bytes_per_step) for r in trained if "near_threshold" in r],
         structure_evals=[dict(r, training_bytes=r["step"] * bytes_per_step) for r in evals if "word_start_f1" in r],
         ratio_targets=list(config.train.ratio_targets or default_ratio_targets(routing_stages)) if routing_stages else [],
+        harness=read_harness_results(run_dir),
     )
 
 
@@ -150,7 +153,31 @@ def write_report(summaries: list[RunSummary], out: Path) -> None:
         row = asdict(s)
         lines.append("| " + " | ".join(_cell(c, row[c]) for c in COLUMNS) + " |")
     lines += ["", *[f"![{p.stem}]({p.name})" for p in plots]]
+    lines += harness_table(summaries, out)
     (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def harness_table(summaries: list[RunSummary], out: Path) -> list[str]:
+    """The lm-eval results found in the runs (`hnet lm-eval`), one column per task and metric, as report.md
+    lines; the same table in harness.csv. Nothing where no run has any."""
+    columns = sorted({(task, metric) for s in summaries for task, metrics in s.harness.items() for metric in metrics})
+    if not columns:
+        return []
+    cells = [[s.run, *(_harness_cell(s.harness.get(t, {}).get(m)) for t, m in columns)] for s in summaries]
+    with open(out / "harness.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", *(f"{t}/{m}" for t, m in columns)])
+        writer.writerows(cells)
+    return ["", "## lm-eval", "",
+            "Results of `hnet lm-eval` found in each run's lm_eval/ folder (the latest of each task and metric).", "",
+            "| run | " + " | ".join(f"{t} {m}" for t, m in columns) + " |", "|" + " --- |" * (len(columns) + 1),
+            *["| " + " | ".join(row) + " |" for row in cells]]
+
+
+def _harness_cell(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"  # a word perplexity of an untrained model is huge
 
 
 def plot_curves(summaries: list[RunSummary], out: Path) -> list[Path]:

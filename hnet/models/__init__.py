@@ -1,5 +1,6 @@
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from hnet.models.fixed import CHUNKER_FILE, HNetFixedForCausalLM
@@ -7,7 +8,8 @@ from hnet.models.hnet import HNet, HNetForCausalLM, ModelOutput
 from hnet.models.weights import load_checkpoint
 
 __all__ = ["HNet", "HNetForCausalLM", "HNetFixedForCausalLM", "ModelOutput", "load_checkpoint", "load_model",
-           "load_from_dir", "latest_checkpoint", "checkpoints", "checkpoint_problem", "file_record", "model_dir"]
+           "load_from_dir", "latest_checkpoint", "checkpoints", "checkpoint_problem", "file_record", "model_dir",
+           "hub_snapshot"]
 
 
 READERS_SKIP = ("optimizer.pt",)  # a model is read without its optimizer state
@@ -58,10 +60,32 @@ def checkpoint_problem(checkpoint: Path, skip: tuple[str, ...] = ()) -> str | No
     return None
 
 
+HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_]")  # owner/name
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """The local folder of a Hub model repo (downloaded, or found in the Hub's cache): a thin call of
+    huggingface_hub.snapshot_download."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ValueError(f"{repo_id}: no such run or model directory (a Hub repo id needs huggingface_hub: "
+                         "pip install huggingface_hub)") from None
+    try:
+        return Path(snapshot_download(repo_id=repo_id))
+    except Exception as e:  # no network, no such repo, no access: all the same to the user here
+        reason = " ".join(str(e).split())[:200]
+        raise ValueError(f"{repo_id}: no such run or model directory, nor a Hub repo that could be downloaded "
+                         f"({type(e).__name__}: {reason})") from None
+
+
 def model_dir(path) -> Path:
     """The directory a model is read from: a run directory's latest checkpoint, verified against its
-    state.json, else `path` itself (a checkpoint or a converted official model)."""
+    state.json, else `path` itself (a checkpoint, a saved or converted model). A Hub repo id ("owner/name",
+    where no such local path exists) is downloaded first."""
     path = Path(path)
+    if not path.exists() and HUB_REPO_ID.fullmatch(str(path)):
+        path = hub_snapshot(str(path))
     if not path.exists():
         raise ValueError(f"{path}: no such run or model directory")
     if (path / "run.json").is_file() and not (path / "model.safetensors").is_file():
@@ -81,8 +105,8 @@ def model_dir(path) -> Path:
 
 
 def load_model(path, device=None, dtype=None):
-    """A model from a run directory (its latest checkpoint), a checkpoint directory or a converted official
-    model directory."""
+    """A model from a run directory (its latest checkpoint), a checkpoint directory, a folder written by
+    `save_pretrained` (a converted official model, an exported run), or a Hub repo id of such a folder."""
     return load_from_dir(model_dir(path), device, dtype)
 
 

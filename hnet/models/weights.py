@@ -3,6 +3,7 @@ and the optimizer parameter groups."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -10,15 +11,18 @@ from safetensors.torch import load_file, save_file
 
 from hnet.config import HNetConfig
 
+CARD_FILE = "README.md"  # the model card, as a Hub model repo names it
+TOKENIZER_FILE = "tokenizer.model"  # a BPE model's sentencepiece model, beside its weights
 NO_DECAY_SUFFIXES = (".bias", ".A_log", ".D", ".dt_bias", "pad_dimension")
 
 
 class WeightsMixin:
-    """save_pretrained / from_pretrained / load_weights / param_groups for our model classes."""
+    """save_weights / save_pretrained / from_pretrained / load_weights / param_groups for our model classes."""
 
     config: HNetConfig
 
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_weights(self, directory: str | Path) -> None:
+        """What loading needs: config.json + model.safetensors (a training checkpoint holds only these)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config.to_json(directory / "config.json")
@@ -26,6 +30,22 @@ class WeightsMixin:
         if self.config.tie_embeddings:
             state.pop("lm_head.weight", None)  # the same tensor as embeddings.weight
         save_file(state, str(directory / "model.safetensors"))
+
+    def save_pretrained(self, directory: str | Path, card: str | None = None, tokenizer_file=None) -> None:
+        """A folder that a Hub model repo can hold as it is: the weights (`save_weights`), README.md (`card`,
+        else a card made from the config) and, for a model over BPE ids, its tokenizer as tokenizer.model.
+        `hnet.load_model` reads it back; `hnet.eval.export` makes one from a run, with the run's facts."""
+        directory = Path(directory)
+        self.save_weights(directory)
+        if tokenizer_file is not None:
+            shutil.copyfile(tokenizer_file, directory / TOKENIZER_FILE)
+        if card is None:
+            from hnet.models.card import model_card
+
+            fixed_rule = getattr(getattr(self, "routing", None), "rule", None)  # a fixed chunker's rule
+            card = model_card(self.config, sum(p.numel() for p in self.parameters()), directory.name, fixed_rule,
+                              tokenizer=tokenizer_file is not None)
+        (directory / CARD_FILE).write_text(card)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *args, device=None, dtype=None):

@@ -1,6 +1,6 @@
 """Checkpoints in the run directory, written atomically: a crash mid-write never harms the last one.
 
-RUN_DIR/checkpoints/step_000200/ holds config.json + model.safetensors (the `save_pretrained` format),
+RUN_DIR/checkpoints/step_000200/ holds config.json + model.safetensors (`save_weights`: what loading needs),
 optimizer.pt and state.json (step, scheduler, loader position, RNG states). It is written under a
 temporary name and renamed when complete; the newest `keep` are kept. state.json, written last, records
 each file's size and sha256, so a reader can tell a whole checkpoint from a damaged one. An old checkpoint
@@ -63,7 +63,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, state: dict, kee
     shutil.rmtree(tmp, ignore_errors=True)
     writing = tmp / "model.safetensors"
     try:
-        model.save_pretrained(tmp)
+        model.save_weights(tmp)
         writing = tmp / "optimizer.pt"
         torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state()}, writing)
         files = {p.name: file_record(p) for p in sorted(tmp.iterdir())}
