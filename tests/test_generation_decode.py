@@ -203,3 +203,64 @@ def test_teacher_forcing_takes_the_given_bytes():
     decoder = Decoder(model)
     decoder.start([b"a", b"b"])
     assert decoder.generate(11, forced=forced) == [b"forced text", b"other bytes"]
+
+
+class NoHostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Fails on every op that hands a tensor's value to the host or sizes its output by one: on CUDA each
+    is a sync with the host, which a CUDA graph cannot hold (`.item()`, `bool(t)`, `int(t)` all go through
+    _local_scalar_dense; a boolean mask as an index is a nonzero). `.tolist()` and `.numpy()`, which read
+    CPU memory without an op, fail too while it is on."""
+
+    READS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2",
+             "aten::unique_consecutive", "aten::unique_dim", "aten::repeat_interleave", "aten::nonzero_numpy"}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        if name in self.READS or (name == "aten::index" and any(
+                i is not None and i.dtype == torch.bool for i in args[1])):
+            raise AssertionError(f"a host read in a decoding step: {name}")
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        self.patch = pytest.MonkeyPatch()
+        for method in ("tolist", "numpy"):
+            self.patch.setattr(torch.Tensor, method, _refuse(method))
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        self.patch.undo()
+        return super().__exit__(*exc)
+
+
+def _refuse(method):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a host read in a decoding step: Tensor.{method}")
+    return refuse
+
+
+@pytest.mark.parametrize("name", ["2stage", "1stage_hybrid", "isotropic_m2T1"])
+@torch.no_grad()
+def test_a_decoding_step_reads_nothing_back_to_the_host(name):
+    """decode_step (what a CUDA graph captures) over a bucketed batch with a stopped row, top-k and top-p
+    sampling and stop sequences: no op in it reads a value to the host."""
+    from hnet.generation.decode import decode_step
+    from hnet.generation.sampling import Sampling
+
+    model = random_model(name)
+    decoder = Decoder(model, buckets=True)
+    decoder.start([b"abc", b"a longer prompt", b"x"])  # 3 rows in a bucket of 4
+    decoder.prepare(10, top_k=40, top_p=0.9, stop=[b"\x00\x01", b"z"], seed=0)
+    decoder.state.live[1] = False
+    with NoHostReads():
+        for _ in range(4):
+            decode_step(model, decoder.state, Sampling(1.0, 40, 0.9), decoder.generator)
+    assert int(decoder.state.count) == 5
+
+
+def test_the_host_read_detector_catches_the_branching_step():
+    """The detector is not blind: the step as it was, with `if boundary.any()` at each stage, fails."""
+    model = random_model("2stage")
+    cache = model.allocate_inference_cache(2, 16)
+    prefill(model, cache, [b"\xfeab", b"\xfecd"])
+    with pytest.raises(AssertionError, match="host read"), NoHostReads(), torch.no_grad():
+        branching_step(model.backbone, model.embeddings(torch.tensor([101, 102])), cache, [True, True])

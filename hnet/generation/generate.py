@@ -107,27 +107,41 @@ class Decoder:
         self.pending = [b""] * len(self.pending)
 
     @torch.no_grad()
-    def stream(self, max_new_bytes: int, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None, stop=None, seed: int | None = None, forced=None) -> Iterator[list[bytes]]:
-        """Yields, at every host read, each row's new bytes since the last read (b"" for a row that has
-        stopped). forced (rows, max_new_bytes): bytes to take instead of sampling (teacher forcing)."""
-        if max_new_bytes < 0:
-            raise ValueError(f"max_new_bytes must be >= 0, got {max_new_bytes}")
-        sampling = Sampling(temperature, top_k, top_p)
-        stops = _stop_list(stop)
+    def prepare(self, max_new_bytes: int, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, stop=None, seed: int | None = None, forced=None):
+        """Set up a run of max_new_bytes (>= 1) bytes: the first is chosen, from the logits after each row's
+        last byte; returns the step that chooses each next one (a graph's replay, or the eager step), which
+        writes into `state.out`. `stream` drives it; a benchmark may time it step by step (and then `start`
+        anew: only `stream` keeps track of the bytes chosen but not yet fed)."""
+        if max_new_bytes < 1:
+            raise ValueError(f"max_new_bytes must be >= 1 for a run, got {max_new_bytes}")
         if self.state is None:
             raise ValueError("nothing to continue: start the rows first")
-        if max_new_bytes == 0:
-            return
+        sampling = Sampling(temperature, top_k, top_p)
+        stops = _stop_list(stop)
         if any(self.pending):
             self.extend([b""] * self.rows)
         state = self._state_for(max_new_bytes, stops)
         reserve(state.cache, max_new_bytes)
         state.start(self.rows, stops, None if forced is None else torch.as_tensor(forced, device=self.device))
         self.generator.manual_seed(torch.randint(0, 2**62, ()).item() if seed is None else seed)
-        emit(state, self.logits, sampling, self.generator)  # the first byte, from the prefill's logits
-        step = self._step(sampling)
-        read_from, steps = 0, 1
+        emit(state, self.logits, sampling, self.generator)
+        self.pending = [b""] * len(self.pending)  # until the run ends: see `stream`
+        return self._step(sampling)
+
+    @torch.no_grad()
+    def stream(self, max_new_bytes: int, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, stop=None, seed: int | None = None, forced=None) -> Iterator[list[bytes]]:
+        """Yields, at every host read, each row's new bytes since the last read (b"" for a row that has
+        stopped). forced (rows, max_new_bytes): bytes to take instead of sampling (teacher forcing)."""
+        if max_new_bytes < 0:
+            raise ValueError(f"max_new_bytes must be >= 0, got {max_new_bytes}")
+        if max_new_bytes == 0:
+            Sampling(temperature, top_k, top_p)
+            _stop_list(stop)
+            return
+        step = self.prepare(max_new_bytes, temperature, top_k, top_p, stop, seed, forced)
+        state, read_from, steps = self.state, 0, 1
         try:
             for j in range(max_new_bytes):
                 if j > 0:
@@ -142,8 +156,12 @@ class Decoder:
                 if not any(row[-1] for row in read):
                     break
         finally:  # also when the caller stops reading: what the device did is what the rows hold
-            chosen = state.out[: self.rows, :steps].tolist()
-            self.pending = [bytes([b for b in row if b != NOTHING][-1:]) for row in chosen] + self.pending[self.rows:]
+            self.pending = self.last_chosen(steps) + self.pending[self.rows:]
+
+    def last_chosen(self, steps: int) -> list[bytes]:
+        """Each real row's last byte chosen in the run's first `steps` steps (b"" if none): chosen, not fed."""
+        chosen = self.state.out[: self.rows, :steps].tolist()
+        return [bytes([b for b in row if b != NOTHING][-1:]) for row in chosen]
 
     def generate(self, max_new_bytes: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, stop=None, seed: int | None = None, forced=None) -> list[bytes]:

@@ -199,12 +199,12 @@ class CausalSelfAttention(nn.Module):
 
         No host sync, so that a CUDA graph can hold it: the query reads every slot, masked to those
         filled. A cache without a window must have a free slot in every row (`reserve_kv_cache`);
-        on CPU that is checked.
+        on CPU that is checked (a RuntimeError).
         """
         B = x.shape[0]
         slots = cache.k.shape[2]
-        if cache.window < 0 and not x.is_cuda and int(cache.seqlen.max()) >= slots:
-            raise ValueError(f"KV cache full: allocated for {slots} positions")
+        if cache.window < 0 and not x.is_cuda:  # no host read: on CPU the check is immediate
+            torch._assert_async((cache.seqlen < slots).all(), f"KV cache full: allocated for {slots} positions")
         q, k, v = self.Wqkv(x).view(B, 3, self.num_heads, self.head_dim).unbind(1)  # (B, H, hd) each
         if self.rotary_emb_dim > 0:
             cos, sin = rotary_tables(cache.seqlen, self.rotary_emb_dim)  # one position per row

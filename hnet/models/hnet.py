@@ -248,11 +248,13 @@ class HNetForCausalLM(WeightsMixin, nn.Module):
         h, routing = self.backbone.step(self.embeddings(input_ids), cache, mask)
         return ModelOutput(self.lm_head(h), routing)
 
-    def generate(self, prompts, max_new_bytes, temperature=1.0, top_k=None, top_p=None, stop=None, seed=None):
-        """New bytes after each prompt (a list of bytes); see `hnet.generation.generate`."""
+    def generate(self, prompts, max_new_bytes, temperature=1.0, top_k=None, top_p=None, stop=None, seed=None,
+                 **decoder):
+        """New bytes after each prompt (a list of bytes); see `hnet.generation.generate` (decoder: the options
+        of its Decoder: cuda_graphs, read_every, prefill_bytes, buckets)."""
         from hnet.generation import generate  # generation consumes models: imported on use, not at load
 
-        return generate(self, prompts, max_new_bytes, temperature, top_k, top_p, stop, seed)
+        return generate(self, prompts, max_new_bytes, temperature, top_k, top_p, stop, seed, **decoder)
 
     def stage_of(self, param_name: str) -> int:
         """The stage a parameter belongs to: each `main_network.` step goes one stage in."""
