@@ -103,3 +103,24 @@ def test_prefill_rejects_an_empty_budget():
     model, _ = model_and_text("2stage")
     with pytest.raises(ValueError, match="max_bytes"):
         prefill(model, model.allocate_inference_cache(1, 4), [b"abc"], max_bytes=0)
+
+
+@torch.no_grad()
+def test_prefill_in_pieces_with_fixed_space_boundaries():
+    """The space rule reads the byte before each piece from the cache: a piece that starts with a space after
+    a word, or after another space, chunks as the whole text does; so does generation from it."""
+    from hnet import HNetConfig
+    from hnet.models.fixed import HNetFixedForCausalLM
+
+    torch.manual_seed(0)
+    model = HNetFixedForCausalLM(HNetConfig.from_dict(CONFIGS["1stage_hybrid"]), rule="space").eval()
+    ids = torch.tensor([254, *b"To be,  or not to be: that is the question."])
+    caches, logits = [], []
+    for bounds in ([0, len(ids)], [0, 3, 6, 7, 9, 20, len(ids)]):  # pieces start at ',', ' ', ' ', 'r', 't'
+        cache = model.allocate_inference_cache(1, 4)
+        logits.append(torch.cat([model(ids[None, a:b], cache=cache).logits[0] for a, b in zip(bounds, bounds[1:])]))
+        caches.append(cache)
+    assert (logits[0] - logits[1]).abs().max() < 1e-5
+    assert_caches_equal(*caches)
+    text = bytes(ids[1:].tolist())
+    assert model.generate([text], 12, temperature=0, prefill_bytes=5) == model.generate([text], 12, temperature=0)
