@@ -53,6 +53,7 @@ class DecodeState:
             self.forced = None
         else:
             padded = torch.full_like(self.out, NOTHING)
+            forced = forced[:, : padded.shape[1]]
             padded[: forced.shape[0], : forced.shape[1]] = forced
             self.forced = _in_place(self.forced, padded)
 

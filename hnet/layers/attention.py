@@ -138,7 +138,9 @@ class CausalSelfAttention(nn.Module):
         T, cu = x.shape[1], cu_seqlens.long()
         lengths = cu[1:] - cu[:-1]
         past = cache.seqlen
-        longest_after, longest_before = torch.stack(((past + lengths).max(), past.max())).tolist()  # one sync
+        # One sync: the room the rows need, and whether a row that has new positions has cached ones (rows
+        # with no new positions may: a long prompt's pieces, or many prompts, take several forwards).
+        longest_after, longest_before = torch.stack(((past + lengths).max(), (past * (lengths > 0)).max())).tolist()
         reserve_kv_cache(cache, longest_after)
         seq = sequence_of_position(cu, T)
         positions = past[seq] + positions_in_sequence(cu, T)  # (T,): each position's index in its row

@@ -109,8 +109,7 @@ class Mamba2(nn.Module):
             self.chunk_size,
             cu_seqlens,
             D=self.D,
-            # Fresh rows (a first prefill) start from zero: the scan alone, without the initial-state terms.
-            initial_states=cache.ssm_state if bool(cache.ssm_state.any()) else None,
+            initial_states=cache.ssm_state,
         )
         cache.ssm_state.copy_(final_states)
         y = self.norm(y.reshape(1, T, self.d_inner), z)

@@ -76,7 +76,8 @@ class HNet(nn.Module):
         self.official_bf16_dechunk = False
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> HNetCache:
-        """Every stage gets `max_seqlen` positions: a row's chunks never outnumber its bytes."""
+        """Every stage's attention caches get `max_seqlen` slots (a row's chunks never outnumber its bytes);
+        those without a window grow as a prefill needs, so 0 is fine when `reserve` makes room for steps."""
         main = self.main_network.allocate_inference_cache(batch_size, max_seqlen, dtype)
         if self.is_innermost:
             return HNetCache(main)
@@ -102,11 +103,10 @@ class HNet(nn.Module):
         if self.is_innermost:
             inner_cache = None if cache is None else cache.main_network
             return self.main_network(x, cu_seqlens, cache=inner_cache, max_seqlen=max_seqlen)[..., :d_in], []
-        if cache is not None and cu_seqlens is None:
-            raise ValueError("a prefill of an H-Net stage takes packed sequences (cu_seqlens), one per row of the cache")
-        cached = cache is not None
-        if not cached:
+        if cache is None:
             cache = HNetCache(None)  # nothing to fill
+        elif cu_seqlens is None:
+            raise ValueError("a prefill of an H-Net stage takes packed sequences (cu_seqlens), one a row of the cache")
 
         h = self.encoder(x, cu_seqlens, cache=cache.encoder)
         residual = self._residual(h)
@@ -116,7 +116,7 @@ class HNet(nn.Module):
         if z.shape[1] > 0:  # always but in a prefill that continues rows and starts no chunk
             z, inner_routing = self.main_network(z, next_cu, next_mask, cache=cache.main_network, max_seqlen=longest)
         d = dechunk(z, routing.boundary_mask, routing.boundary_prob, next_cu, self.official_bf16_dechunk,
-                    cache=cache.dechunk if cached else None, cu_seqlens=cu_seqlens)
+                    cache=cache.dechunk, cu_seqlens=cu_seqlens)
         h = (d * ste(routing.selected_probs) + residual).to(h.dtype)
         h = self.decoder(h, cu_seqlens, cache=cache.decoder)
         return h[..., :d_in], [routing, *inner_routing]
@@ -236,8 +236,9 @@ class HNetForCausalLM(WeightsMixin, nn.Module):
         return ModelOutput(self.lm_head(h), routing)
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> HNetCache:
-        """Caches for decoding `batch_size` rows of up to `max_seqlen` positions (prompt + new bytes).
-        dtype: of the cached activations (default: the weights'); SSM states and the EMA stay fp32."""
+        """Caches for decoding `batch_size` rows of up to `max_seqlen` positions (prompt + new bytes; a
+        prefill makes more room as it needs, steps do not: `hnet.generation.cache.reserve`). dtype: of the
+        cached activations (default: the weights'); SSM states and the EMA stay fp32."""
         return self.backbone.allocate_inference_cache(batch_size, max_seqlen, dtype)
 
     def step(self, input_ids, cache: HNetCache, mask=None) -> ModelOutput:

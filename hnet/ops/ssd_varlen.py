@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from hnet.ops.packed import seq_idx_from_cu_seqlens, unpack
+from hnet.ops.packed import seq_idx_from_cu_seqlens
 
 
 def ssd_varlen(x, dt, A, B, C, chunk_size, cu_seqlens, D=None, initial_states=None, scan=None):
@@ -33,17 +33,24 @@ def ssd_varlen(x, dt, A, B, C, chunk_size, cu_seqlens, D=None, initial_states=No
     final = _final_states(x[0], dt[0], A, B[0], states_in[0], cu, chunk_size, heads_per_group)
     if initial_states is None:
         return y, final
-    # Each sequence's own decay from its start, as rows (s, longest, h): a cumulative sum per sequence.
-    dtA, valid = unpack(dt[0].float() * A.float(), cu)
-    decay = torch.exp(torch.cumsum(dtA * valid[..., None], dim=1))  # (s, longest, h)
     h0 = initial_states.float()
-    C_rows, _ = unpack(C[0].float().repeat_interleave(heads_per_group, dim=1), cu)  # (s, longest, h, n)
-    y_from_h0 = torch.einsum("slhn,shpn->slhp", C_rows, h0) * decay[..., None]
-    y = (y[0].float() + y_from_h0[valid]).to(y.dtype).unsqueeze(0)
     lengths = cu[1:] - cu[:-1]
-    total_decay = decay.gather(1, (lengths - 1).clamp(min=0)[:, None, None].expand(-1, 1, h)).squeeze(1)
-    total_decay = torch.where(lengths[:, None] > 0, total_decay, 1.0)  # an empty sequence keeps its state
-    return y, final + total_decay[..., None, None] * h0
+    final = final + (lengths == 0).float()[:, None, None, None] * h0  # an empty sequence keeps its state
+    # The sequences that carry a state in (a host sync): a first prefill has none, and costs nothing more.
+    carried = torch.nonzero((lengths > 0) & (h0.flatten(1) != 0).any(1)).squeeze(1)
+    if carried.numel() == 0:
+        return y, final
+    # Their own decays from their starts, as rows (c, longest, h): a cumulative sum per sequence.
+    longest = int(lengths[carried].max())
+    offset = torch.arange(longest, device=x.device)
+    valid = offset[None, :] < lengths[carried, None]
+    pos = (cu[carried, None] + offset[None, :]).clamp(max=T - 1)
+    decay = torch.exp(torch.cumsum(dt[0, pos].float() * A.float() * valid[..., None], dim=1))
+    C_rows = C[0, pos].float().repeat_interleave(heads_per_group, dim=2)  # (c, longest, h, n)
+    y_from_h0 = torch.einsum("clhn,chpn->clhp", C_rows, h0[carried]) * decay[..., None]
+    y = y[0].float().index_put((pos[valid],), y_from_h0[valid], accumulate=True).to(y.dtype).unsqueeze(0)
+    total_decay = decay[torch.arange(len(carried), device=x.device), lengths[carried] - 1]  # (c, h)
+    return y, final.index_add(0, carried, total_decay[..., None, None] * h0[carried])
 
 
 def _final_states(x, dt, A, B, states_in, cu, chunk_size, heads_per_group):
