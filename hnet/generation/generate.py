@@ -82,6 +82,8 @@ class Decoder:
     def start(self, prompts: list[bytes]) -> None:
         """New rows, one per prompt: BOS and the prompt prefilled into a fresh cache."""
         _check_prompts(prompts)
+        if not prompts:
+            raise ValueError("start takes at least one prompt")
         rows = bucket(len(prompts)) if self.buckets else len(prompts)
         if self.state is None or self.state.live.shape[0] != rows:
             cache = self.model.allocate_inference_cache(rows, 0)  # attention caches grow as the prefill needs
