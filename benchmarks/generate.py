@@ -168,7 +168,8 @@ def main(argv=None):
         args.profile_steps, args.prefill_bytes = min(args.profile_steps, 1), 256
     else:
         if missing := [c for c in args.config if not (REPO / c).exists() and not Path(c).exists()]:
-            sys.exit(f"{missing[0]}: not found (the official configs: mkdir -p .ref && cp -r ../shared/reference/configs .ref/)")
+            sys.exit(f"{missing[0]}: not found (the official configs: mkdir -p .ref && cp -r "
+                     "../shared/reference/configs .ref/)")
         configs = [(Path(c).stem, HNetConfig.from_json(c if Path(c).exists() else REPO / c)) for c in args.config]
 
     name, _ = device_info(device)
@@ -184,7 +185,8 @@ def main(argv=None):
         for context in args.contexts:
             for batch in args.batch_sizes:
                 ids = text_rows(batch, context + args.warmup + args.steps + args.profile_steps + 1).to(device)
-                fractions = boundary_fractions(model, ids[:, :context + args.warmup + args.steps], context + args.warmup)
+                timed_from, timed_to = context + args.warmup, context + args.warmup + args.steps
+                fractions = boundary_fractions(model, ids[:, :timed_to], timed_from)
                 for path in paths:
                     r = decode_row(model, ids, context, args.steps, args.warmup, args.profile_steps, path == "graph",
                                    device)

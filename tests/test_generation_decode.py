@@ -26,8 +26,8 @@ def snapshot(cache) -> dict:
 
 def branching_step(stage: HNet, x, cache, rows: list[bool]):
     """`HNet.step` as a host would branch it: every layer steps every row unmasked, and afterwards the rows
-    not in `rows` get their cache back; an inner stage runs only if some row starts a chunk, and then for
-    those rows only; the EMA is updated row by row where a chunk starts."""
+    not in `rows` get their cache back; an inner stage runs only if some row starts a chunk, and keeps what
+    it did for those rows only; the EMA is updated row by row where a chunk starts."""
     before = snapshot(cache)
     d_in = x.shape[-1]
     x = stage._pad(x)

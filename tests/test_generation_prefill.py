@@ -28,7 +28,8 @@ def model_and_text(name):
 
 
 NAMES = [*(pytest.param(c, marks=requires_golden) for c in CASES), "2stage", "1stage_hybrid", "isotropic_m2T1"]
-CUTS = {"one-byte-first": [1], "chunk-aligned": [16, 32, 64], "ragged": [7, 30, 31, 60], "every-byte-early": [1, 2, 3, 4]}
+CUTS = {"one-byte-first": [1], "chunk-aligned": [16, 32, 64], "ragged": [7, 30, 31, 60],
+        "every-byte-early": [1, 2, 3, 4]}
 
 
 def assert_caches_equal(a, b, tol=1e-5):

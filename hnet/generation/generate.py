@@ -181,7 +181,8 @@ class Decoder:
         if state.out.shape[1] < max_new_bytes or state.recent.shape[1] < width:
             rows = state.live.shape[0]
             capacity = max(bucketed_length(max_new_bytes), state.out.shape[1])
-            self.state = DecodeState.allocate(state.cache, rows, capacity, max(width, state.recent.shape[1]), self.device)
+            width = max(width, state.recent.shape[1])
+            self.state = DecodeState.allocate(state.cache, rows, capacity, width, self.device)
         return self.state
 
     def _step(self, sampling: Sampling):

@@ -7,7 +7,8 @@ def seq_idx_from_cu_seqlens(cu_seqlens, total: int):
     """(1, T) int32: the index of the packed sequence each position belongs to."""
     # index_fill_, not starts[idx] = 1: the assignment copies its value from host memory, a sync per call.
     # One slot past the end, for empty sequences at the end (prefill), whose start is `total`.
-    starts = torch.zeros(total + 1, dtype=torch.int32, device=cu_seqlens.device).index_fill_(0, cu_seqlens[1:-1].long(), 1)
+    starts = torch.zeros(total + 1, dtype=torch.int32, device=cu_seqlens.device)
+    starts.index_fill_(0, cu_seqlens[1:-1].long(), 1)
     return torch.cumsum(starts[:total], 0, dtype=torch.int32).unsqueeze(0)
 
 
