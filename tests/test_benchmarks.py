@@ -48,3 +48,23 @@ def test_ssd_da_rounding_emulation():
     dA far less of the bf16 rounding than taking it from the stored chunk states."""
     old, new = load_benchmark("ssd_da_rounding").dA_errors(1, 1024)
     assert new < old / 20 and new < 1e-3
+
+
+def test_generate_table_and_prefill(capsys):
+    """Every column of the decoding table (the eager path: the one on CPU), and the prefill row."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        load_benchmark("generate").main(["--device", "cpu", "--quick"])
+    finally:
+        torch.set_num_threads(threads)
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| quick")]
+    decode, prefill = rows[:-1], rows[-1]
+    assert [(r[1].strip(), r[2].strip(), r[3].strip()) for r in decode] == [
+        (c, b, "eager") for c in ("64", "256") for b in ("1", "4")]
+    for r in decode:
+        median, p90, per_s, gpu = (float(x) for x in r[4:8])
+        assert 0 < median <= p90 and per_s > 0 and gpu > 0
+        stage1, stage2 = (float(x) for x in r[8].split("/"))
+        assert 0 <= stage2 <= stage1 <= 1
+    assert float(prefill[1]) > 0 and float(prefill[2]) > 0

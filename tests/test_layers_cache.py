@@ -93,3 +93,51 @@ def test_select_rows_gives_views_that_prefill_writes_through():
         layer(torch.randn(1, 5, 64), cache=select_rows(cache, slice(1, 2)))
     assert cache.ssm_state[1].abs().sum() > 0
     assert cache.ssm_state[0].abs().sum() == 0 and cache.ssm_state[2].abs().sum() == 0
+
+
+def prefill_in_rounds(layer, rows, cuts):
+    """Prefill rows (each (L_i, D)) into one cache in rounds: round r packs row i's positions
+    cuts[i][r - 1]:cuts[i][r] (possibly none), every row continuing its own row of the cache."""
+    cache = layer.allocate_inference_cache(len(rows), 4)  # too small on purpose: a prefill makes room
+    outs = [[] for _ in rows]
+    for r in range(1, len(cuts[0])):
+        pieces = [row[c[r - 1]:c[r]] for row, c in zip(rows, cuts)]
+        cu = torch.tensor([0, *torch.tensor([len(p) for p in pieces]).cumsum(0).tolist()])
+        out = layer(torch.cat(pieces)[None], cu_seqlens=cu, cache=cache)[0]
+        for i in range(len(rows)):
+            outs[i].append(out[cu[i]:cu[i + 1]])
+    return [torch.cat(o) for o in outs], cache
+
+
+def attention(window):
+    def make():
+        torch.manual_seed(0)
+        return CausalSelfAttention(64, num_heads=2, rotary_emb_dim=16, window_size=window)
+    make.__name__ = f"attention_window{window}"
+    return make
+
+
+LAYERS = [mamba, attention(-1), attention(0), attention(4)]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("make", LAYERS, ids=lambda m: m.__name__)
+def test_prefill_in_packed_pieces_equals_the_forward(make):
+    """Rows of different lengths, each cut in pieces at its own places (empty pieces too, pieces longer
+    than a window), packed together round by round: each row's outputs are the forward's over it whole,
+    and the cache then steps on as if the row had been prefilled at once."""
+    layer = make()
+    gen = torch.Generator().manual_seed(0)
+    rows = [torch.randn(n, 64, generator=gen) for n in (23, 1, 17, 30)]
+    cuts = [[0, 5, 5, 11, 23], [0, 0, 1, 1, 1], [0, 17, 17, 17, 17], [0, 2, 3, 29, 30]]
+    outs, cache = prefill_in_rounds(layer, rows, cuts)
+    for row, out in zip(rows, outs):
+        assert (out - layer(row[None])[0]).abs().max() < 1e-5
+    _, at_once = prefill_in_rounds(layer, rows, [[0, len(r)] for r in rows])
+    for name, a, b in [(n, getattr(cache, n), getattr(at_once, n)) for n in vars(cache) if n != "window"]:
+        assert a.shape == b.shape and (a.float() - b.float()).abs().max() < 1e-5, name
+    nxt = torch.randn(len(rows), 64, generator=gen)
+    stepped = layer.step(nxt, cache)
+    for i, row in enumerate(rows):
+        full = layer(torch.cat([row, nxt[i:i + 1]])[None])[0, -1]
+        assert (stepped[i] - full).abs().max() < 1e-5

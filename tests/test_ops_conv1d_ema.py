@@ -60,3 +60,13 @@ def test_official_bf16_ema_is_close_to_fp32_and_rounded_to_bf16():
     out = ema_scan_official_bf16(x, p)
     assert torch.equal(out, out.to(torch.bfloat16).float())
     assert (out - ema_loop(x, p)).abs().max() < 0.1
+
+
+def test_ema_keeps_float32_precision_after_steps_near_p_1():
+    """Steps with p near 1 add about -9 each to the log decay; when the steps after them keep much (p small),
+    decays taken as differences of cumulative sums lose four digits (2.4e-5 here, of values near 1): the
+    masked cumulative sums do not."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 256, 8, generator=gen)
+    p = torch.where(torch.arange(256) % 64 < 32, 1 - 1e-4, 0.05).expand(2, -1)
+    assert (ema_scan(x, p).double() - ema_loop(x.double(), p.double())).abs().max() < 1e-6

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hnet.ops.cache import update_rows_
 from hnet.ops.dispatch import ema_scan
 from hnet.ops.ema import ema_scan_official_bf16
-from hnet.ops.packed import seq_idx_from_cu_seqlens
+from hnet.ops.packed import continued_sequences, seq_idx_from_cu_seqlens, sequence_of_position, unpack
 
 DECHUNK_P_MIN = 1e-4  # the official dechunk clamps p to [1e-4, 1 - 1e-4] (and only there)
 
@@ -24,7 +24,7 @@ def chunk(h, boundary_mask, cu_seqlens=None):
     """
     if cu_seqlens is not None:
         b = boundary_mask[0]
-        next_cu = F.pad(torch.cumsum(b, 0)[cu_seqlens[1:].long() - 1], (1, 0))
+        next_cu = F.pad(torch.cumsum(b, 0), (1, 0))[cu_seqlens.long()]  # empty sequences (a prefill) too
         # The one host sync of a stage: the chunk count sizes z, the longest sequence the attention.
         total, longest = torch.stack((next_cu[-1], (next_cu[1:] - next_cu[:-1]).max())).tolist()
         # index_select, not h[:, b]: its backward (index_add) needs no second count of the mask.
@@ -47,11 +47,16 @@ def _dechunk_p(boundary_prob):
     return boundary_prob[..., 1].float().clamp(min=DECHUNK_P_MIN, max=1 - DECHUNK_P_MIN)
 
 
-def dechunk(z, boundary_mask, boundary_prob, next_cu_seqlens=None, official_bf16: bool = False):
+def dechunk(z, boundary_mask, boundary_prob, next_cu_seqlens=None, official_bf16: bool = False, cache=None,
+            cu_seqlens=None):
     """EMA over the chunk outputs z weighted by their boundary probability, then back to byte positions.
 
     Byte t receives the EMA at the latest boundary at or before t. z is (B, M, D) padded or (1, T', D)
     packed (then next_cu_seqlens resets the EMA per sequence). Returns (B, L, D) float32.
+
+    With a DechunkCache (prefill, packed with cu_seqlens): sequence i continues row i, its EMA going on
+    from the row's last value, which its bytes before its first boundary receive; the row's last value
+    becomes the one at the sequence's last byte.
     """
     p = _dechunk_p(boundary_prob)
     if next_cu_seqlens is not None:  # z's length is the boundary count: no host sync to find them again
@@ -61,9 +66,27 @@ def dechunk(z, boundary_mask, boundary_prob, next_cu_seqlens=None, official_bf16
         p_chunks = torch.gather(p, 1, _boundaries_first(boundary_mask)[:, : z.shape[1]])
         seq_idx = None
     scan = ema_scan_official_bf16 if official_bf16 else ema_scan
-    ema = scan(z, p_chunks, seq_idx=seq_idx)
-    chunk_of_byte = (torch.cumsum(boundary_mask, dim=-1) - 1).clamp(min=0)
-    return torch.gather(ema, 1, chunk_of_byte[..., None].expand(-1, -1, ema.shape[-1]))
+    ema = scan(z, p_chunks, seq_idx=seq_idx) if z.shape[1] > 0 else z.float()  # no chunk: only in a prefill
+    chunk_of_byte = torch.cumsum(boundary_mask, dim=-1) - 1
+    if cache is not None:
+        return _continue_ema(ema[0], p_chunks[0], chunk_of_byte[0], cu_seqlens.long(), next_cu_seqlens, cache)
+    return torch.gather(ema, 1, chunk_of_byte.clamp(min=0)[..., None].expand(-1, -1, ema.shape[-1]))
+
+
+def _continue_ema(ema, p_chunks, chunk_of_byte, cu, next_cu, cache):
+    """ema (M, D) of packed chunk sequences from a zero start -> bytes (1, T, D) of the EMA carried on from
+    each row's last value: e_c + prod_{c' <= c} (1 - p_c') e_last, the product over the sequence's chunks."""
+    last = cache.last_value
+    M, T = ema.shape[0], chunk_of_byte.shape[0]
+    if M > 0:
+        keep, valid = unpack(1 - p_chunks, next_cu)  # (s, most chunks): per sequence
+        ema = ema + torch.cumprod(keep, dim=1)[valid][:, None] * last[sequence_of_position(next_cu, M)]
+    seq = sequence_of_position(cu, T)
+    before_first = chunk_of_byte < next_cu[seq]  # no boundary of its own sequence yet
+    out = last[seq] if M == 0 else torch.where(before_first[:, None], last[seq], ema[chunk_of_byte.clamp(min=0)])
+    rows, _, last_byte = continued_sequences(cu)
+    cache.last_value.index_copy_(0, rows, out[last_byte].to(last.dtype))
+    return out[None]
 
 
 @dataclass

@@ -31,7 +31,7 @@ import torch
 from hnet.chunking.routing import RoutingCache, RoutingModule, RoutingOutput, routing_output
 from hnet.config import FIXED_RULES
 from hnet.ops.cache import update_rows_
-from hnet.ops.packed import positions_in_sequence
+from hnet.ops.packed import continued_sequences, positions_in_sequence
 
 
 
@@ -124,11 +124,21 @@ class FixedRouting(RoutingModule):
                                  torch.zeros(batch_size, dtype=torch.bool, device=cache.last_hidden.device))
 
     def forward(self, h, cu_seqlens=None, mask=None, cache=None) -> RoutingOutput:
+        """With a cache (prefill, packed), sequence i continues row i: under the space rule its first byte
+        begins a chunk if it is space-like after a row's last byte that was not (or if the row is new)."""
+        seen = None if cache is None else cache.has_seen_tokens.clone()  # before the parent marks the rows
         learned = super().forward(h, cu_seqlens, mask, cache)
         ids = self._ids(h.shape[:2])
+        boundaries = self.boundaries(ids, cu_seqlens)
         if cache is not None:
-            cache.last_space_like.copy_(is_space_like(ids[:, -1]))
-        return _decided(learned.boundary_prob, self.boundaries(ids, cu_seqlens), mask)
+            rows, first, last = continued_sequences(cu_seqlens)
+            if self.rule != "space" and bool(seen[rows].any()):
+                raise ValueError(f"fixed_boundaries '{self.rule}' needs the whole text: it cannot continue a cache")
+            space = is_space_like(ids[0, first])
+            starts = ~seen[rows] | (space & ~cache.last_space_like[rows])
+            boundaries = boundaries.index_put((torch.zeros_like(first), first), starts)
+            cache.last_space_like.index_copy_(0, rows, is_space_like(ids[0, last]))
+        return _decided(learned.boundary_prob, boundaries, mask)
 
     def step(self, h, cache: FixedRoutingCache, mask=None) -> RoutingOutput:
         if self.rule != "space":

@@ -14,6 +14,7 @@ from torch import nn
 
 from hnet.ops.cache import update_rows_
 from hnet.ops.dispatch import rowwise_cosine
+from hnet.ops.packed import continued_sequences
 
 
 @dataclass
@@ -61,24 +62,36 @@ class RoutingModule(nn.Module):
         )
 
     def forward(self, h, cu_seqlens=None, mask=None, cache=None) -> RoutingOutput:
-        """h (B, L, D) padded, or (1, T, D) packed with cu_seqlens. A cache (prefill, rows without
-        padding) keeps the last position of every row."""
+        """h (B, L, D) padded, or (1, T, D) packed with cu_seqlens.
+
+        With a cache (prefill, packed): sequence i continues row i of the cache. Its first p compares its
+        first position with the row's last one (p = 1 if the row has none), and the row keeps its last
+        position for the next call."""
         cos = rowwise_cosine(self.q_proj_layer(h[:, :-1]), self.k_proj_layer(h[:, 1:]))
         p = F.pad(torch.clamp((1 - cos) / 2, min=0.0, max=1.0), (1, 0), value=1.0)
         if cu_seqlens is not None:
-            starts = torch.zeros_like(p, dtype=torch.bool).index_fill_(1, cu_seqlens[:-1].long(), True)  # no host copy
-            p = p.masked_fill(starts, 1.0)
+            # One slot past the end, for empty sequences there (a prefill); no host copy.
+            starts = F.pad(torch.zeros_like(p, dtype=torch.bool), (0, 1)).index_fill_(1, cu_seqlens[:-1].long(), True)
+            p = p.masked_fill(starts[:, :-1], 1.0)
         if cache is not None:
-            cache.last_hidden.copy_(h[:, -1])
-            cache.has_seen_tokens.fill_(True)
+            if cu_seqlens is None:
+                raise ValueError("a routing prefill takes packed sequences (cu_seqlens), one per row of the cache")
+            rows, first, last = continued_sequences(cu_seqlens)
+            p = p.index_put((torch.zeros_like(first), first), self._p_after(cache, rows, h[0, first]))
+            cache.last_hidden.index_copy_(0, rows, h[0, last].to(cache.last_hidden.dtype))
+            cache.has_seen_tokens.index_fill_(0, rows, True)
         return routing_output(p, mask)
 
     def step(self, h, cache: RoutingCache, mask=None) -> RoutingOutput:
         """One position: h (B, D). p compares it with the row's previous position (p = 1 at a row's first);
         rows where mask (B,) is False keep their cache and get no boundary."""
-        q = F.normalize(self.q_proj_layer(cache.last_hidden), dim=-1)
-        cos = (q * F.normalize(self.k_proj_layer(h), dim=-1)).sum(-1)
-        p = torch.where(cache.has_seen_tokens, torch.clamp((1 - cos) / 2, min=0.0, max=1.0), 1.0)
+        p = self._p_after(cache, slice(None), h)
         update_rows_(cache.last_hidden, h, mask)
         update_rows_(cache.has_seen_tokens, torch.ones_like(cache.has_seen_tokens), mask)
         return routing_output(p, mask)
+
+    def _p_after(self, cache: RoutingCache, rows, h):
+        """p of positions h (n, D) that follow the cached last positions of `rows` (p = 1 after none)."""
+        q = F.normalize(self.q_proj_layer(cache.last_hidden[rows]), dim=-1)
+        cos = (q * F.normalize(self.k_proj_layer(h), dim=-1)).sum(-1)
+        return torch.where(cache.has_seen_tokens[rows], torch.clamp((1 - cos) / 2, min=0.0, max=1.0), 1.0)

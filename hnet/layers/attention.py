@@ -11,7 +11,7 @@ from torch import nn
 
 from hnet.ops.dispatch import reference_requested, rotary_qkv
 from hnet.ops.rotary import apply_rotary, rotary_tables
-from hnet.ops.packed import positions_in_sequence, unpack
+from hnet.ops.packed import as_packed, bucketed_length, positions_in_sequence, sequence_of_position, unpack
 
 try:  # flash attention over packed sequences, CUDA only (torch >= 2.10; a window from 2.11)
     from torch.nn.attention.varlen import varlen_attn
@@ -25,12 +25,30 @@ class KVCache:
     """Keys (rotated) and values of the positions a query may still attend to.
 
     With a sliding window w the cache is a ring of w + 1 slots (position t in slot t mod (w + 1)): it
-    holds exactly the window, for any length. Without one it has a slot per position up to `max_seqlen`.
+    holds exactly the window, for any length. Without one, position t is in slot t: a prefill makes room
+    as it needs it (`reserve_kv_cache`), a decoding step does not (it must not sync with the host), so
+    whoever steps past the slots reserves them first.
     """
 
     k: torch.Tensor  # (B, H, slots, head_dim)
     v: torch.Tensor  # (B, H, slots, head_dim)
     seqlen: torch.Tensor  # (B,) int64: positions cached so far (the next position's index)
+    window: int = -1  # the layer's window: -1, slots that grow with the sequence; else a ring of window + 1
+
+
+def reserve_kv_cache(cache: KVCache, positions: int) -> None:
+    """Room for `positions` positions in every row of a cache without a window (a ring has all it needs).
+    The tensors are replaced by larger ones, rounded up so that a growing sequence reallocates seldom:
+    anything holding the old ones (a view of some rows, a captured CUDA graph) must be made anew."""
+    slots = cache.k.shape[2]
+    if cache.window >= 0 or positions <= slots:
+        return
+    if cache.k._base is not None:
+        raise ValueError(f"KV cache full: {slots} slots, {positions} positions needed, and the cache is a view "
+                         "of another (select_rows), which cannot grow: allocate it with room for them")
+    grown = bucketed_length(positions)
+    pad = (0, 0, 0, grown - slots)
+    cache.k, cache.v = F.pad(cache.k, pad), F.pad(cache.v, pad)
 
 
 class CausalSelfAttention(nn.Module):
@@ -51,14 +69,18 @@ class CausalSelfAttention(nn.Module):
         shape = (batch_size, self.num_heads, slots, self.head_dim)
         kw = {"device": w.device, "dtype": dtype or w.dtype}
         seqlen = torch.zeros(batch_size, dtype=torch.long, device=w.device)
-        return KVCache(torch.zeros(shape, **kw), torch.zeros(shape, **kw), seqlen)
+        return KVCache(torch.zeros(shape, **kw), torch.zeros(shape, **kw), seqlen, self.window_size)
 
     def forward(self, x, cu_seqlens=None, cache=None, max_seqlen=None):
         """x (B, L, D); or packed (1, T, D) with cu_seqlens, every sequence attending only to itself
         (max_seqlen: the longest, if known, saves a host sync).
 
-        With a cache (and no cu_seqlens), the L positions of every row are written into it (prefill).
+        With a cache (prefill), every row continues its row of the cache: its positions follow those
+        cached, its queries also attend to the cached keys in their window, and its keys and values are
+        written into the cache. Packed, sequence i continues row i (an empty one leaves it as it is).
         """
+        if cache is not None:
+            return self._prefill(x, cu_seqlens, cache, max_seqlen)
         if cu_seqlens is not None:
             if self._takes_varlen(x):
                 return self._forward_varlen(x, cu_seqlens, max_seqlen)
@@ -70,23 +92,18 @@ class CausalSelfAttention(nn.Module):
         if self.rotary_emb_dim > 0:
             cos, sin = rotary_tables(torch.arange(L, device=x.device), self.rotary_emb_dim)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        if cache is not None:
-            slots = cache.k.shape[2]
-            if self.window_size < 0 and L > slots:
-                raise ValueError(f"KV cache full: allocated for {slots} positions, prefill of {L}")
-            kept = torch.arange(max(0, L - slots), L, device=x.device)
-            cache.k[:, :, kept % slots] = k[:, :, kept].to(cache.k.dtype)
-            cache.v[:, :, kept % slots] = v[:, :, kept].to(cache.v.dtype)
-            cache.seqlen.fill_(L)
-        if self.window_size < 0 or self.window_size >= L - 1:  # the window reaches back to 0: plain causal (flash)
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            i = torch.arange(L, device=x.device)
-            offset = i[:, None] - i[None, :]
-            allowed = (offset >= 0) & (offset <= self.window_size)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        out = self._causal(*(t.transpose(1, 2) for t in (q, k, v)))
         return self.out_proj(out.transpose(1, 2).reshape(B, L, -1))
+
+    def _causal(self, q, k, v):
+        """q, k, v (B, H, L, hd): causal attention within the window."""
+        L = q.shape[2]
+        if self.window_size < 0 or self.window_size >= L - 1:  # the window reaches back to 0: plain causal (flash)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        i = torch.arange(L, device=q.device)
+        offset = i[:, None] - i[None, :]
+        allowed = (offset >= 0) & (offset <= self.window_size)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
 
     def _takes_varlen(self, x) -> bool:
         """Flash attention over the packed positions (no padding) where it runs: CUDA, half precision."""
@@ -103,38 +120,115 @@ class CausalSelfAttention(nn.Module):
             q, k, v = rotary_qkv(qkv, cos, sin)
         else:
             q, k, v = qkv.unbind(1)
+        return self.out_proj(self._varlen(q, k, v, cu_seqlens, max_seqlen).reshape(1, T, -1))
+
+    def _varlen(self, q, k, v, cu_seqlens, max_seqlen=None):
+        """Flash attention of packed q, k, v (T, H, hd), each sequence causal within itself."""
         if max_seqlen is None:
             max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
         cu = cu_seqlens.to(torch.int32)
         if _VARLEN_WINDOW:
-            out = varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, window_size=(self.window_size, 0))
+            return varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, window_size=(self.window_size, 0))
+        return varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, is_causal=True)
+
+    def _prefill(self, x, cu_seqlens, cache: KVCache, max_seqlen=None):
+        if cu_seqlens is None:
+            packed, cu_seqlens = as_packed(x)
+            return self._prefill(packed, cu_seqlens, cache, x.shape[1]).view_as(x)
+        T, cu = x.shape[1], cu_seqlens.long()
+        lengths = cu[1:] - cu[:-1]
+        past = cache.seqlen
+        # One sync: the room the rows need, and whether a row that has new positions has cached ones (rows
+        # with no new positions may: a long prompt's pieces, or many prompts, take several forwards).
+        longest_after, longest_before = torch.stack(((past + lengths).max(), (past * (lengths > 0)).max())).tolist()
+        reserve_kv_cache(cache, longest_after)
+        seq = sequence_of_position(cu, T)
+        positions = past[seq] + positions_in_sequence(cu, T)  # (T,): each position's index in its row
+        qkv = self.Wqkv(x[0]).view(T, 3, self.num_heads, self.head_dim)
+        if self.rotary_emb_dim > 0:
+            cos, sin = rotary_tables(positions, self.rotary_emb_dim)
+            q, k, v = rotary_qkv(qkv, cos, sin)
         else:
-            out = varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, is_causal=True)
+            q, k, v = qkv.unbind(1)
+        if longest_before > 0:
+            out = self._attend_after_cache(q, k, v, cu, cache, longest_before)
+        elif self._takes_varlen(x):  # fresh rows: the attention of the forward
+            out = self._varlen(q, k, v, cu, max_seqlen)
+        else:
+            _, cu_live = _live_sequences(cu)
+            rows, valid = unpack(torch.stack((q, k, v), dim=1), cu_live, max_seqlen)  # (s, L, 3, H, hd)
+            out = self._causal(*rows.permute(2, 0, 3, 1, 4).unbind(0)).transpose(1, 2)[valid]
+        # Every position's key and value into its slot; of a ring, only the last `slots` of each row.
+        slots = cache.k.shape[2]
+        kept = positions >= (past + lengths)[seq] - slots
+        rows, slot = seq[kept], positions[kept] % slots
+        cache.k[rows, :, slot] = k[kept].to(cache.k.dtype)
+        cache.v[rows, :, slot] = v[kept].to(cache.v.dtype)
+        cache.seqlen += lengths
         return self.out_proj(out.reshape(1, T, -1))
+
+    def _attend_after_cache(self, q, k, v, cu, cache: KVCache, longest_before: int):
+        """Packed q, k, v (T, H, hd): each query attends to the cached keys of its row and to the new ones
+        up to itself, within the window. As padded rows (s, L), one per nonempty sequence, against
+        (s, cached slots + L) keys with a mask: the reference, and what runs on CUDA too (a prefill that
+        continues a cache is rarer than a fresh one, which takes flash attention)."""
+        live, cu = _live_sequences(cu)
+        rows, valid = unpack(torch.stack((q, k, v), dim=1), cu)  # (s, L, 3, H, hd), (s, L)
+        q, k, v = rows.permute(2, 0, 3, 1, 4).unbind(0)  # (s, H, L, hd) each
+        s, L, past = rows.shape[0], rows.shape[1], cache.seqlen[live]
+        slots = cache.k.shape[2]
+        read = slots if cache.window >= 0 else min(slots, longest_before)
+        slot = torch.arange(read, device=q.device)[None, :]
+        # The position each slot holds: slot i itself, or of a ring the latest position before `past` that is
+        # i modulo the slots (negative: never written).
+        held = slot if cache.window < 0 else past[:, None] - 1 - (past[:, None] - 1 - slot) % slots  # (s or 1, read)
+        query = past[:, None, None] + torch.arange(L, device=q.device)[None, :, None]  # (s, L, 1)
+        sees_cached = (held >= 0)[:, None, :] & (held < past[:, None])[:, None, :]
+        j = torch.arange(L, device=q.device)
+        sees_new = j[None, :] <= j[:, None]  # (L, L): new key j' for query j
+        if self.window_size >= 0:
+            sees_cached = sees_cached & (query - held[:, None, :] <= self.window_size)
+            sees_new = sees_new & (j[:, None] - j[None, :] <= self.window_size)
+        allowed = torch.cat([sees_cached.expand(s, L, read), sees_new.expand(s, L, L)], dim=2)[:, None]
+        keys = torch.cat([cache.k[live, :, :read].to(q.dtype), k], dim=2)
+        values = torch.cat([cache.v[live, :, :read].to(q.dtype), v], dim=2)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed)  # padded queries see themselves
+        return out.transpose(1, 2)[valid]
 
     def step(self, x, cache: KVCache, mask=None):
         """One position: x (B, D) -> (B, D), each row at its own position `cache.seqlen`. Rows where mask
-        (B,) is False do not advance (what they write is overwritten at their next real step)."""
+        (B,) is False keep their cache, bit for bit (their output is meaningless).
+
+        No host sync, so that a CUDA graph can hold it: the query reads every slot, masked to those
+        filled. A cache without a window must have a free slot in every row (`reserve_kv_cache`);
+        on CPU that is checked (a RuntimeError).
+        """
         B = x.shape[0]
         slots = cache.k.shape[2]
-        if self.window_size < 0:
-            # Read only the filled part of the cache (one host sync): the cost follows the longest row.
-            n = int(cache.seqlen.max()) + 1
-            if n > slots:
-                raise ValueError(f"KV cache full: allocated for {slots} positions")
-        else:
-            n = slots  # the ring holds exactly the window
+        if cache.window < 0 and not x.is_cuda:  # no host read: on CPU the check is immediate
+            torch._assert_async((cache.seqlen < slots).all(), f"KV cache full: allocated for {slots} positions")
         q, k, v = self.Wqkv(x).view(B, 3, self.num_heads, self.head_dim).unbind(1)  # (B, H, hd) each
         if self.rotary_emb_dim > 0:
             cos, sin = rotary_tables(cache.seqlen, self.rotary_emb_dim)  # one position per row
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         rows = torch.arange(B, device=x.device)
         slot = cache.seqlen % slots
-        cache.k[rows, :, slot] = k.to(cache.k.dtype)
-        cache.v[rows, :, slot] = v.to(cache.v.dtype)
+        k, v = k.to(cache.k.dtype), v.to(cache.v.dtype)
+        if mask is not None:
+            k = torch.where(mask[:, None, None], k, cache.k[rows, :, slot])
+            v = torch.where(mask[:, None, None], v, cache.v[rows, :, slot])
+        cache.k[rows, :, slot] = k
+        cache.v[rows, :, slot] = v
         # Filled slots are all in the window: a ring never holds more than w + 1 positions.
-        filled = torch.arange(n, device=x.device)[None, :] <= cache.seqlen[:, None]  # (B, n)
-        k, v = cache.k[:, :, :n].to(q.dtype), cache.v[:, :, :n].to(q.dtype)
+        filled = torch.arange(slots, device=x.device)[None, :] <= cache.seqlen[:, None]  # (B, slots)
+        k, v = cache.k.to(q.dtype), cache.v.to(q.dtype)
         out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=filled[:, None, None, :])
         cache.seqlen += 1 if mask is None else mask.long()
         return self.out_proj(out.reshape(B, -1))
+
+
+def _live_sequences(cu):
+    """The nonempty packed sequences: their numbers and their own cu_seqlens (a host sync)."""
+    lengths = cu[1:] - cu[:-1]
+    live = torch.nonzero(lengths).squeeze(1)
+    return live, F.pad(torch.cumsum(lengths[live], 0), (1, 0))

@@ -25,7 +25,8 @@ class Block(nn.Module):
 
     def forward(self, h, residual=None, cu_seqlens=None, seq_idx=None, cache=None, max_seqlen=None):
         if isinstance(self.mixer, Mamba2):
-            return self._residual(h, residual, lambda x: self.mixer(x, seq_idx=seq_idx, cache=cache))
+            return self._residual(h, residual,
+                                  lambda x: self.mixer(x, seq_idx=seq_idx, cache=cache, cu_seqlens=cu_seqlens))
         return self._residual(h, residual, lambda x: self.mixer(x, cu_seqlens, cache, max_seqlen))
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None):

@@ -1,11 +1,14 @@
-"""CUDA graphs for training steps, applied to a model from outside: `use_cuda_graphs(model)` replaces the
+"""CUDA graphs. For training steps, applied to a model from outside: `use_cuda_graphs(model)` replaces the
 `run_layers` of every `Isotropic` stack with one that replays the layers' forward and backward as CUDA
 graphs, one per input signature, up to MAX_GRAPHS a stack.
 
 Each of a training step's ~3000 launches costs host time (Python, autograd); a graph launches a stack's
 forward (or backward) in one call. Only training steps replay (CUDA, grad enabled, no cache); evaluation
-and decoding run eagerly. Autocast must be entered with cache_enabled=False: a cached weight cast would
-outlive the optimizer step.
+runs eagerly. Autocast must be entered with cache_enabled=False: a cached weight cast would outlive the
+optimizer step.
+
+For decoding, `capture(fn)` makes any function over persistent tensors a graph (`hnet.generation.graphs`
+captures a whole decoding step of the model with it).
 """
 
 from __future__ import annotations
@@ -89,3 +92,25 @@ def _capture(stack: Isotropic, x, cu_seqlens, seq_idx, max_seqlen):
     if cu_seqlens is not None:
         sample += [cu_seqlens.clone(), seq_idx.clone()]
     return torch.cuda.make_graphed_callables(_Captured(stack, max_seqlen), tuple(sample))
+
+
+def capture(fn, warmup: int = 2, generators=(), after_warmup=None) -> torch.cuda.CUDAGraph:
+    """fn() as a CUDA graph: `replay()` reruns its kernels on the very tensors it read and wrote, so fn
+    must keep its state in tensors that outlive the graph and change nothing on the host. The warmup
+    calls run first, on a side stream (kernels compile and tune there, which would not capture); then
+    after_warmup() may undo what they did. Generators fn draws from (a seeded torch.Generator) are
+    registered, so that each replay draws on from their state as an eager call would."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    if after_warmup is not None:
+        after_warmup()
+    graph = torch.cuda.CUDAGraph()
+    for generator in generators:
+        graph.register_generator_state(generator)
+    with torch.cuda.graph(graph):
+        fn()
+    return graph

@@ -58,10 +58,12 @@ class Isotropic(nn.Module):
         """x (B, L, D), or packed (1, T, D) with cu_seqlens (every sequence independent; max_seqlen, the
         longest, if known, saves the attention a host sync).
 
-        With a cache (a list from `allocate_inference_cache`), the layers' states are written into it (prefill).
+        With a cache (a list from `allocate_inference_cache`), every row, or packed sequence i, continues its
+        row of the cache, and the layers' states after it are written back (prefill).
         """
         n = x.shape[1]
-        length = bucketed_length(n) if cu_seqlens is not None and self._buckets(x) else n
+        # Not in a prefill: the padding would be one more sequence, with no row of the cache to continue.
+        length = bucketed_length(n) if cu_seqlens is not None and cache is None and self._buckets(x) else n
         padded = length > n
         if padded:
             x, cu_seqlens = pad_packed(x, cu_seqlens, length)

@@ -11,7 +11,8 @@ from torch import nn
 
 from hnet.layers.norm import GatedRMSNorm
 from hnet.ops.cache import update_rows_
-from hnet.ops.dispatch import causal_conv1d, ssd_chunked
+from hnet.ops.dispatch import causal_conv1d, ssd_chunked, ssd_varlen
+from hnet.ops.packed import as_packed, sequence_of_position
 
 
 @dataclass
@@ -65,35 +66,73 @@ class Mamba2(nn.Module):
             torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=w.device, dtype=torch.float32),
         )
 
-    def forward(self, u, seq_idx=None, cache=None):
+    def forward(self, u, seq_idx=None, cache=None, cu_seqlens=None):
         """u (B, L, D) -> (B, L, D); seq_idx (B, L) resets the conv and the state per packed sequence.
 
-        With a cache (and no seq_idx), the rows' states after position L-1 are written into it (prefill).
+        With a cache (prefill), every row continues its row of the cache, from the state its earlier
+        positions left (none: a fresh cache), and its state after its last position is written back.
+        Packed, u (1, T, D) with cu_seqlens: sequence i continues row i (an empty one leaves it as it is).
         """
+        if cache is not None:
+            return self._prefill(u, cache, cu_seqlens)
         B_, L, _ = u.shape
         z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
-        if cache is not None:
-            k = cache.conv_state.shape[1]
-            cache.conv_state.copy_(F.pad(xBC, (0, 0, k, 0))[:, -k:])  # zeros before the first position
         xBC = causal_conv1d(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, seq_idx=seq_idx)
         x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(dt.float() + self.dt_bias.float())  # identity above 20, as the kernel does
-        A = -torch.exp(self.A_log.float())
-        y, final_state = ssd_chunked(
+        y = ssd_chunked(
             x.view(B_, L, self.nheads, self.headdim),
-            dt,
-            A,
+            self._dt(dt),
+            -torch.exp(self.A_log.float()),
             B.view(B_, L, 1, self.d_state),
             C.view(B_, L, 1, self.d_state),
             self.chunk_size,
             D=self.D,
             seq_idx=seq_idx,
-            return_final_state=True,
         )
-        if cache is not None:
-            cache.ssm_state.copy_(final_state)
         y = self.norm(y.reshape(B_, L, self.d_inner), z)
         return self.out_proj(y)
+
+    def _prefill(self, u, cache: Mamba2Cache, cu_seqlens=None):
+        if cu_seqlens is None:
+            packed, cu_seqlens = as_packed(u)
+            return self._prefill(packed, cache, cu_seqlens).view_as(u)
+        T = u.shape[1]
+        z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
+        xBC = self._conv_continuing(xBC[0], cache, cu_seqlens.long()).unsqueeze(0)
+        x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
+        y, final_states = ssd_varlen(
+            x.view(1, T, self.nheads, self.headdim),
+            self._dt(dt),
+            -torch.exp(self.A_log.float()),
+            B.view(1, T, 1, self.d_state),
+            C.view(1, T, 1, self.d_state),
+            self.chunk_size,
+            cu_seqlens,
+            D=self.D,
+            initial_states=cache.ssm_state,
+        )
+        cache.ssm_state.copy_(final_states)
+        y = self.norm(y.reshape(1, T, self.d_inner), z)
+        return self.out_proj(y)
+
+    def _conv_continuing(self, xBC, cache: Mamba2Cache, cu):
+        """The short convolution of packed xBC (T, conv_dim), each sequence after the inputs its row of
+        the cache holds: those k - 1 inputs are put in front of it, the packed conv runs over the whole and
+        their outputs are dropped. The last k - 1 inputs of every sequence so extended become its cache."""
+        T, held, n = xBC.shape[0], cache.conv_state.shape[1], cu.shape[0] - 1  # held: d_conv - 1 inputs a row
+        ext_cu = cu + torch.arange(n + 1, device=cu.device) * held
+        seq = sequence_of_position(ext_cu, T + n * held)
+        offset = torch.arange(T + n * held, device=cu.device) - ext_cu[seq]
+        source = torch.cat([cache.conv_state.reshape(n * held, -1).to(xBC.dtype), xBC])
+        ext = source[torch.where(offset < held, seq * held + offset, n * held + cu[seq] + offset - held)]
+        out = causal_conv1d(ext[None], self.conv1d.weight.squeeze(1), self.conv1d.bias, seq_idx=seq[None].int())[0]
+        tail = ext_cu[1:, None] - held + torch.arange(held, device=cu.device)  # (n, held)
+        cache.conv_state.copy_(ext[tail])
+        t = torch.arange(T, device=cu.device)
+        return out[t + (sequence_of_position(cu, T) + 1) * held]
+
+    def _dt(self, dt):
+        return F.softplus(dt.float() + self.dt_bias.float())  # identity above 20, as the kernel does
 
     def step(self, u, cache: Mamba2Cache, mask=None):
         """One position: u (B, D) -> (B, D). Rows where mask (B,) is False keep their cache.
@@ -110,7 +149,7 @@ class Mamba2(nn.Module):
         xBC = F.silu((window.float() * weight.float()).sum(1) + self.conv1d.bias.float()).to(u.dtype).float()
         x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
         x = x.view(b, self.nheads, self.headdim)
-        dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, nheads)
+        dt = self._dt(dt)  # (B, nheads)
         A = -torch.exp(self.A_log.float())
         dBx = (dt[..., None] * x)[..., None] * B[:, None, None, :]  # (B, nheads, headdim, d_state)
         state = torch.exp(dt * A)[..., None, None] * cache.ssm_state + dBx

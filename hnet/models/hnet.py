@@ -14,6 +14,7 @@ from hnet.chunking.routing import RoutingCache, RoutingModule, RoutingOutput
 from hnet.config import HNetConfig
 from hnet.layers.isotropic import Isotropic
 from hnet.models.weights import WeightsMixin
+from hnet.ops.packed import as_packed
 
 
 @dataclass
@@ -75,7 +76,8 @@ class HNet(nn.Module):
         self.official_bf16_dechunk = False
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> HNetCache:
-        """Every stage gets `max_seqlen` positions: a row's chunks never outnumber its bytes."""
+        """Every stage's attention caches get `max_seqlen` slots (a row's chunks never outnumber its bytes);
+        those without a window grow as a prefill needs, so 0 is fine when `reserve` makes room for steps."""
         main = self.main_network.allocate_inference_cache(batch_size, max_seqlen, dtype)
         if self.is_innermost:
             return HNetCache(main)
@@ -92,8 +94,9 @@ class HNet(nn.Module):
         """x (B, L, D_in) with mask (B, L), or packed (1, T, D_in) with cu_seqlens (max_seqlen: its longest
         sequence, if known: an attention stack needs it). Returns (h, routing).
 
-        A cache is filled with the state after the last position (prefill). A routing stage takes one
-        sequence then, as rows of a batch would chunk to different lengths.
+        With a cache (prefill), packed sequence i continues row i of the cache from where the row is (a
+        fresh cache: from its start; a prompt in pieces: after the earlier pieces; an empty sequence leaves
+        its row alone), and the state after the sequence's last position is written back.
         """
         d_in = x.shape[-1]
         x = self._pad(x)
@@ -102,27 +105,30 @@ class HNet(nn.Module):
             return self.main_network(x, cu_seqlens, cache=inner_cache, max_seqlen=max_seqlen)[..., :d_in], []
         if cache is None:
             cache = HNetCache(None)  # nothing to fill
-        elif x.shape[0] != 1:
-            raise ValueError(f"prefill of an H-Net stage takes one sequence at a time, got {x.shape[0]}")
+        elif cu_seqlens is None:
+            raise ValueError("a prefill of an H-Net stage takes packed sequences (cu_seqlens), one a row of the cache")
 
         h = self.encoder(x, cu_seqlens, cache=cache.encoder)
         residual = self._residual(h)
         routing = self.routing_module(h, cu_seqlens, mask, cache=cache.routing)
         z, next_cu, next_mask, longest = chunk(h, routing.boundary_mask, cu_seqlens)
-        z, inner_routing = self.main_network(z, next_cu, next_mask, cache=cache.main_network, max_seqlen=longest)
-        d = dechunk(z, routing.boundary_mask, routing.boundary_prob, next_cu, self.official_bf16_dechunk)
-        if cache.dechunk is not None:
-            cache.dechunk.last_value.copy_(d[:, -1])
+        inner_routing = []
+        if z.shape[1] > 0:  # always but in a prefill that continues rows and starts no chunk
+            z, inner_routing = self.main_network(z, next_cu, next_mask, cache=cache.main_network, max_seqlen=longest)
+        d = dechunk(z, routing.boundary_mask, routing.boundary_prob, next_cu, self.official_bf16_dechunk,
+                    cache=cache.dechunk, cu_seqlens=cu_seqlens)
         h = (d * ste(routing.selected_probs) + residual).to(h.dtype)
         h = self.decoder(h, cu_seqlens, cache=cache.decoder)
         return h[..., :d_in], [routing, *inner_routing]
 
     def step(self, x, cache: HNetCache, mask=None):
         """One position per row: x (B, D_in) -> (h (B, D_in), routing). Rows where mask (B,) is False keep
-        their cache; their outputs are meaningless.
+        their cache, bit for bit; their outputs are meaningless.
 
-        The main network steps only the rows where a chunk begins: it runs on every row with mask =
-        boundary, so rows without a boundary keep their inner state. No boundary in any row: it is skipped.
+        The main network runs on every row, its mask the boundaries: a row that starts no chunk keeps its
+        inner state and its EMA, and the stage's output there is its last EMA value. Nothing here decides
+        on the host, so that a step can be captured as a CUDA graph (its inner routing is that of every
+        row, masked: a row without a boundary has none at the inner stage either).
         """
         d_in = x.shape[-1]
         x = self._pad(x)
@@ -133,10 +139,8 @@ class HNet(nn.Module):
         residual = self._residual(h)
         routing = self.routing_module.step(h, cache.routing, mask)
         boundary = routing.boundary_mask  # already False where mask is
-        d, inner_routing = cache.dechunk.last_value, []
-        if boundary.any():  # one host sync per stage and step
-            z, inner_routing = self.main_network.step(h, cache.main_network, boundary)
-            d = dechunk_step(z, boundary, routing.boundary_prob, cache.dechunk)
+        z, inner_routing = self.main_network.step(h, cache.main_network, boundary)
+        d = dechunk_step(z, boundary, routing.boundary_prob, cache.dechunk)
         h = (d + residual).to(h.dtype)  # the STE is exactly 1 in the forward
         h = self.decoder.step(h, cache.decoder, mask)
         return h[..., :d_in], [routing, *inner_routing]
@@ -202,38 +206,56 @@ class HNetForCausalLM(WeightsMixin, nn.Module):
                 m.official_bf16_dechunk = enabled
         return self
 
-    def forward(self, input_ids, cu_seqlens=None, mask=None, cache=None) -> ModelOutput:
+    def forward(self, input_ids, cu_seqlens=None, mask=None, cache=None, logits_at=None) -> ModelOutput:
         """input_ids (B, L) with an optional mask (B, L) of real positions (right padding), or packed
-        (1, T) with cu_seqlens (num_seqs + 1,) int. A cache from `allocate_inference_cache` is filled for
-        decoding with `step` (prefill): every position real, one sequence at a time for an H-Net."""
+        (1, T) with cu_seqlens (num_seqs + 1,) int.
+
+        With a cache from `allocate_inference_cache` (prefill): row b, or packed sequence b, continues row
+        b of the cache (see `HNet.forward`), so a prompt may come in pieces; rows take no padding. The
+        routing is then that of the packed sequences. logits_at (k,): the positions (of every row, or of
+        the packed row) whose logits are wanted, e.g. each sequence's last: logits (B or 1, k, vocab).
+        """
+        if cache is not None and cu_seqlens is None:
+            if mask is not None and not mask.all():
+                raise ValueError("prefill takes unpadded rows: no mask with False entries")
+            B, L = input_ids.shape
+            packed, cu = as_packed(input_ids)
+            at = None if logits_at is None else (torch.arange(B, device=cu.device)[:, None] * L + logits_at).flatten()
+            out = self.forward(packed, cu, cache=cache, logits_at=at)
+            out.logits = out.logits.view(B, -1, out.logits.shape[-1])
+            return out
         if cu_seqlens is not None:
             if input_ids.shape[0] != 1:
                 raise ValueError(f"packed input must have shape (1, T), got {tuple(input_ids.shape)}")
             mask = None
         elif mask is None:
             mask = torch.ones_like(input_ids, dtype=torch.bool)
-        if cache is not None and (cu_seqlens is not None or not mask.all()):
-            raise ValueError("prefill takes unpadded rows: no mask with False entries, no cu_seqlens")
         h, routing = self.backbone(self.embeddings(input_ids), cu_seqlens=cu_seqlens, mask=mask, cache=cache)
+        if logits_at is not None:
+            h = h[:, logits_at]
         return ModelOutput(self.lm_head(h), routing)
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> HNetCache:
-        """Caches for decoding `batch_size` rows of up to `max_seqlen` positions (prompt + new bytes).
-        dtype: of the cached activations (default: the weights'); SSM states and the EMA stay fp32."""
+        """Caches for decoding `batch_size` rows of up to `max_seqlen` positions (prompt + new bytes; a
+        prefill makes more room as it needs, steps do not: `hnet.generation.cache.reserve`). dtype: of the
+        cached activations (default: the weights'); SSM states and the EMA stay fp32."""
         return self.backbone.allocate_inference_cache(batch_size, max_seqlen, dtype)
 
     def step(self, input_ids, cache: HNetCache, mask=None) -> ModelOutput:
         """One byte per row: input_ids (B,) -> logits (B, vocab) for the next byte. Rows where mask (B,) is
-        False do not advance. The routing holds this step's decisions per stage (an inner stage only when
-        some row had a boundary; its rows without one are masked out)."""
+        False do not advance (their caches stay as they are, bit for bit). No host sync: a CUDA graph can
+        hold it. The routing holds this step's decisions per stage; at an inner stage, rows that start no
+        chunk at the outer one have no boundary."""
         h, routing = self.backbone.step(self.embeddings(input_ids), cache, mask)
         return ModelOutput(self.lm_head(h), routing)
 
-    def generate(self, prompts, max_new_bytes, temperature=1.0, top_k=None, top_p=None, stop=None, seed=None):
-        """New bytes after each prompt (a list of bytes); see `hnet.generation.generate`."""
+    def generate(self, prompts, max_new_bytes, temperature=1.0, top_k=None, top_p=None, stop=None, seed=None,
+                 **decoder):
+        """New bytes after each prompt (a list of bytes); see `hnet.generation.generate` (decoder: the options
+        of its Decoder: cuda_graphs, read_every, prefill_bytes, buckets)."""
         from hnet.generation import generate  # generation consumes models: imported on use, not at load
 
-        return generate(self, prompts, max_new_bytes, temperature, top_k, top_p, stop, seed)
+        return generate(self, prompts, max_new_bytes, temperature, top_k, top_p, stop, seed, **decoder)
 
     def stage_of(self, param_name: str) -> int:
         """The stage a parameter belongs to: each `main_network.` step goes one stage in."""

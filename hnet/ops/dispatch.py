@@ -21,6 +21,7 @@ from hnet.ops import ema as _ema_ref
 from hnet.ops import norm as _norm_ref
 from hnet.ops import rotary as _rotary_ref
 from hnet.ops import ssd as _ssd_ref
+from hnet.ops import ssd_varlen as _ssd_varlen
 from hnet.ops import swiglu as _swiglu_ref
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -74,6 +75,14 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=
     if use_triton(x):
         from hnet.ops.triton.ssd import ssd_chunked as impl
     return impl(x, dt, A, B, C, chunk_size, D, initial_state, seq_idx, return_final_state)
+
+
+def ssd_varlen(x, dt, A, B, C, chunk_size, cu_seqlens, D=None, initial_states=None):
+    """Packed sequences, each from its own initial state to its own final state (see hnet.ops.ssd_varlen)."""
+    scan = _ssd_ref.ssd_scan_with_chunk_states
+    if use_triton(x):
+        from hnet.ops.triton.ssd import ssd_scan_with_chunk_states as scan
+    return _ssd_varlen.ssd_varlen(x, dt, A, B, C, chunk_size, cu_seqlens, D, initial_states, scan)
 
 
 def causal_conv1d(x, weight, bias=None, seq_idx=None, activation: str | None = "silu"):

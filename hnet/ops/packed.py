@@ -6,8 +6,10 @@ import torch
 def seq_idx_from_cu_seqlens(cu_seqlens, total: int):
     """(1, T) int32: the index of the packed sequence each position belongs to."""
     # index_fill_, not starts[idx] = 1: the assignment copies its value from host memory, a sync per call.
-    starts = torch.zeros(total, dtype=torch.int32, device=cu_seqlens.device).index_fill_(0, cu_seqlens[1:-1].long(), 1)
-    return torch.cumsum(starts, 0, dtype=torch.int32).unsqueeze(0)
+    # One slot past the end, for empty sequences at the end (prefill), whose start is `total`.
+    starts = torch.zeros(total + 1, dtype=torch.int32, device=cu_seqlens.device)
+    starts.index_fill_(0, cu_seqlens[1:-1].long(), 1)
+    return torch.cumsum(starts[:total], 0, dtype=torch.int32).unsqueeze(0)
 
 
 def positions_in_sequence(cu_seqlens, total: int):
@@ -48,3 +50,24 @@ def pad_packed(x, cu_seqlens, length: int):
         return x, cu_seqlens
     x = torch.cat((x, x.new_zeros(1, pad, *x.shape[2:])), dim=1)
     return x, torch.cat((cu_seqlens, cu_seqlens.new_full((1,), length)))
+
+
+def sequence_of_position(cu_seqlens, total: int):
+    """(T,) int64: the number of the packed sequence each position belongs to (empty sequences, whose
+    start repeats the next one's, own no position; seq_idx_from_cu_seqlens counts only changes)."""
+    return torch.searchsorted(cu_seqlens[1:].long(), torch.arange(total, device=cu_seqlens.device), right=True)
+
+
+def as_packed(x):
+    """Rows (B, L, ...) -> one packed row (1, B * L, ...) and its cu_seqlens (B + 1,), one sequence a row."""
+    B, L = x.shape[:2]
+    return x.reshape(1, B * L, *x.shape[2:]), torch.arange(B + 1, device=x.device) * L
+
+
+def continued_sequences(cu_seqlens):
+    """For a prefill, where packed sequence i continues row i of a cache: (rows, first, last), each (n,)
+    int64, the rows whose sequence is not empty and the packed positions of its first and last element
+    (a host sync: the count of such rows sizes them)."""
+    cu = cu_seqlens.long()
+    rows = torch.nonzero(cu[1:] > cu[:-1]).squeeze(1)
+    return rows, cu[rows], cu[rows + 1] - 1

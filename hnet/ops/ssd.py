@@ -21,6 +21,18 @@ from torch.utils.checkpoint import checkpoint
 
 
 def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=None, return_final_state=False):
+    y, state, _ = _scan(x, dt, A, B, C, chunk_size, D, initial_state, seq_idx)
+    return (y, state) if return_final_state else y
+
+
+def ssd_scan_with_chunk_states(x, dt, A, B, C, chunk_size, D=None, seq_idx=None):
+    """The scan from a zero state, and the state entering each chunk (b, c, h, p, n) float32: with
+    seq_idx, that of the sequence live at the previous chunk's end (what `hnet.ops.ssd_varlen` reads)."""
+    y, _, states_in = _scan(x, dt, A, B, C, chunk_size, D, None, seq_idx)
+    return y, states_in
+
+
+def _scan(x, dt, A, B, C, chunk_size, D, initial_state, seq_idx):
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     out_dtype = x.dtype
@@ -78,8 +90,7 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=
     y = rearrange(y, "b c q h p -> b (c q) h p")[:, :l]
     if D is not None:
         y = y + rearrange(x, "b c q h p -> b (c q) h p")[:, :l] * D.to(work).view(1, 1, h, -1)
-    y = y.to(out_dtype)
-    return (y, state) if return_final_state else y
+    return y.to(out_dtype), state, states_in
 
 
 def _intra_chunk(C, B, a_cumsum, dt, x, sidx):

@@ -54,3 +54,11 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=
         seq_idx = seq_idx.contiguous()  # the kernels, forward and backward, step through it with unit stride
     y, final_state = _SSDChunked.apply(x, dt, A, B, C, D, initial_state, seq_idx, chunk_size)
     return (y, final_state) if return_final_state else y
+
+
+def ssd_scan_with_chunk_states(x, dt, A, B, C, chunk_size, D=None, seq_idx=None):
+    """As the reference's: the scan from a zero state and the state entering each chunk (inference only)."""
+    if seq_idx is not None:
+        seq_idx = seq_idx.contiguous()
+    y, _, (_, _, states_in, _) = ssd_forward(x, dt, A, B, C, chunk_size, D, None, seq_idx)
+    return y, states_in

@@ -1,0 +1,40 @@
+"""Prefill: new bytes into the rows of an inference cache, packed, in pieces.
+
+Each forward packs one piece of every row that still has bytes to read (the others take an empty
+piece) into a single (1, T) sequence with cu_seqlens, and the model continues every row of the cache
+from where it is (`HNetForCausalLM.forward` with a cache). A forward reads at most `max_bytes` bytes,
+so a long prompt, or many, take several forwards: a prompt longer than one forward's memory works, and a
+conversation goes on from its cache. No padding is computed, and the fast kernels run as in training
+(Triton scans and convolutions, flash attention over the packed sequences, on CUDA).
+"""
+
+from __future__ import annotations
+
+import torch
+
+PREFILL_BYTES = 16384  # per forward: activations of a few GB at the L models' widths
+
+
+@torch.no_grad()  # not inference_mode: the caches it fills are used outside it too
+def prefill(model, cache, rows: list[bytes], max_bytes: int = PREFILL_BYTES):
+    """rows: the new bytes of each row of the cache (b"": none). Returns the logits after each row's last
+    new byte, (len(rows), vocab) float32, zeros for a row without new bytes."""
+    if max_bytes < 1:
+        raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
+    device = model.embeddings.weight.device
+    logits = torch.zeros(len(rows), model.config.vocab_size, device=device)
+    read = [0] * len(rows)
+    while any(r < len(row) for r, row in zip(read, rows)):
+        budget, pieces = max_bytes, []
+        for i, row in enumerate(rows):  # rows in order, each as much as the budget leaves
+            take = min(len(row) - read[i], budget)
+            pieces.append(row[read[i]:read[i] + take])
+            read[i] += take
+            budget -= take
+        lengths = torch.tensor([len(p) for p in pieces])
+        cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+        ended = [i for i, (p, row) in enumerate(zip(pieces, rows)) if p and read[i] == len(row)]
+        ids = torch.tensor(list(b"".join(pieces)), device=device)[None]
+        out = model(ids, cu_seqlens=cu.to(device), cache=cache, logits_at=(cu[1:][ended] - 1).to(device))
+        logits[ended] = out.logits[0].float()
+    return logits

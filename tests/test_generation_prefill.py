@@ -1,0 +1,127 @@
+"""Prefill in pieces: a prompt read in several forwards, or many prompts packed together, leaves the cache
+and the logits a single forward over each prompt does; fresh and continued rows in one pack."""
+
+import pytest
+import torch
+
+from golden import CASES, load_case, requires_golden
+from hnet.generation import prefill
+from hnet.generation.cache import tensors
+from test_generation import CONFIGS, random_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def model_and_text(name):
+    """A golden case (official weights, its text) or a random tiny model on random bytes."""
+    if name in CASES:
+        model, inputs = load_case(name)
+        return model, inputs["input_ids"][0, :85]
+    gen = torch.Generator().manual_seed(1)
+    return random_model(name), torch.cat([torch.tensor([254]), torch.randint(0, 256, (84,), generator=gen)])
+
+
+NAMES = [*(pytest.param(c, marks=requires_golden) for c in CASES), "2stage", "1stage_hybrid", "isotropic_m2T1"]
+CUTS = {"one-byte-first": [1], "chunk-aligned": [16, 32, 64], "ragged": [7, 30, 31, 60],
+        "every-byte-early": [1, 2, 3, 4]}
+
+
+def assert_caches_equal(a, b, tol=1e-5):
+    """Every tensor within tol (integers and booleans exactly); attention slots compared where filled."""
+    b = dict(tensors(b))
+    for name, t in tensors(a):
+        u = b[name]
+        if name.endswith(".k") or name.endswith(".v"):
+            filled = int(dict(tensors(a))[name[:-2] + ".seqlen"].max())
+            t, u = t[:, :, :filled], u[:, :, :filled]
+        if t.dtype.is_floating_point:
+            assert (t - u).abs().max() <= tol, name
+        else:
+            assert torch.equal(t, u), name
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("cuts", CUTS.values(), ids=CUTS.keys())
+@pytest.mark.parametrize("name", NAMES)
+def test_prefill_in_pieces_equals_one_prefill(name, cuts):
+    """The logits at every position of every piece, and the caches after the last."""
+    model, ids = model_and_text(name)
+    caches, logits = [], []
+    for bounds in ([0, len(ids)], [0, *cuts, len(ids)]):
+        cache = model.allocate_inference_cache(1, 4)  # attention caches grow as the pieces need
+        logits.append(torch.cat([model(ids[None, a:b], cache=cache).logits[0] for a, b in zip(bounds, bounds[1:])]))
+        caches.append(cache)
+    assert (logits[0] - logits[1]).abs().max() < 1e-5
+    assert_caches_equal(*caches)
+    assert (logits[0] - model(ids[None]).logits[0]).abs().max() < 1e-5  # and the forward without a cache
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", NAMES)
+def test_packed_prefill_of_many_rows_in_small_forwards(name):
+    """prefill() of rows of different lengths, at most 13 bytes a forward (so rows split over forwards, and a
+    forward mixes fresh rows with continued ones), equals each row prefilled alone at once; then a batched
+    step equals the forward over each row and its next byte."""
+    model, ids = model_and_text(name)
+    rows = [bytes(ids[:n].tolist()) for n in (85, 1, 40, 17)]
+    cache = model.allocate_inference_cache(len(rows), 4)
+    last = prefill(model, cache, rows, max_bytes=13)
+    for i, row in enumerate(rows):
+        alone = model.allocate_inference_cache(1, 4)
+        expected = model(torch.tensor([list(row)]), cache=alone).logits[0, -1]
+        assert (last[i] - expected).abs().max() < 1e-5
+        mine = model.allocate_inference_cache(1, 4)
+        prefill(model, mine, [row])
+        assert_caches_equal(alone, mine)
+    nxt = torch.tensor([65, 66, 67, 68])
+    stepped = model.step(nxt, cache).logits
+    for i, row in enumerate(rows):
+        full = model(torch.tensor([[*row, int(nxt[i])]])).logits[0, -1]
+        assert (stepped[i] - full).abs().max() < 1e-4
+
+
+@torch.no_grad()
+def test_prefill_leaves_rows_without_new_bytes_alone():
+    model, ids = model_and_text("2stage")
+    cache = model.allocate_inference_cache(3, 4)
+    prefill(model, cache, [bytes(ids[:20].tolist()), bytes(ids[:5].tolist()), b""])
+    before = {name: t.clone() for name, t in tensors(cache)}
+    logits = prefill(model, cache, [b"more", b"", b""], max_bytes=3)
+    assert logits[1:].abs().max() == 0
+    for name, t in tensors(cache):
+        if name.endswith(".k") or name.endswith(".v"):
+            continue  # grown slots: compared through seqlen and the other rows' states
+        assert torch.equal(t[1:], before[name][1:]), name
+
+
+def test_prefill_rejects_an_empty_budget():
+    model, _ = model_and_text("2stage")
+    with pytest.raises(ValueError, match="max_bytes"):
+        prefill(model, model.allocate_inference_cache(1, 4), [b"abc"], max_bytes=0)
+
+
+@torch.no_grad()
+def test_prefill_in_pieces_with_fixed_space_boundaries():
+    """The space rule reads the byte before each piece from the cache: a piece that starts with a space after
+    a word, or after another space, chunks as the whole text does; so does generation from it."""
+    from hnet import HNetConfig
+    from hnet.models.fixed import HNetFixedForCausalLM
+
+    torch.manual_seed(0)
+    model = HNetFixedForCausalLM(HNetConfig.from_dict(CONFIGS["1stage_hybrid"]), rule="space").eval()
+    ids = torch.tensor([254, *b"To be,  or not to be: that is the question."])
+    caches, logits = [], []
+    for bounds in ([0, len(ids)], [0, 3, 6, 7, 9, 20, len(ids)]):  # pieces start at ',', ' ', ' ', 'r', 't'
+        cache = model.allocate_inference_cache(1, 4)
+        logits.append(torch.cat([model(ids[None, a:b], cache=cache).logits[0] for a, b in zip(bounds, bounds[1:])]))
+        caches.append(cache)
+    assert (logits[0] - logits[1]).abs().max() < 1e-5
+    assert_caches_equal(*caches)
+    text = bytes(ids[1:].tolist())
+    assert model.generate([text], 12, temperature=0, prefill_bytes=5) == model.generate([text], 12, temperature=0)
