@@ -34,20 +34,24 @@ TABLE_HEADER = ["| data | size | model | layout | width | parameters | forward F
 LEASE_MARK = "## The `scale` size and the lease"
 
 # The `scale` H-Nets: between `small` and the paper's L (d 1024/1536, T22), sized by `lease_section` so that
-# the slowest (hnet_2stage) trains SCALE_BUDGET_BYTES in one ~25-minute lease of 8 H100s. Global batch 64 x
-# 8192 bytes: 8 rows per GPU, the `small` presets' per-GPU batch. The main network has L's head size (64).
-SCALE_BUDGET_BYTES = 2_000_000_000
+# the slowest (hnet_2stage) trains its data's budget (SCALE_BUDGET_BYTES) in one ~25-minute lease of 8 H100s.
+# Global batch 64 x 8192 bytes: 8 rows per GPU, the `small` presets' per-GPU batch. The main network has L's
+# head size (64). DNA's main network runs at N = 3 (the paper's), twice the chunks of text's N = 6, so it is
+# shallower (T8, and m2 in the 2-stage's middle) and its budget smaller; its corpus is small anyway.
+SCALE_BUDGET_BYTES = {"code": 2_000_000_000, "text": 2_000_000_000, "dna": 1_500_000_000}
+SCALE_BATCH = 64
 _SSM = {"chunk_size": 256, "d_conv": 4, "d_state": 128, "expand": 2}
-_TRAIN = {"batch_size": 64, "max_steps": SCALE_BUDGET_BYTES // (64 * 8192), "eval_every": 500, "eval_batches": 16,
-          "log_every": 25, "checkpoint_every": 500, "keep_checkpoints": 2, "distributed": "ddp"}
+_TRAIN = {"batch_size": SCALE_BATCH, "eval_every": 500, "eval_batches": 16, "log_every": 25, "checkpoint_every": 500,
+          "keep_checkpoints": 2, "distributed": "ddp"}
 
 
-def _hnet(outer: str, targets: list, lr: float) -> dict:
+def _hnet(data_kind: str, outer: str, targets: list, lr: float, main: str = "T12", middle: str = "m4") -> dict:
     """A scale H-Net over byte-level stacks `outer` (m4 for text and code, m3t1 for DNA as the small DNA
-    presets), 1-stage with one target, 2-stage with two."""
+    presets), 1-stage with one target, 2-stage with two (`middle`: the second stage's encoder and decoder
+    besides their attention layer)."""
     one = len(targets) == 1
     model = {
-        "arch_layout": [outer, ["T12"], outer] if one else [outer, ["T1m4", ["T12"], "m4T1"], outer],
+        "arch_layout": [outer, [main], outer] if one else [outer, [f"T1{middle}", [main], f"{middle}T1"], outer],
         "d_model": [768, 1024] if one else [768, 768, 1024],
         "d_intermediate": [0, 2816] if one else [0, 2048, 2816],
         "vocab_size": 256, "ssm_cfg": dict(_SSM),
@@ -55,8 +59,9 @@ def _hnet(outer: str, targets: list, lr: float) -> dict:
                      "window_size": [1023, -1] if one else [1023, 1023, -1]},
         "tie_embeddings": False,
     }
-    return {"model": model, "train": dict(_TRAIN, lr=lr, lr_multipliers=[2.0, 1.0] if one else [2.0, 1.5, 1.0],
-                                          ratio_targets=targets)}
+    steps = SCALE_BUDGET_BYTES[data_kind] // (SCALE_BATCH * 8192)
+    return {"model": model, "train": dict(_TRAIN, max_steps=steps, lr=lr, ratio_targets=targets,
+                                          lr_multipliers=[2.0, 1.0] if one else [2.0, 1.5, 1.0])}
 
 
 SCALE_DATA = {  # paths under the repository root: docs/scale.md, step 1, puts the corpora there
@@ -70,9 +75,10 @@ SCALE_DATA = {  # paths under the repository root: docs/scale.md, step 1, puts t
 # text and code at the small presets' targets; lr between the small presets' and L's 6.25e-4, the 2-stage
 # lower as the small 2-stage's; DNA as the small DNA presets (targets 3 and 2/2, higher lr).
 SCALE_HNETS = {
-    ("code", "hnet_1stage"): _hnet("m4", [6.0], 8e-4), ("code", "hnet_2stage"): _hnet("m4", [3.0, 3.0], 6e-4),
-    ("text", "hnet_1stage"): _hnet("m4", [6.0], 8e-4), ("text", "hnet_2stage"): _hnet("m4", [3.0, 3.0], 6e-4),
-    ("dna", "hnet_1stage"): _hnet("m3t1", [3.0], 1.5e-3), ("dna", "hnet_2stage"): _hnet("m3t1", [2.0, 2.0], 1e-3),
+    ("code", "hnet_1stage"): _hnet("code", "m4", [6.0], 8e-4), ("code", "hnet_2stage"): _hnet("code", "m4", [3.0, 3.0], 6e-4),
+    ("text", "hnet_1stage"): _hnet("text", "m4", [6.0], 8e-4), ("text", "hnet_2stage"): _hnet("text", "m4", [3.0, 3.0], 6e-4),
+    ("dna", "hnet_1stage"): _hnet("dna", "m3t1", [3.0], 1.5e-3, main="T8"),
+    ("dna", "hnet_2stage"): _hnet("dna", "m3t1", [2.0, 2.0], 1e-3, main="T8", middle="m2"),
 }
 
 README_HEAD = """# Presets
@@ -206,22 +212,24 @@ GPUS, SCALING_EFFICIENCY, LEASE_TRAINING_S = 8, 0.85, 18 * 60
 
 
 def lease_section(presets: dict[tuple[str, str], "Preset"]) -> str:
-    rows = ["| data | model | forward GFLOP/byte | assumed TFLOP/s per GPU | bytes/s on 8 GPUs | minutes for "
-            f"{SCALE_BUDGET_BYTES / 1e9:g}e9 bytes | bytes in {LEASE_TRAINING_S // 60} minutes |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    rows = ["| data | model | forward GFLOP/byte | assumed TFLOP/s per GPU | bytes/s on 8 GPUs | budget | minutes for "
+            f"the budget | bytes in {LEASE_TRAINING_S // 60} minutes |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for (data_kind, name), preset in presets.items():
         tflops = MEASURED_L_TFLOPS[RATE_OF[name]] * SCALE_DERATE
         rate = GPUS * SCALING_EFFICIENCY * tflops * 1e12 / (3 * preset.flops_per_byte)
+        budget = SCALE_BUDGET_BYTES[data_kind]
         rows.append(f"| {data_kind} | {name} | {preset.flops_per_byte / 1e9:.3f} | {tflops:.0f} | {rate / 1e6:.2f}M | "
-                    f"{SCALE_BUDGET_BYTES / rate / 60:.1f} | {rate * LEASE_TRAINING_S / 1e9:.1f}e9 |")
+                    f"{budget / 1e9:g}e9 | {budget / rate / 60:.1f} | {rate * LEASE_TRAINING_S / 1e9:.1f}e9 |")
     measured = ", ".join(f"{k} {v:.0f}" for k, v in MEASURED_L_TFLOPS.items())
     return f"""{LEASE_MARK}
 
 `scale` sits between `small` and the paper's L: the H-Nets are d 768/1024 with a 12-layer main network
-(1-stage: 0.152 GFLOP/byte at N = 6, 187M parameters; L is 0.385 and 679M), for text, code and DNA. It is
-sized so that the slowest model, `hnet_2stage`, trains {SCALE_BUDGET_BYTES / 1e9:g}e9 bytes within one ~25-minute lease
-of 8 H100s: about 2 minutes to start the machine, 3 to build the code corpus and the shards and to tune the
-kernels, {LEASE_TRAINING_S // 60} of training, 2 for the final evaluation and the copy back. The arithmetic, per model:
+(1-stage: 0.152 GFLOP/byte at N = 6, 187M parameters; L is 0.385 and 679M) for text and code, and an 8-layer
+one for DNA (N = 3 puts twice the chunks through it). Global batch 64 x 8192 bytes, 8 rows per GPU. The size
+is set so that the slowest model, `hnet_2stage`, trains its data's budget (2e9 bytes of text or code,
+1.5e9 of DNA: the `--budget-bytes` of docs/scale.md) within one ~25-minute lease of 8 H100s: about 2 minutes
+to start the machine, 3 to build the code corpus and the shards and to tune the kernels, {LEASE_TRAINING_S // 60} of training, 2
+for the final evaluation and the copy back. The arithmetic, per model:
 
     bytes/s on 8 GPUs = 8 x {SCALING_EFFICIENCY} x R / (3 x forward FLOPs per byte)
 

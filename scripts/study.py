@@ -35,6 +35,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -66,7 +67,7 @@ SECOND_SEED = "hnet_1stage"  # repeated with seed 1 so the table shows the noise
 EVALS_PER_RUN = 5
 QUICK_SHAPE = ["data.seq_len=128", "train.batch_size=2"]  # --dry-run's batches
 # what the grid may change in a run without making it another run (it trains the same model on the same bytes)
-IGNORED_CHANGES = ("data.cache_dir", "train.checkpoint_every", "train.keep_checkpoints")
+IGNORED_CHANGES = ("data.cache_dir", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every")
 LOG_NAME, PID_NAME = "study.log", "study.pid"
 STARTED: dict[Path, subprocess.Popen] = {}  # grids this process started (their end is seen by poll, not kill)
 
@@ -96,8 +97,9 @@ def run_configs(data: str, size: str, budget_bytes: int, data_overrides: list[st
             byte_preset = apply_overrides(byte_preset, QUICK_SHAPE)
         bytes_per_step = byte_preset["train"]["batch_size"] * byte_preset["data"]["seq_len"]
         steps = max(1, budget_bytes // bytes_per_step)
+        logs = 100 if size == "scale" else 20  # at scale a log every ~10 s, so that a run's rate shows early
         overrides = [f"train.max_steps={steps}", f"train.eval_every={max(1, steps // EVALS_PER_RUN)}",
-                     f"train.checkpoint_every={max(1, steps // checkpoints)}", f"train.log_every={max(1, steps // 20)}",
+                     f"train.checkpoint_every={max(1, steps // checkpoints)}", f"train.log_every={max(1, steps // logs)}",
                      *data_overrides]
         configs[model] = RunConfig.from_dict(apply_overrides(raw, overrides, f"{preset} (study)"), str(preset))
     seeded = RunConfig.from_dict(apply_overrides(configs[SECOND_SEED].to_dict(), ["train.seed=1"]), "seed 1")
@@ -119,8 +121,8 @@ def evaluated_to_the_end(run_dir: Path, config: RunConfig) -> bool:
 
 def config_changes(run_dir: Path, wanted: RunConfig) -> list[str]:
     """'field: saved -> wanted' for every field where the run's run.json differs from the config the grid
-    asks for now (where the shard cache lives and how often it checkpoints do not count); none for a run
-    not started."""
+    asks for now (where the shard cache lives, how often it checkpoints and logs do not count); none for a
+    run not started."""
     if not (run_dir / "run.json").is_file():
         return []
     a, b = flat_fields(RunConfig.from_json(run_dir / "run.json").to_dict()), flat_fields(wanted.to_dict())
@@ -167,9 +169,11 @@ def train_grid(configs: dict[str, RunConfig], runs_dir: Path, progress: bool, re
         (run_dir / "study.json").write_text(json.dumps(info))
         if processes > 1 and scaling_steps:
             one = one_gpu_rate(config, runs_dir, name, processes, scaling_steps)
-            info.update(bytes_per_s_1gpu=one, scaling_efficiency=info["bytes_per_s"] / (processes * one) if one else None)
-            print(f"{name}: one GPU at {config.train.batch_size // processes} rows: {one:,.0f} bytes/s; "
-                  f"scaling efficiency on {processes}: {info['scaling_efficiency']:.2f}", flush=True)
+            efficiency = info["bytes_per_s"] / (processes * one) if one and info["bytes_per_s"] else None
+            info.update(bytes_per_s_1gpu=one, scaling_efficiency=efficiency)
+            if efficiency is not None:
+                print(f"{name}: one GPU at {config.train.batch_size // processes} rows: {one:,.0f} bytes/s; "
+                      f"scaling efficiency on {processes}: {efficiency:.2f}", flush=True)
             (run_dir / "study.json").write_text(json.dumps(info))
         if heldout:
             info["heldout_bpb"] = heldout_bpb(config, run_dir, heldout, runs_dir / ".logs" / f"{name}_heldout.json")
@@ -204,7 +208,9 @@ def launch_run(config: RunConfig, run_dir: Path, processes: int, resume: bool, l
     config_file.write_text(json.dumps(config.to_dict(), indent=1))
     tmp = log.parent / f".tmp_{log.stem}"  # torchelastic's folders, deleted after the run
     tmp.mkdir(exist_ok=True)
-    extra = {"CUDA_VISIBLE_DEVICES": gpus} if gpus is not None else {}
+    extra = {"TQDM_MININTERVAL": "30"}  # the progress bar in a log file: a line every 30 s, not every step
+    if gpus is not None:
+        extra["CUDA_VISIBLE_DEVICES"] = gpus
     with open(log, "a") as out:
         out.write(f"$ {' '.join(train_command(config_file, run_dir, processes, resume))}\n")
         out.flush()
@@ -462,6 +468,7 @@ def main(argv=None) -> None:
                         help="run the grid detached from this command, logging to RUNS_DIR/study.log")
     parser.add_argument("--follow", type=float, metavar="SECONDS",
                         help="print RUNS_DIR/study.log as it grows for up to SECONDS, then where each run stands")
+    parser.add_argument("--stop", action="store_true", help="end the grid running in the background, its runs with it")
     args = parser.parse_args(argv)
     argv = list(argv if argv is not None else sys.argv[1:])
     if args.processes < 1:
@@ -469,6 +476,10 @@ def main(argv=None) -> None:
     args.budget_bytes = int(args.budget_bytes)
     # the command that (re)produces the section: without --report-only it trains what is missing, then writes it
     command = "python scripts/study.py " + " ".join(detached_argv(argv, drop_report_only=True))
+    if args.stop:
+        if args.runs_dir is None:
+            parser.error("--stop needs --runs-dir")
+        return stop(Path(args.runs_dir))
     if args.background or args.follow is not None:
         if args.runs_dir is None:
             parser.error("--background and --follow need --runs-dir (where the log and the runs stay)")
@@ -478,11 +489,15 @@ def main(argv=None) -> None:
     if not args.dry_run:
         return study(args, command)
     with tempfile.TemporaryDirectory(prefix="hnet-study-") as tmp:  # a dry run leaves only what --docs names
-        tmp = Path(tmp)
-        args.size, args.budget_bytes = "tiny", 3 * 2 * 128
-        args.runs_dir, args.docs = args.runs_dir or str(tmp / "runs"), args.docs or str(tmp / "docs")
-        args.set = ["data.max_bytes=12000", f"data.cache_dir={tmp / 'cache'}", *args.set]
-        return study(args, command)
+        return study(dry_run_settings(args, Path(tmp)), command)
+
+
+def dry_run_settings(args, tmp: Path):
+    """--dry-run: the tiny grid on 768 bytes a run of the first 12 kB, its files under `tmp` unless named."""
+    args.size, args.budget_bytes = "tiny", 3 * 2 * 128
+    args.runs_dir, args.docs = args.runs_dir or str(tmp / "runs"), args.docs or str(tmp / "docs")
+    args.set = ["data.max_bytes=12000", f"data.cache_dir={tmp / 'cache'}", *args.set]
+    return args
 
 
 def study(args, command: str) -> None:
@@ -542,6 +557,16 @@ def start_in_background(runs_dir: Path, argv: list[str]) -> None:
     print(f"started the grid in the background (pid {child.pid}); log: {runs_dir / LOG_NAME}", flush=True)
 
 
+def stop(runs_dir: Path) -> None:
+    """The background grid is the leader of its own process session: its group holds its runs' processes."""
+    pid = running_pid(runs_dir)
+    if pid is None:
+        print("no grid is running in the background here")
+        return
+    os.killpg(pid, signal.SIGTERM)
+    print(f"stopped the grid (process group {pid}); its unfinished run resumes from its last checkpoint next time")
+
+
 def follow(runs_dir: Path, seconds: float, args) -> None:
     """Print the log as it grows, for up to `seconds` or until the grid ends; then where each run stands."""
     log, position, deadline = runs_dir / LOG_NAME, 0, time.monotonic() + seconds
@@ -560,8 +585,9 @@ def follow(runs_dir: Path, seconds: float, args) -> None:
         time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
     pid = running_pid(runs_dir)
     print(f"\n--- the grid is {'running (pid ' + str(pid) + ')' if pid else 'not running'}; where each run stands:")
-    configs = run_configs(args.data, "tiny" if args.dry_run else args.size, args.budget_bytes, args.set,
-                          quick=args.dry_run, checkpoints=args.checkpoints)
+    if args.dry_run:  # the grid the background process trains (where its shards went does not count)
+        args = dry_run_settings(args, runs_dir)
+    configs = run_configs(args.data, args.size, args.budget_bytes, args.set, quick=args.dry_run, checkpoints=args.checkpoints)
     for name, config in configs.items():
         print(f"  {name}: {standing(runs_dir / name, config)}")
 
