@@ -483,9 +483,12 @@ def main(argv=None) -> None:
     if args.background or args.follow is not None:
         if args.runs_dir is None:
             parser.error("--background and --follow need --runs-dir (where the log and the runs stay)")
-        if args.background:
-            start_in_background(Path(args.runs_dir), detached_argv(argv))
-        return follow(Path(args.runs_dir), args.follow or 0.0, args)
+        log = Path(args.runs_dir) / LOG_NAME
+        # from where a grid started now writes, else the end of what came before
+        position = max(0, log.stat().st_size - (0 if args.background else 4000)) if log.is_file() else 0
+        if args.background and not start_in_background(Path(args.runs_dir), detached_argv(argv)):
+            position = max(0, position - 4000)
+        return follow(Path(args.runs_dir), args.follow or 0.0, args, position)
     if not args.dry_run:
         return study(args, command)
     with tempfile.TemporaryDirectory(prefix="hnet-study-") as tmp:  # a dry run leaves only what --docs names
@@ -540,12 +543,12 @@ def running_pid(runs_dir: Path) -> int | None:
     return pid
 
 
-def start_in_background(runs_dir: Path, argv: list[str]) -> None:
+def start_in_background(runs_dir: Path, argv: list[str]) -> bool:
     """The grid in a process session of its own (it outlives this command), unless one runs already."""
     pid = running_pid(runs_dir)
     if pid is not None:
         print(f"the grid is running already (pid {pid}); following it", flush=True)
-        return
+        return False
     runs_dir.mkdir(parents=True, exist_ok=True)
     with open(runs_dir / LOG_NAME, "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} python scripts/study.py {' '.join(argv)}\n")
@@ -555,6 +558,7 @@ def start_in_background(runs_dir: Path, argv: list[str]) -> None:
     (runs_dir / PID_NAME).write_text(str(child.pid))
     STARTED[runs_dir.resolve()] = child
     print(f"started the grid in the background (pid {child.pid}); log: {runs_dir / LOG_NAME}", flush=True)
+    return True
 
 
 def stop(runs_dir: Path) -> None:
@@ -567,11 +571,10 @@ def stop(runs_dir: Path) -> None:
     print(f"stopped the grid (process group {pid}); its unfinished run resumes from its last checkpoint next time")
 
 
-def follow(runs_dir: Path, seconds: float, args) -> None:
-    """Print the log as it grows, for up to `seconds` or until the grid ends; then where each run stands."""
-    log, position, deadline = runs_dir / LOG_NAME, 0, time.monotonic() + seconds
-    if log.is_file() and not args.background:  # looking in: the end of what came before
-        position = max(0, log.stat().st_size - 4000)
+def follow(runs_dir: Path, seconds: float, args, position: int = 0) -> None:
+    """Print the log from `position` as it grows, for up to `seconds` or until the grid ends; then where
+    each run stands."""
+    log, deadline = runs_dir / LOG_NAME, time.monotonic() + seconds
     while True:
         if log.is_file():
             with open(log, "rb") as f:
