@@ -1,8 +1,8 @@
-"""One run on 1 process and on N (DDP through `accelerate launch`), same config, global batch, steps and
-seed; then checkpoints moved between them. Prints the two loss curves side by side with the gap between two
-identical 1-process runs beside them (the noise of the GPU's own nondeterminism), bytes/s and the scaling
-efficiency at the same global batch and at the same batch per GPU, peak memory per GPU, and the end of each
-moved run beside the run it left.
+"""One run on 1 process and on N (through `accelerate launch`: DDP, or FSDP with --set
+train.distributed=fsdp), same config, global batch, steps and seed; then checkpoints moved between them.
+Prints the two loss curves side by side with the gap between two identical 1-process runs beside them (the
+noise of the GPU's own nondeterminism), bytes/s and the scaling efficiency at the same global batch and at
+the same batch per GPU, peak memory per GPU, and the end of each moved run beside the run it left.
 
     python benchmarks/multi_gpu.py hnet/configs/text/hnet_1stage_small.json --steps 300 --processes 2 \\
         --set data.source=text --set data.path=.data/books
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -29,22 +28,16 @@ import torch
 from hnet.config import RunConfig, apply_overrides, read_json
 from hnet.eval.run_files import read_metrics
 from hnet.models import latest_checkpoint
+from hnet.training.launch import launch_env, train_command
 
 REPO = Path(__file__).resolve().parents[1]
 
-MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-
 
 def launch(processes: int, config: Path, out: Path, overrides: list[str], resume: bool = False) -> None:
-    launcher = [sys.executable]
-    if processes > 1:  # with no GPU, `--multi_gpu` starts gloo processes on the CPU (the loop asks for cpu=True)
-        launcher += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1", "--num_processes",
-                     str(processes), "--mixed_precision", "no", "--dynamo_backend", "no"]
-    cmd = [*launcher, str(REPO / "train.py"), str(config), "--out", str(out), *(f"--set={o}" for o in overrides)]
-    cmd += ["--resume"] if resume else ["--overwrite"]
-    env = dict(os.environ, **MULTICAST_OFF, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    cmd = train_command(config, out, processes, resume, overrides)
     print("$", " ".join(cmd), flush=True)
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix="hnet-launch-") as tmp:  # torchelastic's folders go there
+        result = subprocess.run(cmd, env=launch_env(tmp), capture_output=True, text=True)
     if result.returncode:
         sys.exit(f"{out.name}: exit {result.returncode}\n{result.stderr[-4000:]}")
 

@@ -22,6 +22,7 @@ from hnet.layers.isotropic import LAYER_RE, LAYOUT_RE
 # The allowed values of the run config's fields that other modules check too.
 TOKENIZERS = ("bytes", "bpe")
 PACKINGS = ("cu_seqlens", "separator")
+DISTRIBUTED = ("ddp", "fsdp")  # how several processes share a run (`hnet.training.parallel`)
 FIXED_RULES = ("space", "bpe")  # hnet_fixed's boundary rules
 MAMBA_HEADDIM = 64  # mamba_ssm Mamba2 default, used by every official config
 
@@ -250,7 +251,7 @@ def layout_depth(layout: list) -> int:
 # of a clone), so a preset reads the same files from any working directory.
 
 PRESETS_DIR = Path(__file__).resolve().parent / "configs"  # hnet/configs/<data>/<model>_<size>.json
-PATH_FIELDS = (("data", "path"), ("data", "tokenizer_path"), (None, "fixed_tokenizer_path"))
+PATH_FIELDS = (("data", "path"), ("data", "val_path"), ("data", "tokenizer_path"), (None, "fixed_tokenizer_path"))
 
 
 def find_config(name: str | Path) -> Path:
@@ -293,6 +294,9 @@ class DataConfig:
     kind: str = "text"  # text | dna | protein: what the bytes are (reports group by it)
     source: str = "text"  # text (file or folder, raw bytes) | datasets (jsonl/json/parquet/csv) | fasta
     path: Union[str, list[str]] = ""  # file(s) or folder(s); .gz is read directly
+    # validation file(s) or folder(s) of their own (a corpus split by its maker, e.g. by package): then all of
+    # `path` trains and split / val_fraction / val_bytes / split_seed are not used
+    val_path: Union[str, list[str], None] = None
     text_field: str = "text"  # column read by the `datasets` source
     alphabet: Optional[str] = None  # fasta: "dna" | "protein" | the allowed letters (default by `kind`)
     dna_lowercase: str = "upper"  # fasta dna: "upper" (soft-masked repeats -> upper case) | "keep"
@@ -351,6 +355,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    # several processes: ddp (each holds the whole model and optimizer; single-file checkpoints) | fsdp
+    # (parameters, gradients and optimizer state sharded over the processes; sharded checkpoints)
+    distributed: str = "ddp"
 
 
 @dataclass
@@ -389,6 +396,7 @@ class RunConfig:
             "data.packing": PACKINGS,
             "train.schedule": ("wsd", "cosine"),
             "train.precision": ("auto", "fp32", "bf16"),
+            "train.distributed": DISTRIBUTED,
             "model_type": ("hnet", "isotropic", "hnet_fixed"),
             "fixed_boundaries": FIXED_RULES,
         }

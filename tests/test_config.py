@@ -113,6 +113,8 @@ NUMBERS_BAD = {
     "negative grad clip": ({"grad_clip": -1.0}, "grad_clip", "-1.0"),
     "zero eval batches": ({"eval_batches": 0}, "eval_batches", "0"),
     "zero lr multiplier": ({"lr_multipliers": [1.0, 0.0]}, "lr_multipliers", "[1.0, 0.0]"),
+    "unknown distributed": ({"distributed": "zero3"}, "distributed", "'zero3'; expected one of ddp, fsdp"),
+    "distributed not a string": ({"distributed": 2}, "distributed", "2"),
 }
 
 

@@ -82,3 +82,30 @@ def test_bpe_training_sees_no_validation_bytes(tmp_path, monkeypatch):
     val_markers = {m for m in (f"MARKER{i:02d}XYZ".encode() for i in range(12)) if m in val_text}
     assert val_markers and len(seen) == 12 - len(val_markers)
     assert not any(m in d.text for d in seen for m in val_markers)
+
+
+def test_a_corpus_split_by_its_maker_validates_on_val_path(tmp_path):
+    """data.val_path: all of `path` trains, `val_path` validates (a code corpus split by package); the
+    shard cache tells it from the same files given as one corpus."""
+    from hnet.data import read_split
+
+    for name in ("a", "b", "c"):
+        (tmp_path / "train").mkdir(exist_ok=True)
+        (tmp_path / "train" / f"{name}.py").write_bytes(f"def {name}():\n    return 1\n".encode() * 20)
+    (tmp_path / "val.py").write_bytes(b"import os\n" * 30)
+    cfg = DataConfig(path=str(tmp_path / "train"), val_path=str(tmp_path / "val.py"), cache_dir=str(tmp_path / "cache"),
+                     seq_len=16)
+    train, val = read_split(cfg)
+    assert [d.text[:5] for d in train] == [b"def a", b"def b", b"def c"] and [d.text for d in val] == [b"import os\n" * 30]
+    cut = read_split(DataConfig(path=cfg.path, val_path=cfg.val_path, max_bytes=100))  # each side cut alone
+    assert sum(len(d.text) for d in cut[0]) == 100 and len(cut[1][0].text) == 100
+    data = prepare_data(cfg)
+    assert data.val.num_bytes == 300 and data.train.num_docs == 3
+    together = prepare_data(DataConfig(path=[cfg.path, cfg.val_path], cache_dir=cfg.cache_dir, seq_len=16))
+    assert together.train.num_bytes + together.val.num_bytes == data.train.num_bytes + 300
+    assert len(list((tmp_path / "cache").glob("text-*"))) == 2  # two entries, not one taken for the other
+    (tmp_path / "empty.py").write_bytes(b"")
+    with pytest.raises(ValueError, match="data.val_path: .*empty.py.* yields no documents"):
+        read_split(DataConfig(path=cfg.path, val_path=str(tmp_path / "empty.py")))
+    with pytest.raises(ValueError, match="data.val_path: 'nowhere' does not exist"):
+        read_split(DataConfig(path=cfg.path, val_path="nowhere"))

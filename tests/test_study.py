@@ -32,7 +32,8 @@ def test_study_dry_run(tmp_path, capsys):
     # a run trained with another budget is not a result of this grid
     doubled = study.run_configs("text", "tiny", 2 * 768, ["data.max_bytes=12000", f"data.cache_dir={tmp_path / 'cache'}"], True)
     assert not study.finished(runs / "mamba2", doubled["mamba2"])
-    assert study.config_changes(runs / "mamba2", doubled["mamba2"]) == ["train.checkpoint_every: 3 -> 6", "train.max_steps: 3 -> 6"]
+    # (how often it checkpoints does not make it another run)
+    assert study.config_changes(runs / "mamba2", doubled["mamba2"]) == ["train.max_steps: 3 -> 6"]
 
     # --report-only trains nothing: a run not there is named as missing, not trained
     shutil.rmtree(runs / "transformer")
@@ -83,3 +84,75 @@ def test_study_dry_run_dna_and_protein(tmp_path, data, markers):
     results = (tmp_path / "docs" / "results.md").read_text()
     assert f"<!-- section: {data} -->" in results and all(marker in results for marker in markers)
     assert all(f"| {name} |" in results for name in [*study.GRID[data], "hnet_1stage_seed1"])
+
+
+def test_the_processes_command_line_is_accelerate_launch_of_hnet_train(tmp_path):
+    """What `--processes N` starts for each run (tests/test_fsdp.py and the slow test below run it)."""
+    import sys
+
+    from hnet.training.launch import MULTICAST_OFF, launch_env, train_command
+
+    config, run = tmp_path / "c.json", tmp_path / "run"
+    many = train_command(config, run, processes=8, resume=True, overrides=["train.max_steps=5"])
+    assert many[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    launcher = many[3:many.index("hnet.cli") - 1]
+    assert "--multi_gpu" in launcher and launcher[launcher.index("--num_processes") + 1] == "8"
+    assert launcher[launcher.index("--num_machines") + 1] == "1"
+    assert many[many.index("hnet.cli") - 1:] == ["-m", "hnet.cli", "train", str(config), "--out", str(run),
+                                                 "--set=train.max_steps=5", "--resume"]
+    assert train_command(config, run) == [sys.executable, "-m", "hnet.cli", "train", str(config), "--out", str(run),
+                                          "--overwrite"]
+    env = launch_env(tmp_path / "tmp", CUDA_VISIBLE_DEVICES="0")
+    assert all(env[k] == v for k, v in MULTICAST_OFF.items()) and env["TMPDIR"] == str(tmp_path / "tmp")
+    assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_the_scale_grid_trains_the_slowest_first_on_the_same_bytes():
+    study = load_script("study")
+    configs = study.run_configs("code", "scale", 2_000_000_000, [], False, checkpoints=4)
+    assert list(configs) == ["hnet_2stage", "bpe_transformer", "hnet_1stage", "transformer", "mamba2", "hnet_space",
+                             "hnet_1stage_seed1"]
+    steps = 2_000_000_000 // (64 * 8192)
+    assert {c.train.max_steps for c in configs.values()} == {steps}
+    assert configs["hnet_1stage"].train.checkpoint_every == steps // 4
+    assert configs["hnet_1stage"].data.val_path.endswith(".data/code/validation")
+
+
+@pytest.mark.slow
+def test_study_on_two_processes_reports_throughput_scaling_and_passes(tmp_path):
+    """One cheap run of the grid on 2 gloo processes, then its one-process throughput run; the section's
+    training table and the run's study.json hold processes, bytes/s, scaling efficiency and passes."""
+    import json
+
+    study = load_script("study")
+    heldout = tmp_path / "heldout.txt"
+    heldout.write_bytes(b"But soft, what light through yonder window breaks?\n" * 40)
+    study.main(["--dry-run", "--processes", "2", "--only", "transformer", "--scaling-steps", "3",
+                "--heldout", str(heldout), "--runs-dir", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
+                "--set", f"data.cache_dir={tmp_path / 'cache'}"])
+    info = json.loads((tmp_path / "runs" / "transformer" / "study.json").read_text())
+    assert info["processes"] == 2 and info["bytes_per_s"] > 0 and info["bytes_per_s_1gpu"] > 0
+    assert info["scaling_efficiency"] == pytest.approx(info["bytes_per_s"] / (2 * info["bytes_per_s_1gpu"]))
+    assert 0 < info["passes"] < 1 and info["train_bytes"] > 0 and info["heldout_bpb"] > 0
+    assert (tmp_path / "runs" / "transformer" / "eval" / "heldout.json").is_file()
+    log = (tmp_path / "runs" / ".logs" / "transformer.log").read_text()
+    assert "accelerate.commands.launch" in log.splitlines()[0] and "read it" in log
+    results = (tmp_path / "docs" / "results.md").read_text()
+    assert f"| transformer | 2 | {info['bytes_per_s']:,.0f} |" in results and f"| {info['heldout_bpb']:.4f} |" in results
+    assert "- hnet_1stage: not trained yet" in results
+    assert not list((tmp_path / "runs" / ".logs").glob(".tmp_*"))  # torchelastic's folders went with the runs
+
+
+@pytest.mark.slow
+def test_study_in_the_background_is_followed_and_looked_in_on(tmp_path, capsys):
+    study = load_script("study")
+    args = ["--dry-run", "--only", "mamba2", "--runs-dir", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
+            "--set", f"data.cache_dir={tmp_path / 'cache'}"]
+    study.main([*args, "--background", "--follow", "300"])
+    out = capsys.readouterr().out
+    assert "started the grid in the background" in out and "mamba2: val bpb" in out and "read it" in out
+    assert "--- the grid is not running; where each run stands:" in out and "  mamba2: finished;" in out
+    assert "  transformer: not started" in out
+    study.main([*args, "--follow", "0"])  # a later call looks in: the end of the log and the standing
+    out = capsys.readouterr().out
+    assert "mamba2: finished;" in out and "started the grid" not in out

@@ -3,6 +3,7 @@ fresh dict that a test may change."""
 
 import copy
 import importlib.util
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,5 +50,6 @@ def load_script(name: str, folder: str = "scripts"):
     """The same for FOLDER/NAME.py: scripts/ by default (the study, the preset writer)."""
     spec = importlib.util.spec_from_file_location(name, REPO / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module

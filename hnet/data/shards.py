@@ -94,6 +94,9 @@ def prepare_data(cfg: DataConfig, tokenizer: ByteTokenizer | BPETokenizer | None
         "config": {name: getattr(cfg, name) for name in CONTENT_FIELDS},
         "tokenizer": tokenizer.fingerprint,
     }
+    if cfg.val_path:  # only then, so that the entries of corpora split here keep their keys
+        key_inputs["val_files"] = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
+                                   for p in source_files(cfg, "val_path")]
     key = hashlib.sha256(json.dumps(key_inputs, sort_keys=True).encode()).hexdigest()[:16]
     entry = cache_root(cfg) / f"{cfg.kind}-{key}"
     remove_stale_temporaries(entry.parent)  # on a cache hit too

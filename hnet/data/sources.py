@@ -74,9 +74,11 @@ def _wanted(path: Path, source: str) -> bool:
     return True
 
 
-def source_files(cfg: DataConfig) -> list[Path]:
-    """The files of the corpus in reading order: paths as given, each folder walked in sorted order."""
-    paths = [cfg.path] if isinstance(cfg.path, str) else cfg.path
+def source_files(cfg: DataConfig, field: str = "path") -> list[Path]:
+    """The files of the corpus in reading order: paths as given, each folder walked in sorted order.
+    `field`: "path", or "val_path" for the validation files of a corpus split by its maker."""
+    given_paths = getattr(cfg, field)
+    paths = [given_paths] if isinstance(given_paths, str) else given_paths
     files = []
     for given in paths:
         path = resolve_path(given)
@@ -84,14 +86,14 @@ def source_files(cfg: DataConfig) -> list[Path]:
             found = sorted(p for p in path.rglob("*") if p.is_file() and _wanted(p, cfg.source)
                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
             if not found:
-                raise ValueError(f"data.path: folder {path} holds no {cfg.source} files")
+                raise ValueError(f"data.{field}: folder {path} holds no {cfg.source} files")
             files += found
         elif path.is_file():
             files.append(path)
         else:
-            raise ValueError(f"data.path: {given!r} does not exist ({path})")
+            raise ValueError(f"data.{field}: {given!r} does not exist ({path})")
     if not files:
-        raise ValueError("data.path: no files given")
+        raise ValueError(f"data.{field}: no files given")
     return files
 
 
@@ -99,13 +101,14 @@ def _open(path: Path):
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
-def iter_documents(cfg: DataConfig) -> Iterator[Document]:
-    """All documents of the corpus, in file order, cut to `max_bytes` bytes in total if set."""
+def iter_documents(cfg: DataConfig, field: str = "path") -> Iterator[Document]:
+    """All documents of the corpus (of `data.val_path` with field="val_path"), in file order, cut to
+    `max_bytes` bytes in total if set."""
     readers = {"text": _text_documents, "datasets": _datasets_documents, "fasta": _fasta_documents}
     if cfg.source not in readers:
         raise ValueError(f"data.source: unknown source {cfg.source!r}; expected one of {', '.join(readers)}")
     budget = cfg.max_bytes
-    for path in source_files(cfg):
+    for path in source_files(cfg, field):
         try:
             for doc in readers[cfg.source](path, cfg):
                 if budget is not None:

@@ -10,6 +10,9 @@ chromosomes, where holding out whole records would leave too little or too odd a
 A document too short to give one byte stays whole in training.
 
 A source of a single document cannot be split by documents; it falls back to "tail" with a warning.
+
+With `val_path` the corpus comes split by its maker (the code corpus is split by package): every document
+of `path` trains and those of `val_path` validate; `max_bytes` then cuts each side.
 """
 
 from __future__ import annotations
@@ -24,6 +27,12 @@ from hnet.data.sources import Document, iter_documents
 
 def read_split(cfg: DataConfig) -> tuple[list[Document], list[Document]]:
     """Read the whole corpus and split it: (train documents, validation documents)."""
+    if cfg.val_path:
+        train, val = list(iter_documents(cfg)), list(iter_documents(cfg, "val_path"))
+        for field, docs in (("path", train), ("val_path", val)):
+            if not docs:
+                raise ValueError(f"data.{field}: {getattr(cfg, field)!r} yields no documents")
+        return train, val
     return split_documents(list(iter_documents(cfg)), cfg)
 
 

@@ -9,7 +9,6 @@ captured anew when those change (`GraphedSteps.key`). Imported on CUDA only.
 
 from __future__ import annotations
 
-import torch
 
 from hnet.generation.cache import slots
 from hnet.generation.decode import DecodeState, decode_step

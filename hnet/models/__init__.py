@@ -5,14 +5,14 @@ from pathlib import Path
 
 from hnet.models.fixed import CHUNKER_FILE, HNetFixedForCausalLM
 from hnet.models.hnet import HNet, HNetForCausalLM, ModelOutput
-from hnet.models.weights import load_checkpoint
+from hnet.models.weights import has_weights, load_checkpoint
 
 __all__ = ["HNet", "HNetForCausalLM", "HNetFixedForCausalLM", "ModelOutput", "load_checkpoint", "load_model",
            "load_from_dir", "latest_checkpoint", "checkpoints", "checkpoint_problem", "file_record", "model_dir",
            "hub_snapshot"]
 
 
-READERS_SKIP = ("optimizer.pt",)  # a model is read without its optimizer state
+READERS_SKIP = ("optimizer.pt", "optimizer")  # a model is read without its optimizer state (file or sharded folder)
 
 
 def checkpoints(run_dir) -> list[Path]:
@@ -37,8 +37,9 @@ def file_record(path: Path) -> dict:
 
 
 def checkpoint_problem(checkpoint: Path, skip: tuple[str, ...] = ()) -> str | None:
-    """None if the checkpoint's files (but those in `skip`) are those its state.json recorded, else what
-    is wrong (naming the file). Checkpoints written before the record existed are taken as they are."""
+    """None if the checkpoint's files (but those in `skip`, a file or a folder's name) are those its
+    state.json recorded, else what is wrong (naming the file). Checkpoints written before the record
+    existed are taken as they are."""
     state = checkpoint / "state.json"
     if not state.is_file():
         return None
@@ -47,7 +48,7 @@ def checkpoint_problem(checkpoint: Path, skip: tuple[str, ...] = ()) -> str | No
     except json.JSONDecodeError:
         return f"{state} is not valid JSON"
     for name, want in files.items():
-        if name in skip:
+        if name.split("/")[0] in skip:
             continue
         path = checkpoint / name
         if not path.is_file():
@@ -88,7 +89,7 @@ def model_dir(path) -> Path:
         path = hub_snapshot(str(path))
     if not path.exists():
         raise ValueError(f"{path}: no such run or model directory")
-    if (path / "run.json").is_file() and not (path / "model.safetensors").is_file():
+    if (path / "run.json").is_file() and not has_weights(path):
         checkpoint = latest_checkpoint(path)
         if checkpoint is None:
             raise ValueError(f"{path}: the run has no checkpoint yet")

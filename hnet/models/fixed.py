@@ -62,8 +62,8 @@ class HNetFixedForCausalLM(HNetForCausalLM):
         with self.routing.reading(input_ids):
             return super().step(input_ids, cache, mask)
 
-    def save_weights(self, directory: str | Path) -> None:
-        super().save_weights(directory)
+    def save_weights(self, directory: str | Path, weights: bool = True) -> None:
+        super().save_weights(directory, weights)
         chunker = {"rule": self.routing.rule}
         if self.tokenizer_file is not None:
             shutil.copyfile(self.tokenizer_file, Path(directory) / CHUNKER_TOKENIZER)

@@ -1,9 +1,10 @@
-"""Weights in and out: our directory format (config.json + model.safetensors), official `.pt` files,
-and the optimizer parameter groups."""
+"""Weights in and out: our directory format (config.json + model.safetensors, or the folder `model/` of
+a sharded checkpoint that an FSDP run writes), official `.pt` files, and the optimizer parameter groups."""
 
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -14,6 +15,31 @@ from hnet.config import HNetConfig
 CARD_FILE = "README.md"  # the model card, as a Hub model repo names it
 TOKENIZER_FILE = "tokenizer.model"  # a BPE model's sentencepiece model, beside its weights
 NO_DECAY_SUFFIXES = (".bias", ".A_log", ".D", ".dt_bias", "pad_dimension")
+WEIGHTS_FILE = "model.safetensors"
+SHARDED_WEIGHTS = "model"  # a torch.distributed.checkpoint folder: one file per writing process + .metadata
+ONE_PROCESS_WARNING = "torch.distributed is .*single process"
+
+
+def has_weights(directory: Path) -> bool:
+    return (directory / WEIGHTS_FILE).is_file() or (directory / SHARDED_WEIGHTS / ".metadata").is_file()
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The whole state dict saved in `directory`, in this one process: model.safetensors, or the shards of
+    `model/` put back together (whatever number of processes wrote them)."""
+    if (directory / WEIGHTS_FILE).is_file():
+        return load_file(str(directory / WEIGHTS_FILE))
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = dcp.FileSystemReader(str(directory / SHARDED_WEIGHTS))
+    stored = reader.read_metadata().state_dict_metadata
+    state = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in stored.items()
+             if isinstance(m, TensorStorageMetadata)}
+    with warnings.catch_warnings():  # torch warns that it assumes one process, which we ask for
+        warnings.filterwarnings("ignore", message=ONE_PROCESS_WARNING)
+        dcp.load(state, storage_reader=reader, no_dist=True)  # no_dist: a reader never waits for other processes
+    return state
 
 
 class WeightsMixin:
@@ -21,15 +47,18 @@ class WeightsMixin:
 
     config: HNetConfig
 
-    def save_weights(self, directory: str | Path) -> None:
-        """What loading needs: config.json + model.safetensors (a training checkpoint holds only these)."""
+    def save_weights(self, directory: str | Path, weights: bool = True) -> None:
+        """What loading needs: config.json + model.safetensors (a training checkpoint holds only these);
+        without `weights` config.json only (a sharded checkpoint writes its weights itself)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config.to_json(directory / "config.json")
+        if not weights:
+            return
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
         if self.config.tie_embeddings:
             state.pop("lm_head.weight", None)  # the same tensor as embeddings.weight
-        save_file(state, str(directory / "model.safetensors"))
+        save_file(state, str(directory / WEIGHTS_FILE))
 
     def save_pretrained(self, directory: str | Path, card: str | None = None, tokenizer_file=None) -> None:
         """A folder that a Hub model repo can hold as it is: the weights (`save_weights`), README.md (`card`,
@@ -51,12 +80,11 @@ class WeightsMixin:
     def from_pretrained(cls, directory: str | Path, *args, device=None, dtype=None):
         """A saved model; `args`: the constructor's further arguments (see `from_state_dict`)."""
         directory = Path(directory)
-        for name in ("config.json", "model.safetensors"):
-            if not (directory / name).is_file():
+        for name, there in (("config.json", (directory / "config.json").is_file()), (WEIGHTS_FILE, has_weights(directory))):
+            if not there:
                 raise ValueError(f"{directory}: not a model directory (no {name})")
-        return cls.from_state_dict(HNetConfig.from_json(directory / "config.json"),
-                                   load_file(str(directory / "model.safetensors")), *args, source=str(directory),
-                                   device=device, dtype=dtype)
+        return cls.from_state_dict(HNetConfig.from_json(directory / "config.json"), read_weights(directory), *args,
+                                   source=str(directory), device=device, dtype=dtype)
 
     @classmethod
     def from_state_dict(cls, config: HNetConfig, state: dict, *args, source: str = "<state dict>", device=None, dtype=None):

@@ -1,6 +1,7 @@
-"""One training loop for every model (H-Net and baselines), on accelerate: CPU, one GPU or several. The
-step itself (`hnet.training.step.train_step`) and the optimizer (`hnet.training.optim`) are shared with
-the benchmarks."""
+"""One training loop for every model (H-Net and baselines), on accelerate: CPU, one GPU or several, the
+processes sharing the run through DDP or FSDP (`hnet.training.parallel`). The step itself
+(`hnet.training.step.train_step`) and the optimizer (`hnet.training.optim`) are shared with the
+benchmarks."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from hnet.chunking.diagnostics import CollapseMonitor, routing_diagnostics, rout
 from hnet.config import RunConfig, apply_overrides, flat_fields, read_run_json
 from hnet.constants import IGNORE_INDEX, LN2
 from hnet.models import checkpoint_problem
-from hnet.training.checkpoint import latest_checkpoint, load_checkpoint_state, newest_intact_checkpoint, save_checkpoint
+from hnet.training.checkpoint import (latest_checkpoint, load_checkpoint_state, newest_intact_checkpoint, save_checkpoint,
+                                     save_sharded_checkpoint)
 from hnet.training.lock import LOCK_NAME, RunLock
 from hnet.training.metrics import MetricsWriter, bytes_per_chunk, chunk_counts
 from hnet.training.model import model_for_run
 from hnet.training.optim import build_optimizer, build_schedule, ratio_loss_scale
+from hnet.training.parallel import shard_model
 from hnet.training.step import Objective, TrainingError, run_batch, train_step
 
 STRUCTURE_SNIPPET_BYTES = 8192  # validation bytes the structure scores are drawn on at each evaluation
@@ -174,6 +177,10 @@ def _train(config: RunConfig, run_dir: Path, accelerator, resume: bool, overwrit
     model = model_for_run(config)
     routing_stages = model.num_stages - 1
     objective = Objective.of(tc, routing_stages)
+    # FSDP on one process is the plain model (no process group to shard over), with sharded checkpoints.
+    sharded = tc.distributed == "fsdp" and world > 1
+    if sharded:  # before the optimizer, whose state then lives in shards beside the parameters'
+        shard_model(model, accelerator.device, torch.bfloat16 if _precision(tc) == "bf16" else None)
     optimizer = build_optimizer(model, tc)
     schedule = build_schedule(optimizer, tc)
     micro_rows = tc.batch_size // tc.grad_accum
@@ -192,8 +199,12 @@ def _train(config: RunConfig, run_dir: Path, accelerator, resume: bool, overwrit
         tmp = run_dir / ".run.json.tmp"
         tmp.write_text(json.dumps(config.to_dict(), indent=1) + "\n")
         tmp.replace(run_dir / "run.json")  # whole or not at all
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if not sharded:
+        model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
+    # A forward of a sharded model gathers every process's shards, so all processes take part in the ones
+    # the main process alone would otherwise run (structure scores, boundary snapshots).
+    forward_everywhere = sharded or accelerator.is_main_process
 
     def reduce_sum(t):
         return accelerator.reduce(t, reduction="sum") if world > 1 else t
@@ -208,7 +219,7 @@ def _train(config: RunConfig, run_dir: Path, accelerator, resume: bool, overwrit
     metrics = MetricsWriter(run_dir, enabled=accelerator.is_main_process)
     snippet = data.val.doc(0)[:1024].tobytes() if dc.tokenizer == "bytes" and data.val.num_docs else b""
     scored = b""  # the longer fixed snippet the structure scores are drawn on
-    if routing_stages and dc.tokenizer == "bytes" and accelerator.is_main_process:
+    if routing_stages and dc.tokenizer == "bytes" and forward_everywhere:
         scored = structure_snippet((data.val.doc(i) for i in range(data.val.num_docs)), STRUCTURE_SNIPPET_BYTES)
 
     def evaluation(step, **extra):
@@ -224,6 +235,16 @@ def _train(config: RunConfig, run_dir: Path, accelerator, resume: bool, overwrit
     initial = None
     if start_step == 0:
         initial = evaluation(0, processes=world)
+    # Passes over the training data: each row reads seq_len new ids of a stream of every document + its BOS.
+    ids_per_step = tc.batch_size * dc.seq_len
+    stream_ids = data.train.num_tokens + data.train.num_docs
+    passes_planned = tc.max_steps * ids_per_step / stream_ids
+    if start_step == 0:  # after the first evaluation, whose record comes first
+        metrics.write(dict(step=0, train_split=dict(docs=data.train.num_docs, tokens=data.train.num_tokens,
+                                                    bytes=data.train.num_bytes), passes_planned=passes_planned))
+    if accelerator.is_main_process:
+        print(f"training data: {data.train.num_bytes:,} bytes in {data.train.num_docs:,} documents; "
+              f"{tc.max_steps} steps of {ids_per_step:,} ids read it {passes_planned:.2f} times", flush=True)
     bar = tqdm(total=tc.max_steps, initial=start_step, disable=not (progress and accelerator.is_main_process), desc="train")
     last_eval, window_start, window_ids, window_bytes = initial, time.perf_counter(), 0, 0
     collapsed = [False] * routing_stages
@@ -251,7 +272,8 @@ def _train(config: RunConfig, run_dir: Path, accelerator, resume: bool, overwrit
             loss_, ce_, *ratio_ = (reduce_sum(torch.cat([torch.stack([result.loss, last.ce]), last.ratio])) / world).tolist()
             n_bytes = window_ids if token_bytes is None else float(window_bytes)
             record = dict(step=step, loss=loss_, ce=ce_, ratio_loss=sum(ratio_), lr=schedule.get_last_lr()[0],
-                          ids_per_s=window_ids / elapsed, bytes_per_s=n_bytes / elapsed)
+                          ids_per_s=window_ids / elapsed, bytes_per_s=n_bytes / elapsed,
+                          passes=step * ids_per_step / stream_ids)
             if last.routing:
                 record["bytes_per_chunk"] = bytes_per_chunk(chunk_counts(result.batch, last.routing))
                 record["ratio_loss_scale"] = ratio_loss_scale(step - 1, tc)
@@ -274,11 +296,15 @@ def _train(config: RunConfig, run_dir: Path, accelerator, resume: bool, overwrit
         if step % tc.eval_every == 0 or step == tc.max_steps:
             last_eval = evaluation(step)
             bar.set_postfix(val_bpb=f"{last_eval['val_bpb']:.3f}")
-            if snippet and routing_stages and accelerator.is_main_process:
-                _write_boundaries(raw_model, snippet, run_dir / "boundaries" / f"step_{step:06d}.html")
-        if (step % tc.checkpoint_every == 0 or step == tc.max_steps) and accelerator.is_main_process:
+            if snippet and routing_stages and forward_everywhere:
+                _write_boundaries(raw_model, snippet, run_dir / "boundaries" / f"step_{step:06d}.html",
+                                  write=accelerator.is_main_process)
+        if step % tc.checkpoint_every == 0 or step == tc.max_steps:
             extra = {"loader": loader.state_dict(), "scheduler": schedule.state_dict(), "tokenizer": tokenizer.fingerprint}
-            save_checkpoint(run_dir, step, raw_model, optimizer, extra, tc.keep_checkpoints)
+            if tc.distributed == "fsdp":  # every process writes its shards
+                save_sharded_checkpoint(run_dir, step, raw_model, optimizer, extra, tc.keep_checkpoints)
+            elif accelerator.is_main_process:
+                save_checkpoint(run_dir, step, raw_model, optimizer, extra, tc.keep_checkpoints)
         accelerator.wait_for_everyone()
     bar.close()
     metrics.close()
@@ -296,10 +322,11 @@ def structure_fields(model, text: bytes) -> dict:
     return {key: [stage.get(key) for stage in per_stage] for key in per_stage[0] if key != "boundary_rate"}
 
 
-def _write_boundaries(model, snippet: bytes, path: Path) -> None:
-    from hnet.analysis import write_boundary_snapshot
+def _write_boundaries(model, snippet: bytes, path: Path, write: bool = True) -> None:
+    """The boundary snapshot of `snippet`; without `write` only its forward (a sharded model's other processes)."""
+    from hnet.analysis import extract_boundaries, write_boundary_snapshot
 
-    write_boundary_snapshot(model, snippet, path)
+    write_boundary_snapshot(model, snippet, path) if write else extract_boundaries(model, snippet)
 
 
 def load_run_config(path: str | Path, overrides: list[str] = (), max_steps: int | None = None) -> RunConfig:
