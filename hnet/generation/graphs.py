@@ -9,7 +9,6 @@ captured anew when those change (`GraphedSteps.key`). Imported on CUDA only.
 
 from __future__ import annotations
 
-
 from hnet.generation.cache import slots
 from hnet.generation.decode import DecodeState, decode_step
 from hnet.generation.sampling import Sampling
