@@ -417,7 +417,7 @@ def test_ssd_backward_steps():
     ds = ds_row - dtc * ddt_part
     ds[..., -1] += ds_carry + ds_state
     d_dtA = ds.flip(-1).cumsum(-1).flip(-1)
-    ddt, dA = chunk_cumsum_bwd((ds_within, ds_entering), (ddt_state_fast, ddt_within), dt_chunked,
+    ddt, dA, _ = chunk_cumsum_bwd((ds_within, ds_entering), (ddt_state_fast, ddt_within), dt_chunked,
                                (ds_carry_fast, ds_state_fast), A, l)
     expected_ddt = (ddt_part + d_dtA * A[None, None, :, None]).permute(0, 1, 3, 2).reshape(b, c * Q, h)[:, :l]
     # dA: one sum per head over every position, which cancels (the GPU's summation order left 1.3e-5).

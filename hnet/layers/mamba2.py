@@ -11,7 +11,7 @@ from torch import nn
 
 from hnet.layers.norm import GatedRMSNorm
 from hnet.ops.cache import update_rows_
-from hnet.ops.dispatch import causal_conv1d, ssd_chunked
+from hnet.ops.dispatch import mamba2_mixer
 
 
 @dataclass
@@ -69,30 +69,20 @@ class Mamba2(nn.Module):
         """u (B, L, D) -> (B, L, D); seq_idx (B, L) resets the conv and the state per packed sequence.
 
         With a cache (and no seq_idx), the rows' states after position L-1 are written into it (prefill).
+        Between the projections: `hnet.ops.mamba2.mamba2_mixer` (conv, SiLU, SSD scan, gated norm), one fused
+        Function where the Triton kernels run.
         """
-        B_, L, _ = u.shape
-        z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
+        zxbcdt = self.in_proj(u)
         if cache is not None:
             k = cache.conv_state.shape[1]
+            xBC = zxbcdt[..., self.d_inner : 2 * self.d_inner + 2 * self.d_state]
             cache.conv_state.copy_(F.pad(xBC, (0, 0, k, 0))[:, -k:])  # zeros before the first position
-        xBC = causal_conv1d(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, seq_idx=seq_idx)
-        x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(dt.float() + self.dt_bias.float())  # identity above 20, as the kernel does
-        A = -torch.exp(self.A_log.float())
-        y, final_state = ssd_chunked(
-            x.view(B_, L, self.nheads, self.headdim),
-            dt,
-            A,
-            B.view(B_, L, 1, self.d_state),
-            C.view(B_, L, 1, self.d_state),
-            self.chunk_size,
-            D=self.D,
-            seq_idx=seq_idx,
-            return_final_state=True,
-        )
+        y = mamba2_mixer(zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, self.A_log, self.D,
+                         self.norm.weight, self.headdim, self.chunk_size, seq_idx, self.norm.eps,
+                         return_final_state=cache is not None)
         if cache is not None:
+            y, final_state = y
             cache.ssm_state.copy_(final_state)
-        y = self.norm(y.reshape(B_, L, self.d_inner), z)
         return self.out_proj(y)
 
     def step(self, u, cache: Mamba2Cache, mask=None):
