@@ -138,6 +138,70 @@ def test_fused_mixer_equals_the_unfused_kernels(recompute_conv):
         assert rel(a, b) < (1e-5 if name in PER_HEAD else 1e-6), f"{name}: {rel(a, b):.2e}"
 
 
+def nth_layout(pick: int, counts: dict, names: set):
+    """A stand-in for launch_fastest: the pick-th distinct launch layout of the launchers named (warps and
+    stages aside, which change scheduling, not results), the default of the others; counts their layouts."""
+    def launch_fastest(name, key, positions, candidates, launch):
+        if name not in names:
+            return launch(**candidates[0])
+        layouts = [{k: v for k, v in c.items() if k not in ("num_warps", "num_stages")} for c in candidates]
+        distinct = [c for i, c in enumerate(layouts) if c not in layouts[:i]]
+        counts[name] = len(distinct)
+        return launch(**distinct[pick % len(distinct)])
+    return launch_fastest
+
+
+def test_fused_mixer_under_every_output_layout(monkeypatch):
+    """The launchers that write into the fused Function's gradient buffers, under every layout the tuner may
+    pick: dx, and dB and dC straight from one run of heads or summed from several runs (4 heads in one group,
+    chunks of 128; every other layout is covered by test_triton_kernels.py::test_every_launch_candidate)."""
+    import importlib
+
+    counts, names = {}, {"chunk_scan_bwd_dx", "chunk_scan_bwd_dc", "chunk_state_bwd_db"}
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    inputs, seq_idx = mixer_inputs(1, 130, 4, 8, 16, 4, dtype, packed=True)
+    gen = torch.Generator().manual_seed(1)
+    dy = torch.randn(1, 130, 32, generator=gen).to(DEVICE, dtype)
+    dfinal = torch.randn(1, 4, 8, 16, generator=gen).to(DEVICE)
+    ref = run(mamba2_mixer, leaves(inputs), 8, 128, seq_idx, dy, dfinal)
+    pick = 0
+    while pick == 0 or pick < max(counts.values()):
+        for module in ("ssd.chunk_scan", "ssd.chunk_state"):
+            monkeypatch.setattr(importlib.import_module(f"hnet.ops.triton.{module}"), "launch_fastest",
+                                nth_layout(pick, counts, names))
+        fused = run(triton_mamba2.mamba2_mixer, leaves(inputs), 8, 128, seq_idx, dy, dfinal)
+        for name, a, b in zip(["out", "final_state", *NAMES], [fused[0], fused[1], *fused[2]], [ref[0], ref[1], *ref[2]]):
+            tol = REDUCED_TOL[dtype] if name in PER_HEAD else TOL[dtype]
+            assert rel(a, b) < tol, f"layout {pick}, {name}: {rel(a, b):.2e}"
+        pick += 1
+    assert set(counts) == names and min(counts.values()) > 1
+
+
+def test_conv_backward_into_a_strided_slice(monkeypatch):
+    """Every conv backward variant reads dout and writes dx through row strides (the fused mixer's gradient
+    buffer), leaving the rest of the buffer alone."""
+    from hnet.ops.conv1d import causal_conv1d
+    from hnet.ops.triton import conv1d as triton_conv1d
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 20, 20, generator=gen).to(DEVICE)[..., 3:19]  # a slice of a wider tensor, as xBC is
+    w, bias = torch.randn(16, 4, generator=gen).to(DEVICE), torch.randn(16, generator=gen).to(DEVICE)
+    seq_idx = torch.cat([torch.zeros(2, 8), torch.ones(2, 12)], 1).int().to(DEVICE)
+    dout = torch.randn(2, 20, 19, generator=gen).to(DEVICE)[..., :16]
+    ref = leaves([x, w, bias])
+    expected = torch.autograd.grad(causal_conv1d(*ref, seq_idx=seq_idx), ref, dout)
+    counts, pick = {}, 0
+    while pick == 0 or pick < counts["conv1d_bwd"]:
+        monkeypatch.setattr(triton_conv1d, "launch_fastest", nth_layout(pick, counts, {"conv1d_bwd"}))
+        into = torch.full((2, 20, 30), float("nan"), device=DEVICE)
+        got = triton_conv1d.conv1d_backward(dout, x, w, bias, seq_idx, dx=into[..., 10:26])
+        assert got[0].data_ptr() == into[..., 10:26].data_ptr()
+        assert into[..., :10].isnan().all() and into[..., 26:].isnan().all()
+        for name, a, b in zip(["x", "weight", "bias"], got, expected):
+            assert rel(a, b) < 1e-5, f"layout {pick}, d{name}: {rel(a, b):.2e}"
+        pick += 1
+
+
 class _AtenCalls(TorchDispatchMode):
     def __init__(self):
         super().__init__()

@@ -6,6 +6,7 @@ HNET_REAL_SHAPES=1 also runs the shapes of a Mamba-2 layer of d_model 1024 at ba
 not run here are collected and skipped with the reason.
 """
 
+import contextlib
 import os
 
 import pytest
@@ -550,9 +551,13 @@ def test_dispatch_picks_reference_on_cpu_and_when_asked():
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["tiny_1stage", "tiny_2stage", "tiny_hybrid_window"])  # 2stage: a packed inner stack feeds a second router
 def test_model_fast_path_equals_reference(case):
+    """The whole fast path (every kernel, Mamba-2's mixer fused) against the reference path, and against the
+    official goldens within ../shared/reference/README.md's tolerances."""
     golden = pytest.importorskip("golden")
     if not golden.GOLDEN.exists():
         pytest.skip(f"no golden cases at {golden.GOLDEN}")
+    from safetensors.torch import load_file
+
     model, inputs = golden.load_case(case)
     model = model.to(DEVICE)
     for packed in (False, True):
@@ -567,3 +572,31 @@ def test_model_fast_path_equals_reference(case):
                 assert torch.equal(fast[name], r), name
             else:
                 assert rel(fast[name], r) < 1e-4, f"{name}: rel err {rel(fast[name], r):.2e}"
+        official = load_file(str(golden.GOLDEN / case / f"forward{'_packed' if packed else ''}_dechunk_fp32.safetensors"))
+        golden.compare({k: v.cpu() for k, v in fast.items()}, official, model.num_stages - 1, packed)
+
+
+@pytest.mark.slow
+def test_model_gradients_through_the_fused_mamba2():
+    """The training step's gradients, fast path (Mamba-2's mixer fused, every kernel) against the reference
+    path, for every parameter of a golden model, packed as training packs it (tiny_2stage: Mamba-2 layers at
+    both stages, the inner one over a packed chunk sequence; one case, the interpreter is slow)."""
+    golden = pytest.importorskip("golden")
+    if not golden.GOLDEN.exists():
+        pytest.skip(f"no golden cases at {golden.GOLDEN}")
+    model, inputs = golden.load_case("tiny_2stage")
+    model = model.to(DEVICE)
+    ids, cu = inputs["input_ids_packed"].to(DEVICE), inputs["cu_seqlens"].to(DEVICE)
+    weights = torch.randn(*ids.shape, 256, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    grads = {}
+    for path in ("reference", "fast"):
+        model.zero_grad(set_to_none=True)
+        with dispatch.kernel_path(path), dispatch.force_triton() if path == "fast" else contextlib.nullcontext():
+            (model(ids, cu_seqlens=cu).logits * weights).sum().backward()
+        grads[path] = {n: p.grad for n, p in model.named_parameters()}
+    mixers = [n for n in grads["fast"] if ".mixer.A_log" in n]
+    assert len(mixers) == 4
+    for name, g_ref in grads["reference"].items():
+        g_fast = grads["fast"][name]
+        assert g_ref is not None and g_fast is not None, name
+        assert rel(g_fast, g_ref) < 1e-4, f"d{name}: rel err {rel(g_fast, g_ref):.2e}"
