@@ -120,7 +120,9 @@ def test_rotary_qkv(case, dtype):
     qkv = torch.randn(T, 3 * H * hd, device=DEVICE, dtype=dtype).view(T, 3, H, hd)  # as Wqkv's output is seen
     cos, sin = rotary_tables(torch.randint(0, 3000, (T,), device=DEVICE), rot)
     fast, ref = leaves(qkv), leaves(qkv)
-    out_fast = torch.stack(triton_rotary.rotary_qkv(fast[0], cos, sin))
+    q, k, v = triton_rotary.rotary_qkv(fast[0], cos, sin)
+    assert v.data_ptr() == fast[0][:, 2].data_ptr() and v.stride() == fast[0][:, 2].stride()  # v: a view, not copied
+    out_fast = torch.stack((q, k, v))
     out_ref = torch.stack(rotary_qkv(ref[0], cos, sin))
     assert out_fast.shape == out_ref.shape == (3, T, H, hd) and out_fast.dtype == dtype
     assert rel(out_fast, out_ref) < TOL[dtype]
