@@ -1,7 +1,7 @@
 """Triton kernels vs their PyTorch references (eager and torch.compile): time, error, and % of the ceilings.
 
     python benchmarks/kernels.py                                      # real shapes, CUDA (an H100)
-    python benchmarks/kernels.py --no-compile --ops ssd_chunked       # the SSD rows, mamba_ssm, the layer
+    python benchmarks/kernels.py --no-compile --ops ssd_chunked       # the SSD rows, mamba_ssm, the mixer, the layer
     TRITON_INTERPRET=1 python benchmarks/kernels.py --quick --device cpu   # tiny shapes: checks the code path
 
 For each op, forward and forward+backward: median ms (triton.testing.do_bench, after warmup; a plain
@@ -12,7 +12,8 @@ traffic's GB/s too), as a fraction of ceilings measured in this run: a large dev
 a bf16 8192^3 matmul. Shapes are those of a Mamba-2 layer of d_model 1024 (d_inner 2048, 24 heads of 64,
 d_state 128, chunk 256) at batch 8 x 8192, the dechunk EMA over ~1400 chunks of width 1536, and SwiGLU and
 the rotary embedding at the main network of hnet_1stage_L (21504 chunks, d 1536, 16 heads). Then
-a whole Mamba-2 layer forward+backward, fast path vs reference, and mamba_ssm's scan where importable.
+Mamba-2's mixer alone (fused, fused keeping the conv's output, op by op), a whole Mamba-2 layer
+forward+backward (mixer fused, unfused, the reference), and mamba_ssm's scan where importable.
 """
 
 from __future__ import annotations
@@ -244,15 +245,68 @@ def main():
         print(f"\nmamba_ssm mamba_chunk_scan_combined: fwd {fmt(bench(lambda: fn(*inputs), device))} ms, "
               f"fwd+bwd {fmt(bench(fwd_bwd(fn, inputs), device))} ms")
 
+    mixer_rows(s, device, dtype, gbps)
     from hnet.layers.mamba2 import Mamba2
     layer = Mamba2(s["d_model"], d_state=s["n"], chunk_size=s["chunk"], headdim=s["p"], device=device, dtype=dtype)
     u = torch.randn(s["b"], s["l"], s["d_model"], device=device, dtype=dtype, requires_grad=True)
     run = fwd_bwd(layer, (u,))
     print(f"\nMamba2({s['d_model']}) forward+backward at {s['b']} x {s['l']}:")
-    for label, path in (("fast path", "fast"), ("reference", "reference")):
+    for label, path in (("fast path (mixer fused)", "fast"), ("mixer unfused", "unfused"), ("reference", "reference")):
         with kernel_path(path):
-            print(f"  {label:<10} {fmt(bench(run, device))} ms")
+            print(f"  {label:<24} {fmt(bench(run, device))} ms")
     print_tuning()
+
+
+def mixer_rows(s: dict, device, dtype, gbps: float) -> None:
+    """Mamba-2's mixer alone (in_proj's output -> out_proj's input), fused (the conv's output recomputed in
+    the backward, or kept) against the same kernels op by op, forward and forward+backward, with the errors of
+    each against float64 and the peak memory of forward+backward; the rate is against the mixer's least
+    traffic (`hnet.eval.floor.mamba2_mixer_bytes`, 16-bit activations)."""
+    from hnet.eval.floor import mamba2_mixer_bytes
+    from hnet.ops import dispatch
+    from hnet.ops import mamba2 as mamba2_ref
+    from hnet.ops.triton import mamba2 as triton_mamba2
+
+    b, l, h, p, n, Q = s["b"], s["l"], s["h"], s["p"], s["n"], s["chunk"]
+    d_inner = h * p
+    conv_dim = d_inner + 2 * n
+
+    def leaf(*shape, scale=1.0, dt=dtype):
+        return (torch.randn(*shape, device=device) * scale).to(dt).requires_grad_()
+
+    inputs = (leaf(b, l, 2 * d_inner + 2 * n + h), leaf(conv_dim, 4, scale=0.5), leaf(conv_dim, scale=0.5),
+              (torch.rand(h, device=device) * 4 - 6).requires_grad_(), torch.log(torch.rand(h, device=device) * 15 + 1).requires_grad_(),
+              torch.ones(h, device=device, requires_grad=True), leaf(d_inner, scale=0.1))
+    with torch.no_grad():
+        inputs[-1].add_(1)
+    impls = {
+        "fused": lambda *t: triton_mamba2.mamba2_mixer(*t, p, Q),
+        "fused, conv kept": lambda *t: triton_mamba2.mamba2_mixer(*t, p, Q, recompute_conv=False),
+        "unfused": lambda *t: dispatch.mamba2_mixer(*t, p, Q),
+    }
+    names = ("dzxbcdt", "dconv_w", "dconv_b", "ddt_bias", "dA_log", "dD", "dnorm_w")
+    traffic = mamba2_mixer_bytes(d_inner, n, h) * b * l
+    print(f"\nMamba-2 mixer alone (d_inner {d_inner}, state {n}, chunk {Q}) at {b} x {l}; least traffic "
+          f"fwd+bwd {traffic / 1e9:.2f} GB:")
+    with kernel_path("unfused"):  # the unfused row's ops take their kernels; the fused ones are called directly
+        errors = errors_vs_float64(lambda *t: mamba2_ref.mamba2_mixer(*t, p, Q), inputs, list(impls.values()))
+        for (label, fn), (out_err, grad_errs) in zip(impls.items(), errors):
+            fwd = bench(lambda: fn(*inputs), device)
+            both = fwd_bwd(fn, inputs)
+            peak = float("nan")
+            if device.type == "cuda":  # one forward+backward alone (bench's own buffers would count)
+                both()
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
+                both()
+                torch.cuda.synchronize(device)
+                peak = (torch.cuda.max_memory_allocated(device) - base) / 2**30
+            ms = bench(both, device)
+            worst = max(zip(names, grad_errs), key=lambda ne: ne[1])
+            print(f"  {label:<18} fwd {fmt(fwd)} ms   fwd+bwd {fmt(ms)} ms ({traffic / ms / 1e6:.0f} GB/s, "
+                  f"{100 * traffic / ms / 1e6 / gbps:.1f}% of copy)   peak +{peak:.2f} GiB   rel err out "
+                  f"{out_err:.1e}, worst {worst[0]} {worst[1]:.1e}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ isotropic Transformer of matched FLOPs per byte, trained by the same step.
     python benchmarks/train_step.py --config .ref/configs/hnet_1stage_L.json --profile 30   # + where the time goes
     python benchmarks/train_step.py --config .ref/configs/hnet_1stage_L.json --no-reference --unbucketed
     python benchmarks/train_step.py --no-reference --routed-at-targets   # + each H-Net at its target compression
+    python benchmarks/train_step.py --no-reference --routed-at-targets --unfused --glue 25   # fused vs op by op, glue
     TRITON_INTERPRET=1 python benchmarks/train_step.py --device cpu --quick   # tiny models: checks the code path
 
 The default configs are the official ones, which the repository does not carry: copy them into the
@@ -29,6 +30,18 @@ byte at the target bytes per chunk (6, or 3 then 9 cumulative), the budget the H
 MFU = 3 x FLOPs/byte x bytes/s / a bf16 peak: the datasheet's dense peak (989 TFLOP/s for H100/H200 SXM,
 or --peak-tflops), and the peak measured in the same run (a bf16 8192^3 matmul, `hnet.eval.timing.ceilings`,
 as `kernels.py` measures it), the one the targets name.
+
+Beside each row, the floor of its step (`hnet.eval.floor`): its matmuls and causal attention at the matmul
+rate measured in the run, plus the least traffic of the optimizer, the weight casts, the residual norms and
+the Mamba-2 mixers at the copy rate measured in the run, for the batch and bytes per chunk of the row; and
+the step's time over it ("x floor"). Each H-Net row's floor is also printed by part.
+
+--unfused adds the fast rows with Mamba-2's mixer op by op (`kernel_path("unfused")`, HNET_FUSED_MAMBA2=0),
+the same kernels without the fused Function, to time the fusion within one run. --glue N lists, for one
+fast step of each H-Net, the N call sites that fill, copy, cast or concatenate the most bytes (every such
+aten op the step dispatches from Python, forward and backward, by source line or autograd node; kernels
+that libraries launch internally, e.g. flash attention's, are not seen).
+
 An untrained router's compression is not the target (from 2 to 2000 bytes per chunk in
 the 1-stage L's first 7 steps, and a second stage that may keep almost nothing), so its H-Net does more or
 less work than the Transformer is matched to: --routed-at-targets adds a row of each H-Net whose boundaries
@@ -39,21 +52,25 @@ are fixed at the targets (one every 6th byte, or every 3rd position at each stag
 from __future__ import annotations
 
 import math
+import traceback
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hnet import HNetConfig, HNetForCausalLM
 from hnet.chunking.fixed import route_every
 from hnet.config import TrainConfig, default_ratio_targets
 from hnet.eval.baselines import size_baseline
+from hnet.eval.floor import step_floor
 from hnet.eval.flops import device_info, flops_per_byte, mfu
-from hnet.eval.timing import (ceilings, environment, fitting, load_model_config, parse_shape_args, print_tuning,
-                              shape_parser, text_batch, time_train_steps)
+from hnet.eval.timing import (DOC_BYTES, ceilings, environment, fitting, load_model_config, parse_shape_args,
+                              print_tuning, shape_parser, text_batch, time_train_steps)
 from hnet.layers.cuda_graphs import use_cuda_graphs
 from hnet.layers.isotropic import Isotropic
 from hnet.ops.dispatch import kernel_path
+from hnet.training import build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = [".ref/configs/hnet_1stage_L.json", ".ref/configs/hnet_2stage_L.json"]
@@ -90,21 +107,24 @@ def profile_step(config: HNetConfig, device, batch: int, seq_len: int, warmup: i
     if targets is not None:
         route_every(model, targets)
     data = text_batch(batch, seq_len, device)
+    # One optimizer throughout: a new one would initialise its state inside the profiled step (session 10's
+    # profile counted those 642 zero fills of the 1-stage L's 214 parameters as the step's).
+    optimizer = build_optimizer(model, TrainConfig())
     with kernel_path("fast"):
-        time_train_steps(model, TrainConfig(), data, device, steps=max(warmup, 1), warmup=0)  # compile, allocate
+        time_train_steps(model, TrainConfig(), data, device, max(warmup, 1), 0, optimizer)  # compile, allocate
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:
-            r = time_train_steps(model, TrainConfig(), data, device, steps=1, warmup=0)
+            r = time_train_steps(model, TrainConfig(), data, device, 1, 0, optimizer)
     by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=by, row_limit=rows))
     print(f"profiled step: {r['ms_per_step']:.1f} ms wall-clock (profiler overhead included), batch {batch} x {seq_len}")
     if device.type == "cuda":  # a step longer than its GPU time is waiting on the host: where does host time go?
         print("\nthe same step by host time:")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
-        print_host_syncs(model, data, device)
+        print_host_syncs(model, data, device, optimizer)
 
 
-def print_host_syncs(model, data, device) -> None:
+def print_host_syncs(model, data, device, optimizer) -> None:
     """The lines of one step that make the host wait for the GPU (CUDA's sync debug mode), with counts."""
     import warnings
 
@@ -112,7 +132,7 @@ def print_host_syncs(model, data, device) -> None:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            time_train_steps(model, TrainConfig(), data, device, steps=1, warmup=0)
+            time_train_steps(model, TrainConfig(), data, device, 1, 0, optimizer)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     sites: dict[str, int] = {}
@@ -123,6 +143,68 @@ def print_host_syncs(model, data, device) -> None:
     print(f"host syncs in one step: {sum(sites.values())}")
     for site, count in sorted(sites.items(), key=lambda kv: -kv[1]):
         print(f"  {count:4d}  {site}")
+
+
+# aten ops that only move or fill memory: what a fused kernel or a view would not need
+GLUE_OPS = {"fill_", "zero_", "zeros", "zeros_like", "new_zeros", "full", "new_full", "ones_like", "index_fill_",
+            "masked_fill", "masked_fill_", "copy_", "clone", "_to_copy", "cat", "stack", "constant_pad_nd"}
+
+
+class GlueLog(TorchDispatchMode):
+    """Counts the GLUE_OPS by (op, call site) with the bytes they write."""
+
+    def __init__(self):
+        super().__init__()
+        self.sites: dict[tuple[str, str], list[int]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        op = func.__name__.split(".")[0]
+        if op in GLUE_OPS:
+            site = call_site()
+            if site is None:
+                return out
+            written = out if isinstance(out, torch.Tensor) else args[0]
+            entry = self.sites.setdefault((op, site), [0, 0])
+            entry[0] += 1
+            entry[1] += written.numel() * written.element_size()
+        return out
+
+
+def call_site() -> str | None:
+    """The innermost line of the model's code that led here (not the training step's or the benchmark's), and
+    in the backward the autograd node running; None inside Triton's interpreter (its copies of a kernel's
+    arguments are no GPU work)."""
+    stack = traceback.extract_stack()
+    if any(f.filename.endswith("triton/runtime/interpreter.py") for f in stack):
+        return None
+    node = torch._C._current_autograd_node()
+    model_code = [str(REPO / "hnet" / sub) for sub in ("ops", "layers", "chunking", "models")]
+    where = next((f"{Path(f.filename).relative_to(REPO)}:{f.lineno}" for f in reversed(stack)
+                  if any(f.filename.startswith(m) for m in model_code)), None)
+    if node is None:
+        return where or "?"
+    return f"{where}, backward of {node.name()}" if where else f"backward of {node.name()}"
+
+
+def glue_report(config: HNetConfig, device, batch: int, seq_len: int, rows: int, targets=None) -> None:
+    """One fast-path step after one unlogged: the `rows` call sites of GLUE_OPS writing the most bytes."""
+    torch.manual_seed(0)
+    model = HNetForCausalLM(config, device=device)
+    if targets is not None:
+        route_every(model, targets)
+    data = text_batch(batch, seq_len, device)
+    optimizer, log = build_optimizer(model, TrainConfig()), GlueLog()
+    with kernel_path("fast"):
+        time_train_steps(model, TrainConfig(), data, device, 1, 0, optimizer)
+        with log:
+            time_train_steps(model, TrainConfig(), data, device, 1, 0, optimizer)
+    total_calls = sum(c for c, _ in log.sites.values())
+    total_bytes = sum(b for _, b in log.sites.values())
+    print(f"{total_calls} glue ops writing {total_bytes / 2**30:.2f} GiB in one step; the {rows} largest sites:")
+    print("| op | where | calls | MiB written |\n| --- | --- | ---: | ---: |")
+    for (op, where), (calls, nbytes) in sorted(log.sites.items(), key=lambda kv: -kv[1][1])[:rows]:
+        print(f"| {op} | {where} | {calls} | {nbytes / 2**20:,.1f} |")
 
 
 def main(argv=None):
@@ -136,6 +218,10 @@ def main(argv=None):
                         "boundaries fixed at the ratio targets (the work its matched Transformer is sized to)")
     parser.add_argument("--cuda-graphs", action="store_true", help="also the fast rows (and the Transformer) "
                         "with every stack replayed as CUDA graphs (`hnet.layers.cuda_graphs.use_cuda_graphs`)")
+    parser.add_argument("--unfused", action="store_true", help="also the fast rows with Mamba-2's mixer op by op "
+                        "(HNET_FUSED_MAMBA2=0): the fusion's gain within one run")
+    parser.add_argument("--glue", type=int, metavar="ROWS", help="also list, for one fast step of each H-Net, the "
+                        "ROWS call sites that fill, copy, cast or concatenate the most bytes")
     parser.add_argument("--profile", type=int, metavar="ROWS", help="also profile one fast-path step of each "
                         "H-Net (and of its routed-at-targets row) at the batch that fitted, printing the ROWS "
                         "ops and kernels of most time")
@@ -143,11 +229,11 @@ def main(argv=None):
     device = torch.device(args.device)
     name, peak = device_info(device)
     peak = args.peak_tflops or peak
-    measured = ceilings(device)[1]
+    copy_gbps, measured = ceilings(device)
     print(environment(name))
     print(f"training step: bf16 autocast={device.type == 'cuda'}, {args.warmup} warmup + {args.steps} timed steps, "
           f"requested batch {args.batch} x {args.seq_len} bytes, MFU against {peak} TFLOP/s (datasheet) and "
-          f"{measured:.0f} TFLOP/s (bf16 matmul measured now)")
+          f"{measured:.0f} TFLOP/s (bf16 matmul measured now); floor at that rate and {copy_gbps:.0f} GB/s (copy)")
 
     rows, fitted = [], []  # fitted: (label, config, batch, targets) of each H-Net's fast path, for --profile
     for path in args.config:
@@ -162,6 +248,11 @@ def main(argv=None):
             runs.append((f"{stem} fast, unbucketed", config, "fast", False, None, False))
         if args.routed_at_targets:
             runs.append((f"{stem} fast, routed at targets", config, "fast", None, stage_targets, False))
+        if args.unfused:
+            runs.append((f"{stem} fast, mixer unfused", config, "unfused", None, None, False))
+            if args.routed_at_targets:
+                runs.append((f"{stem} fast, mixer unfused, routed at targets", config, "unfused", None, stage_targets,
+                             False))
         if args.cuda_graphs:
             runs.append((f"{stem} fast, CUDA graphs", config, "fast", None, None, True))
             if args.routed_at_targets:
@@ -181,21 +272,30 @@ def main(argv=None):
                 batch, r = fitting(lambda b: train_step_once(cfg, device, b, args.seq_len, args.steps, args.warmup,
                                                              bucket, fixed, graphs), args.batch)
             if r is None:
-                rows.append((label, "-", f"OOM at 1 x {args.seq_len}", "-", "-", "-", "-", "-", "-", "-"))
+                rows.append((label, "-", f"OOM at 1 x {args.seq_len}", *["-"] * 9))
                 continue
             if cfg is config and kpath == "fast" and bucket is None and not graphs:
                 fitted.append((label, cfg, batch, fixed))
             fpb = flops_per_byte(cfg, args.seq_len, r["bytes_per_chunk"])
+            floor = step_floor(cfg, batch, args.seq_len, r["params"], r["bytes_per_chunk"], min(DOC_BYTES, args.seq_len))
+            floor_ms = floor.ms(measured, copy_gbps)
+            if cfg.num_stages > 1 and not math.isnan(floor_ms):
+                parts = ", ".join(f"{k} {v:.1f}" for k, v in floor.parts_ms(measured, copy_gbps).items())
+                print(f"floor of {label}: {floor_ms:.1f} ms = {parts} ({floor.matmul_tflop:.2f} TFLOP of matmuls, "
+                      f"{floor.attention_tflop:.2f} of attention, "
+                      + ", ".join(f"{k} {v:.1f} GB" for k, v in floor.traffic_gb.items()) + ")")
             rows.append((label, f"{r['params'] / 1e6:.1f}M", f"{batch} x {args.seq_len}", f"{r['ms']:.1f}",
+                         "-" if math.isnan(floor_ms) else f"{floor_ms:.1f}",
+                         "-" if math.isnan(floor_ms) else f"{r['ms'] / floor_ms:.2f}",
                          f"{r['bytes_per_s']:,.0f}", f"{fpb / 1e9:.3f}", f"{100 * mfu(fpb, r['bytes_per_s'], peak):.1f}",
                          f"{100 * mfu(fpb, r['bytes_per_s'], measured):.1f}",
                          f"{r['peak_gib']:.1f}", ", ".join(f"{x:.2f}" for x in r["bytes_per_chunk"]) or "-"))
             print(" | ".join(rows[-1]), flush=True)
 
     print()
-    print(f"| model | params | batch | ms/step | bytes/s | fwd GFLOP/byte | MFU % of {peak:.0f} | MFU % of {measured:.0f} "
-          "(measured) | peak GiB | bytes/chunk (cumulative) |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print(f"| model | params | batch | ms/step | floor ms | x floor | bytes/s | fwd GFLOP/byte | MFU % of {peak:.0f} "
+          f"| MFU % of {measured:.0f} (measured) | peak GiB | bytes/chunk (cumulative) |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for row in rows:
         print("| " + " | ".join(row) + " |")
     if math.isnan(peak):
@@ -203,6 +303,9 @@ def main(argv=None):
     for label, cfg, batch, fixed in fitted if args.profile else []:
         print(f"\nprofile of one {label} step:")
         profile_step(cfg, device, batch, args.seq_len, args.warmup, args.profile, fixed)
+    for label, cfg, batch, fixed in fitted if args.glue else []:
+        print(f"\nglue of one {label} step:")
+        glue_report(cfg, device, batch, args.seq_len, args.glue, fixed)
     print_tuning()
 
 

@@ -16,6 +16,40 @@ def test_train_step_table_and_profile(capsys, monkeypatch):
     assert "Self CPU time total" in profile and "profiled step:" in profile
 
 
+def test_train_step_unfused_rows_floor_and_glue(capsys, monkeypatch):
+    """--unfused adds the rows with Mamba-2's mixer op by op; --glue lists the glue ops of a step by call site;
+    the floor columns stay empty off CUDA (no measured ceilings)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    load_benchmark("train_step").main(["--device", "cpu", "--quick", "--config", "hnet/configs/text/hnet_1stage_tiny.json",
+                                       "--no-reference", "--no-transformer", "--unfused", "--glue", "5"])
+    out = capsys.readouterr().out
+    assert "| model | params | batch | ms/step | floor ms | x floor |" in out
+    assert "| hnet_1stage_tiny fast, mixer unfused | 2.3M | 2 x 128 |" in out
+    glue = out.split("glue of one hnet_1stage_tiny fast step:")[1]
+    assert "| op | where | calls | MiB written |" in glue and "backward of" in glue
+
+
+def test_step_floor_of_the_1stage_L_step():
+    """The floor's counts against benchmarks/RESULTS.md (session 10): 64.15 TFLOP of matmuls over 11,264 padded
+    chunks, 27.2 GB for the optimizer and clipping, 8.2 GB of casts, 40.6 GB for the 55 residual norms, and
+    the Mamba-2 mixers at their least, a little under that section's ~82 KB a position and layer."""
+    from hnet.config import HNetConfig
+    from hnet.eval.floor import mamba2_mixer_bytes, step_floor
+    from golden import REFERENCE
+
+    path = REFERENCE / "configs" / "hnet_1stage_L.json"
+    if not path.exists():
+        pytest.skip("../shared/reference is not beside the repo")
+    floor = step_floor(HNetConfig.from_json(path), 8, 8192, 679_405_312, [65536 / 11264])
+    assert abs(floor.matmul_tflop - 64.15) < 0.01
+    assert {k: round(v, 1) for k, v in floor.traffic_gb.items() if k != "mamba2"} == {
+        "optimizer": 27.2, "casts": 8.2, "add_norms": 40.6}
+    assert 75_000 < mamba2_mixer_bytes(2048, 128, 24) < 82_000
+    # causal attention over whole rows of 8192 bytes: 22 layers x 4 d (c + 1) / 2 per chunk, x 3
+    assert abs(floor.attention_tflop - 3 * 22 * 4 * 1536 * (8192 / (65536 / 11264) + 1) / 2 * 11264 / 1e12) < 1e-6
+    assert floor.ms(715, 4226) == pytest.approx(sum(floor.parts_ms(715, 4226).values()))
+
+
 def test_train_step_routed_at_targets(capsys, monkeypatch):
     """--routed-at-targets: the H-Net's boundaries fixed at one every 6th byte of each sequence (its target)."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from hnet.chunking.chunk import chunk, dechunk, ste
+from hnet.chunking.chunk import chunk, dechunk, plug_back, ste
 from hnet.chunking.ratio_loss import ratio_loss, ratio_loss_terms
-from hnet.chunking.routing import RoutingModule, routing_output
+from hnet.chunking.routing import RoutingModule, neighbours, routing_output
 from hnet.ops.cosine import rowwise_cosine
 
 
@@ -88,6 +88,35 @@ def test_ste_is_one_forward_and_identity_backward():
     assert y.tolist() == [1.0, 1.0]
     (y * torch.tensor([2.0, 3.0])).sum().backward()
     assert x.grad.tolist() == [2.0, 3.0]
+
+
+def test_plug_back_is_the_ste_composition_bit_for_bit():
+    """The decoder's input d * STE(p) + residual as one Function: the same forward and gradients exactly."""
+    gen = torch.Generator().manual_seed(0)
+    d, p, r = torch.randn(2, 7, 5, generator=gen), torch.rand(2, 7, 1, generator=gen), torch.randn(2, 7, 5, generator=gen)
+    grad = torch.randn(2, 7, 5, generator=gen)
+    results = []
+    for fn in (plug_back, lambda d_, p_, r_: d_ * ste(p_) + r_):
+        inputs = [t.clone().requires_grad_() for t in (d, p, r)]
+        out = fn(*inputs)
+        results.append((out, *torch.autograd.grad(out, inputs, grad)))
+    for fused, composed in zip(*results):
+        assert torch.equal(fused, composed)
+
+
+def test_neighbours_give_the_slices_gradient_bit_for_bit():
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(2, 6, 3, generator=gen)
+    d_prev, d_cur = torch.randn(2, 5, 3, generator=gen), torch.randn(2, 5, 3, generator=gen)
+    for grads in ((d_prev, d_cur), (d_prev, None), (None, d_cur)):
+        results = []
+        for fn in (neighbours, lambda h_: (h_[:, :-1], h_[:, 1:])):
+            leaf = h.clone().requires_grad_()
+            outs = fn(leaf)
+            assert torch.equal(outs[0], h[:, :-1]) and torch.equal(outs[1], h[:, 1:])
+            used = [(o, g) for o, g in zip(outs, grads) if g is not None]
+            results.append(torch.autograd.grad([o for o, _ in used], leaf, [g for _, g in used])[0])
+        assert torch.equal(*results)
 
 
 def test_ratio_loss_by_hand():

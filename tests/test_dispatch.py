@@ -33,5 +33,5 @@ def test_kernel_path_forces_triton_only_on_the_fast_path_under_the_interpreter(m
     monkeypatch.delenv("TRITON_INTERPRET")
     with dispatch.kernel_path("fast"):
         assert not dispatch._forced
-    with pytest.raises(ValueError, match="expected 'fast' or 'reference'"), dispatch.kernel_path("triton"):
+    with pytest.raises(ValueError, match="expected one of 'fast', 'unfused', 'reference'"), dispatch.kernel_path("triton"):
         pass

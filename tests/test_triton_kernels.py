@@ -6,6 +6,7 @@ HNET_REAL_SHAPES=1 also runs the shapes of a Mamba-2 layer of d_model 1024 at ba
 not run here are collected and skipped with the reason.
 """
 
+import contextlib
 import os
 
 import pytest
@@ -119,7 +120,9 @@ def test_rotary_qkv(case, dtype):
     qkv = torch.randn(T, 3 * H * hd, device=DEVICE, dtype=dtype).view(T, 3, H, hd)  # as Wqkv's output is seen
     cos, sin = rotary_tables(torch.randint(0, 3000, (T,), device=DEVICE), rot)
     fast, ref = leaves(qkv), leaves(qkv)
-    out_fast = torch.stack(triton_rotary.rotary_qkv(fast[0], cos, sin))
+    q, k, v = triton_rotary.rotary_qkv(fast[0], cos, sin)
+    assert v.data_ptr() == fast[0][:, 2].data_ptr() and v.stride() == fast[0][:, 2].stride()  # v: a view, not copied
+    out_fast = torch.stack((q, k, v))
     out_ref = torch.stack(rotary_qkv(ref[0], cos, sin))
     assert out_fast.shape == out_ref.shape == (3, T, H, hd) and out_fast.dtype == dtype
     assert rel(out_fast, out_ref) < TOL[dtype]
@@ -417,7 +420,7 @@ def test_ssd_backward_steps():
     ds = ds_row - dtc * ddt_part
     ds[..., -1] += ds_carry + ds_state
     d_dtA = ds.flip(-1).cumsum(-1).flip(-1)
-    ddt, dA = chunk_cumsum_bwd((ds_within, ds_entering), (ddt_state_fast, ddt_within), dt_chunked,
+    ddt, dA, _ = chunk_cumsum_bwd((ds_within, ds_entering), (ddt_state_fast, ddt_within), dt_chunked,
                                (ds_carry_fast, ds_state_fast), A, l)
     expected_ddt = (ddt_part + d_dtA * A[None, None, :, None]).permute(0, 1, 3, 2).reshape(b, c * Q, h)[:, :l]
     # dA: one sum per head over every position, which cancels (the GPU's summation order left 1.3e-5).
@@ -550,9 +553,13 @@ def test_dispatch_picks_reference_on_cpu_and_when_asked():
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["tiny_1stage", "tiny_2stage", "tiny_hybrid_window"])  # 2stage: a packed inner stack feeds a second router
 def test_model_fast_path_equals_reference(case):
+    """The whole fast path (every kernel, Mamba-2's mixer fused) against the reference path, and against the
+    official goldens within ../shared/reference/README.md's tolerances."""
     golden = pytest.importorskip("golden")
     if not golden.GOLDEN.exists():
         pytest.skip(f"no golden cases at {golden.GOLDEN}")
+    from safetensors.torch import load_file
+
     model, inputs = golden.load_case(case)
     model = model.to(DEVICE)
     for packed in (False, True):
@@ -560,10 +567,39 @@ def test_model_fast_path_equals_reference(case):
         ids = inputs["input_ids_packed" if packed else "input_ids"].to(DEVICE)
         with dispatch.kernel_path("reference"):
             ref = golden.run_with_intermediates(model, ids, **kwargs)
-        with dispatch.force_triton():
-            fast = golden.run_with_intermediates(model, ids, **kwargs)
-        for name, r in ref.items():
-            if r.dtype == torch.bool:
-                assert torch.equal(fast[name], r), name
-            else:
-                assert rel(fast[name], r) < 1e-4, f"{name}: rel err {rel(fast[name], r):.2e}"
+        official = load_file(str(golden.GOLDEN / case / f"forward{'_packed' if packed else ''}_dechunk_fp32.safetensors"))
+        for path in ("fast", "unfused"):  # Mamba-2's mixer fused, and op by op (the default until checked on a GPU)
+            with dispatch.kernel_path(path), dispatch.force_triton():
+                fast = golden.run_with_intermediates(model, ids, **kwargs)
+            for name, r in ref.items():
+                if r.dtype == torch.bool:
+                    assert torch.equal(fast[name], r), (path, name)
+                else:
+                    assert rel(fast[name], r) < 1e-4, f"{path} {name}: rel err {rel(fast[name], r):.2e}"
+            golden.compare({k: v.cpu() for k, v in fast.items()}, official, model.num_stages - 1, packed)
+
+
+@pytest.mark.slow
+def test_model_gradients_through_the_fused_mamba2():
+    """The training step's gradients, fast path (Mamba-2's mixer fused, every kernel) against the reference
+    path, for every parameter of a golden model, packed as training packs it (tiny_2stage: Mamba-2 layers at
+    both stages, the inner one over a packed chunk sequence; one case, the interpreter is slow)."""
+    golden = pytest.importorskip("golden")
+    if not golden.GOLDEN.exists():
+        pytest.skip(f"no golden cases at {golden.GOLDEN}")
+    model, inputs = golden.load_case("tiny_2stage")
+    model = model.to(DEVICE)
+    ids, cu = inputs["input_ids_packed"].to(DEVICE), inputs["cu_seqlens"].to(DEVICE)
+    weights = torch.randn(*ids.shape, 256, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    grads = {}
+    for path in ("reference", "fast"):
+        model.zero_grad(set_to_none=True)
+        with dispatch.kernel_path(path), dispatch.force_triton() if path == "fast" else contextlib.nullcontext():
+            (model(ids, cu_seqlens=cu).logits * weights).sum().backward()
+        grads[path] = {n: p.grad for n, p in model.named_parameters()}
+    mixers = [n for n in grads["fast"] if ".mixer.A_log" in n]
+    assert len(mixers) == 4
+    for name, g_ref in grads["reference"].items():
+        g_fast = grads["fast"][name]
+        assert g_ref is not None and g_fast is not None, name
+        assert rel(g_fast, g_ref) < 1e-4, f"d{name}: rel err {rel(g_fast, g_ref):.2e}"

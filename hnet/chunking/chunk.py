@@ -116,3 +116,22 @@ class _STE(torch.autograd.Function):
 def ste(selected_probs):
     """Exactly 1 in the forward; passes the gradient to the selected probability unchanged."""
     return _STE.apply(selected_probs)
+
+
+class _PlugBack(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, dechunked, selected_probs, residual):
+        ctx.save_for_backward(dechunked)
+        return dechunked + residual
+
+    @staticmethod
+    def backward(ctx, grad):
+        (dechunked,) = ctx.saved_tensors
+        return grad, (grad * dechunked).sum(-1, keepdim=True), grad
+
+
+def plug_back(dechunked, selected_probs, residual):
+    """dechunked * ste(selected_probs) + residual, the decoder's input, with the STE's forward value folded in:
+    the same numbers both ways, without the ones tensor, the product with it and that product's backward (a
+    fill and two passes over the byte-level float32 activations each way)."""
+    return _PlugBack.apply(dechunked, selected_probs, residual)

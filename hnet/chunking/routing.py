@@ -41,6 +41,34 @@ def routing_output(p, mask=None) -> RoutingOutput:
     return RoutingOutput(boundary_prob, boundary_mask, boundary_prob.gather(-1, selected.unsqueeze(-1)))
 
 
+class _Neighbours(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h):
+        ctx.shape = h.shape
+        ctx.set_materialize_grads(False)
+        return h[:, :-1], h[:, 1:]
+
+    @staticmethod
+    def backward(ctx, d_previous, d_current):
+        grad = d_previous.new_empty(ctx.shape) if d_previous is not None else d_current.new_empty(ctx.shape)
+        if d_previous is None:
+            grad[:, :1].zero_()
+            grad[:, 1:].copy_(d_current)
+            return grad
+        grad[:, :-1].copy_(d_previous)
+        grad[:, -1:].zero_()
+        if d_current is not None:
+            grad[:, 1:] += d_current
+        return grad
+
+
+def neighbours(h):
+    """(h[:, :-1], h[:, 1:]), views, each position's predecessor and itself: the same gradient as the two
+    slices, summed into one buffer (each slice's backward would zero-fill a gradient of h's size, copy into
+    it, and the two be added)."""
+    return _Neighbours.apply(h)
+
+
 class RoutingModule(nn.Module):
     def __init__(self, d_model: int, device=None, dtype=None):
         super().__init__()
@@ -67,7 +95,8 @@ class RoutingModule(nn.Module):
         With a cache (prefill, packed): sequence i continues row i of the cache. Its first p compares its
         first position with the row's last one (p = 1 if the row has none), and the row keeps its last
         position for the next call."""
-        cos = rowwise_cosine(self.q_proj_layer(h[:, :-1]), self.k_proj_layer(h[:, 1:]))
+        previous, current = neighbours(h)
+        cos = rowwise_cosine(self.q_proj_layer(previous), self.k_proj_layer(current))
         p = F.pad(torch.clamp((1 - cos) / 2, min=0.0, max=1.0), (1, 0), value=1.0)
         if cu_seqlens is not None:
             # One slot past the end, for empty sequences there (a prefill); no host copy.

@@ -4,7 +4,7 @@ text, a training step timed as the loop takes it, and a batch halved until it fi
     bench(fn, device)                          # median ms of fn()
     ceilings(device)                           # (copy GB/s, bf16 matmul TFLOP/s) measured now
     text_batch(batch_size, seq_len, device)    # packed rows of the sample text, documents of 2048 bytes
-    time_train_steps(model, train_config, batch, device, steps, warmup)
+    time_train_steps(model, train_config, batch, device, steps, warmup, optimizer=None)
     fitting(run, batch)                        # run(b) at the largest of batch, batch / 2, ... that fits
 """
 
@@ -27,6 +27,7 @@ from hnet.training import Objective, build_optimizer, train_step
 from hnet.training.metrics import bytes_per_chunk
 
 TEXT = SAMPLES_DIR / "tinyshakespeare.txt"
+DOC_BYTES = 2048  # text_batch's documents: the packed sequences of a benchmark's batch
 
 
 def sync(device):
@@ -86,7 +87,7 @@ def load_model_config(path: str) -> HNetConfig:
         return RunConfig.from_json(path).model
 
 
-def text_batch(batch_size: int, seq_len: int, device, doc_len: int = 2048) -> dict:
+def text_batch(batch_size: int, seq_len: int, device, doc_len: int = DOC_BYTES) -> dict:
     """Rows of the sample text cut into documents of `doc_len` bytes, each starting with BOS."""
     data = torch.frombuffer(bytearray(TEXT.read_bytes()), dtype=torch.uint8).long()
     ids = torch.empty(batch_size, seq_len + 1, dtype=torch.long)
@@ -103,9 +104,11 @@ def text_batch(batch_size: int, seq_len: int, device, doc_len: int = 2048) -> di
     return {"input_ids": ids[:, :-1].contiguous().to(device), "labels": labels.to(device), "cu_seqlens": cu.to(device)}
 
 
-def time_train_steps(model, tc, batch: dict, device, steps: int, warmup: int) -> dict:
-    """Warmup, then the mean time of `steps` training steps of `model` on one fixed batch."""
-    optimizer = build_optimizer(model, tc)
+def time_train_steps(model, tc, batch: dict, device, steps: int, warmup: int, optimizer=None) -> dict:
+    """Warmup, then the mean time of `steps` training steps of `model` on one fixed batch. optimizer: one to
+    go on with (a profiled step after unprofiled ones); a new one (the default) initialises its state in its
+    first step, three fills a parameter with fused AdamW, two of them the parameter's size."""
+    optimizer = optimizer or build_optimizer(model, tc)
     objective = Objective.of(tc, model.num_stages - 1)
     # CUDA graphs replay the weights' casts, which autocast's cache would skip (`use_cuda_graphs`).
     graphs = uses_cuda_graphs(model)

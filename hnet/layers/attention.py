@@ -114,7 +114,8 @@ class CausalSelfAttention(nn.Module):
 
     def _forward_varlen(self, x, cu_seqlens, max_seqlen=None):
         T = x.shape[1]
-        qkv = self.Wqkv(x[0]).view(T, 3, self.num_heads, self.head_dim)
+        # squeeze, not x[0]: select's backward zero-fills a (1, T, D) gradient and copies into it.
+        qkv = self.Wqkv(x.squeeze(0)).view(T, 3, self.num_heads, self.head_dim)
         if self.rotary_emb_dim > 0:
             cos, sin = rotary_tables(positions_in_sequence(cu_seqlens, T), self.rotary_emb_dim)
             q, k, v = rotary_qkv(qkv, cos, sin)

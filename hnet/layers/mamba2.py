@@ -11,7 +11,7 @@ from torch import nn
 
 from hnet.layers.norm import GatedRMSNorm
 from hnet.ops.cache import update_rows_
-from hnet.ops.dispatch import causal_conv1d, ssd_chunked, ssd_varlen
+from hnet.ops.dispatch import causal_conv1d, mamba2_mixer, ssd_varlen
 from hnet.ops.packed import as_packed, sequence_of_position
 
 
@@ -72,24 +72,13 @@ class Mamba2(nn.Module):
         With a cache (prefill), every row continues its row of the cache, from the state its earlier
         positions left (none: a fresh cache), and its state after its last position is written back.
         Packed, u (1, T, D) with cu_seqlens: sequence i continues row i (an empty one leaves it as it is).
+        Without one, between the projections: `hnet.ops.mamba2.mamba2_mixer` (conv, SiLU, SSD scan, gated
+        norm), one fused Function where the Triton kernels run.
         """
         if cache is not None:
             return self._prefill(u, cache, cu_seqlens)
-        B_, L, _ = u.shape
-        z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
-        xBC = causal_conv1d(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, seq_idx=seq_idx)
-        x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
-        y = ssd_chunked(
-            x.view(B_, L, self.nheads, self.headdim),
-            self._dt(dt),
-            -torch.exp(self.A_log.float()),
-            B.view(B_, L, 1, self.d_state),
-            C.view(B_, L, 1, self.d_state),
-            self.chunk_size,
-            D=self.D,
-            seq_idx=seq_idx,
-        )
-        y = self.norm(y.reshape(B_, L, self.d_inner), z)
+        y = mamba2_mixer(self.in_proj(u), self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, self.A_log,
+                         self.D, self.norm.weight, self.headdim, self.chunk_size, seq_idx, self.norm.eps)
         return self.out_proj(y)
 
     def _prefill(self, u, cache: Mamba2Cache, cu_seqlens=None):

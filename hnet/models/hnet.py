@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from hnet.chunking.chunk import DechunkCache, chunk, dechunk, dechunk_step, ste
+from hnet.chunking.chunk import DechunkCache, chunk, dechunk, dechunk_step, plug_back
 from hnet.chunking.routing import RoutingCache, RoutingModule, RoutingOutput
 from hnet.config import HNetConfig
 from hnet.layers.isotropic import Isotropic
@@ -32,6 +32,12 @@ class HNetCache:
     routing: RoutingCache | None = None
     dechunk: DechunkCache | None = None
     decoder: list | None = None
+
+
+def _cut(h, d_in: int):
+    """h's first d_in channels: h itself where that is all of them (a slice's backward would zero-fill a
+    gradient of h's size and copy into it)."""
+    return h if h.shape[-1] == d_in else h[..., :d_in]
 
 
 def _stack(config: HNetConfig, stage: int, layout: str, device=None, dtype=None) -> Isotropic:
@@ -102,7 +108,7 @@ class HNet(nn.Module):
         x = self._pad(x)
         if self.is_innermost:
             inner_cache = None if cache is None else cache.main_network
-            return self.main_network(x, cu_seqlens, cache=inner_cache, max_seqlen=max_seqlen)[..., :d_in], []
+            return _cut(self.main_network(x, cu_seqlens, cache=inner_cache, max_seqlen=max_seqlen), d_in), []
         if cache is None:
             cache = HNetCache(None)  # nothing to fill
         elif cu_seqlens is None:
@@ -117,9 +123,9 @@ class HNet(nn.Module):
             z, inner_routing = self.main_network(z, next_cu, next_mask, cache=cache.main_network, max_seqlen=longest)
         d = dechunk(z, routing.boundary_mask, routing.boundary_prob, next_cu, self.official_bf16_dechunk,
                     cache=cache.dechunk, cu_seqlens=cu_seqlens)
-        h = (d * ste(routing.selected_probs) + residual).to(h.dtype)
+        h = plug_back(d, routing.selected_probs, residual).to(h.dtype)
         h = self.decoder(h, cu_seqlens, cache=cache.decoder)
-        return h[..., :d_in], [routing, *inner_routing]
+        return _cut(h, d_in), [routing, *inner_routing]
 
     def step(self, x, cache: HNetCache, mask=None):
         """One position per row: x (B, D_in) -> (h (B, D_in), routing). Rows where mask (B,) is False keep

@@ -3,8 +3,14 @@
 The Triton kernels run on CUDA tensors when triton imports; CPU tensors, a missing triton, or the
 environment variable HNET_REFERENCE=1 take the reference, which stays the definition. Inside
 `force_triton()` the kernels also take CPU tensors, which only works under TRITON_INTERPRET=1: the
-tests use it to run whole models through the kernels on a machine without a GPU. `kernel_path("fast")`
-or `kernel_path("reference")` sets one path for a block (benchmarks, tests) and then puts back what was set.
+tests use it to run whole models through the kernels on a machine without a GPU.
+
+Where the kernels run, Mamba-2's mixer (everything between its two projections) can be one fused Function
+(`hnet.ops.triton.mamba2`): HNET_FUSED_MAMBA2=1, or FUSED_MAMBA2_BY_DEFAULT once it has been checked on a
+GPU; otherwise it is composed op by op, each op still its kernel.
+
+`kernel_path("fast")`, `kernel_path("unfused")` (the kernels, the mixer op by op) or
+`kernel_path("reference")` sets one path for a block (benchmarks, tests) and then puts back what was set.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import torch
 from hnet.ops import conv1d as _conv1d_ref
 from hnet.ops import cosine as _cosine_ref
 from hnet.ops import ema as _ema_ref
+from hnet.ops import mamba2 as _mamba2_ref
 from hnet.ops import norm as _norm_ref
 from hnet.ops import rotary as _rotary_ref
 from hnet.ops import ssd as _ssd_ref
@@ -39,24 +46,36 @@ def force_triton():
         _forced = previous
 
 
+FUSED_MAMBA2_BY_DEFAULT = False  # True once the fused mixer equals the unfused one on a GPU at real shapes (#25)
+KERNEL_PATHS = {  # path: (HNET_REFERENCE, HNET_FUSED_MAMBA2), None for unset
+    "fast": (None, "1"),
+    "unfused": (None, "0"),
+    "reference": ("1", None),
+}
+
+
 @contextmanager
 def kernel_path(path: str):
-    """'reference': every op its PyTorch reference (HNET_REFERENCE=1). 'fast': the Triton kernels
-    (HNET_REFERENCE unset), and under TRITON_INTERPRET=1 on CPU tensors too (`force_triton`; CUDA tensors
-    take them anyway). On leaving, HNET_REFERENCE is again what it was: its old value, or unset."""
-    if path not in ("fast", "reference"):
-        raise ValueError(f"kernel path {path!r}: expected 'fast' or 'reference'")
-    previous = os.environ.pop("HNET_REFERENCE", None)
-    if path == "reference":
-        os.environ["HNET_REFERENCE"] = "1"
+    """'reference': every op its PyTorch reference (HNET_REFERENCE=1). 'fast': the Triton kernels with
+    Mamba-2's mixer fused (HNET_REFERENCE unset, HNET_FUSED_MAMBA2=1); 'unfused': the same kernels, the
+    mixer op by op (HNET_FUSED_MAMBA2=0). The kernels also take CPU tensors under TRITON_INTERPRET=1
+    (`force_triton`; CUDA tensors take them anyway). On leaving, both variables are again what they were."""
+    if path not in KERNEL_PATHS:
+        raise ValueError(f"kernel path {path!r}: expected one of {', '.join(map(repr, KERNEL_PATHS))}")
+    names = ("HNET_REFERENCE", "HNET_FUSED_MAMBA2")
+    previous = {name: os.environ.pop(name, None) for name in names}
+    for name, value in zip(names, KERNEL_PATHS[path]):
+        if value is not None:
+            os.environ[name] = value
     try:
-        forced = path == "fast" and os.environ.get("TRITON_INTERPRET") == "1"
+        forced = path != "reference" and os.environ.get("TRITON_INTERPRET") == "1"
         with force_triton() if forced else nullcontext():
             yield
     finally:
-        os.environ.pop("HNET_REFERENCE", None)
-        if previous is not None:
-            os.environ["HNET_REFERENCE"] = previous
+        for name, value in previous.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
 
 
 def reference_requested() -> bool:
@@ -64,10 +83,29 @@ def reference_requested() -> bool:
     return os.environ.get("HNET_REFERENCE") == "1"
 
 
+def fused_mamba2_requested() -> bool:
+    """HNET_FUSED_MAMBA2=1: Mamba-2's mixer fused where the kernels run; =0: op by op; unset:
+    FUSED_MAMBA2_BY_DEFAULT (read at every call)."""
+    return os.environ.get("HNET_FUSED_MAMBA2", "1" if FUSED_MAMBA2_BY_DEFAULT else "0") == "1"
+
+
 def use_triton(x) -> bool:
     if not HAS_TRITON or reference_requested():
         return False
     return _forced or x.is_cuda
+
+
+def mamba2_mixer(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, headdim: int, chunk_size: int,
+                 seq_idx=None, eps: float = 1e-5, return_final_state: bool = False):
+    """`hnet.ops.mamba2.mamba2_mixer`: fused where the kernels run and `fused_mamba2_requested()`, else the
+    composition of the dispatched conv1d, SSD and gated norm (each its kernel or its reference)."""
+    args = (zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, headdim, chunk_size, seq_idx, eps,
+            return_final_state)
+    if use_triton(zxbcdt) and fused_mamba2_requested():
+        from hnet.ops.triton.mamba2 import mamba2_mixer as fused
+
+        return fused(*args)
+    return _mamba2_ref.mamba2_mixer(*args, conv=causal_conv1d, scan=ssd_chunked, norm=gated_rms_norm)
 
 
 def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=None, return_final_state=False):

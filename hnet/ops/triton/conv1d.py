@@ -1,6 +1,10 @@
 """Depthwise causal conv1d (+ SiLU), forward and backward, packed-sequence aware; equals
 `hnet.ops.conv1d.causal_conv1d`. x (b, l, d) with unit stride over d, weight (d, K), K <= 4 in
-Mamba-2 but any small K works: the taps are unrolled."""
+Mamba-2 but any small K works: the taps are unrolled.
+
+x, the backward's dout and its dx may be strided views (rows of a wider tensor): Mamba-2's fused mixer
+(`hnet.ops.triton.mamba2`) reads x from in_proj's output and writes dx into the gradient of that output,
+through `conv1d_forward` and `conv1d_backward`."""
 
 from __future__ import annotations
 
@@ -45,10 +49,11 @@ def _conv1d_fwd(X, W, BIAS, SEQ, OUT, l, d, stride_xb, stride_xl, stride_sb,
 
 
 @triton.jit
-def _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
+def _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, t, cols, l, d, stride_xb, stride_xl, stride_sb, stride_ob, stride_ol,
                         K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr):
     """da at positions t (float32, zero past l): dout through the SiLU, its pre-activation recomputed from x."""
-    dout = tl.load(DOUT + b * l * d + t[:, None] * d + cols[None, :], mask=(t < l)[:, None] & (cols < d)[None, :], other=0.0)
+    dout = tl.load(DOUT + b * stride_ob + t[:, None] * stride_ol + cols[None, :], mask=(t < l)[:, None] & (cols < d)[None, :],
+                   other=0.0)
     da = dout.to(tl.float32)
     if SILU:
         a = _preactivation(X, W, BIAS, SEQ, b, t, cols, l, d, stride_xb, stride_xl, stride_sb, K, HAS_BIAS, HAS_SEQ)
@@ -78,7 +83,7 @@ def _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, b, t, cols, l, d, st
 
 @triton.jit(do_not_specialize=["l", "stride_sb"])
 def _conv1d_bwd(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, l, d, stride_xb, stride_xl, stride_sb,
-                K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
+                stride_ob, stride_ol, stride_dxb, stride_dxl, K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
                 BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
     """dx_t = sum_s w[:, K-1-s] da_{t+s} over taps that stay in t's sequence, da the gradient at the
     pre-activation. The da_{t+s} this block needs reach past its end, so each is recomputed here from
@@ -93,7 +98,7 @@ def _conv1d_bwd(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, l, d, stride_
     for s in tl.static_range(K):
         dst = t + s
         da = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, dst, cols, l, d, stride_xb, stride_xl, stride_sb,
-                                 K, HAS_BIAS, HAS_SEQ, SILU)
+                                 stride_ob, stride_ol, K, HAS_BIAS, HAS_SEQ, SILU)
         if s == 0:  # this block's own da
             _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
                                 K, HAS_BIAS, HAS_SEQ)
@@ -101,26 +106,26 @@ def _conv1d_bwd(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, l, d, stride_
         if HAS_SEQ:
             live &= tl.load(SEQ + b * stride_sb + dst, mask=live, other=-2) == seq_t
         dx += tl.where(live[:, None], da, 0.0) * tl.load(W + cols * K + (K - 1 - s), mask=in_d, other=0.0).to(tl.float32)[None, :]
-    tl.store(DX + b * l * d + t[:, None] * d + cols[None, :], dx, mask=(t < l)[:, None] & in_d[None, :])
+    tl.store(DX + b * stride_dxb + t[:, None] * stride_dxl + cols[None, :], dx, mask=(t < l)[:, None] & in_d[None, :])
 
 
 @triton.jit(do_not_specialize=["l", "stride_sb"])
 def _conv1d_bwd_da(X, W, BIAS, SEQ, DOUT, DA, DW_PARTIAL, DB_PARTIAL, l, d, stride_xb, stride_xl, stride_sb,
-                   K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
+                   stride_ob, stride_ol, K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
                    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
     """The two-pass backward, pass 1: da (float32) at this block's positions, and its dweight and dbias."""
     b = tl.program_id(0)
     t = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     cols = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     da = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
-                             K, HAS_BIAS, HAS_SEQ, SILU)
+                             stride_ob, stride_ol, K, HAS_BIAS, HAS_SEQ, SILU)
     tl.store(DA + b * l * d + t[:, None] * d + cols[None, :], da, mask=(t < l)[:, None] & (cols < d)[None, :])
     _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
                         K, HAS_BIAS, HAS_SEQ)
 
 
 @triton.jit(do_not_specialize=["l", "stride_sb"])
-def _conv1d_bwd_dx(DA, W, SEQ, DX, l, d, stride_sb, K: tl.constexpr, HAS_SEQ: tl.constexpr,
+def _conv1d_bwd_dx(DA, W, SEQ, DX, l, d, stride_sb, stride_dxb, stride_dxl, K: tl.constexpr, HAS_SEQ: tl.constexpr,
                    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
     """Pass 2: dx_t = sum_s w[:, K-1-s] da_{t+s} over the taps that stay in t's sequence."""
     b = tl.program_id(0)
@@ -137,12 +142,12 @@ def _conv1d_bwd_dx(DA, W, SEQ, DX, l, d, stride_sb, K: tl.constexpr, HAS_SEQ: tl
             live &= tl.load(SEQ + b * stride_sb + dst, mask=live, other=-2) == seq_t
         da = tl.load(DA + b * l * d + dst[:, None] * d + cols[None, :], mask=live[:, None] & in_d[None, :], other=0.0)
         dx += da * tl.load(W + cols * K + (K - 1 - s), mask=in_d, other=0.0).to(tl.float32)[None, :]
-    tl.store(DX + b * l * d + t[:, None] * d + cols[None, :], dx, mask=(t < l)[:, None] & in_d[None, :])
+    tl.store(DX + b * stride_dxb + t[:, None] * stride_dxl + cols[None, :], dx, mask=(t < l)[:, None] & in_d[None, :])
 
 
 @triton.jit(do_not_specialize=["l", "stride_sb"])
 def _conv1d_bwd_segment(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, SCRATCH, l, d, stride_xb, stride_xl,
-                        stride_sb, K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr,
+                        stride_sb, stride_ob, stride_ol, stride_dxb, stride_dxl, K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr,
                         SILU: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, HALO: tl.constexpr,
                         TILES: tl.constexpr):
     """The one-pass backward over TILES tiles of positions, one after the other, of one row and channel
@@ -166,7 +171,7 @@ def _conv1d_bwd_segment(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, SCRAT
         if HAS_SEQ:
             seq_t = tl.load(SEQ + b * stride_sb + t, mask=t < l, other=-1)
         da = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
-                                 K, HAS_BIAS, HAS_SEQ, SILU)
+                                 stride_ob, stride_ol, K, HAS_BIAS, HAS_SEQ, SILU)
         db += da
         for k in tl.static_range(K):  # the taps again (cached): dweight[:, k] += da_t x_{t-(K-1)+k}
             src = t - (K - 1 - k)
@@ -184,7 +189,7 @@ def _conv1d_bwd_segment(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, SCRAT
             else:
                 dw3 += da * xs
         da_next = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, (seg * TILES + i + 1) * BLOCK_L + halo, cols, l, d,
-                                      stride_xb, stride_xl, stride_sb, K, HAS_BIAS, HAS_SEQ, SILU)
+                                      stride_xb, stride_xl, stride_sb, stride_ob, stride_ol, K, HAS_BIAS, HAS_SEQ, SILU)
         tl.debug_barrier()  # the previous tile's reads of the slot are done
         tl.store(slot + rows[:, None] * BLOCK_D + offs[None, :], da)
         tl.store(slot + (BLOCK_L + halo)[:, None] * BLOCK_D + offs[None, :], da_next)
@@ -196,7 +201,7 @@ def _conv1d_bwd_segment(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, SCRAT
                 live &= tl.load(SEQ + b * stride_sb + t + s, mask=live, other=-2) == seq_t
             da_s = tl.load(slot + (rows + s)[:, None] * BLOCK_D + offs[None, :])
             dx += tl.where(live[:, None], da_s, 0.0) * tl.load(W + cols * K + (K - 1 - s), mask=in_d, other=0.0).to(tl.float32)[None, :]
-        tl.store(DX + b * l * d + t[:, None] * d + cols[None, :], dx, mask=(t < l)[:, None] & in_d[None, :])
+        tl.store(DX + b * stride_dxb + t[:, None] * stride_dxl + cols[None, :], dx, mask=(t < l)[:, None] & in_d[None, :])
     partial = b * tl.num_programs(2) + seg
     if HAS_BIAS:
         tl.store(DB_PARTIAL + partial * d + cols, tl.sum(db, axis=0), mask=in_d)
@@ -236,67 +241,83 @@ def _halo(K: int) -> int:
     return triton.next_power_of_2(max(K - 1, 1))
 
 
+def conv1d_forward(x, weight, bias=None, seq_idx=None, silu: bool = True):
+    """out (b, l, d), contiguous in x's dtype; x may be a strided view with unit stride over d, weight (d, K)
+    contiguous, seq_idx (b, l) with unit stride or None."""
+    b, l, d = x.shape
+    K = weight.shape[-1]
+    out = torch.empty(b, l, d, device=x.device, dtype=x.dtype)
+    seq_stride = seq_idx.stride(0) if seq_idx is not None else 0
+
+    def launch(block_l, block_d, num_warps=4):
+        grid = (b, triton.cdiv(l, block_l), triton.cdiv(d, block_d))
+        _conv1d_fwd[grid](x, weight, bias, seq_idx, out, l, d, x.stride(0), x.stride(1), seq_stride,
+                          K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu,
+                          BLOCK_L=block_l, BLOCK_D=block_d, num_warps=num_warps)
+
+    key = (d, K, x.dtype, bias is None, seq_idx is None, silu)
+    launch_fastest("conv1d_fwd", key, b * l, CANDIDATES, launch)
+    return out
+
+
+def conv1d_backward(dout, x, weight, bias=None, seq_idx=None, silu: bool = True, dx=None):
+    """(dx, dweight, dbias) of `conv1d_forward`. dout and dx (b, l, d) may be strided views with unit stride
+    over d; dx, if given, is written in place (in its own dtype), else a new tensor in x's dtype."""
+    b, l, d = x.shape
+    K = weight.shape[-1]
+    if dx is None:
+        dx = torch.empty(b, l, d, device=x.device, dtype=x.dtype)
+    seq_stride = seq_idx.stride(0) if seq_idx is not None else 0
+
+    def launch(block_l, block_d, num_warps=4, variant="two_pass", tiles=8):  # -> dweight, dbias partial sums
+        grid = (b, triton.cdiv(l, block_l), triton.cdiv(d, block_d))
+        n_partials = b * (triton.cdiv(grid[1], tiles) if variant == "segment" else grid[1])
+        dw_partial = torch.empty(n_partials, d, K, device=x.device, dtype=torch.float32)
+        db_partial = torch.empty(n_partials, d, device=x.device, dtype=torch.float32) if bias is not None else None
+        flags = dict(K=K, HAS_SEQ=seq_idx is not None, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=num_warps)
+        args = (l, d, x.stride(0), x.stride(1), seq_stride, dout.stride(0), dout.stride(1))
+        dx_strides = (dx.stride(0), dx.stride(1))
+        if variant == "segment":
+            seg_grid = (grid[2], b, triton.cdiv(grid[1], tiles))
+            halo = _halo(K)
+            scratch = torch.empty(*seg_grid, block_l + halo, block_d, device=x.device, dtype=torch.float32)
+            _conv1d_bwd_segment[seg_grid](x, weight, bias, seq_idx, dout, dx, dw_partial, db_partial, scratch,
+                                          *args, *dx_strides, HAS_BIAS=bias is not None, SILU=silu, HALO=halo,
+                                          TILES=tiles, **flags)
+        elif variant == "two_pass":
+            da = torch.empty(b, l, d, device=x.device, dtype=torch.float32)
+            _conv1d_bwd_da[grid](x, weight, bias, seq_idx, dout, da, dw_partial, db_partial, *args,
+                                 HAS_BIAS=bias is not None, SILU=silu, **flags)
+            _conv1d_bwd_dx[grid](da, weight, seq_idx, dx, l, d, seq_stride, *dx_strides, **flags)
+        else:
+            _conv1d_bwd[grid](x, weight, bias, seq_idx, dout, dx, dw_partial, db_partial, *args, *dx_strides,
+                              HAS_BIAS=bias is not None, SILU=silu, **flags)
+        return dw_partial, db_partial
+
+    key = (d, K, x.dtype, bias is None, seq_idx is None, silu)
+    candidates = [c for c in BWD_CANDIDATES if K <= 4 or c["variant"] != "segment"]  # its 4 dweight sums
+    dw_partial, db_partial = launch_fastest("conv1d_bwd", key, b * l, candidates, launch)
+    dw = dw_partial.sum(0).to(weight.dtype)
+    db = db_partial.sum(0).to(bias.dtype) if bias is not None else None
+    return dx, dw, db
+
+
 class _CausalConv1d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, seq_idx, silu):
         if x.stride(-1) != 1:
             x = x.contiguous()
-        b, l, d = x.shape
-        K = weight.shape[-1]
         weight = weight.contiguous()
-        out = torch.empty(b, l, d, device=x.device, dtype=x.dtype)
-        seq_stride = seq_idx.stride(0) if seq_idx is not None else 0
-
-        def launch(block_l, block_d, num_warps=4):
-            grid = (b, triton.cdiv(l, block_l), triton.cdiv(d, block_d))
-            _conv1d_fwd[grid](x, weight, bias, seq_idx, out, l, d, x.stride(0), x.stride(1), seq_stride,
-                              K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu,
-                              BLOCK_L=block_l, BLOCK_D=block_d, num_warps=num_warps)
-
-        key = (d, K, x.dtype, bias is None, seq_idx is None, silu)
-        launch_fastest("conv1d_fwd", key, b * l, CANDIDATES, launch)
         ctx.save_for_backward(x, weight, bias, seq_idx)
         ctx.silu = silu
-        return out
+        return conv1d_forward(x, weight, bias, seq_idx, silu)
 
     @staticmethod
     def backward(ctx, dout):
         x, weight, bias, seq_idx = ctx.saved_tensors
-        b, l, d = x.shape
-        K = weight.shape[-1]
-        dout = dout.contiguous()
-        dx = torch.empty(b, l, d, device=x.device, dtype=x.dtype)
-        seq_stride = seq_idx.stride(0) if seq_idx is not None else 0
-
-        def launch(block_l, block_d, num_warps=4, variant="two_pass", tiles=8):  # -> dweight, dbias partial sums
-            grid = (b, triton.cdiv(l, block_l), triton.cdiv(d, block_d))
-            n_partials = b * (triton.cdiv(grid[1], tiles) if variant == "segment" else grid[1])
-            dw_partial = torch.empty(n_partials, d, K, device=x.device, dtype=torch.float32)
-            db_partial = torch.empty(n_partials, d, device=x.device, dtype=torch.float32) if bias is not None else None
-            flags = dict(K=K, HAS_SEQ=seq_idx is not None, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=num_warps)
-            args = (l, d, x.stride(0), x.stride(1), seq_stride)
-            if variant == "segment":
-                seg_grid = (grid[2], b, triton.cdiv(grid[1], tiles))
-                halo = _halo(K)
-                scratch = torch.empty(*seg_grid, block_l + halo, block_d, device=x.device, dtype=torch.float32)
-                _conv1d_bwd_segment[seg_grid](x, weight, bias, seq_idx, dout, dx, dw_partial, db_partial, scratch,
-                                              *args, HAS_BIAS=bias is not None, SILU=ctx.silu, HALO=halo,
-                                              TILES=tiles, **flags)
-            elif variant == "two_pass":
-                da = torch.empty(b, l, d, device=x.device, dtype=torch.float32)
-                _conv1d_bwd_da[grid](x, weight, bias, seq_idx, dout, da, dw_partial, db_partial, *args,
-                                     HAS_BIAS=bias is not None, SILU=ctx.silu, **flags)
-                _conv1d_bwd_dx[grid](da, weight, seq_idx, dx, l, d, seq_stride, **flags)
-            else:
-                _conv1d_bwd[grid](x, weight, bias, seq_idx, dout, dx, dw_partial, db_partial, *args,
-                                  HAS_BIAS=bias is not None, SILU=ctx.silu, **flags)
-            return dw_partial, db_partial
-
-        key = (d, K, x.dtype, bias is None, seq_idx is None, ctx.silu)
-        candidates = [c for c in BWD_CANDIDATES if K <= 4 or c["variant"] != "segment"]  # its 4 dweight sums
-        dw_partial, db_partial = launch_fastest("conv1d_bwd", key, b * l, candidates, launch)
-        dw = dw_partial.sum(0).to(weight.dtype)
-        db = db_partial.sum(0).to(bias.dtype) if bias is not None else None
+        if dout.stride(-1) != 1:
+            dout = dout.contiguous()
+        dx, dw, db = conv1d_backward(dout, x, weight, bias, seq_idx, ctx.silu)
         return dx, dw, db, None, None
 
 

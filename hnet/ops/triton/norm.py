@@ -30,9 +30,8 @@ def _gated_rms_norm_fwd(X, Z, W, Y, RSTD, n_rows, d, sx, sz, eps, ROWS_PER_PROGR
 
 
 @triton.jit(do_not_specialize=["n_rows"])
-def _gated_rms_norm_bwd(
-    X, Z, W, RSTD, DY, DX, DZ, DW_PARTIAL, n_rows, d, sx, sz, ROWS_PER_PROGRAM: tl.constexpr, BLOCK_D: tl.constexpr
-):
+def _gated_rms_norm_bwd(X, Z, W, RSTD, DY, DX, DZ, DW_PARTIAL, n_rows, d, sx, sz, sdy, sdx, sdz,
+                        ROWS_PER_PROGRAM: tl.constexpr, BLOCK_D: tl.constexpr):
     cols = tl.arange(0, BLOCK_D)
     in_row = cols < d
     w = tl.load(W + cols, mask=in_row, other=0.0).to(tl.float32)
@@ -42,7 +41,7 @@ def _gated_rms_norm_bwd(
         if row < n_rows:
             x = tl.load(X + row * sx + cols, mask=in_row, other=0.0).to(tl.float32)
             z = tl.load(Z + row * sz + cols, mask=in_row, other=0.0).to(tl.float32)
-            dy = tl.load(DY + row * d + cols, mask=in_row, other=0.0).to(tl.float32)
+            dy = tl.load(DY + row * sdy + cols, mask=in_row, other=0.0).to(tl.float32)
             rstd = tl.load(RSTD + row)
             sig = tl.sigmoid(z)
             g_hat = x * z * sig * rstd  # the normalised gated input
@@ -50,8 +49,8 @@ def _gated_rms_norm_bwd(
             dg_hat = dy * w
             # d/dg of g * rstd(g): rstd * (dg_hat - g_hat * mean(dg_hat * g_hat))
             dg = rstd * (dg_hat - g_hat * tl.sum(dg_hat * g_hat, axis=0) / d)
-            tl.store(DX + row * d + cols, dg * z * sig, mask=in_row)
-            tl.store(DZ + row * d + cols, dg * x * sig * (1 + z * (1 - sig)), mask=in_row)
+            tl.store(DX + row * sdx + cols, dg * z * sig, mask=in_row)
+            tl.store(DZ + row * sdz + cols, dg * x * sig * (1 + z * (1 - sig)), mask=in_row)
     tl.store(DW_PARTIAL + tl.program_id(0) * d + cols, dw, mask=in_row)
 
 
@@ -111,17 +110,39 @@ def rows_of(t, d: int):
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
+def gated_rms_norm_forward(x2, z2, weight, eps: float, out_dtype):
+    """(y, rstd) of rows x2, z2 (n_rows, d), each with unit stride over d: y (n_rows, d) new in out_dtype,
+    rstd (n_rows,) float32."""
+    n_rows, d = x2.shape
+    y = torch.empty(n_rows, d, device=x2.device, dtype=out_dtype)
+    rstd = torch.empty(n_rows, device=x2.device, dtype=torch.float32)
+    block_d, rows, grid = _launch_shape(n_rows, d)
+    _gated_rms_norm_fwd[(grid,)](x2, z2, weight, y, rstd, n_rows, d, x2.stride(0), z2.stride(0), eps,
+                                 ROWS_PER_PROGRAM=rows, BLOCK_D=block_d)
+    return y, rstd
+
+
+def gated_rms_norm_backward(dy2, x2, z2, weight, rstd, dx=None, dz=None):
+    """(dx, dz, dweight) of `gated_rms_norm_forward`; dy2, dx and dz are rows (n_rows, d) with unit stride over
+    d, dx and dz written in place where given (Mamba-2's fused mixer writes dz into in_proj's gradient),
+    else new in x2's and z2's dtypes."""
+    n_rows, d = x2.shape
+    dx = torch.empty(n_rows, d, device=x2.device, dtype=x2.dtype) if dx is None else dx
+    dz = torch.empty(n_rows, d, device=z2.device, dtype=z2.dtype) if dz is None else dz
+    block_d, rows, grid = _launch_shape(n_rows, d)
+    dw_partial = torch.empty(grid, d, device=x2.device, dtype=torch.float32)
+    _gated_rms_norm_bwd[(grid,)](x2, z2, weight, rstd, dy2, dx, dz, dw_partial, n_rows, d, x2.stride(0),
+                                 z2.stride(0), dy2.stride(0), dx.stride(0), dz.stride(0),
+                                 ROWS_PER_PROGRAM=rows, BLOCK_D=block_d)
+    return dx, dz, dw_partial.sum(0).to(weight.dtype)
+
+
 class _GatedRMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, z, weight, eps, out_dtype):
         shape, d = x.shape, x.shape[-1]
         x2, z2 = rows_of(x, d), rows_of(z, d)
-        n_rows = x2.shape[0]
-        y = torch.empty(n_rows, d, device=x.device, dtype=out_dtype)
-        rstd = torch.empty(n_rows, device=x.device, dtype=torch.float32)
-        block_d, rows, grid = _launch_shape(n_rows, d)
-        _gated_rms_norm_fwd[(grid,)](x2, z2, weight, y, rstd, n_rows, d, x2.stride(0), z2.stride(0), eps,
-                                     ROWS_PER_PROGRAM=rows, BLOCK_D=block_d)
+        y, rstd = gated_rms_norm_forward(x2, z2, weight, eps, out_dtype)
         ctx.save_for_backward(x2, z2, weight, rstd)
         ctx.shape = shape
         return y.view(shape)
@@ -129,17 +150,7 @@ class _GatedRMSNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x2, z2, weight, rstd = ctx.saved_tensors
-        n_rows, d = x2.shape
-        dy = dy.reshape(n_rows, d).contiguous()
-        dx = torch.empty(n_rows, d, device=x2.device, dtype=x2.dtype)
-        dz = torch.empty(n_rows, d, device=z2.device, dtype=z2.dtype)
-        block_d, rows, grid = _launch_shape(n_rows, d)
-        dw_partial = torch.empty(grid, d, device=x2.device, dtype=torch.float32)
-        _gated_rms_norm_bwd[(grid,)](
-            x2, z2, weight, rstd, dy, dx, dz, dw_partial, n_rows, d, x2.stride(0), z2.stride(0),
-            ROWS_PER_PROGRAM=rows, BLOCK_D=block_d
-        )
-        dw = dw_partial.sum(0).to(weight.dtype)
+        dx, dz, dw = gated_rms_norm_backward(rows_of(dy, x2.shape[1]), x2, z2, weight, rstd)
         return dx.view(ctx.shape), dz.view(ctx.shape), dw, None, None
 
 

@@ -17,14 +17,16 @@ from hnet.ops.triton.ssd.chunk_state import chunk_cb, chunk_state
 from hnet.ops.triton.ssd.state_passing import state_passing
 
 
-def ssd_forward(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=None):
+def ssd_forward(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=None, dt_bias=None,
+                dt_softplus=False):
     """(y, final_state, saved): y in x's dtype, the final state float32, and saved = (dt_chunked, cs, states_in,
     cb), the intermediates the backward needs (keeping them costs states_in, x's size in float32 at state
-    128 and head dim 64, and spares the backward a third of the forward's work)."""
+    128 and head dim 64, and spares the backward a third of the forward's work). With dt_bias and
+    dt_softplus the dt taken is softplus(dt + dt_bias), computed by chunk_cumsum (Mamba-2's raw projection)."""
     if chunk_size < 16 or chunk_size & (chunk_size - 1):
         raise ValueError(f"ssd_chunked (Triton): chunk_size must be a power of 2 and >= 16, got {chunk_size}")
     B, C = B.to(x.dtype), C.to(x.dtype)
-    dt_chunked, cs = chunk_cumsum(dt, A, chunk_size)
+    dt_chunked, cs = chunk_cumsum(dt, A, chunk_size, dt_bias, dt_softplus)
     states = chunk_state(x, B, dt_chunked, cs, seq_idx)
     states_in, final_state = state_passing(states, cs, initial_state, seq_idx)
     cb = chunk_cb(B, C, chunk_size)
@@ -45,7 +47,7 @@ class _SSDChunked(torch.autograd.Function):
     def backward(ctx, dy, dfinal):
         x, A, B, C, D, seq_idx, *saved = ctx.saved_tensors
         has_initial_state = ctx.input_dtypes[-1] is not None
-        grads = ssd_backward(dy, dfinal, x, A, B, C, D, seq_idx, saved, has_initial_state)
+        *grads, _ = ssd_backward(dy, dfinal, x, A, B, C, D, seq_idx, saved, has_initial_state)
         return (*(g.to(dtype) if g is not None else None for g, dtype in zip(grads, ctx.input_dtypes)), None, None)
 
 

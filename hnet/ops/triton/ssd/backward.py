@@ -29,18 +29,25 @@ from hnet.ops.triton.ssd.chunk_state import chunk_state_bwd_db, state_grad_from_
 from hnet.ops.triton.ssd.state_passing import state_passing_bwd
 
 
-def ssd_backward(dy, dfinal, x, A, B, C, D, seq_idx, saved, has_initial_state):
-    """Gradients (dx, ddt, dA, dB, dC, dD, dinitial_state) of `ssd_chunked` given the forward's saved
-    intermediates (dt_chunked, cs, states_in, cb); dy or dfinal may be None."""
+def ssd_backward(dy, dfinal, x, A, B, C, D, seq_idx, saved, has_initial_state, dt_raw=None, dt_bias=None, out=None):
+    """Gradients (dx, ddt, dA, dB, dC, dD, dinitial_state, ddt_bias) of `ssd_chunked` given the forward's saved
+    intermediates (dt_chunked, cs, states_in, cb); dy or dfinal may be None.
+
+    dt_raw, dt_bias: the forward took dt = softplus(dt_raw + dt_bias) itself (`ssd_forward`'s); ddt is then
+    dt_raw's gradient and ddt_bias dt_bias's (else None). out: (dx, dB, dC, ddt), tensors of any strides (each
+    or None) to write the gradients into, in their own dtypes: Mamba-2's fused mixer passes slices of the
+    gradient buffers it hands to the convolution and to in_proj."""
     dt_chunked, cs, states_in, cb = saved
+    dx_out, db_out, dc_out, ddt_out = out if out is not None else (None,) * 4
     l = x.shape[1]
     B, C = B.to(x.dtype), C.to(x.dtype)
     dy = dy.to(x.dtype) if dy is not None else x.new_zeros(x.shape)
     dstates = state_grad_from_output(dy, C, cs, seq_idx)
     dstates, dinit, ds_carry = state_passing_bwd(dstates, states_in, cs, dfinal, seq_idx, has_initial_state)
-    dx, ddt_state, dD, ds_state = chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D, seq_idx)
+    dx, ddt_state, dD, ds_state = chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D, seq_idx, dx=dx_out)
     dcb, ds_row, ddt_col = chunk_scan_bwd_dcb(x, dy, cb, dt_chunked, cs, seq_idx)
-    dC, ds_entering = chunk_scan_bwd_dc(B, C, dy, dcb, cs, states_in, seq_idx)
-    dB = chunk_state_bwd_db(x, C, dcb, dt_chunked, cs, dstates, seq_idx)
-    ddt, dA = chunk_cumsum_bwd((ds_row, ds_entering), (ddt_state, ddt_col), dt_chunked, (ds_carry, ds_state), A, l)
-    return dx, ddt, dA, dB, dC, dD, dinit
+    dC, ds_entering = chunk_scan_bwd_dc(B, C, dy, dcb, cs, states_in, seq_idx, out=dc_out)
+    dB = chunk_state_bwd_db(x, C, dcb, dt_chunked, cs, dstates, seq_idx, out=db_out)
+    ddt, dA, ddt_bias = chunk_cumsum_bwd((ds_row, ds_entering), (ddt_state, ddt_col), dt_chunked, (ds_carry, ds_state),
+                                         A, l, dt_raw, dt_bias, out=ddt_out)
+    return dx, ddt, dA, dB, dC, dD, dinit, ddt_bias

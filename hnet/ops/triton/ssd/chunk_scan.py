@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hnet.ops.triton.ssd.chunk_state import dot_block, mm, reduction_candidates
+from hnet.ops.triton.ssd.chunk_state import dot_block, mm, reduction_candidates, runs_into, sum_runs
 from hnet.ops.triton.tuning import for_dtype, launch_fastest
 
 
@@ -172,8 +172,8 @@ def _chunk_scan_bwd_dcb(X, DY, CB, DT, CS, SEQ, DCB, DS_ROW, DDT_COL, l, h, n_ch
         dCB_ij = sum_heads Z_ij dt_j       (the gradient on C_i . B_j, summed here once for dC and dB)
         ds_i  += Z_ij dt_j CB_ij over j    (y's rows on their cumulative sums: this block's share, per head)
         ddt_j += Z_ij CB_ij over i         (ddt's within-chunk part: this block's share, per head)
-    The shares go to slot j // BLOCK_M of DS_ROW and i // BLOCK_M of DDT_COL, each slot (b, h, c, Q) (zeroed:
-    blocks above the diagonal have none)."""
+    The shares go to slot j // BLOCK_M of DS_ROW and i // BLOCK_M of DDT_COL, each slot (b, h, c, Q); a block
+    above the diagonal has none and writes zeros there (so the slots need no zero fill first)."""
     n_blocks = Q // BLOCK_M
     bi, bj = tl.program_id(0) // n_blocks, tl.program_id(0) % n_blocks
     if bj <= bi:
@@ -187,7 +187,9 @@ def _chunk_scan_bwd_dcb(X, DY, CB, DT, CS, SEQ, DCB, DS_ROW, DDT_COL, l, h, n_ch
         if HAS_SEQ:
             seq_i = tl.load(SEQ + b * s_seq + ti, mask=ti < l, other=-1)
             keep &= tl.load(SEQ + b * s_seq + tj, mask=tj < l, other=-2)[None, :] == seq_i[:, None]
-        cb = tl.load(CB + ((b * n_chunks + c) * tl.num_programs(2) + grp) * Q * Q + i[:, None] * Q + j[None, :])
+        # Masked: C.B is not written above the diagonal blocks of chunk_cb's own blocking.
+        cb = tl.load(CB + ((b * n_chunks + c) * tl.num_programs(2) + grp) * Q * Q + i[:, None] * Q + j[None, :],
+                     mask=keep, other=0.0)
         acc = tl.zeros([BLOCK_M, BLOCK_M], dtype=tl.float32)
         for k in range(heads_per_group):
             hd = grp * heads_per_group + k
@@ -205,18 +207,27 @@ def _chunk_scan_bwd_dcb(X, DY, CB, DT, CS, SEQ, DCB, DS_ROW, DDT_COL, l, h, n_ch
             tl.store(DDT_COL + bi * slot + chunk_base + j, tl.sum(z * cb, axis=0))
         tl.store(DCB + ((b * n_chunks + c) * tl.num_programs(2) + grp) * Q * Q + i[:, None] * Q + j[None, :],
                  acc.to(DCB.dtype.element_ty))
+    else:
+        i = bi * BLOCK_M + tl.arange(0, BLOCK_M)
+        j = bj * BLOCK_M + tl.arange(0, BLOCK_M)
+        b, c, grp = tl.program_id(1) // n_chunks, tl.program_id(1) % n_chunks, tl.program_id(2)
+        none = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for k in range(heads_per_group):
+            chunk_base = ((b * h + grp * heads_per_group + k) * n_chunks + c) * Q
+            tl.store(DS_ROW + bj * slot + chunk_base + i, none)
+            tl.store(DDT_COL + bi * slot + chunk_base + j, none)
 
 
 @triton.jit(do_not_specialize=["l", "n_chunks", "s_seq"])
 def _chunk_scan_bwd_dc(B, C, DY, DCB, CS, SEQ, STATES_IN, DC, DS, l, h, g, n_chunks, p_dim, n_dim,
                        heads_per_group, heads_per_program, sbb, sbl, sbg, sbn, scb, scl, scg, scn,
-                       sdb, sdl, sdh, sdp, s_seq,
+                       sdb, sdl, sdh, sdp, so_run, sob, sol, sog, son, s_seq,
                        Q: tl.constexpr, HAS_SEQ: tl.constexpr, IEEE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     """For a block of steps i, summed over a run of the group's heads (one partial sum per run):
         dC_i = sum_heads E_i dy_i states_in + sum_{j <= i} dCB_ij B_j   (the second term in run 0 only),
     E_i = exp(cs_i) [i in the entering sequence]; and per head the part of the gradient that y_i puts on
-    cs_i through the entering state, C_i . (E_i dy_i states_in)."""
+    cs_i through the entering state, C_i . (E_i dy_i states_in). Run r's sum goes to DC + r so_run."""
     i0 = tl.program_id(0) * BLOCK_M
     i = i0 + tl.arange(0, BLOCK_M)
     b, c = tl.program_id(1) // n_chunks, tl.program_id(1) % n_chunks
@@ -252,17 +263,18 @@ def _chunk_scan_bwd_dc(B, C, DY, DCB, CS, SEQ, STATES_IN, DC, DS, l, h, g, n_chu
             bj = tl.load(B + b * sbb + tj[:, None] * sbl + grp * sbg + nn[None, :] * sbn,
                          mask=(tj < l)[:, None] & n_live[None, :], other=0.0)  # (M_j, N)
             acc += mm(dcb, bj, IEEE)
-    out = DC + (((run * tl.num_programs(1) + tl.program_id(1)) * Q + i[:, None]) * g + grp) * n_dim + nn[None, :]
-    tl.store(out, acc, mask=n_live[None, :])
+    out = DC + run * so_run + b * sob + ti[:, None] * sol + grp * sog + nn[None, :] * son
+    tl.store(out, acc, mask=(ti < l)[:, None] & n_live[None, :])
 
 
-def chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D=None, seq_idx=None):
+def chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D=None, seq_idx=None, dx=None):
     """(dx in x's dtype, ddt part (b, h, c, Q) float32, dD (h,) float32 or None, ds_state (b, h, c) float32:
-    <dS_out, the state the chunk adds>, its gradient on cs_last) given dS_out (b, c, h, p, n)."""
+    <dS_out, the state the chunk adds>, its gradient on cs_last) given dS_out (b, c, h, p, n). dx: a (b, l, h, p)
+    tensor of any strides to write into (else a new one)."""
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     n_chunks, Q = cs.shape[2], cs.shape[3]
-    dx = torch.empty_like(x)
+    dx = torch.empty_like(x) if dx is None else dx
     ddt = torch.empty_like(cs)
 
     def launch(block_m, **launch_options):  # -> the partial sums of dD and ds_state, one row per program
@@ -294,7 +306,7 @@ def chunk_scan_bwd_dcb(x, dy, cb, dt_chunked, cs, seq_idx=None):
     dcb = torch.empty(b, n_chunks, g, Q, Q, device=x.device, dtype=x.dtype)
 
     def launch(block_m, **launch_options):  # -> ds_row and ddt_col, summed over their per-block shares
-        shares = torch.zeros(2, Q // block_m, *cs.shape, device=x.device, dtype=torch.float32)
+        shares = torch.empty(2, Q // block_m, *cs.shape, device=x.device, dtype=torch.float32)
         _chunk_scan_bwd_dcb[((Q // block_m) ** 2, b * n_chunks, g)](
             x, dy, cb, dt_chunked, cs, seq_idx, dcb, shares[0], shares[1], l, h, n_chunks, p, h // g, cs.numel(),
             *x.stride(), *dy.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
@@ -309,24 +321,24 @@ def chunk_scan_bwd_dcb(x, dy, cb, dt_chunked, cs, seq_idx=None):
     return dcb, ds_row, ddt_col
 
 
-def chunk_scan_bwd_dc(B, C, dy, dcb, cs, states_in, seq_idx=None):
+def chunk_scan_bwd_dc(B, C, dy, dcb, cs, states_in, seq_idx=None, out=None):
     """(dC (b, l, g, n) float32, ds (b, h, c, Q) float32: y's gradient on its rows' cumulative sums through the
-    entering state) given dCB from chunk_scan_bwd_dcb."""
+    entering state) given dCB from chunk_scan_bwd_dcb; dC written into out (any strides and dtype) where given."""
     b, l, h, p = dy.shape
     g, n = C.shape[2], C.shape[3]
     n_chunks, Q = cs.shape[2], cs.shape[3]
     ds = torch.empty_like(cs)
 
     def launch(block_m, runs, **launch_options):  # one partial sum per run of heads, added up inside the timing
-        dc = torch.empty(runs, b, n_chunks * Q, g, n, device=dy.device, dtype=torch.float32)
+        dc, s_run, strides = runs_into(out, runs, (b, l, g, n), dy.device)
         _chunk_scan_bwd_dc[(Q // block_m, b * n_chunks, g * runs)](
             B, C, dy, dcb, cs, seq_idx, states_in, dc, ds, l, h, g, n_chunks, p, n,
-            h // g, h // g // runs, *B.stride(), *C.stride(), *dy.stride(),
+            h // g, h // g // runs, *B.stride(), *C.stride(), *dy.stride(), s_run, *strides,
             seq_idx.stride(0) if seq_idx is not None else 0,
             Q=Q, HAS_SEQ=seq_idx is not None, IEEE=dy.dtype == torch.float32,
             BLOCK_M=block_m, BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), **launch_options)
-        return dc[0] if runs == 1 else dc.sum(0)
+        return sum_runs(dc, out)
 
     dc = launch_fastest("chunk_scan_bwd_dc", (Q, p, n, h // g, dy.dtype, seq_idx is None), b * l,
                         for_dtype(reduction_candidates(Q, h // g), dy.dtype), launch)
-    return dc[:, :l], ds
+    return dc, ds

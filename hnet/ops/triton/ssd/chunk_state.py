@@ -92,13 +92,14 @@ def _chunk_cb(B, C, CB, l, g, n_chunks, n_dim, sbb, sbl, sbg, sbn, scb, scl, scg
 
 @triton.jit(do_not_specialize=["l", "n_chunks", "s_seq"])
 def _chunk_state_bwd_db(X, C, DCB, DT, CS, SEQ, DSTATES, DB, l, h, g, n_chunks, p_dim, n_dim,
-                        heads_per_group, heads_per_program, sxb, sxl, sxh, sxp, scb, scl, scg, scn, s_seq,
+                        heads_per_group, heads_per_program, sxb, sxl, sxh, sxp, scb, scl, scg, scn,
+                        so_run, sob, sol, sog, son, s_seq,
                         Q: tl.constexpr, HAS_SEQ: tl.constexpr, IEEE: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     """dB_j for a block of steps j, summed over a run of the group's heads (one partial sum per run):
         dB_j = sum_heads W_j dt_j x_j dS_out + sum_{i >= j} dCB_ij C_i   (the second term in run 0 only),
     with dS_out the gradient of the state leaving the chunk, W_j its decay weight (see _chunk_state) and
-    dCB from chunk_scan_bwd_dcb."""
+    dCB from chunk_scan_bwd_dcb. Run r's sum goes to DB + r so_run (so_run 0: a single run writing dB itself)."""
     j0 = tl.program_id(0) * BLOCK_M
     j = j0 + tl.arange(0, BLOCK_M)
     b, c = tl.program_id(1) // n_chunks, tl.program_id(1) % n_chunks
@@ -131,8 +132,8 @@ def _chunk_state_bwd_db(X, C, DCB, DT, CS, SEQ, DSTATES, DB, l, h, g, n_chunks, 
             ci = tl.load(C + b * scb + ti[:, None] * scl + grp * scg + nn[None, :] * scn,
                          mask=(ti < l)[:, None] & n_live[None, :], other=0.0)  # (M_i, N)
             acc += mm(dcb_t, ci, IEEE)
-    out = DB + (((run * tl.num_programs(1) + tl.program_id(1)) * Q + j[:, None]) * g + grp) * n_dim + nn[None, :]
-    tl.store(out, acc, mask=n_live[None, :])
+    out = DB + run * so_run + b * sob + tj[:, None] * sol + grp * sog + nn[None, :] * son
+    tl.store(out, acc, mask=(tj < l)[:, None] & n_live[None, :])
 
 
 def dot_block(dim: int, cap: int) -> int:
@@ -175,7 +176,8 @@ def _launch_chunk_state(x, B, dt_chunked, cs, seq_idx, from_start):
 def chunk_cb(B, C, chunk_size: int):
     b, l, g, n = B.shape
     n_chunks = triton.cdiv(l, chunk_size)
-    cb = torch.zeros(b, n_chunks, g, chunk_size, chunk_size, device=B.device, dtype=torch.float32)
+    # Not zeroed: blocks above the diagonal are never written, and every reader masks j > i on load or by select.
+    cb = torch.empty(b, n_chunks, g, chunk_size, chunk_size, device=B.device, dtype=torch.float32)
 
     def launch(block_m, block_n, **launch_options):
         grid = ((chunk_size // block_m) ** 2, b * n_chunks, g)
@@ -203,22 +205,40 @@ def reduction_candidates(Q: int, heads_per_group: int) -> list[dict]:
         for m in (32, 64) for r in (1, 4, 8) for w, s in ((4, 2), (8, 2), (8, 3)) if m <= Q]
 
 
-def chunk_state_bwd_db(x, C, dcb, dt_chunked, cs, dstates, seq_idx=None):
+def runs_into(out, runs: int, shape, device):
+    """Where the dB and dC kernels put their runs' sums: (buffer, its run stride, the (b, l, g, n) strides). A
+    single run writes straight into out (rounded to out's dtype once, as a cast of the sum would); more
+    runs write float32 partial sums, added up by `sum_runs`."""
+    if runs == 1 and out is not None:
+        return out, 0, out.stride()
+    partials = torch.empty(runs, *shape, device=device, dtype=torch.float32)
+    return partials, partials.stride(0), partials.stride()[1:]
+
+
+def sum_runs(partials, out):
+    """The sum of the runs' partial sums (b, l, g, n), written into out where given."""
+    if partials is out:
+        return out
+    total = partials.sum(0) if partials.shape[0] > 1 else partials[0]
+    return total if out is None else out.copy_(total)
+
+
+def chunk_state_bwd_db(x, C, dcb, dt_chunked, cs, dstates, seq_idx=None, out=None):
     """dB (b, l, g, n) float32 given dS_out (b, c, h, p, n), the gradient of the state each chunk adds, and dCB
-    from chunk_scan_bwd_dcb."""
+    from chunk_scan_bwd_dcb; written into out (any strides and dtype) where given."""
     b, l, h, p = x.shape
     g, n = C.shape[2], C.shape[3]
     n_chunks, Q = cs.shape[2], cs.shape[3]
 
     def launch(block_m, runs, **launch_options):  # one partial sum per run of heads, added up inside the timing
-        db = torch.empty(runs, b, n_chunks * Q, g, n, device=x.device, dtype=torch.float32)
+        db, s_run, strides = runs_into(out, runs, (b, l, g, n), x.device)
         _chunk_state_bwd_db[(Q // block_m, b * n_chunks, g * runs)](
             x, C, dcb, dt_chunked, cs, seq_idx, dstates, db, l, h, g, n_chunks, p, n,
-            h // g, h // g // runs, *x.stride(), *C.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
+            h // g, h // g // runs, *x.stride(), *C.stride(), s_run, *strides,
+            seq_idx.stride(0) if seq_idx is not None else 0,
             Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32, BLOCK_M=block_m,
             BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), **launch_options)
-        return db[0] if runs == 1 else db.sum(0)
+        return sum_runs(db, out)
 
-    db = launch_fastest("chunk_state_bwd_db", (Q, p, n, h // g, x.dtype, seq_idx is None), b * l,
-                        for_dtype(reduction_candidates(Q, h // g), x.dtype), launch)
-    return db[:, :l]
+    return launch_fastest("chunk_state_bwd_db", (Q, p, n, h // g, x.dtype, seq_idx is None), b * l,
+                          for_dtype(reduction_candidates(Q, h // g), x.dtype), launch)
