@@ -102,3 +102,53 @@ def test_generate_table_and_prefill(capsys):
         stage1, stage2 = (float(x) for x in r[8].split("/"))
         assert 0 <= stage2 <= stage1 <= 1
     assert float(prefill[1]) > 0 and float(prefill[2]) > 0
+
+
+def test_official_side_by_side_standins():
+    """The side-by-side's stand-ins for the official code's compiled entry points compute what they stand for
+    (the script itself needs the fetched official code and runs on a GPU; this needs neither)."""
+    import torch.nn.functional as F
+
+    from hnet.ops.conv1d import causal_conv1d
+    from hnet.ops.norm import add_rms_norm
+    from hnet.ops.rotary import apply_rotary, rotary_tables
+
+    sbs = load_benchmark("official_side_by_side")
+    gen = torch.Generator().manual_seed(0)
+    # causal_conv1d's forward and backward, (b, d, l) as mamba_ssm hands them, dx into a given buffer
+    x, w, b = torch.randn(2, 6, 20, generator=gen), torch.randn(6, 4, generator=gen), torch.randn(6, generator=gen)
+    seq_idx = torch.cat([torch.zeros(2, 9), torch.ones(2, 11)], 1).int()
+    leaves = [t.clone().requires_grad_() for t in (x.transpose(1, 2), w, b)]
+    ref = causal_conv1d(*leaves, seq_idx=seq_idx)
+    assert torch.allclose(sbs.conv_fwd(x, w, b, seq_idx, None, None, True), ref.detach().transpose(1, 2), atol=1e-6)
+    dout = torch.randn(2, 6, 20, generator=gen)
+    expected = torch.autograd.grad(ref, leaves, dout.transpose(1, 2))
+    dx = torch.empty(2, 6, 20)
+    got = sbs.conv_bwd(x, w, b, dout, seq_idx, None, None, dx, False, True)
+    assert got[0] is dx and torch.allclose(dx, expected[0].transpose(1, 2), atol=1e-5)
+    assert torch.allclose(got[1], expected[1], atol=1e-5) and torch.allclose(got[2], expected[2], atol=1e-5)
+    # rotary over packed sequences (positions restart), in place, and its conjugate undoes it
+    cu = torch.tensor([0, 5, 12], dtype=torch.int32)
+    qk = torch.randn(12, 4, 8, generator=gen)
+    cos, sin = rotary_tables(torch.arange(12), 6)
+    pos = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6])
+    rotated = sbs.apply_rotary(qk.clone(), cos, sin, cu_seqlens=cu, max_seqlen=7, inplace=True)
+    assert torch.allclose(rotated, apply_rotary(qk, cos[pos], sin[pos]), atol=1e-6)
+    assert torch.allclose(sbs.apply_rotary(rotated, cos, sin, cu_seqlens=cu, conjugate=True), qk, atol=1e-5)
+    # attention per packed sequence: causal, and with a window of 2 keys back
+    qkv = torch.randn(12, 3, 2, 8, generator=gen)
+    for window in (-1, 2):
+        out = sbs.flash_attn_varlen_qkvpacked_func(qkv, cu, 7, causal=True, window_size=(window, -1))
+        for a, e in ((0, 5), (5, 12)):
+            q, k, v = (t.transpose(0, 1) for t in qkv[a:e].unbind(1))
+            i = torch.arange(e - a)
+            allowed = (i[None, :] <= i[:, None]) & ((i[None, :] >= i[:, None] - window) if window >= 0 else True)
+            assert torch.allclose(out[a:e], F.scaled_dot_product_attention(q, k, v, attn_mask=allowed).transpose(0, 1),
+                                  atol=1e-6)
+    # flash_attn's RMSNorm module: the pre-norm residual step and the final norm
+    norm = sbs.RMSNorm(8)
+    h, r = torch.randn(3, 8, generator=gen), torch.randn(3, 8, generator=gen)
+    y, summed = norm(h, residual=r, prenorm=True, residual_in_fp32=True)
+    y_ref, summed_ref = add_rms_norm(h, r, norm.weight)
+    assert torch.equal(summed, summed_ref) and torch.allclose(y, y_ref, atol=1e-6)
+    assert torch.allclose(norm(h), add_rms_norm(h, None, norm.weight)[0], atol=1e-6)
