@@ -267,9 +267,9 @@ def mixer_rows(s: dict, device, dtype, gbps: float) -> None:
     from hnet.ops import mamba2 as mamba2_ref
     from hnet.ops.triton import mamba2 as triton_mamba2
 
-    b, l, h, p, n, Q = s["b"], s["l"], s["h"], s["p"], s["n"], s["chunk"]
-    d_inner = h * p
-    conv_dim = d_inner + 2 * n
+    b, l, p, n, Q = s["b"], s["l"], s["p"], s["n"], s["chunk"]
+    d_inner = 2 * s["d_model"]  # the Mamba2(d_model) layer's own width (expand 2), not the SSD rows' heads
+    h, conv_dim = d_inner // p, d_inner + 2 * n
 
     def leaf(*shape, scale=1.0, dt=dtype):
         return (torch.randn(*shape, device=device) * scale).to(dt).requires_grad_()

@@ -6,7 +6,7 @@ isotropic Transformer of matched FLOPs per byte, trained by the same step.
     python benchmarks/train_step.py --config .ref/configs/hnet_1stage_L.json --profile 30   # + where the time goes
     python benchmarks/train_step.py --config .ref/configs/hnet_1stage_L.json --no-reference --unbucketed
     python benchmarks/train_step.py --no-reference --routed-at-targets   # + each H-Net at its target compression
-    python benchmarks/train_step.py --no-reference --routed-at-targets --unfused --glue 25   # fused vs op by op, glue
+    python benchmarks/train_step.py --no-reference --routed-at-targets --unfused --keep-conv --glue 25   # the fusion, glue
     TRITON_INTERPRET=1 python benchmarks/train_step.py --device cpu --quick   # tiny models: checks the code path
 
 The default configs are the official ones, which the repository does not carry: copy them into the
@@ -37,7 +37,8 @@ the Mamba-2 mixers at the copy rate measured in the run, for the batch and bytes
 the step's time over it ("x floor"). Each H-Net row's floor is also printed by part.
 
 --unfused adds the fast rows with Mamba-2's mixer op by op (`kernel_path("unfused")`, HNET_FUSED_MAMBA2=0),
-the same kernels without the fused Function, to time the fusion within one run. --glue N lists, for one
+the same kernels without the fused Function, to time the fusion within one run; --keep-conv the rows with the
+fused mixers keeping their convolution's output instead of recomputing it in the backward (time for memory). --glue N lists, for one
 fast step of each H-Net, the N call sites that fill, copy, cast or concatenate the most bytes (every such
 aten op the step dispatches from Python, forward and backward, by source line or autograd node; kernels
 that libraries launch internally, e.g. flash attention's, are not seen).
@@ -69,6 +70,7 @@ from hnet.eval.timing import (DOC_BYTES, ceilings, environment, fitting, load_mo
                               print_tuning, shape_parser, text_batch, time_train_steps)
 from hnet.layers.cuda_graphs import use_cuda_graphs
 from hnet.layers.isotropic import Isotropic
+from hnet.layers.mamba2 import Mamba2
 from hnet.ops.dispatch import kernel_path
 from hnet.training import build_optimizer
 
@@ -78,13 +80,16 @@ DEFAULT_CONFIGS = [".ref/configs/hnet_1stage_L.json", ".ref/configs/hnet_2stage_
 
 def train_step_once(config: HNetConfig, device, batch: int, seq_len: int, steps: int, warmup: int,
                     bucket_lengths: bool | None = None, targets: list[float] | None = None,
-                    cuda_graphs: bool = False) -> dict:
-    """targets: route at these compressions (`hnet.chunking.fixed.route_every`); None: as the router decides."""
+                    cuda_graphs: bool = False, keep_conv: bool = False) -> dict:
+    """targets: route at these compressions (`hnet.chunking.fixed.route_every`); None: as the router decides.
+    keep_conv: the fused Mamba-2 mixers keep their convolution's output for the backward (`Mamba2.recompute_conv`)."""
     torch.manual_seed(0)
     model = HNetForCausalLM(config, device=device)
-    for stack in model.modules():
-        if isinstance(stack, Isotropic):
-            stack.bucket_lengths = bucket_lengths
+    for module in model.modules():
+        if isinstance(module, Isotropic):
+            module.bucket_lengths = bucket_lengths
+        elif isinstance(module, Mamba2):
+            module.recompute_conv = not keep_conv
     if targets is not None:
         route_every(model, targets)
     use_cuda_graphs(model, cuda_graphs)
@@ -220,6 +225,8 @@ def main(argv=None):
                         "with every stack replayed as CUDA graphs (`hnet.layers.cuda_graphs.use_cuda_graphs`)")
     parser.add_argument("--unfused", action="store_true", help="also the fast rows with Mamba-2's mixer op by op "
                         "(HNET_FUSED_MAMBA2=0): the fusion's gain within one run")
+    parser.add_argument("--keep-conv", action="store_true", help="also the fast rows with the fused Mamba-2 mixers "
+                        "keeping their convolution's output for the backward instead of recomputing it")
     parser.add_argument("--glue", type=int, metavar="ROWS", help="also list, for one fast step of each H-Net, the "
                         "ROWS call sites that fill, copy, cast or concatenate the most bytes")
     parser.add_argument("--profile", type=int, metavar="ROWS", help="also profile one fast-path step of each "
@@ -241,40 +248,43 @@ def main(argv=None):
         stage_targets = default_ratio_targets(config.num_stages - 1)
         targets = [float(x) for x in np.cumprod(stage_targets)]
         budget = flops_per_byte(config, args.seq_len, targets)
-        # label, config, kernel path, bucketing, fixed routing targets, CUDA graphs
+        # label, config, kernel path, bucketing, fixed routing targets, CUDA graphs, conv output kept
         stem = Path(path).stem
-        runs = [(f"{stem} fast", config, "fast", None, None, False)]
+        runs = [(f"{stem} fast", config, "fast", None, None, False, False)]
         if args.unbucketed:
-            runs.append((f"{stem} fast, unbucketed", config, "fast", False, None, False))
+            runs.append((f"{stem} fast, unbucketed", config, "fast", False, None, False, False))
         if args.routed_at_targets:
-            runs.append((f"{stem} fast, routed at targets", config, "fast", None, stage_targets, False))
-        if args.unfused:
-            runs.append((f"{stem} fast, mixer unfused", config, "unfused", None, None, False))
-            if args.routed_at_targets:
-                runs.append((f"{stem} fast, mixer unfused, routed at targets", config, "unfused", None, stage_targets,
-                             False))
+            runs.append((f"{stem} fast, routed at targets", config, "fast", None, stage_targets, False, False))
+        for variant, kpath, keep in (("mixer unfused", "unfused", False), ("conv kept", "fast", True)):
+            if (args.unfused if kpath == "unfused" else args.keep_conv):
+                runs.append((f"{stem} fast, {variant}", config, kpath, None, None, False, keep))
+                if args.routed_at_targets:
+                    runs.append((f"{stem} fast, {variant}, routed at targets", config, kpath, None, stage_targets, False,
+                                 keep))
         if args.cuda_graphs:
-            runs.append((f"{stem} fast, CUDA graphs", config, "fast", None, None, True))
+            runs.append((f"{stem} fast, CUDA graphs", config, "fast", None, None, True, False))
             if args.routed_at_targets:
-                runs.append((f"{stem} fast, routed at targets, CUDA graphs", config, "fast", None, stage_targets, True))
+                runs.append((f"{stem} fast, routed at targets, CUDA graphs", config, "fast", None, stage_targets, True,
+                             False))
         if not args.no_reference:
-            runs.append((f"{stem} reference", config, "reference", None, None, False))
+            runs.append((f"{stem} reference", config, "reference", None, None, False, False))
             if args.routed_at_targets:
-                runs.append((f"{stem} reference, routed at targets", config, "reference", None, stage_targets, False))
+                runs.append((f"{stem} reference, routed at targets", config, "reference", None, stage_targets, False,
+                             False))
         if not args.no_transformer:
             tconfig = size_baseline("transformer", budget, args.seq_len, config)
             tlabel = f"{tconfig.arch_layout[0]} d{tconfig.d_model[0]} (matched to {stem})"
-            runs.append((tlabel, tconfig, "fast", None, None, False))
+            runs.append((tlabel, tconfig, "fast", None, None, False, False))
             if args.cuda_graphs:
-                runs.append((f"{tlabel}, CUDA graphs", tconfig, "fast", None, None, True))
-        for label, cfg, kpath, bucket, fixed, graphs in runs:
+                runs.append((f"{tlabel}, CUDA graphs", tconfig, "fast", None, None, True, False))
+        for label, cfg, kpath, bucket, fixed, graphs, keep in runs:
             with kernel_path(kpath):
                 batch, r = fitting(lambda b: train_step_once(cfg, device, b, args.seq_len, args.steps, args.warmup,
-                                                             bucket, fixed, graphs), args.batch)
+                                                             bucket, fixed, graphs, keep), args.batch)
             if r is None:
                 rows.append((label, "-", f"OOM at 1 x {args.seq_len}", *["-"] * 9))
                 continue
-            if cfg is config and kpath == "fast" and bucket is None and not graphs:
+            if cfg is config and kpath == "fast" and bucket is None and not graphs and not keep:
                 fitted.append((label, cfg, batch, fixed))
             fpb = flops_per_byte(cfg, args.seq_len, r["bytes_per_chunk"])
             floor = step_floor(cfg, batch, args.seq_len, r["params"], r["bytes_per_chunk"], min(DOC_BYTES, args.seq_len))

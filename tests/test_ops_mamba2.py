@@ -94,7 +94,7 @@ CASES = [
     (1, 1, 2, 8, 16, 16, 4, False),
     (2, 70, 3, 8, 8, 32, 4, True),
     (1, 33, 2, 16, 16, 16, 3, True),
-] + real_shapes((8, 8192, 24, 64, 128, 256, 4, False), (1, 65536, 24, 64, 128, 256, 4, True))
+] + real_shapes((8, 8192, 32, 64, 128, 256, 4, False), (1, 65536, 32, 64, 128, 256, 4, True))  # Mamba2(1024)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -231,7 +231,7 @@ def test_layer_takes_the_fused_mixer_where_the_kernels_run(monkeypatch):
     HNET_FUSED_MAMBA2=0 or on the reference path (CPU tensors: the reference, as always)."""
     calls = []
     real = triton_mamba2.mamba2_mixer
-    monkeypatch.setattr(triton_mamba2, "mamba2_mixer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(triton_mamba2, "mamba2_mixer", lambda *a, **k: calls.append(k["recompute_conv"]) or real(*a, **k))
     torch.manual_seed(0)
     layer = Mamba2(16, d_state=8, headdim=8, chunk_size=16, device=DEVICE)
     u = torch.randn(2, 20, 16, device=DEVICE)
@@ -239,9 +239,13 @@ def test_layer_takes_the_fused_mixer_where_the_kernels_run(monkeypatch):
     for path in ("fast", "unfused", "reference"):
         with dispatch.kernel_path(path):
             outs[path] = layer(u)
-    assert len(calls) == 1
+    assert calls == [True]
+    layer.recompute_conv = False
+    with dispatch.kernel_path("fast"):
+        layer(u)
+    assert calls == [True, False]
     monkeypatch.setenv("HNET_FUSED_MAMBA2", "0")
     with dispatch.force_triton():
         layer(u)
-    assert len(calls) == 1
+    assert len(calls) == 2
     assert rel(outs["fast"], outs["reference"]) < 1e-5 and rel(outs["unfused"], outs["reference"]) < 1e-5

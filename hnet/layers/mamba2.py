@@ -56,6 +56,9 @@ class Mamba2(nn.Module):
         self.D = nn.Parameter(torch.ones(self.nheads, device=device))  # fp32, as upstream creates it
         self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, **kw)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False, **kw)
+        # The fused mixer's backward recomputes the convolution's output (one pass over xBC) rather than keep
+        # it from the forward (b x l x (d_inner + 2 d_state) at the peak); False keeps it.
+        self.recompute_conv = True
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> Mamba2Cache:
         w = self.in_proj.weight
@@ -78,7 +81,8 @@ class Mamba2(nn.Module):
         if cache is not None:
             return self._prefill(u, cache, cu_seqlens)
         y = mamba2_mixer(self.in_proj(u), self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, self.A_log,
-                         self.D, self.norm.weight, self.headdim, self.chunk_size, seq_idx, self.norm.eps)
+                         self.D, self.norm.weight, self.headdim, self.chunk_size, seq_idx, self.norm.eps,
+                         recompute_conv=self.recompute_conv)
         return self.out_proj(y)
 
     def _prefill(self, u, cache: Mamba2Cache, cu_seqlens=None):

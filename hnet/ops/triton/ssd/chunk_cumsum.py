@@ -41,7 +41,7 @@ def _raw_dt(DT, DT_BIAS, b, t, heads, h, live, stride_db, stride_dl, stride_dh,
     return tl.where(live, dt, 0.0), v
 
 
-@triton.jit(do_not_specialize=["l", "n_chunks"])
+@triton.jit(do_not_specialize=["l", "n_chunks", "stride_db"])  # dt's batch stride: l times its row stride
 def _chunk_cumsum(DT, DT_BIAS, A, DT_OUT, CS, l, h, n_chunks, stride_db, stride_dl, stride_dh,
                   Q: tl.constexpr, BLOCK_H: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     b, c = tl.program_id(0), tl.program_id(1)
@@ -68,7 +68,7 @@ def chunk_cumsum(dt, A, chunk_size: int, dt_bias=None, softplus: bool = False):
     return dt_out, cs
 
 
-@triton.jit(do_not_specialize=["l", "n_chunks"])
+@triton.jit(do_not_specialize=["l", "n_chunks", "stride_db", "stride_rb"])
 def _chunk_cumsum_bwd(DS, DS2, DDT_PART, DDT_PART2, DT, DS_LAST, DS_LAST2, A, DDT, DA, DT_RAW, DT_BIAS, DDT_BIAS,
                       l, h, n_chunks, stride_db, stride_dl, stride_dh, stride_rb, stride_rl, stride_rh,
                       Q: tl.constexpr, BLOCK_H: tl.constexpr, RAW: tl.constexpr, HAS_BIAS: tl.constexpr):
