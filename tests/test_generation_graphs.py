@@ -57,3 +57,48 @@ def test_a_step_does_not_sync_with_the_host():
             decode_step(model, decoder.state, Sampling(1.0, 20, 0.9), decoder.generator)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory):
+    """A tiny H-Net trained 40 steps on the bundled text: peaked logits, so greedy bytes are not ties."""
+    import json
+
+    from hnet.cli import main
+    from tiny_runs import tiny_hnet
+
+    root = tmp_path_factory.mktemp("trained_tiny")
+    (root / "config.json").write_text(json.dumps(tiny_hnet(root, max_steps=40, eval_every=40, checkpoint_every=40)))
+    assert main(["train", str(root / "config.json"), "--out", str(root / "run")]) == 0
+    return root / "run"
+
+
+@pytest.mark.parametrize("rows", [1, 16])
+def test_graph_decode_equals_eager_on_a_trained_model_for_256_greedy_bytes(trained_tiny, rows, monkeypatch):
+    """The issue's check: the same greedy bytes for 256 steps, and every step's logits within bf16 rounding
+    (each path's logits recorded on the device by a wrapper of `emit`, which the graph captures too)."""
+    import hnet.generation.decode as decode
+    from hnet.generation import Decoder
+    from hnet.models import load_model
+
+    model = load_model(trained_tiny, device="cuda", dtype=torch.bfloat16)
+    text = b"First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n" * 2
+    prompts = [text[i % 40: i % 40 + 20 + i] for i in range(rows)]
+    steps, emit = 256, decode.emit
+    results = {}
+    for graphs in (False, True):
+        record = torch.zeros(steps + 1, rows, 256, device="cuda")  # (step, row, vocab): rows is its own bucket
+
+        def recording_emit(state, logits, sampling, generator=None, record=record):
+            record.index_copy_(0, state.count, logits[None].float())
+            emit(state, logits, sampling, generator)
+
+        monkeypatch.setattr(decode, "emit", recording_emit)
+        decoder = Decoder(model, cuda_graphs=graphs)
+        decoder.start(prompts)
+        results[graphs] = (decoder.generate(steps, temperature=0), record[1:steps, :rows].clone())
+    assert results[True][0] == results[False][0]
+    assert all(len(b) == steps for b in results[True][0])
+    graph_logits, eager_logits = results[True][1], results[False][1]
+    scale = eager_logits.abs().amax().item()
+    torch.testing.assert_close(graph_logits, eager_logits, rtol=2**-7, atol=2**-7 * scale)
