@@ -102,14 +102,15 @@ trains (the same vocabulary, split and seed); its `seq_len` in tokens holds the 
 sequence, so all presets of a data kind and size read the same bytes per batch.
 
 The routing recipe. The H-Net presets keep the paper's ratio-loss weight (alpha 0.03), the targets N of the
-table below and none of the routing options (`ratio_loss_bands`, the warmups, `router_lr_multiplier`). In
-the routing recipe study on the `tiny` presets (`docs/results.md`), only 4x the sequences per optimizer
-step gave boundaries that follow words, placed at the space before each word, and it cost bits per byte at
-equal bytes. In the `small` study on a GPU (40M bytes an arm so far), the preset's boundaries start at word
-starts 1.68x as often as random ones; the band loss `train.ratio_loss_bands=[[4.0,8.0]]` puts chunk starts
-on the space before a word at 2.8x random, but settles at 4.3 bytes per chunk (20% more FLOPs per byte,
-which would unmatch the comparisons below) for slightly worse bits per byte. Add it with `--set` when you
-want chunks at spaces. A preset changes when the study finds a setting that gives structure without the cost.
+table below and none of the routing options (`ratio_loss_bands`, the warmups, `router_lr_multiplier`).
+The routing recipe study on the `small` presets (`docs/results.md`, one H100, 40-100M bytes an arm) found
+no setting whose chunk starts follow words at twice the rate of random ones. The preset's two seeds ended at
+0.49x and 0.88x random at 100M bytes; alpha 0.05, N = 4 and the router's lr x4 at 1.2-1.4x; the bits per
+byte of all five within 0.012, the spread of the seeds alone. The one setting with clear structure, the
+band loss `train.ratio_loss_bands=[[4.0,8.0]]`, starts chunks on the space before a word at 2.8x random
+(40M bytes) but settles at 4.3 bytes per chunk: 20% more FLOPs per byte, which would unmatch the
+comparisons below, for no better bits per byte (N = 4 costs 25%). Add it with `--set` when you want chunks
+at spaces. A preset changes when a study finds a setting that gives structure without the cost.
 
 """
 

@@ -170,7 +170,7 @@ def summary_row(name: str, c: dict) -> dict:
     last, log = (c["evals"][-1] if c["evals"] else {}), (c["logs"][-1] if c["logs"] else {})
     stages = len(log.get("boundary_rate", [])) or 1
     fmt = lambda key, d=last: "/".join("-" if stage_value(d, key, s) is None else f"{stage_value(d, key, s):.3f}" for s in range(stages))  # noqa: E731
-    row = {"arm": name, "what": ARMS.get(name, ("", [], ""))[2],
+    row = {"arm": name, "what": ARMS.get(name.split("@")[0], ("", [], ""))[2],
            "training bytes": f"{last.get('step', 0) * c['bytes_per_step'] / 1e6:.3g}M",
            "val bpb": f"{last['val_bpb']:.4f}" if "val_bpb" in last else "-",
            "positions per chunk": "/".join(f"{x:.2f}" for x in log.get("stage_bytes_per_chunk", [])),
@@ -254,14 +254,29 @@ def plot_curves(curves: dict[str, dict], out: Path) -> list[Path]:
     return paths
 
 
-def write_report(runs_dir: Path, doc: Path, command: str, findings: str | None) -> str:
+def collect_arms(runs_dirs: list[Path]) -> dict[str, dict]:
+    """The arms of several runs directories (studies at different budgets), in ARMS's order; an arm
+    already seen in an earlier directory is named `name@<budget>M` (base@40M)."""
+    found = []
+    for runs_dir in runs_dirs:
+        for p in sorted(runs_dir.iterdir()):
+            if (p / "arm.json").is_file():
+                c = arm_curves(p)
+                budget = c["config"]["train"]["max_steps"] * c["bytes_per_step"] / 1e6
+                name = p.name if p.name not in {n for n, _ in found} else f"{p.name}@{budget:.3g}M"
+                found.append((name, c))
+    order = list(ARMS)
+    found.sort(key=lambda item: order.index(item[0].split("@")[0]) if item[0].split("@")[0] in ARMS else len(order))
+    return dict(found)
+
+
+def write_report(runs_dirs: Path | list[Path], doc: Path, command: str, findings: str | None) -> str:
     """The study's section of `doc` (between `<!-- section: routing -->`, or `routing_tiny`, and the next marker),
     with its table and plots; the rest of the file is kept."""
-    curves = {p.name: arm_curves(p) for p in sorted(runs_dir.iterdir()) if (p / "arm.json").is_file()}
-    curves = {n: curves[n] for n in [*ARMS, *curves] if n in curves}  # the arms' order
-    device = runs_dir / "device.json"
-    where = json.loads(device.read_text()) if device.is_file() else {}
-    size = where.get("size", "small")
+    runs_dirs = [runs_dirs] if isinstance(runs_dirs, Path) else list(runs_dirs)
+    curves = collect_arms(runs_dirs)
+    wheres = [(d, json.loads((d / "device.json").read_text()) if (d / "device.json").is_file() else {}) for d in runs_dirs]
+    size = wheres[0][1].get("size", "small")
     name = "routing" if size == "small" else f"routing_{size}"
     marker = f"<!-- section: {name} -->"
     paths = plot_curves(curves, doc.parent / name)  # the figures beside the document, a folder per section
@@ -270,14 +285,16 @@ def write_report(runs_dir: Path, doc: Path, command: str, findings: str | None) 
     text_rows = [summary_row(n, c) for n, c in curves.items() if c["kind"] == "text"]
     other_rows = [summary_row(n, c) for n, c in curves.items() if c["kind"] != "text"]
     rel = lambda p: os.path.relpath(p, doc.parent)  # noqa: E731
+    trained = [f"{f'`{d.name}`: ' if len(wheres) > 1 else ''}trained {w.get('date', '?')} on {w.get('device', '?')}, "
+               f"torch {w.get('torch', '?')}; {w.get('parallel', '?')} arms at once"
+               + (" on the one GPU." if "CPU" not in w.get("device", "") else ".") for d, w in wheres]
     section = "\n".join([
         marker,
         "## Chunking that finds structure: the routing recipe study" + ("" if size == "small" else f" ({size} presets)"),
         "",
         f"Command: `{command}`",
         "",
-        f"Trained {where.get('date', '?')} on {where.get('device', '?')}, torch {where.get('torch', '?')}; "
-        f"{where.get('parallel', '?')} arms at once" + (" on the one GPU." if "CPU" not in where.get("device", "") else "."),
+        *[f"- {t}" if len(trained) > 1 else t for t in trained],
         "",
         f"Every arm: the `{size}` preset, {base['train']['batch_size']} x {base['data']['seq_len']} bytes per optimizer "
         f"step unless said otherwise, on `{corpus}`. Scores at the last evaluation reached, on the run's fixed 8,192-byte "
@@ -304,7 +321,8 @@ def write_report(runs_dir: Path, doc: Path, command: str, findings: str | None) 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs-dir", default=".runs/routing")
+    parser.add_argument("--runs-dir", nargs="+", default=[".runs/routing"],
+                        help="where the arms train; for --report, several: studies at other budgets")
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated, of: " + ", ".join(ARMS))
     parser.add_argument("--budget-bytes", type=int, default=100_000_000)
     parser.add_argument("--parallel", type=int, default=5, help="arms trained at once (5 fit an H100)")
@@ -328,8 +346,11 @@ def main(argv: list[str] | None = None) -> None:
             train_arms(["base", "band4-8"], runs, EVALS * 8 * 128, 2, {}, dry_run=True)
             print(write_report(runs, Path(tmp) / "results.md", "--dry-run", None))
         return
-    runs_dir = Path(args.runs_dir)
+    runs_dirs = [Path(d) for d in args.runs_dir]
     if not args.report:
+        if len(runs_dirs) > 1:
+            parser.error("training takes one --runs-dir")
+        runs_dir = runs_dirs[0]
         import torch
 
         runs_dir.mkdir(parents=True, exist_ok=True)
@@ -344,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
         del args_given[args_given.index("--findings"):args_given.index("--findings") + 2]
     command = "python scripts/routing_study.py " + " ".join(args_given)
     findings = Path(args.findings).read_text().strip() if args.findings else None
-    write_report(runs_dir, Path(args.doc), command, findings)
+    write_report(runs_dirs, Path(args.doc), command, findings)
 
 
 if __name__ == "__main__":

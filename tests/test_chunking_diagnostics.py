@@ -10,7 +10,7 @@ from handmade_routing import handmade_model
 from tiny_runs import tiny_hnet
 
 import hnet.chunking.routing as routing_module
-from hnet.analysis.structure import random_f1, structure_scores
+from hnet.analysis.structure import random_f1, structure_scores, structure_snippet
 from hnet.analysis.boundaries import extract_boundaries
 from hnet.chunking.diagnostics import CollapseMonitor, routing_diagnostics, routing_sums
 from hnet.chunking.routing import routing_output
@@ -104,3 +104,11 @@ def test_structure_scores_of_boundaries_at_the_space_before_each_word():
     assert scores["space_start_precision"] == pytest.approx(5 / 6) and scores["space_start_f1"] == pytest.approx(10 / 11)
     assert scores["word_start_f1"] == pytest.approx(2 * (1 / 6) * (1 / 6) / (2 / 6))  # only offset 0 is a word start
     assert scores["space_start_f1_random"] == pytest.approx(random_f1(6, 5, len(text)))
+
+
+def test_the_structure_snippet_is_prose_from_the_middle_of_a_document():
+    book = b"TITLE\n\n    Contents\n" + bytes(range(65, 91)) * 100 + b"\nTHE END"
+    middle = structure_snippet([b"short", np.frombuffer(book, dtype=np.uint8)], 1000)
+    start = (len(book) - 1000) // 2
+    assert middle == book[start:start + 1000]  # the first document that holds 1000 bytes, its middle
+    assert structure_snippet([b"ab", np.frombuffer(b"cd", dtype=np.uint8)], 4) == b"ab\ncd"[:4]  # none that long

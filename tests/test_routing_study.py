@@ -1,6 +1,7 @@
 """scripts/routing_study.py end to end at tiny size: two arms in parallel processes, then the report."""
 
 import json
+import shutil
 
 import pytest
 from tiny_runs import load_script
@@ -36,6 +37,16 @@ def test_arms_train_in_parallel_and_the_report_reads_them(tmp_path, capsys):
     assert len(rows) == 2 and all("| 0.00819M |" in r for r in rows)  # 8 steps of 8 x 128 bytes
     for name in ("f1_vs_bytes.png", "bpb_vs_bytes.png", "near_threshold_vs_bytes.png"):
         assert (tmp_path / "routing" / name).read_bytes()[:4] == b"\x89PNG"
+
+    # a second study at another budget: its arms join the table, an arm seen before named by its budget
+    other = tmp_path / "other"
+    shutil.copytree(runs / "base", other / "base")
+    config = json.loads((other / "base" / "arm.json").read_text())
+    config["train"]["max_steps"] *= 2
+    (other / "base" / "arm.json").write_text(json.dumps(config))
+    study.write_report([runs, other], doc, "routing_study.py --report", None)
+    rows = [line.split(" | ")[0] for line in doc.read_text().splitlines() if line.startswith("| base")]
+    assert rows == ["| base", "| base@0.0164M"]
 
 
 def test_an_unknown_arm_is_refused(capsys):

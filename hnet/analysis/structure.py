@@ -74,13 +74,18 @@ def structure_scores(b: Boundaries) -> list[dict]:
 
 
 def structure_snippet(docs, size: int) -> bytes:
-    """The validation snippet the scores are drawn on: the first `size` bytes of the validation documents
-    joined by newlines (fixed for a run, so evaluations compare)."""
-    out, n = [], 0
+    """The validation snippet the scores are drawn on (fixed for a run, so evaluations compare): the middle
+    `size` bytes of the first validation document that has that many, as a book's first pages are its title
+    page and contents, not its prose; else the first `size` bytes of the documents joined by newlines."""
+    joined = []
     for doc in docs:
-        piece = bytes(np.asarray(doc, dtype=np.uint8)[: size - n])
-        out.append(piece)
-        n += len(piece) + 1
-        if n >= size:
-            break
-    return b"\n".join(out)[:size]
+        if len(doc) >= size:
+            start = (len(doc) - size) // 2
+            return _as_bytes(doc[start:start + size])
+        if sum(map(len, joined)) < size:
+            joined.append(_as_bytes(doc))
+    return b"\n".join(joined)[:size]
+
+
+def _as_bytes(doc) -> bytes:
+    return bytes(doc) if isinstance(doc, (bytes, bytearray)) else np.asarray(doc, dtype=np.uint8).tobytes()
