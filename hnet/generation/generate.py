@@ -36,7 +36,6 @@ from hnet.generation.sampling import Sampling, check_sampling, sample
 from hnet.ops.dispatch import reference_requested
 from hnet.ops.packed import bucketed_length
 
-GRAPHS_BY_DEFAULT = False  # True once tests/test_generation_graphs.py has passed on a GPU
 READ_EVERY_CUDA = 16  # steps between host reads on CUDA (on CPU every step: there is nothing to overlap)
 
 
@@ -55,7 +54,7 @@ class Decoder:
         decoder.extend([b" then", b" and"])           # after what each row has generated
         second = decoder.generate(64)                 # goes on from the cache
 
-    cuda_graphs: None = GRAPHS_BY_DEFAULT on CUDA unless HNET_REFERENCE=1. read_every: steps between host reads (None: 16
+    cuda_graphs: None = on CUDA unless HNET_REFERENCE=1. read_every: steps between host reads (None: 16
     on CUDA, 1 elsewhere). prefill_bytes: at most so many bytes a prefill forward. buckets: pad the batch
     to `bucket(rows)` rows (None: on CUDA, eager or not, so that both draw the same random numbers). The
     buffers and graphs of a batch size are kept for the next `start` of the same size.
@@ -65,8 +64,8 @@ class Decoder:
                  prefill_bytes: int = PREFILL_BYTES, buckets: bool | None = None):
         self.model = model
         self.device = model.embeddings.weight.device
-        if cuda_graphs is None:  # opt-in until the graphs are checked against eager decoding on a GPU (issue #23)
-            cuda_graphs = GRAPHS_BY_DEFAULT and self.device.type == "cuda" and not reference_requested()
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda" and not reference_requested()
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a model on CUDA, not on {self.device.type}")
         self.cuda_graphs = cuda_graphs
