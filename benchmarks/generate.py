@@ -31,6 +31,7 @@ forward of the same bytes without a cache, both on the fast path.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import time
@@ -194,6 +195,7 @@ def main(argv=None):
                           f"{r['bytes_per_s']:.0f} | {r['gpu_ms']:.2f} | {' / '.join(f'{f:.3f}' for f in fractions)} |",
                           flush=True)
                 if device.type == "cuda":
+                    gc.collect()  # a decoder and its graphs form reference cycles: free them before the next row
                     torch.cuda.empty_cache()
         prefills.append((label, *prefill_vs_forward(model, args.prefill_bytes, device)))
         del model
