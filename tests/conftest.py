@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -8,6 +9,10 @@ sys.path.insert(0, str(Path(__file__).parent))  # test helpers (golden.py) impor
 if not torch.cuda.is_available():
     # Triton reads this when its kernels are defined; some torch modules import triton early.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton"):
+    import triton_launches  # every launch recorded, for test_triton_compiles.py
+
+    triton_launches.record()
 
 
 import pytest  # noqa: E402
@@ -28,3 +33,8 @@ def tiny_trained_hnet(tmp_path_factory):
     (root / "config.json").write_text(json.dumps(config))
     assert main(["train", str(root / "config.json"), "--out", str(root / "run")]) == 0
     return root / "run"
+
+
+def pytest_collection_modifyitems(items):
+    """test_triton_compiles.py last: it compiles the launches of every test before it."""
+    items.sort(key=lambda item: item.path.name == "test_triton_compiles.py")

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-SOFTPLUS_THRESHOLD = 20.0  # torch's default: softplus(v) = v above it
+SOFTPLUS_THRESHOLD = tl.constexpr(20.0)  # torch's default: softplus(v) = v above it (a constexpr: kernels read no other globals)
 
 
 @triton.jit
