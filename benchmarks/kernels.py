@@ -23,7 +23,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from hnet.eval.timing import bench, ceilings, print_tuning
+from hnet.eval.timing import bench, ceilings, peak_gib, print_tuning
 from hnet.ops import conv1d, ema, norm, rotary, ssd, swiglu
 from hnet.ops.dispatch import kernel_path
 from hnet.ops.triton import conv1d as triton_conv1d
@@ -293,15 +293,9 @@ def mixer_rows(s: dict, device, dtype, gbps: float) -> None:
         for (label, fn), (out_err, grad_errs) in zip(impls.items(), errors):
             fwd = bench(lambda: fn(*inputs), device)
             both = fwd_bwd(fn, inputs)
-            peak = float("nan")
-            if device.type == "cuda":  # one forward+backward alone (bench's own buffers would count)
-                both()
-                torch.cuda.synchronize(device)
-                torch.cuda.reset_peak_memory_stats(device)
-                base = torch.cuda.memory_allocated(device)
-                both()
-                torch.cuda.synchronize(device)
-                peak = (torch.cuda.max_memory_allocated(device) - base) / 2**30
+            if device.type == "cuda":
+                both()  # compiled and tuned before its memory is measured
+            peak = peak_gib(both, device)
             ms = bench(both, device)
             worst = max(zip(names, grad_errs), key=lambda ne: ne[1])
             print(f"  {label:<18} fwd {fmt(fwd)} ms   fwd+bwd {fmt(ms)} ms ({traffic / ms / 1e6:.0f} GB/s, "

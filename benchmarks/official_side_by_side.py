@@ -42,6 +42,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib.util
+import inspect
 import os
 import sys
 import types
@@ -55,7 +56,7 @@ from hnet import HNetConfig, HNetForCausalLM
 from hnet.chunking.ratio_loss import ratio_loss
 from hnet.config import default_ratio_targets
 from hnet.constants import IGNORE_INDEX
-from hnet.eval.timing import DOC_BYTES, bench, environment, fitting, load_model_config, text_batch
+from hnet.eval.timing import DOC_BYTES, bench, environment, fitting, load_model_config, peak_gib, text_batch
 from hnet.ops.conv1d import causal_conv1d
 from hnet.ops.dispatch import kernel_path
 from hnet.ops.packed import positions_in_sequence
@@ -125,7 +126,10 @@ def _varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window_size):
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         varlen_attn = None
-    if varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and causal:
+    # as hnet/layers/attention.py: torch's varlen attention where it takes the window (or none is asked)
+    takes_window = varlen_attn is not None and "window_size" in inspect.signature(varlen_attn).parameters
+    if varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and causal \
+            and (window < 0 or takes_window):
         cu_q, cu_k = cu_q.to(torch.int32), cu_k.to(torch.int32)
         if window >= 0:  # torch's window: keys i - left .. i + right
             return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=(window, 0))
@@ -378,14 +382,7 @@ def measure(name: str, model, run, ratio, batch, device) -> dict:
 
     logits, masks, _ = forward()
     forward_backward()  # compiles, tunes, allocates
-    peak = float("nan")
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        forward_backward()
-        torch.cuda.synchronize(device)
-        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**30
+    peak = peak_gib(forward_backward, device)
     return {"name": name, "fwd": bench(forward, device), "fwd_bwd": bench(forward_backward, device), "peak": peak,
             "logits": logits.float(), "masks": [m for _, m in masks],
             "bytes_per_chunk": [logits.shape[0] / max(int(m.sum()), 1) for _, m in masks]}

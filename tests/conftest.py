@@ -18,6 +18,16 @@ if os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("trito
 import pytest  # noqa: E402
 
 
+@pytest.fixture
+def one_thread():
+    """Decoding tiny models is hundreds of small ops per byte: a second thread only adds synchronisation,
+    which stalls badly when other processes share the cores (10x slower on a loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_trained_hnet(tmp_path_factory):
     """A tiny H-Net run trained a few steps on the bundled sample (once per session): the run directory, for

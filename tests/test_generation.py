@@ -13,14 +13,7 @@ from hnet.generation import show_bytes
 from hnet.generation.cache import select_rows
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Decoding tiny models is hundreds of small ops per byte: a second thread only adds synchronisation,
-    which stalls badly when other processes share the cores (10x slower on a loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(layout, d_model, d_intermediate, num_heads, window_size):

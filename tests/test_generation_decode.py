@@ -12,12 +12,7 @@ from hnet.models.hnet import HNet
 from test_generation import PROMPTS, random_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def snapshot(cache) -> dict:

@@ -10,12 +10,7 @@ from hnet.generation.cache import tensors
 from test_generation import CONFIGS, random_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model_and_text(name):

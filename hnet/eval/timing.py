@@ -50,6 +50,19 @@ def bench(fn, device, reps: int = 3) -> float:
     return statistics.median(times)
 
 
+def peak_gib(fn, device) -> float:
+    """GiB that one call of fn allocates beyond what is held before it (CUDA; nan elsewhere): run it
+    alone, so that a benchmark's own buffers do not count."""
+    if device.type != "cuda":
+        return float("nan")
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**30
+
+
 def ceilings(device) -> tuple[float, float]:
     """(GB/s of a device-to-device copy, bf16 matmul TFLOP/s) measured now; nan off CUDA."""
     if device.type != "cuda":

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hnet.ops.dispatch import reference_requested, rotary_qkv
-from hnet.ops.rotary import apply_rotary, rotary_tables
+from hnet.ops.rotary import apply_rotary, inverse_frequencies, rotary_tables
 from hnet.ops.packed import as_packed, bucketed_length, positions_in_sequence, sequence_of_position, unpack
 
 try:  # flash attention over packed sequences, CUDA only (torch >= 2.10; a window from 2.11)
@@ -62,6 +62,7 @@ class CausalSelfAttention(nn.Module):
         self.window_size = window_size
         self.Wqkv = nn.Linear(d_model, 3 * d_model, bias=False, device=device, dtype=dtype)
         self.out_proj = nn.Linear(d_model, d_model, bias=False, device=device, dtype=dtype)
+        self._inv_freq = None  # the rotary frequencies for `step`, made at its first call
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> KVCache:
         w = self.Wqkv.weight
@@ -208,10 +209,15 @@ class CausalSelfAttention(nn.Module):
         slots = cache.k.shape[2]
         if cache.window < 0 and not x.is_cuda:  # no host read: on CPU the check is immediate
             torch._assert_async((cache.seqlen < slots).all(), f"KV cache full: allocated for {slots} positions")
-        q, k, v = self.Wqkv(x).view(B, 3, self.num_heads, self.head_dim).unbind(1)  # (B, H, hd) each
-        if self.rotary_emb_dim > 0:
-            cos, sin = rotary_tables(cache.seqlen, self.rotary_emb_dim)  # one position per row
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        qkv = self.Wqkv(x).view(B, 3, self.num_heads, self.head_dim)
+        if self.rotary_emb_dim > 0:  # the packed path's kernel (one launch for q and k where it runs)
+            if self._inv_freq is None or self._inv_freq.device != x.device:
+                with torch.inference_mode(False):  # kept from step to step: a plain tensor
+                    self._inv_freq = inverse_frequencies(self.rotary_emb_dim, x.device)
+            cos, sin = rotary_tables(cache.seqlen, self.rotary_emb_dim, inv_freq=self._inv_freq)  # a position a row
+            q, k, v = rotary_qkv(qkv, cos, sin)
+        else:
+            q, k, v = qkv.unbind(1)  # (B, H, hd) each
         rows = torch.arange(B, device=x.device)
         slot = cache.seqlen % slots
         k, v = k.to(cache.k.dtype), v.to(cache.v.dtype)
