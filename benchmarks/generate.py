@@ -125,8 +125,9 @@ def decode_row(model, ids, context: int, steps: int, warmup: int, profile_steps:
 
 
 @torch.no_grad()
-def prefill_vs_forward(model, n_bytes: int, device, reps: int = 3) -> tuple[float, float]:
-    """Milliseconds (median of reps) of a prefill of n_bytes bytes into a fresh cache, and of one forward."""
+def prefill_vs_forward(model, n_bytes: int, device, reps: int = 3, top: int = 0) -> tuple[float, float]:
+    """Milliseconds (median of reps) of a prefill of n_bytes bytes into a fresh cache, and of one forward;
+    top > 0: also print the `top` ops of each by time (kernel time on CUDA), to see where they differ."""
     ids = text_rows(1, n_bytes).to(device)
 
     def timed(fn):
@@ -143,7 +144,20 @@ def prefill_vs_forward(model, n_bytes: int, device, reps: int = 3) -> tuple[floa
     def fill():
         prefill(model, model.allocate_inference_cache(1, 0), [bytes(ids[0].tolist())])
 
-    return timed(fill), timed(lambda: model(ids))
+    def forward():
+        model(ids)
+
+    times = timed(fill), timed(forward)
+    for name, fn in (("prefill", fill), ("forward", forward)) if top else ():
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
+            fn()
+            sync(device)
+        key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(f"\n{name} of {n_bytes} bytes, its top {top} ops:")
+        print(prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=60))
+    return times
 
 
 def main(argv=None):
@@ -156,6 +170,8 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--profile-steps", type=int, default=16, help="steps under torch.profiler (0: none)")
     parser.add_argument("--prefill-bytes", type=int, default=8192)
+    parser.add_argument("--prefill-profile", type=int, default=0, metavar="TOP",
+                        help="print the TOP ops of the prefill and of the forward (torch.profiler)")
     parser.add_argument("--paths", nargs="+", choices=["graph", "eager"], default=None,
                         help="default: graph and eager on CUDA, eager elsewhere")
     parser.add_argument("--quick", action="store_true", help="a tiny 2-stage model, contexts 64 and 256, batch 1 and 4")
@@ -197,7 +213,7 @@ def main(argv=None):
                 if device.type == "cuda":
                     gc.collect()  # a decoder and its graphs form reference cycles: free them before the next row
                     torch.cuda.empty_cache()
-        prefills.append((label, *prefill_vs_forward(model, args.prefill_bytes, device)))
+        prefills.append((label, *prefill_vs_forward(model, args.prefill_bytes, device, top=args.prefill_profile)))
         del model
     print(f"\n| config | prefill of {args.prefill_bytes} bytes (ms) | one forward, no cache (ms) | prefill / forward |")
     print("| --- | ---: | ---: | ---: |")
