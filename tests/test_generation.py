@@ -194,3 +194,24 @@ def test_cli_refuses_a_bpe_model_naming_why(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "400 token ids (a BPE run)" in err and "byte-level models only" in err
     assert not (tmp_path / "out.bin").exists()
+
+
+@pytest.mark.parametrize("name", ["2stage", "1stage_hybrid"])
+def test_steps_through_the_kernels_equal_the_reference(name):
+    """The decoding step on the Triton path (the interpreter here; CUDA's path) against the reference: the
+    rotary and SSD-state kernels, rows masked at some steps."""
+    from hnet.generation.cache import tensors
+    from hnet.ops.dispatch import kernel_path
+
+    model = random_model(name)
+    ids = torch.randint(0, 256, (3, 12), generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([True, False, True])
+    out = {}
+    for path in ("reference", "unfused"):
+        with kernel_path(path), torch.no_grad():
+            cache = model.allocate_inference_cache(3, 16)
+            logits = [model.step(ids[:, t], cache, mask=mask if t % 3 == 1 else None).logits for t in range(12)]
+        out[path] = torch.stack(logits), dict(tensors(cache))
+    torch.testing.assert_close(out["unfused"][0], out["reference"][0], rtol=1e-4, atol=1e-4)
+    for key, value in out["reference"][1].items():
+        torch.testing.assert_close(out["unfused"][1][key], value, rtol=1e-4, atol=1e-4, msg=key)

@@ -603,3 +603,26 @@ def test_model_gradients_through_the_fused_mamba2():
         g_fast = grads["fast"][name]
         assert g_ref is not None and g_fast is not None, name
         assert rel(g_fast, g_ref) < 1e-4, f"d{name}: rel err {rel(g_fast, g_ref):.2e}"
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_ssd_state_update(masked):
+    """The decoding step's kernel against its reference: the state rows that step (and only those), and y."""
+    from hnet.ops.ssd import ssd_state_update as reference
+    from hnet.ops.triton.ssd_step import ssd_state_update
+
+    torch.manual_seed(0)
+    b, h, p, n = 5, 3, 24, 20  # neither a power of two
+    xbc = torch.randn(b, h * p + 2 * n)  # x, B, C as slices of one row, as the layer splits them
+    x, B, C = xbc[:, : h * p].view(b, h, p), xbc[:, h * p: h * p + n], xbc[:, h * p + n:]
+    dt, A, D = torch.rand(b, h) * 0.5, -torch.rand(h) * 2, torch.randn(h)
+    state = torch.randn(b, h, p, n)
+    mask = torch.tensor([True, False, True, True, False]) if masked else None
+    want_state, got_state = state.clone(), state.clone()
+    want = reference(want_state, x, dt, A, B, C, D, mask)
+    got = ssd_state_update(got_state, x, dt, A, B, C, D, mask)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_state, want_state, rtol=1e-5, atol=1e-5)
+    if masked:
+        assert torch.equal(got_state[~mask], state[~mask])  # a masked row keeps its state bit for bit
+        assert not torch.equal(got_state[mask], state[mask])

@@ -11,7 +11,7 @@ from torch import nn
 
 from hnet.layers.norm import GatedRMSNorm
 from hnet.ops.cache import update_rows_
-from hnet.ops.dispatch import causal_conv1d, mamba2_mixer, ssd_varlen
+from hnet.ops.dispatch import causal_conv1d, mamba2_mixer, ssd_state_update, ssd_varlen
 from hnet.ops.packed import as_packed, sequence_of_position
 
 
@@ -144,9 +144,6 @@ class Mamba2(nn.Module):
         x = x.view(b, self.nheads, self.headdim)
         dt = self._dt(dt)  # (B, nheads)
         A = -torch.exp(self.A_log.float())
-        dBx = (dt[..., None] * x)[..., None] * B[:, None, None, :]  # (B, nheads, headdim, d_state)
-        state = torch.exp(dt * A)[..., None, None] * cache.ssm_state + dBx
-        update_rows_(cache.ssm_state, state, mask)
-        y = torch.einsum("bhpn,bn->bhp", state, C) + self.D.float()[:, None] * x
+        y = ssd_state_update(cache.ssm_state, x, dt, A, B, C, self.D.float(), mask)
         y = self.norm(y.reshape(b, self.d_inner).to(u.dtype), z)
         return self.out_proj(y)

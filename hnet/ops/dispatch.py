@@ -116,6 +116,14 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=
     return impl(x, dt, A, B, C, chunk_size, D, initial_state, seq_idx, return_final_state)
 
 
+def ssd_state_update(state, x, dt, A, B, C, D, mask=None):
+    """One decoding step of the SSD recurrence, in place (see hnet.ops.ssd.ssd_state_update)."""
+    impl = _ssd_ref.ssd_state_update
+    if use_triton(x):
+        from hnet.ops.triton.ssd_step import ssd_state_update as impl
+    return impl(state, x, dt, A, B, C, D, mask)
+
+
 def ssd_varlen(x, dt, A, B, C, chunk_size, cu_seqlens, D=None, initial_states=None):
     """Packed sequences, each from its own initial state to its own final state (see hnet.ops.ssd_varlen)."""
     scan = _ssd_ref.ssd_scan_with_chunk_states

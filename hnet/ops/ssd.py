@@ -19,10 +19,23 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch.utils.checkpoint import checkpoint
 
+from hnet.ops.cache import update_rows_
+
 
 def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=None, return_final_state=False):
     y, state, _ = _scan(x, dt, A, B, C, chunk_size, D, initial_state, seq_idx)
     return (y, state) if return_final_state else y
+
+
+def ssd_state_update(state, x, dt, A, B, C, D, mask=None):
+    """One step of the recurrence, every row at once (decoding): state (b, h, p, n) float32 becomes
+    exp(dt A) state + dt x B^T in place, where mask (b,) is True (every row when None); returns
+    y = new state C + D x, (b, h, p) float32 (for a masked row too, of the state it did not take). x (b, h, p), dt (b, h) after softplus, B and C (b, n) (one
+    group), A and D (h,), all float32. `hnet.ops.triton.ssd_step` is the same in one launch."""
+    dBx = (dt[..., None] * x)[..., None] * B[:, None, None, :]
+    new = torch.exp(dt * A)[..., None, None] * state + dBx
+    update_rows_(state, new, mask)
+    return torch.einsum("bhpn,bn->bhp", new, C) + D[:, None] * x
 
 
 def ssd_scan_with_chunk_states(x, dt, A, B, C, chunk_size, D=None, seq_idx=None):
