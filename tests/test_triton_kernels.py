@@ -607,22 +607,51 @@ def test_model_gradients_through_the_fused_mamba2():
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_ssd_state_update(masked):
-    """The decoding step's kernel against its reference: the state rows that step (and only those), and y."""
+    """The decoding step's SSD kernel against its reference: the state rows that step (and only those), and y."""
     from hnet.ops.ssd import ssd_state_update as reference
-    from hnet.ops.triton.ssd_step import ssd_state_update
+    from hnet.ops.triton.mamba2_step import ssd_state_update
 
     torch.manual_seed(0)
     b, h, p, n = 5, 3, 24, 20  # neither a power of two
     xbc = torch.randn(b, h * p + 2 * n)  # x, B, C as slices of one row, as the layer splits them
     x, B, C = xbc[:, : h * p].view(b, h, p), xbc[:, h * p: h * p + n], xbc[:, h * p + n:]
-    dt, A, D = torch.rand(b, h) * 0.5, -torch.rand(h) * 2, torch.randn(h)
+    zxbcdt = torch.randn(b, 7 + h).to(torch.bfloat16)
+    dt = zxbcdt[:, 7:]  # raw, a slice of the projection in the model's dtype, as the layer passes it
+    dt_bias, A_log, D = torch.randn(h) * 0.5, torch.randn(h), torch.randn(h)
+    dt[0, 0] = 30.0  # above softplus's threshold: dt itself
     state = torch.randn(b, h, p, n)
     mask = torch.tensor([True, False, True, True, False]) if masked else None
     want_state, got_state = state.clone(), state.clone()
-    want = reference(want_state, x, dt, A, B, C, D, mask)
-    got = ssd_state_update(got_state, x, dt, A, B, C, D, mask)
+    want = reference(want_state, x, dt, dt_bias, A_log, B, C, D, mask)
+    got = ssd_state_update(got_state, x, dt, dt_bias, A_log, B, C, D, mask)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_state, want_state, rtol=1e-5, atol=1e-5)
     if masked:
         assert torch.equal(got_state[~mask], state[~mask])  # a masked row keeps its state bit for bit
         assert not torch.equal(got_state[mask], state[mask])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("masked", [False, True])
+def test_causal_conv1d_step(masked, dtype):
+    """The decoding step's convolution kernel against its reference: the output and the held inputs."""
+    from hnet.ops.conv1d import causal_conv1d_step as reference
+    from hnet.ops.triton.mamba2_step import causal_conv1d_step
+
+    torch.manual_seed(0)
+    b, c, K = 4, 70, 4
+    x = torch.randn(b, c + 9).to(dtype)[:, 2: 2 + c]  # a slice of the projection
+    weight, bias = torch.randn(c, 1, K).to(dtype), torch.randn(c).to(dtype)
+    state = torch.randn(b, K - 1, c).to(dtype)
+    mask = torch.tensor([True, False, False, True]) if masked else None
+    want_state, got_state = state.clone(), state.clone()
+    want = reference(want_state, x, weight, bias, mask)
+    got = causal_conv1d_step(got_state, x, weight, bias, mask)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2**-7, "atol": 2**-7}  # a bf16 ulp
+    torch.testing.assert_close(got, want, **tol)
+    assert torch.equal(got_state, want_state)  # inputs shift, they are not computed
+    if masked:
+        assert torch.equal(got_state[~mask], state[~mask])
+    assert torch.equal(got_state[0, -1], x[0]) and torch.equal(got_state[0, 0], state[0, 1])
+    without = causal_conv1d_step(state.clone(), x, weight, None, mask)
+    torch.testing.assert_close(without, reference(state.clone(), x, weight, None, mask), **tol)

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hnet.layers.norm import GatedRMSNorm
-from hnet.ops.cache import update_rows_
-from hnet.ops.dispatch import causal_conv1d, mamba2_mixer, ssd_state_update, ssd_varlen
+from hnet.ops.dispatch import causal_conv1d, causal_conv1d_step, mamba2_mixer, ssd_state_update, ssd_varlen
 from hnet.ops.packed import as_packed, sequence_of_position
 
 
@@ -135,15 +134,9 @@ class Mamba2(nn.Module):
         """
         b = u.shape[0]
         z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
-        window = torch.cat([cache.conv_state, xBC[:, None].to(cache.conv_state.dtype)], dim=1)  # (B, d_conv, conv_dim)
-        update_rows_(cache.conv_state, window[:, 1:], mask)
-        weight = self.conv1d.weight.squeeze(1).t()  # (d_conv, conv_dim)
-        # Rounded to the model dtype as the parallel path rounds its conv output; the scan runs in fp32.
-        xBC = F.silu((window.float() * weight.float()).sum(1) + self.conv1d.bias.float()).to(u.dtype).float()
+        xBC = causal_conv1d_step(cache.conv_state, xBC, self.conv1d.weight, self.conv1d.bias, mask)  # float32
         x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
         x = x.view(b, self.nheads, self.headdim)
-        dt = self._dt(dt)  # (B, nheads)
-        A = -torch.exp(self.A_log.float())
-        y = ssd_state_update(cache.ssm_state, x, dt, A, B, C, self.D.float(), mask)
+        y = ssd_state_update(cache.ssm_state, x, dt, self.dt_bias, self.A_log, B, C, self.D, mask)
         y = self.norm(y.reshape(b, self.d_inner).to(u.dtype), z)
         return self.out_proj(y)

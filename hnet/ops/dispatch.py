@@ -116,12 +116,12 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=
     return impl(x, dt, A, B, C, chunk_size, D, initial_state, seq_idx, return_final_state)
 
 
-def ssd_state_update(state, x, dt, A, B, C, D, mask=None):
+def ssd_state_update(state, x, dt, dt_bias, A_log, B, C, D, mask=None):
     """One decoding step of the SSD recurrence, in place (see hnet.ops.ssd.ssd_state_update)."""
     impl = _ssd_ref.ssd_state_update
     if use_triton(x):
-        from hnet.ops.triton.ssd_step import ssd_state_update as impl
-    return impl(state, x, dt, A, B, C, D, mask)
+        from hnet.ops.triton.mamba2_step import ssd_state_update as impl
+    return impl(state, x, dt, dt_bias, A_log, B, C, D, mask)
 
 
 def ssd_varlen(x, dt, A, B, C, chunk_size, cu_seqlens, D=None, initial_states=None):
@@ -130,6 +130,14 @@ def ssd_varlen(x, dt, A, B, C, chunk_size, cu_seqlens, D=None, initial_states=No
     if use_triton(x):
         from hnet.ops.triton.ssd import ssd_scan_with_chunk_states as scan
     return _ssd_varlen.ssd_varlen(x, dt, A, B, C, chunk_size, cu_seqlens, D, initial_states, scan)
+
+
+def causal_conv1d_step(conv_state, x, weight, bias=None, mask=None):
+    """One decoding position of the convolution and its SiLU (see hnet.ops.conv1d.causal_conv1d_step)."""
+    impl = _conv1d_ref.causal_conv1d_step
+    if use_triton(x):
+        from hnet.ops.triton.mamba2_step import causal_conv1d_step as impl
+    return impl(conv_state, x, weight, bias, mask)
 
 
 def causal_conv1d(x, weight, bias=None, seq_idx=None, activation: str | None = "silu"):

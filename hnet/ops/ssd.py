@@ -27,15 +27,18 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=
     return (y, state) if return_final_state else y
 
 
-def ssd_state_update(state, x, dt, A, B, C, D, mask=None):
-    """One step of the recurrence, every row at once (decoding): state (b, h, p, n) float32 becomes
-    exp(dt A) state + dt x B^T in place, where mask (b,) is True (every row when None); returns
-    y = new state C + D x, (b, h, p) float32 (for a masked row too, of the state it did not take). x (b, h, p), dt (b, h) after softplus, B and C (b, n) (one
-    group), A and D (h,), all float32. `hnet.ops.triton.ssd_step` is the same in one launch."""
+def ssd_state_update(state, x, dt, dt_bias, A_log, B, C, D, mask=None):
+    """One step of the recurrence, every row at once (decoding), with Mamba-2's dt = softplus(dt + dt_bias)
+    and A = -exp(A_log): state (b, h, p, n) float32 becomes exp(dt A) state + dt x B^T in place, where
+    mask (b,) is True (every row when None); returns y = new state C + D x, (b, h, p) float32 (for a
+    masked row too, of the state it did not take). x (b, h, p), B and C (b, n) (one group) float32; dt
+    (b, h) raw, dt_bias, A_log and D (h,). `hnet.ops.triton.mamba2_step` is the same in one launch."""
+    dt = F.softplus(dt.float() + dt_bias.float())
+    A = -torch.exp(A_log.float())
     dBx = (dt[..., None] * x)[..., None] * B[:, None, None, :]
     new = torch.exp(dt * A)[..., None, None] * state + dBx
     update_rows_(state, new, mask)
-    return torch.einsum("bhpn,bn->bhp", new, C) + D[:, None] * x
+    return torch.einsum("bhpn,bn->bhp", new, C) + D.float()[:, None] * x
 
 
 def ssd_scan_with_chunk_states(x, dt, A, B, C, chunk_size, D=None, seq_idx=None):
