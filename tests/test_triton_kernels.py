@@ -655,3 +655,26 @@ def test_causal_conv1d_step(masked, dtype):
     assert torch.equal(got_state[0, -1], x[0]) and torch.equal(got_state[0, 0], state[0, 1])
     without = causal_conv1d_step(state.clone(), x, weight, None, mask)
     torch.testing.assert_close(without, reference(state.clone(), x, weight, None, mask), **tol)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_append_kv(masked):
+    """The decoding step's cache write against its reference: each live row's slot, a ring's wrap."""
+    from hnet.ops.cache import append_kv_ as reference
+    from hnet.ops.triton.cache import append_kv_
+
+    torch.manual_seed(0)
+    B, H, slots, hd = 4, 3, 5, 12
+    qkv = torch.randn(B, 3, H, hd).to(torch.bfloat16)  # k and v as views of the projection, as the layer passes them
+    k, v = qkv[:, 1], qkv[:, 2]
+    cache_k, cache_v = torch.randn(B, H, slots, hd).to(torch.bfloat16), torch.randn(B, H, slots, hd).to(torch.bfloat16)
+    seqlen = torch.tensor([0, 3, 7, 12])  # 7 and 12 wrap a ring of 5 slots
+    mask = torch.tensor([True, False, True, True]) if masked else None
+    want = cache_k.clone(), cache_v.clone()
+    got = cache_k.clone(), cache_v.clone()
+    reference(*want, seqlen, k, v, mask)
+    append_kv_(*got, seqlen, k, v, mask)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert torch.equal(got[0][2, :, 2], k[2])  # row 2, position 7: slot 2
+    if masked:
+        assert torch.equal(got[0][1], cache_k[1]) and torch.equal(got[1][1], cache_v[1])

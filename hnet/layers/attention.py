@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hnet.ops.dispatch import reference_requested, rotary_qkv
+from hnet.ops.dispatch import append_kv_, reference_requested, rotary_qkv
 from hnet.ops.rotary import apply_rotary, inverse_frequencies, rotary_tables
 from hnet.ops.packed import as_packed, bucketed_length, positions_in_sequence, sequence_of_position, unpack
 
@@ -218,14 +218,7 @@ class CausalSelfAttention(nn.Module):
             q, k, v = rotary_qkv(qkv, cos, sin)
         else:
             q, k, v = qkv.unbind(1)  # (B, H, hd) each
-        rows = torch.arange(B, device=x.device)
-        slot = cache.seqlen % slots
-        k, v = k.to(cache.k.dtype), v.to(cache.v.dtype)
-        if mask is not None:
-            k = torch.where(mask[:, None, None], k, cache.k[rows, :, slot])
-            v = torch.where(mask[:, None, None], v, cache.v[rows, :, slot])
-        cache.k[rows, :, slot] = k
-        cache.v[rows, :, slot] = v
+        append_kv_(cache.k, cache.v, cache.seqlen, k, v, mask)
         # Filled slots are all in the window: a ring never holds more than w + 1 positions.
         filled = torch.arange(slots, device=x.device)[None, :] <= cache.seqlen[:, None]  # (B, slots)
         k, v = cache.k.to(q.dtype), cache.v.to(q.dtype)

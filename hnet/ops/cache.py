@@ -12,3 +12,17 @@ def update_rows_(cache, new, mask=None):
     if mask is not None:
         new = torch.where(mask.view(-1, *[1] * (new.dim() - 1)), new, cache)
     cache.copy_(new)
+
+
+def append_kv_(cache_k, cache_v, seqlen, k, v, mask=None):
+    """Each row's new key and value (B, H, head_dim) into its slot `seqlen % slots` of cache_k and cache_v
+    (B, H, slots, head_dim), in their dtype, where mask (B,) is True (every row when None); seqlen (B,)
+    is not advanced here. `hnet.ops.triton.cache.append_kv_` is the same in one launch."""
+    rows = torch.arange(k.shape[0], device=k.device)
+    slot = seqlen % cache_k.shape[2]
+    k, v = k.to(cache_k.dtype), v.to(cache_v.dtype)
+    if mask is not None:
+        k = torch.where(mask[:, None, None], k, cache_k[rows, :, slot])
+        v = torch.where(mask[:, None, None], v, cache_v[rows, :, slot])
+    cache_k[rows, :, slot] = k
+    cache_v[rows, :, slot] = v

@@ -21,6 +21,7 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
+from hnet.ops import cache as _cache_ref
 from hnet.ops import conv1d as _conv1d_ref
 from hnet.ops import cosine as _cosine_ref
 from hnet.ops import ema as _ema_ref
@@ -130,6 +131,14 @@ def ssd_varlen(x, dt, A, B, C, chunk_size, cu_seqlens, D=None, initial_states=No
     if use_triton(x):
         from hnet.ops.triton.ssd import ssd_scan_with_chunk_states as scan
     return _ssd_varlen.ssd_varlen(x, dt, A, B, C, chunk_size, cu_seqlens, D, initial_states, scan)
+
+
+def append_kv_(cache_k, cache_v, seqlen, k, v, mask=None):
+    """A decoding step's keys and values into the KV cache (see hnet.ops.cache.append_kv_)."""
+    impl = _cache_ref.append_kv_
+    if use_triton(k):
+        from hnet.ops.triton.cache import append_kv_ as impl
+    impl(cache_k, cache_v, seqlen, k, v, mask)
 
 
 def causal_conv1d_step(conv_state, x, weight, bias=None, mask=None):
