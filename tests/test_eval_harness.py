@@ -198,3 +198,28 @@ def test_without_lm_eval_the_command_names_the_extra(monkeypatch, capsys, tmp_pa
     assert main(["lm-eval", str(tmp_path), "--tasks", "hellaswag"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'hnet-lm[eval]'" in err
+
+
+def test_generate_until_keeps_the_end_of_a_long_context():
+    """A context longer than the window leaves room for the output by dropping its front, not its end."""
+    from hnet.eval.harness import HNetLM
+    from hnet.generation import stream_ids
+
+    loaded = random_byte_model()
+    lm = HNetLM(loaded=loaded, window=16, progress=False)
+    context = "To be, or not to be, that is the question"
+    [text] = lm.generate_until([instance("generate_until", context, {"until": [], "max_gen_toks": 4})])
+    tail = [254, *context.encode()][-(16 - 4):]  # the last window - max_gen_toks ids
+    ids = [i for [i] in stream_ids(loaded.model, [tail], 4, temperature=0.0)]
+    assert text == bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_generate_until_samples_when_asked():
+    from hnet.eval.harness import HNetLM
+
+    lm = HNetLM(loaded=random_byte_model(), progress=False)
+    greedy = lm.generate_until([instance("generate_until", "To be", {"until": [], "max_gen_toks": 16})])
+    torch.manual_seed(0)
+    sampled = lm.generate_until([instance("generate_until", "To be",
+                                          {"until": [], "max_gen_toks": 16, "do_sample": True, "temperature": 1.0})])
+    assert sampled != greedy

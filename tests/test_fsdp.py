@@ -70,6 +70,8 @@ def test_two_fsdp_processes_match_one_and_a_checkpoint_moves_2_1_2(tmp_path, cap
     assert first["processes"] == 2
 
     last = latest_checkpoint(tmp_path / "p2")
+    meta = dcp.FileSystemReader(last / "model").read_metadata()  # each process held its half of every tensor
+    assert all(len(m.chunks) == 2 for m in meta.state_dict_metadata.values() if hasattr(m, "chunks"))
     assert shard_files(last) == ["__0_0.distcp", "__1_0.distcp"] and not (last / "model.safetensors").exists()
     recorded = json.loads((last / "state.json").read_text())["files"]
     assert {"config.json", "rng.pt", "model/.metadata", "model/__1_0.distcp", "optimizer/__1_0.distcp"} <= set(recorded)
@@ -131,3 +133,18 @@ def test_a_sharded_checkpoint_resumes_exactly_and_a_full_disk_keeps_the_previous
     end, straight = load_model(out).state_dict(), load_model(tmp_path / "straight").state_dict()
     assert all(torch.equal(end[k], straight[k]) for k in straight)
     assert losses(out) == losses(tmp_path / "straight")
+
+
+def test_a_sharded_checkpoint_restores_the_rng_states(tmp_path):
+    from hnet import HNetConfig, HNetForCausalLM
+    from hnet.training.checkpoint import load_checkpoint_state, save_sharded_checkpoint
+    from tiny_runs import HNET_MODEL
+
+    torch.manual_seed(0)
+    model = HNetForCausalLM(HNetConfig.from_dict(HNET_MODEL))
+    optimizer = torch.optim.AdamW(model.parameters())
+    torch.manual_seed(123)
+    path = save_sharded_checkpoint(tmp_path, 1, model, optimizer, {}, keep=1)
+    expected = torch.rand(4)
+    load_checkpoint_state(path, model, optimizer)
+    assert torch.equal(torch.rand(4), expected)
