@@ -197,9 +197,11 @@ class CausalSelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed)  # padded queries see themselves
         return out.transpose(1, 2)[valid]
 
-    def step(self, x, cache: KVCache, mask=None):
+    def step(self, x, cache: KVCache, mask=None, per_step: dict | None = None):
         """One position: x (B, D) -> (B, D), each row at its own position `cache.seqlen`. Rows where mask
-        (B,) is False keep their cache, bit for bit (their output is meaningless).
+        (B,) is False keep their cache, bit for bit (their output is meaningless). per_step: what every
+        attention layer of a stack computes alike at this step, as their caches hold the same positions
+        (the rotary angles, the filled slots): made by the stack's first layer, reused by the others.
 
         No host sync, so that a CUDA graph can hold it: the query reads every slot, masked to those
         filled. A cache without a window must have a free slot in every row (`reserve_kv_cache`);
@@ -209,21 +211,27 @@ class CausalSelfAttention(nn.Module):
         slots = cache.k.shape[2]
         if cache.window < 0 and not x.is_cuda:  # no host read: on CPU the check is immediate
             torch._assert_async((cache.seqlen < slots).all(), f"KV cache full: allocated for {slots} positions")
+        per_step = {} if per_step is None else per_step
         qkv = self.Wqkv(x).view(B, 3, self.num_heads, self.head_dim)
         if self.rotary_emb_dim > 0:  # the packed path's kernel (one launch for q and k where it runs)
-            if self._inv_freq is None or self._inv_freq.device != x.device:
-                with torch.inference_mode(False):  # kept from step to step: a plain tensor
-                    self._inv_freq = inverse_frequencies(self.rotary_emb_dim, x.device)
-            cos, sin = rotary_tables(cache.seqlen, self.rotary_emb_dim, inv_freq=self._inv_freq)  # a position a row
-            q, k, v = rotary_qkv(qkv, cos, sin)
+            if ("rotary", self.rotary_emb_dim) not in per_step:
+                if self._inv_freq is None or self._inv_freq.device != x.device:
+                    with torch.inference_mode(False):  # kept from step to step: a plain tensor
+                        self._inv_freq = inverse_frequencies(self.rotary_emb_dim, x.device)
+                per_step["rotary", self.rotary_emb_dim] = rotary_tables(cache.seqlen, self.rotary_emb_dim,
+                                                                        inv_freq=self._inv_freq)  # a position a row
+            q, k, v = rotary_qkv(qkv, *per_step["rotary", self.rotary_emb_dim])
         else:
             q, k, v = qkv.unbind(1)  # (B, H, hd) each
         append_kv_(cache.k, cache.v, cache.seqlen, k, v, mask)
-        # Filled slots are all in the window: a ring never holds more than w + 1 positions.
-        filled = torch.arange(slots, device=x.device)[None, :] <= cache.seqlen[:, None]  # (B, slots)
+        if ("filled", slots) not in per_step:
+            # Filled slots are all in the window: a ring never holds more than w + 1 positions.
+            per_step["filled", slots] = torch.arange(slots, device=x.device)[None, :] <= cache.seqlen[:, None]
         k, v = cache.k.to(q.dtype), cache.v.to(q.dtype)
-        out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=filled[:, None, None, :])
-        cache.seqlen += 1 if mask is None else mask.long()
+        out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=per_step["filled", slots][:, None, None, :])
+        if mask is not None and "advance" not in per_step:
+            per_step["advance"] = mask.long()
+        cache.seqlen += 1 if mask is None else per_step["advance"]
         return self.out_proj(out.reshape(B, -1))
 
 

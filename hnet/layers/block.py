@@ -32,8 +32,11 @@ class Block(nn.Module):
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None):
         return self.mixer.allocate_inference_cache(batch_size, max_seqlen, dtype)
 
-    def step(self, h, residual, cache, mask=None):
-        """One position per row: h (B, D); the mixer's cache advances where mask (B,) is True."""
+    def step(self, h, residual, cache, mask=None, per_step: dict | None = None):
+        """One position per row: h (B, D); the mixer's cache advances where mask (B,) is True. per_step:
+        shared by the attention layers of a stack at one step (`CausalSelfAttention.step`)."""
+        if isinstance(self.mixer, CausalSelfAttention):
+            return self._residual(h, residual, lambda x: self.mixer.step(x, cache, mask, per_step))
         return self._residual(h, residual, lambda x: self.mixer.step(x, cache, mask))
 
     def _residual(self, h, residual, mix):

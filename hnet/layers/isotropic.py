@@ -92,9 +92,9 @@ class Isotropic(nn.Module):
 
     def step(self, x, cache: list, mask=None):
         """One position per row: x (B, D) -> (B, D); the caches advance where mask (B,) is True."""
-        h, residual = x, None
+        h, residual, per_step = x, None, {}  # what the attention layers share at this step
         for layer, layer_cache in zip(self.layers, cache):
-            h, residual = layer.step(h, residual, layer_cache, mask)
+            h, residual = layer.step(h, residual, layer_cache, mask, per_step)
         return self._final_norm(h, residual)
 
     def _final_norm(self, h, residual):
