@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hnet.ops.dispatch import append_kv_, reference_requested, rotary_qkv
-from hnet.ops.rotary import apply_rotary, inverse_frequencies, rotary_tables
+from hnet.ops.rotary import apply_rotary, rotary_tables
 from hnet.ops.packed import as_packed, bucketed_length, positions_in_sequence, sequence_of_position, unpack
 
 try:  # flash attention over packed sequences, CUDA only (torch >= 2.10; a window from 2.11)
@@ -62,7 +62,6 @@ class CausalSelfAttention(nn.Module):
         self.window_size = window_size
         self.Wqkv = nn.Linear(d_model, 3 * d_model, bias=False, device=device, dtype=dtype)
         self.out_proj = nn.Linear(d_model, d_model, bias=False, device=device, dtype=dtype)
-        self._inv_freq = None  # the rotary frequencies for `step`, made at its first call
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> KVCache:
         w = self.Wqkv.weight
@@ -214,12 +213,8 @@ class CausalSelfAttention(nn.Module):
         per_step = {} if per_step is None else per_step
         qkv = self.Wqkv(x).view(B, 3, self.num_heads, self.head_dim)
         if self.rotary_emb_dim > 0:  # the packed path's kernel (one launch for q and k where it runs)
-            if ("rotary", self.rotary_emb_dim) not in per_step:
-                if self._inv_freq is None or self._inv_freq.device != x.device:
-                    with torch.inference_mode(False):  # kept from step to step: a plain tensor
-                        self._inv_freq = inverse_frequencies(self.rotary_emb_dim, x.device)
-                per_step["rotary", self.rotary_emb_dim] = rotary_tables(cache.seqlen, self.rotary_emb_dim,
-                                                                        inv_freq=self._inv_freq)  # a position a row
+            if ("rotary", self.rotary_emb_dim) not in per_step:  # a position a row
+                per_step["rotary", self.rotary_emb_dim] = rotary_tables(cache.seqlen, self.rotary_emb_dim)
             q, k, v = rotary_qkv(qkv, *per_step["rotary", self.rotary_emb_dim])
         else:
             q, k, v = qkv.unbind(1)  # (B, H, hd) each

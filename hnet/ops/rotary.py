@@ -3,15 +3,9 @@
 import torch
 
 
-def inverse_frequencies(rot_dim: int, device, base: float = 10000.0):
-    """The rotation's frequency of each channel pair, (rot_dim // 2,) float32."""
-    return 1.0 / (base ** (torch.arange(0, rot_dim, 2, device=device, dtype=torch.float32) / rot_dim))
-
-
-def rotary_tables(positions, rot_dim: int, base: float = 10000.0, inv_freq=None):
-    """cos, sin of shape (len(positions), rot_dim // 2), float32. inv_freq: `inverse_frequencies`, if kept."""
-    if inv_freq is None:
-        inv_freq = inverse_frequencies(rot_dim, positions.device, base)
+def rotary_tables(positions, rot_dim: int, base: float = 10000.0):
+    """cos, sin of shape (len(positions), rot_dim // 2), float32."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, rot_dim, 2, device=positions.device, dtype=torch.float32) / rot_dim))
     angles = positions.float()[:, None] * inv_freq[None, :]
     return angles.cos(), angles.sin()
 
