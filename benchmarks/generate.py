@@ -42,7 +42,7 @@ import torch
 from hnet import HNetConfig, HNetForCausalLM
 from hnet.constants import BOS
 from hnet.eval.flops import device_info
-from hnet.eval.timing import TEXT, environment, sync
+from hnet.eval.timing import TEXT, bench, environment, sync
 from hnet.generation import Decoder, prefill
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,21 +125,10 @@ def decode_row(model, ids, context: int, steps: int, warmup: int, profile_steps:
 
 
 @torch.no_grad()
-def prefill_vs_forward(model, n_bytes: int, device, reps: int = 3, top: int = 0) -> tuple[float, float]:
-    """Milliseconds (median of reps) of a prefill of n_bytes bytes into a fresh cache, and of one forward;
+def prefill_vs_forward(model, n_bytes: int, device, top: int = 0) -> tuple[float, float]:
+    """Milliseconds (`bench`'s median) of a prefill of n_bytes bytes into a fresh cache, and of one forward;
     top > 0: also print the `top` ops of each by time (kernel time on CUDA), to see where they differ."""
     ids = text_rows(1, n_bytes).to(device)
-
-    def timed(fn):
-        fn()  # compile, tune, allocate
-        times = []
-        for _ in range(reps):
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
 
     def fill():
         prefill(model, model.allocate_inference_cache(1, 0), [bytes(ids[0].tolist())])
@@ -147,7 +136,7 @@ def prefill_vs_forward(model, n_bytes: int, device, reps: int = 3, top: int = 0)
     def forward():
         model(ids)
 
-    times = timed(fill), timed(forward)
+    times = bench(fill, device), bench(forward, device)
     for name, fn in (("prefill", fill), ("forward", forward)) if top else ():
         from torch.profiler import ProfilerActivity, profile
 

@@ -42,7 +42,6 @@ import argparse
 import contextlib
 import dataclasses
 import importlib.util
-import inspect
 import os
 import sys
 import types
@@ -56,7 +55,9 @@ from hnet import HNetConfig, HNetForCausalLM
 from hnet.chunking.ratio_loss import ratio_loss
 from hnet.config import default_ratio_targets
 from hnet.constants import IGNORE_INDEX
+from hnet.eval.flops import device_info
 from hnet.eval.timing import DOC_BYTES, bench, environment, fitting, load_model_config, peak_gib, text_batch
+from hnet.layers.attention import _VARLEN_WINDOW, varlen_attn
 from hnet.ops.conv1d import causal_conv1d
 from hnet.ops.dispatch import kernel_path
 from hnet.ops.packed import positions_in_sequence
@@ -122,14 +123,9 @@ def _attend(q, k, v, causal: bool, window: int, scale):
 
 def _varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window_size):
     window = window_size[0]
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        varlen_attn = None
     # as hnet/layers/attention.py: torch's varlen attention where it takes the window (or none is asked)
-    takes_window = varlen_attn is not None and "window_size" in inspect.signature(varlen_attn).parameters
     if varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and causal \
-            and (window < 0 or takes_window):
+            and (window < 0 or _VARLEN_WINDOW):
         cu_q, cu_k = cu_q.to(torch.int32), cu_k.to(torch.int32)
         if window >= 0:  # torch's window: keys i - left .. i + right
             return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=(window, 0))
@@ -462,8 +458,7 @@ def main(argv=None):
     if device.type == "cpu":
         notes.append(without_device_asserts(off.mha))
         notes.append("DeChunkLayer in float32 (CPU only; its default bf16 casts meet the interpreter's unfaithful bf16)")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(environment(name))
+    print(environment(device_info(device)[0]))
     print(f"official goombalab/hnet against ours, {dtype}, packed documents of {min(DOC_BYTES, args.seq_len)} bytes; "
           f"CE + {RATIO_WEIGHT} x ratio loss, no optimizer. Stand-ins in the official rows:")
     for note in notes:

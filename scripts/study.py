@@ -206,27 +206,25 @@ def launch_run(config: RunConfig, run_dir: Path, processes: int, resume: bool, l
     log.parent.mkdir(parents=True, exist_ok=True)
     config_file = log.with_suffix(".json")  # the run's config as the grid resolved it
     config_file.write_text(json.dumps(config.to_dict(), indent=1))
-    tmp = log.parent / f".tmp_{log.stem}"  # torchelastic's folders, deleted after the run
-    tmp.mkdir(exist_ok=True)
     extra = {"TQDM_MININTERVAL": "30"}  # the progress bar in a log file: a line every 30 s, not every step
     if gpus is not None:
         extra["CUDA_VISIBLE_DEVICES"] = gpus
-    with open(log, "a") as out:
-        out.write(f"$ {' '.join(train_command(config_file, run_dir, processes, resume))}\n")
+    cmd = train_command(config_file, run_dir, processes, resume)
+    # torchelastic's folders, deleted after the run
+    with tempfile.TemporaryDirectory(prefix=f".tmp_{log.stem}", dir=log.parent) as tmp, open(log, "a") as out:
+        out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
-        code = subprocess.call(train_command(config_file, run_dir, processes, resume), stdout=out,
-                               stderr=subprocess.STDOUT, env=launch_env(tmp, **extra))
-    shutil.rmtree(tmp, ignore_errors=True)
+        code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, env=launch_env(Path(tmp), **extra))
     if code:
         lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
         said = next((line for line in reversed(lines) if "error" in line.lower() and not line.startswith("$")), None)
         raise LaunchError(f"exit status {code}: {said or 'no error line'} (log: {log})")
 
 
-def steady_rate(run_dir: Path, max_steps: int) -> float | None:
-    """bytes/s of the run's training, past its first fifth: the median of its log windows (a window that
-    holds an evaluation or a checkpoint is slow, the median passes over it)."""
-    rates = [r["bytes_per_s"] for r in read_metrics(run_dir) if "bytes_per_s" in r and r["step"] > max_steps // 5]
+def steady_rate(records: list[dict], max_steps: int) -> float | None:
+    """bytes/s of a run's training (its metrics records), past its first fifth: the median of its log
+    windows (a window that holds an evaluation or a checkpoint is slow, the median passes over it)."""
+    rates = [r["bytes_per_s"] for r in records if "bytes_per_s" in r and r["step"] > max_steps // 5]
     return statistics.median(rates) if rates else None
 
 
@@ -235,7 +233,7 @@ def throughput(run_dir: Path, config: RunConfig) -> dict:
     records = read_metrics(run_dir)
     data = next((r for r in records if "train_split" in r), {})
     passes = [r["passes"] for r in records if "passes" in r]
-    return {"bytes_per_s": steady_rate(run_dir, config.train.max_steps), "train_bytes": data.get("train_split", {}).get("bytes"),
+    return {"bytes_per_s": steady_rate(records, config.train.max_steps), "train_bytes": data.get("train_split", {}).get("bytes"),
             "passes": passes[-1] if passes else data.get("passes_planned")}
 
 
@@ -259,7 +257,7 @@ def one_gpu_rate(config: RunConfig, runs_dir: Path, name: str, processes: int, s
         print(f"{name}: the one-GPU run failed: {e}", flush=True)
         return None
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    return steady_rate(run_dir, steps)
+    return steady_rate(read_metrics(run_dir), steps)
 
 
 def device_name() -> str:

@@ -77,13 +77,14 @@ def structure_snippet(docs, size: int) -> bytes:
     """The validation snippet the scores are drawn on (fixed for a run, so evaluations compare): the middle
     `size` bytes of the first validation document that has that many, as a book's first pages are its title
     page and contents, not its prose; else the first `size` bytes of the documents joined by newlines."""
-    joined = []
+    joined, n = [], 0
     for doc in docs:
         if len(doc) >= size:
             start = (len(doc) - size) // 2
             return _as_bytes(doc[start:start + size])
-        if sum(map(len, joined)) < size:
+        if n <= size:  # the joined text so far is n - 1 bytes
             joined.append(_as_bytes(doc))
+            n += len(doc) + 1
     return b"\n".join(joined)[:size]
 
 

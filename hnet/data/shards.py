@@ -90,13 +90,12 @@ def prepare_data(cfg: DataConfig, tokenizer: ByteTokenizer | BPETokenizer | None
         tokenizer, split_docs = tokenizer_and_split(cfg)
     key_inputs = {
         "format": FORMAT_VERSION,
-        "files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in source_files(cfg)],
+        "files": _file_keys(source_files(cfg)),
         "config": {name: getattr(cfg, name) for name in CONTENT_FIELDS},
         "tokenizer": tokenizer.fingerprint,
     }
     if cfg.val_path:  # only then, so that the entries of corpora split here keep their keys
-        key_inputs["val_files"] = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
-                                   for p in source_files(cfg, "val_path")]
+        key_inputs["val_files"] = _file_keys(source_files(cfg, "val_path"))
     key = hashlib.sha256(json.dumps(key_inputs, sort_keys=True).encode()).hexdigest()[:16]
     entry = cache_root(cfg) / f"{cfg.kind}-{key}"
     remove_stale_temporaries(entry.parent)  # on a cache hit too
@@ -172,3 +171,8 @@ def _open_entry(entry: Path, tokenizer) -> PreparedData:
                           tokenizer.bos_id)
 
     return PreparedData(split("train"), split("val"), tokenizer, entry)
+
+
+def _file_keys(files) -> list:
+    """What a cache key holds of each source file: its path, size and modification time."""
+    return [[str(p.resolve()), (st := p.stat()).st_size, st.st_mtime_ns] for p in files]

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hnet.config import MAMBA_HEADDIM, HNetConfig
-from hnet.eval.flops import SWIGLU_MULTIPLE, TRAIN_FLOPS_PER_FORWARD, stage_lengths
+from hnet.eval.flops import TRAIN_FLOPS_PER_FORWARD, mlp_flops, stage_lengths
 from hnet.layers.isotropic import parse_layer_string
 
 ACTIVATION_BYTES = 2  # bf16 activations under autocast
@@ -81,8 +81,7 @@ def step_floor(config: HNetConfig, batch: int, seq_len: int, n_params: int, byte
                     matmul += (2 * d * (2 * e + 2 * n + h) + 2 * e * d) * tokens
                     mixer_bytes += mamba2_mixer_bytes(e, n, h) * tokens
                 if with_mlp:
-                    hidden = -(-config.d_intermediate[s] // SWIGLU_MULTIPLE) * SWIGLU_MULTIPLE
-                    matmul += 6 * d * hidden * tokens
+                    matmul += mlp_flops(d, config.d_intermediate[s]) * tokens
         if len(layout) == 3:
             matmul += 6 * d * d * tokens  # the router's q and k, the residual projection
     matmul += 2 * config.d_model[0] * config.vocab_size * batch * seq_len  # the LM head

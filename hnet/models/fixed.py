@@ -53,8 +53,6 @@ class HNetFixedForCausalLM(HNetForCausalLM):
         return self.backbone.routing_module
 
     def forward(self, input_ids, cu_seqlens=None, mask=None, cache=None, logits_at=None):
-        if cache is not None and cu_seqlens is None:  # the base class packs the rows, then calls this again
-            return super().forward(input_ids, mask=mask, cache=cache, logits_at=logits_at)
         with self.routing.reading(input_ids):
             return super().forward(input_ids, cu_seqlens=cu_seqlens, mask=mask, cache=cache, logits_at=logits_at)
 

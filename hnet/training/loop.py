@@ -237,7 +237,7 @@ def _train(config: RunConfig, run_dir: Path, accelerator, resume: bool, overwrit
         initial = evaluation(0, processes=world)
     # Passes over the training data: each row reads seq_len new ids of a stream of every document + its BOS.
     ids_per_step = tc.batch_size * dc.seq_len
-    stream_ids = data.train.num_tokens + data.train.num_docs
+    stream_ids = loader.epoch_len
     passes_planned = tc.max_steps * ids_per_step / stream_ids
     if start_step == 0:  # after the first evaluation, whose record comes first
         metrics.write(dict(step=0, train_split=dict(docs=data.train.num_docs, tokens=data.train.num_tokens,
