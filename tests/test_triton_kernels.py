@@ -678,3 +678,25 @@ def test_append_kv(masked):
     assert torch.equal(got[0][2, :, 2], k[2])  # row 2, position 7: slot 2
     if masked:
         assert torch.equal(got[0][1], cache_k[1]) and torch.equal(got[1][1], cache_v[1])
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("B,H,slots,hd", [(3, 2, 7, 12), (2, 3, 300, 16)])  # one split a (row, head); several
+def test_attend_kv_cache(masked, B, H, slots, hd):
+    """The decoding step's attention against its reference: each row up to its own filled slot, a ring
+    that is full, a row with one key; the rows that do not advance are not read (their output is 0)."""
+    from hnet.ops.cache import attend_kv_cache as reference
+    from hnet.ops.triton.cache import attend_kv_cache
+
+    torch.manual_seed(0)
+    qkv = torch.randn(B, 3, H, hd)  # q as a view of the projection, as the layer passes it
+    q = qkv[:, 0]
+    cache_k, cache_v = torch.randn(B, H, slots, hd), torch.randn(B, H, slots, hd)
+    seqlen = torch.tensor([0, slots + 4, slots // 2][:B])  # one key; a full ring; half the slots
+    mask = torch.tensor([True, False, True][:B]) if masked else None
+    want, got = reference(q, cache_k, cache_v, seqlen, mask), attend_kv_cache(q, cache_k, cache_v, seqlen, mask)
+    live = torch.ones(B, dtype=torch.bool) if mask is None else mask
+    torch.testing.assert_close(got[live], want[live], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[0], cache_v[0, :, 0])  # one key: its value
+    if masked:
+        assert torch.equal(got[~live], torch.zeros_like(got[~live]))

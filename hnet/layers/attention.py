@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hnet.ops.dispatch import append_kv_, reference_requested, rotary_qkv
+from hnet.ops.dispatch import append_kv_, attend_kv_cache, reference_requested, rotary_qkv
 from hnet.ops.rotary import apply_rotary, rotary_tables
 from hnet.ops.packed import as_packed, bucketed_length, positions_in_sequence, sequence_of_position, unpack
 
@@ -200,10 +200,10 @@ class CausalSelfAttention(nn.Module):
         """One position: x (B, D) -> (B, D), each row at its own position `cache.seqlen`. Rows where mask
         (B,) is False keep their cache, bit for bit (their output is meaningless). per_step: what every
         attention layer of a stack computes alike at this step, as their caches hold the same positions
-        (the rotary angles, the filled slots): made by the stack's first layer, reused by the others.
+        (the rotary angles, the rows that advance): made by the stack's first layer, reused by the others.
 
-        No host sync, so that a CUDA graph can hold it: the query reads every slot, masked to those
-        filled. A cache without a window must have a free slot in every row (`reserve_kv_cache`);
+        No host sync, so that a CUDA graph can hold it: the query reads the filled slots of its row (the
+        kernel; the reference reads every slot, masked). A cache without a window must have a free slot in every row (`reserve_kv_cache`);
         on CPU that is checked (a RuntimeError).
         """
         B = x.shape[0]
@@ -219,11 +219,7 @@ class CausalSelfAttention(nn.Module):
         else:
             q, k, v = qkv.unbind(1)  # (B, H, hd) each
         append_kv_(cache.k, cache.v, cache.seqlen, k, v, mask)
-        if ("filled", slots) not in per_step:
-            # Filled slots are all in the window: a ring never holds more than w + 1 positions.
-            per_step["filled", slots] = torch.arange(slots, device=x.device)[None, :] <= cache.seqlen[:, None]
-        k, v = cache.k.to(q.dtype), cache.v.to(q.dtype)
-        out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=per_step["filled", slots][:, None, None, :])
+        out = attend_kv_cache(q, cache.k, cache.v, cache.seqlen, mask)
         if mask is not None and "advance" not in per_step:
             per_step["advance"] = mask.long()
         cache.seqlen += 1 if mask is None else per_step["advance"]

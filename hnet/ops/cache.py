@@ -1,6 +1,7 @@
-"""In-place updates of inference caches, row by row."""
+"""In-place updates of inference caches, row by row, and a decoding step's attention over a KV cache."""
 
 import torch
+import torch.nn.functional as F
 
 
 def update_rows_(cache, new, mask=None):
@@ -26,3 +27,15 @@ def append_kv_(cache_k, cache_v, seqlen, k, v, mask=None):
         v = torch.where(mask[:, None, None], v, cache_v[rows, :, slot])
     cache_k[rows, :, slot] = k
     cache_v[rows, :, slot] = v
+
+
+def attend_kv_cache(q, cache_k, cache_v, seqlen, mask=None):
+    """A decoding step's attention: each row's query q (B, H, head_dim) against its filled slots of
+    cache_k and cache_v (B, H, slots, head_dim), the slots up to `seqlen` (B,) (the step's own key is in
+    slot `seqlen % slots`, written before; a ring is full once seqlen >= slots). Softmax scale
+    1/sqrt(head_dim). Returns (B, H, head_dim) in q's dtype. Rows where mask (B,) is False are not needed
+    (their output is meaningless): here they are computed anyway, the kernel skips them."""
+    slots = cache_k.shape[2]
+    filled = torch.arange(slots, device=q.device)[None, :] <= seqlen[:, None]
+    k, v = cache_k.to(q.dtype), cache_v.to(q.dtype)
+    return F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=filled[:, None, None, :])[:, :, 0]

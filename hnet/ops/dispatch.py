@@ -141,6 +141,14 @@ def append_kv_(cache_k, cache_v, seqlen, k, v, mask=None):
     impl(cache_k, cache_v, seqlen, k, v, mask)
 
 
+def attend_kv_cache(q, cache_k, cache_v, seqlen, mask=None):
+    """A decoding step's attention over the filled slots of a KV cache (see hnet.ops.cache.attend_kv_cache)."""
+    impl = _cache_ref.attend_kv_cache
+    if use_triton(q):
+        from hnet.ops.triton.cache import attend_kv_cache as impl
+    return impl(q, cache_k, cache_v, seqlen, mask)
+
+
 def causal_conv1d_step(conv_state, x, weight, bias=None, mask=None):
     """One decoding position of the convolution and its SiLU (see hnet.ops.conv1d.causal_conv1d_step)."""
     impl = _conv1d_ref.causal_conv1d_step
