@@ -71,16 +71,18 @@ class CausalSelfAttention(nn.Module):
         seqlen = torch.zeros(batch_size, dtype=torch.long, device=w.device)
         return KVCache(torch.zeros(shape, **kw), torch.zeros(shape, **kw), seqlen, self.window_size)
 
-    def forward(self, x, cu_seqlens=None, cache=None, max_seqlen=None):
+    def forward(self, x, cu_seqlens=None, cache=None, max_seqlen=None, shared: dict | None = None):
         """x (B, L, D); or packed (1, T, D) with cu_seqlens, every sequence attending only to itself
         (max_seqlen: the longest, if known, saves a host sync).
 
         With a cache (prefill), every row continues its row of the cache: its positions follow those
         cached, its queries also attend to the cached keys in their window, and its keys and values are
         written into the cache. Packed, sequence i continues row i (an empty one leaves it as it is).
+        shared: a dict the layers of a stack pass along in a prefill (their caches hold the same positions),
+        which keeps what they compute alike (positions, rotary angles, cache slots): made by the first.
         """
         if cache is not None:
-            return self._prefill(x, cu_seqlens, cache, max_seqlen)
+            return self._prefill(x, cu_seqlens, cache, max_seqlen, {} if shared is None else shared)
         if cu_seqlens is not None:
             if self._takes_varlen(x):
                 return self._forward_varlen(x, cu_seqlens, max_seqlen)
@@ -132,23 +134,26 @@ class CausalSelfAttention(nn.Module):
             return varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, window_size=(self.window_size, 0))
         return varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, is_causal=True)
 
-    def _prefill(self, x, cu_seqlens, cache: KVCache, max_seqlen=None):
+    def _prefill(self, x, cu_seqlens, cache: KVCache, max_seqlen, shared: dict):
         if cu_seqlens is None:
             packed, cu_seqlens = as_packed(x)
-            return self._prefill(packed, cu_seqlens, cache, x.shape[1]).view_as(x)
+            return self._prefill(packed, cu_seqlens, cache, x.shape[1], shared).view_as(x)
         T, cu = x.shape[1], cu_seqlens.long()
-        lengths = cu[1:] - cu[:-1]
-        past = cache.seqlen
-        # One sync: the room the rows need, and whether a row that has new positions has cached ones (rows
-        # with no new positions may: a long prompt's pieces, or many prompts, take several forwards).
-        longest_after, longest_before = torch.stack(((past + lengths).max(), (past * (lengths > 0)).max())).tolist()
+        if "prefill" not in shared:
+            lengths, past = cu[1:] - cu[:-1], cache.seqlen
+            # One sync: the room the rows need, and whether a row that has new positions has cached ones (rows
+            # with no new positions may: a long prompt's pieces, or many prompts, take several forwards).
+            longest_after, longest_before = torch.stack(((past + lengths).max(), (past * (lengths > 0)).max())).tolist()
+            seq = sequence_of_position(cu, T)
+            positions = past[seq] + positions_in_sequence(cu, T)  # (T,): each position's index in its row
+            shared["prefill"] = lengths, longest_after, longest_before, seq, positions, (past + lengths)[seq]
+        lengths, longest_after, longest_before, seq, positions, row_end = shared["prefill"]
         reserve_kv_cache(cache, longest_after)
-        seq = sequence_of_position(cu, T)
-        positions = past[seq] + positions_in_sequence(cu, T)  # (T,): each position's index in its row
         qkv = self.Wqkv(x[0]).view(T, 3, self.num_heads, self.head_dim)
         if self.rotary_emb_dim > 0:
-            cos, sin = rotary_tables(positions, self.rotary_emb_dim)
-            q, k, v = rotary_qkv(qkv, cos, sin)
+            if ("rotary", self.rotary_emb_dim) not in shared:
+                shared["rotary", self.rotary_emb_dim] = rotary_tables(positions, self.rotary_emb_dim)
+            q, k, v = rotary_qkv(qkv, *shared["rotary", self.rotary_emb_dim])
         else:
             q, k, v = qkv.unbind(1)
         if longest_before > 0:
@@ -156,13 +161,16 @@ class CausalSelfAttention(nn.Module):
         elif self._takes_varlen(x):  # fresh rows: the attention of the forward
             out = self._varlen(q, k, v, cu, max_seqlen)
         else:
-            _, cu_live = _live_sequences(cu)
-            rows, valid = unpack(torch.stack((q, k, v), dim=1), cu_live, max_seqlen)  # (s, L, 3, H, hd)
+            if "live" not in shared:
+                shared["live"] = _live_sequences(cu)[1]
+            rows, valid = unpack(torch.stack((q, k, v), dim=1), shared["live"], max_seqlen)  # (s, L, 3, H, hd)
             out = self._causal(*rows.permute(2, 0, 3, 1, 4).unbind(0)).transpose(1, 2)[valid]
         # Every position's key and value into its slot; of a ring, only the last `slots` of each row.
         slots = cache.k.shape[2]
-        kept = positions >= (past + lengths)[seq] - slots
-        rows, slot = seq[kept], positions[kept] % slots
+        if ("slots", slots) not in shared:
+            kept = torch.nonzero(positions >= row_end - slots).squeeze(1)
+            shared["slots", slots] = kept, seq[kept], positions[kept] % slots
+        kept, rows, slot = shared["slots", slots]
         cache.k[rows, :, slot] = k[kept].to(cache.k.dtype)
         cache.v[rows, :, slot] = v[kept].to(cache.v.dtype)
         cache.seqlen += lengths

@@ -23,11 +23,13 @@ class Block(nn.Module):
         else:
             self.mlp = None
 
-    def forward(self, h, residual=None, cu_seqlens=None, seq_idx=None, cache=None, max_seqlen=None):
+    def forward(self, h, residual=None, cu_seqlens=None, seq_idx=None, cache=None, max_seqlen=None,
+                shared: dict | None = None):
+        """shared: in a prefill, what the layers of a stack compute alike (`Isotropic.run_layers`)."""
         if isinstance(self.mixer, Mamba2):
-            return self._residual(h, residual,
-                                  lambda x: self.mixer(x, seq_idx=seq_idx, cache=cache, cu_seqlens=cu_seqlens))
-        return self._residual(h, residual, lambda x: self.mixer(x, cu_seqlens, cache, max_seqlen))
+            return self._residual(h, residual, lambda x: self.mixer(x, seq_idx=seq_idx, cache=cache,
+                                                                    cu_seqlens=cu_seqlens, shared=shared))
+        return self._residual(h, residual, lambda x: self.mixer(x, cu_seqlens, cache, max_seqlen, shared))
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None):
         return self.mixer.allocate_inference_cache(batch_size, max_seqlen, dtype)

@@ -68,29 +68,31 @@ class Mamba2(nn.Module):
             torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=w.device, dtype=torch.float32),
         )
 
-    def forward(self, u, seq_idx=None, cache=None, cu_seqlens=None):
+    def forward(self, u, seq_idx=None, cache=None, cu_seqlens=None, shared: dict | None = None):
         """u (B, L, D) -> (B, L, D); seq_idx (B, L) resets the conv and the state per packed sequence.
 
         With a cache (prefill), every row continues its row of the cache, from the state its earlier
         positions left (none: a fresh cache), and its state after its last position is written back.
         Packed, u (1, T, D) with cu_seqlens: sequence i continues row i (an empty one leaves it as it is).
+        shared: a dict the layers of a stack pass along in a prefill, which keeps the index tensors that
+        depend on cu_seqlens only, so that the first layer makes them for all.
         Without one, between the projections: `hnet.ops.mamba2.mamba2_mixer` (conv, SiLU, SSD scan, gated
         norm), one fused Function where the Triton kernels run.
         """
         if cache is not None:
-            return self._prefill(u, cache, cu_seqlens)
+            return self._prefill(u, cache, cu_seqlens, {} if shared is None else shared)
         y = mamba2_mixer(self.in_proj(u), self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, self.A_log,
                          self.D, self.norm.weight, self.headdim, self.chunk_size, seq_idx, self.norm.eps,
                          recompute_conv=self.recompute_conv)
         return self.out_proj(y)
 
-    def _prefill(self, u, cache: Mamba2Cache, cu_seqlens=None):
+    def _prefill(self, u, cache: Mamba2Cache, cu_seqlens, shared: dict):
         if cu_seqlens is None:
             packed, cu_seqlens = as_packed(u)
-            return self._prefill(packed, cache, cu_seqlens).view_as(u)
+            return self._prefill(packed, cache, cu_seqlens, shared).view_as(u)
         T = u.shape[1]
         z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
-        xBC = self._conv_continuing(xBC[0], cache, cu_seqlens.long()).unsqueeze(0)
+        xBC = self._conv_continuing(xBC[0], cache, cu_seqlens.long(), shared).unsqueeze(0)
         x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
         y, final_states = ssd_varlen(
             x.view(1, T, self.nheads, self.headdim),
@@ -102,26 +104,30 @@ class Mamba2(nn.Module):
             cu_seqlens,
             D=self.D,
             initial_states=cache.ssm_state,
+            shared=shared,
         )
         cache.ssm_state.copy_(final_states)
         y = self.norm(y.reshape(1, T, self.d_inner), z)
         return self.out_proj(y)
 
-    def _conv_continuing(self, xBC, cache: Mamba2Cache, cu):
+    def _conv_continuing(self, xBC, cache: Mamba2Cache, cu, shared: dict):
         """The short convolution of packed xBC (T, conv_dim), each sequence after the inputs its row of
         the cache holds: those k - 1 inputs are put in front of it, the packed conv runs over the whole and
         their outputs are dropped. The last k - 1 inputs of every sequence so extended become its cache."""
         T, held, n = xBC.shape[0], cache.conv_state.shape[1], cu.shape[0] - 1  # held: d_conv - 1 inputs a row
-        ext_cu = cu + torch.arange(n + 1, device=cu.device) * held
-        seq = sequence_of_position(ext_cu, T + n * held)
-        offset = torch.arange(T + n * held, device=cu.device) - ext_cu[seq]
-        source = torch.cat([cache.conv_state.reshape(n * held, -1).to(xBC.dtype), xBC])
-        ext = source[torch.where(offset < held, seq * held + offset, n * held + cu[seq] + offset - held)]
-        out = causal_conv1d(ext[None], self.conv1d.weight.squeeze(1), self.conv1d.bias, seq_idx=seq[None].int())[0]
-        tail = ext_cu[1:, None] - held + torch.arange(held, device=cu.device)  # (n, held)
+        if ("conv", held) not in shared:  # where each extended position reads from, and what is kept
+            ext_cu = cu + torch.arange(n + 1, device=cu.device) * held
+            seq = sequence_of_position(ext_cu, T + n * held)
+            offset = torch.arange(T + n * held, device=cu.device) - ext_cu[seq]
+            source = torch.where(offset < held, seq * held + offset, n * held + cu[seq] + offset - held)
+            tail = ext_cu[1:, None] - held + torch.arange(held, device=cu.device)  # (n, held)
+            own = torch.arange(T, device=cu.device) + (sequence_of_position(cu, T) + 1) * held
+            shared["conv", held] = source, seq[None].int(), tail, own
+        source, seq_idx, tail, own = shared["conv", held]
+        ext = torch.cat([cache.conv_state.reshape(n * held, -1).to(xBC.dtype), xBC])[source]
+        out = causal_conv1d(ext[None], self.conv1d.weight.squeeze(1), self.conv1d.bias, seq_idx=seq_idx)[0]
         cache.conv_state.copy_(ext[tail])
-        t = torch.arange(T, device=cu.device)
-        return out[t + (sequence_of_position(cu, T) + 1) * held]
+        return out[own]
 
     def _dt(self, dt):
         return F.softplus(dt.float() + self.dt_bias.float())  # identity above 20, as the kernel does

@@ -125,12 +125,12 @@ def ssd_state_update(state, x, dt, dt_bias, A_log, B, C, D, mask=None):
     return impl(state, x, dt, dt_bias, A_log, B, C, D, mask)
 
 
-def ssd_varlen(x, dt, A, B, C, chunk_size, cu_seqlens, D=None, initial_states=None):
+def ssd_varlen(x, dt, A, B, C, chunk_size, cu_seqlens, D=None, initial_states=None, shared=None):
     """Packed sequences, each from its own initial state to its own final state (see hnet.ops.ssd_varlen)."""
     scan = _ssd_ref.ssd_scan_with_chunk_states
     if use_triton(x):
         from hnet.ops.triton.ssd import ssd_scan_with_chunk_states as scan
-    return _ssd_varlen.ssd_varlen(x, dt, A, B, C, chunk_size, cu_seqlens, D, initial_states, scan)
+    return _ssd_varlen.ssd_varlen(x, dt, A, B, C, chunk_size, cu_seqlens, D, initial_states, scan, shared)
 
 
 def append_kv_(cache_k, cache_v, seqlen, k, v, mask=None):
