@@ -31,6 +31,26 @@ def test_mamba2_steps_equal_the_forward(prefill):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("length", [1, 2, 20])  # shorter than the conv's 3 held inputs, and longer
+def test_mamba2_prefill_of_one_fresh_row_equals_the_general_path(length, monkeypatch):
+    """A one-row cache that holds nothing takes the forward's mixer (no conv gathers, no varlen scan):
+    same outputs and cache as the general path, here the same row beside an empty one."""
+    layer = mamba()
+    x = torch.randn(1, length, 64)
+    general = layer.allocate_inference_cache(2, 8)
+    want = layer(x, cu_seqlens=torch.tensor([0, length, length]), cache=general)
+    one = layer.allocate_inference_cache(1, 8)
+    with monkeypatch.context() as m:
+        m.setattr(Mamba2, "_conv_continuing", lambda *a: pytest.fail("the one fresh row took the general path"))
+        got = layer(x, cu_seqlens=torch.tensor([0, length]), cache=one)
+    assert (got - want).abs().max() < 1e-5
+    assert torch.equal(one.conv_state[0], general.conv_state[0])
+    assert (one.ssm_state[0] - general.ssm_state[0]).abs().max() < 1e-5
+    again = layer(x, cu_seqlens=torch.tensor([0, length]), cache=one)  # the row holds something now: general
+    assert (again - layer(torch.cat([x, x], 1))[:, length:]).abs().max() < 1e-5
+
+
+@torch.no_grad()
 def test_mamba2_state_has_a_fixed_size():
     layer = mamba()
     sizes = lambda c: [tuple(c.conv_state.shape), tuple(c.ssm_state.shape)]

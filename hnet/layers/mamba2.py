@@ -91,6 +91,8 @@ class Mamba2(nn.Module):
             packed, cu_seqlens = as_packed(u)
             return self._prefill(packed, cache, cu_seqlens, shared).view_as(u)
         T = u.shape[1]
+        if cu_seqlens.shape[0] == 2 and T > 0 and not (cache.ssm_state.any() | cache.conv_state.any()):
+            return self._prefill_fresh_row(u, cache)
         z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
         xBC = self._conv_continuing(xBC[0], cache, cu_seqlens.long(), shared).unsqueeze(0)
         x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
@@ -108,6 +110,20 @@ class Mamba2(nn.Module):
         )
         cache.ssm_state.copy_(final_states)
         y = self.norm(y.reshape(1, T, self.d_inner), z)
+        return self.out_proj(y)
+
+    def _prefill_fresh_row(self, u, cache: Mamba2Cache):
+        """A cache of one row that holds nothing yet (a host sync to know it: the common first prefill of
+        one prompt): the forward's mixer, which also gives the state at the end, and the last inputs of the
+        convolution kept. Equal to the general path from zero states, in fewer ops."""
+        zxbcdt = self.in_proj(u)
+        y, final_state = mamba2_mixer(zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias,
+                                      self.A_log, self.D, self.norm.weight, self.headdim, self.chunk_size, None,
+                                      self.norm.eps, return_final_state=True)
+        cache.ssm_state.copy_(final_state)
+        held, T = cache.conv_state.shape[1], u.shape[1]
+        xBC = zxbcdt[0, -held:, self.d_inner:self.d_inner + cache.conv_state.shape[2]]
+        cache.conv_state[0, max(0, held - T):].copy_(xBC)  # a prompt shorter than that leaves zeros before it
         return self.out_proj(y)
 
     def _conv_continuing(self, xBC, cache: Mamba2Cache, cu, shared: dict):
