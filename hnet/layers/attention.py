@@ -211,8 +211,8 @@ class CausalSelfAttention(nn.Module):
         (the rotary angles, the rows that advance): made by the stack's first layer, reused by the others.
 
         No host sync, so that a CUDA graph can hold it: the query reads the filled slots of its row (the
-        kernel; the reference reads every slot, masked). A cache without a window must have a free slot in every row (`reserve_kv_cache`);
-        on CPU that is checked (a RuntimeError).
+        kernel; the reference reads every slot, masked). A cache without a window must have a free slot in
+        every row (`reserve_kv_cache`); on CPU that is checked (a RuntimeError).
         """
         B = x.shape[0]
         slots = cache.k.shape[2]
