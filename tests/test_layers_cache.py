@@ -142,6 +142,19 @@ LAYERS = [mamba, attention(-1), attention(0), attention(4)]
 
 @torch.no_grad()
 @pytest.mark.parametrize("make", LAYERS, ids=lambda m: m.__name__)
+def test_one_row_prefilled_in_pieces_then_stepped_equals_the_forward(make):
+    """A cache of one row (its own paths: the contiguous KV write, Mamba's fresh row) in three pieces,
+    then steps: every output is the forward's over the whole row."""
+    layer = make()
+    x = torch.randn(1, 24, 64, generator=torch.Generator().manual_seed(3))
+    cache = layer.allocate_inference_cache(1, 0 if isinstance(layer, CausalSelfAttention) else 24)
+    outs = [layer(x[:, a:b], cu_seqlens=torch.tensor([0, b - a]), cache=cache) for a, b in ((0, 7), (7, 8), (8, 20))]
+    outs += [layer.step(x[:, t], cache)[:, None] for t in range(20, 24)]
+    assert (torch.cat(outs, dim=1) - layer(x)).abs().max() < 1e-5
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("make", LAYERS, ids=lambda m: m.__name__)
 def test_prefill_in_packed_pieces_equals_the_forward(make):
     """Rows of different lengths, each cut in pieces at its own places (empty pieces too, pieces longer
     than a window), packed together round by round: each row's outputs are the forward's over it whole,

@@ -165,6 +165,11 @@ class CausalSelfAttention(nn.Module):
                 shared["live"] = _live_sequences(cu)[1]
             rows, valid = unpack(torch.stack((q, k, v), dim=1), shared["live"], max_seqlen)  # (s, L, 3, H, hd)
             out = self._causal(*rows.permute(2, 0, 3, 1, 4).unbind(0)).transpose(1, 2)[valid]
+        if lengths.shape[0] == 1 and cache.window < 0:  # one row, no ring: its new positions fill slots in order
+            cache.k[0, :, longest_before:longest_before + T] = k.transpose(0, 1)
+            cache.v[0, :, longest_before:longest_before + T] = v.transpose(0, 1)
+            cache.seqlen += lengths
+            return self.out_proj(out.reshape(1, T, -1))
         # Every position's key and value into its slot; of a ring, only the last `slots` of each row.
         slots = cache.k.shape[2]
         if ("slots", slots) not in shared:
