@@ -691,7 +691,8 @@ def test_append_kv(masked):
 
 
 @pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("B,H,slots,hd", [(3, 2, 7, 12), (2, 3, 300, 16)])  # one split a (row, head); several
+# one split a (row, head); two; more than the combine takes in one block (SPLIT_SLOTS = 256, 32 at a time)
+@pytest.mark.parametrize("B,H,slots,hd", [(3, 2, 7, 12), (2, 3, 300, 16), (2, 1, 256 * 33 + 5, 8)])
 def test_attend_kv_cache(masked, B, H, slots, hd):
     """The decoding step's attention against its reference: each row up to its own filled slot, a ring
     that is full, a row with one key; the rows that do not advance are not read (their output is 0)."""

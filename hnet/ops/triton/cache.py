@@ -82,21 +82,37 @@ def _attend_split(Q, CK, CV, SEQLEN, LIVE, ACC, M, L, n_heads, slots, split_len,
 @triton.jit
 def _attend_combine(ACC, M, L, OUT, n_heads, n_splits, sob, soh,
                     HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Row b, head h: the splits' partial softmaxes as one, normalised (0 where nothing was read)."""
+    """Row b, head h: the splits' partial softmaxes as one, normalised (0 where nothing was read); the splits
+    BLOCK_S at a time, a pass for their largest max, a pass for the sums."""
     bh = tl.program_id(0).to(tl.int64)
     b, h = bh // n_heads, bh % n_heads
-    s, d = tl.arange(0, BLOCK_S), tl.arange(0, BLOCK_D)
-    l = tl.load(L + bh * n_splits + s, mask=s < n_splits, other=0.0)
-    m = tl.load(M + bh * n_splits + s, mask=s < n_splits, other=float("-inf"))
-    m_all = tl.max(tl.where(l > 0, m, -3.0e38), axis=0)
-    weight = tl.where(l > 0, tl.exp(m - m_all), 0.0)
-    acc = tl.load(ACC + (bh * n_splits + s)[:, None] * BLOCK_D + d[None, :], mask=(s < n_splits)[:, None], other=0.0)
-    total = tl.sum(weight * l, axis=0)
-    out = tl.sum(weight[:, None] * acc, axis=0) / tl.maximum(total, 1e-30)
-    tl.store(OUT + b * sob + h * soh + d, out.to(OUT.dtype.element_ty), mask=d < HEAD_DIM)
+    d = tl.arange(0, BLOCK_D)
+    m_all = tl.full((), -3.0e38, tl.float32)
+    for s0 in range(0, n_splits, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        l = tl.load(L + bh * n_splits + s, mask=s < n_splits, other=0.0)
+        m = tl.load(M + bh * n_splits + s, mask=s < n_splits, other=float("-inf"))
+        m_all = tl.maximum(m_all, tl.max(tl.where(l > 0, m, -3.0e38), axis=0))
+    total = tl.zeros((), tl.float32)
+    out = tl.zeros((BLOCK_D,), tl.float32)
+    for s0 in range(0, n_splits, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        l = tl.load(L + bh * n_splits + s, mask=s < n_splits, other=0.0)
+        m = tl.load(M + bh * n_splits + s, mask=s < n_splits, other=float("-inf"))
+        weight = tl.where(l > 0, tl.exp(m - m_all), 0.0)
+        acc = tl.load(ACC + (bh * n_splits + s)[:, None] * BLOCK_D + d[None, :], mask=(s < n_splits)[:, None],
+                      other=0.0)
+        total += tl.sum(weight * l, axis=0)
+        out += tl.sum(weight[:, None] * acc, axis=0)
+    tl.store(OUT + b * sob + h * soh + d, (out / tl.maximum(total, 1e-30)).to(OUT.dtype.element_ty),
+             mask=d < HEAD_DIM)
 
 
-PROGRAMS_PER_STEP = 512  # (row, head, split) programs to aim for: several per SM, so a short batch still fills the GPU
+# Slots a split reads at most. Short splits keep many programs busy when few (row, head) pairs read (a batch of
+# one; an inner stage where few rows have a boundary) and the filled slots are many; a split past a row's
+# filled slots exits at once. Session 14's first version aimed at 512 programs a step instead, and at 8k bytes
+# of context its few busy programs each walked ~2,000 slots: 6.5 ms a step at batch 16 (RESULTS.md).
+SPLIT_SLOTS = 256
 
 
 def attend_kv_cache(q, cache_k, cache_v, seqlen, mask=None):
@@ -108,18 +124,16 @@ def attend_kv_cache(q, cache_k, cache_v, seqlen, mask=None):
     for name, t in (("q", q), ("cache_k", cache_k), ("cache_v", cache_v)):
         if t.stride(-1) != 1:
             raise ValueError(f"attend_kv_cache: {name} must have unit stride along the head dim")
-    block_n, block_d = 32, triton.next_power_of_2(hd)
-    wanted = max(1, min(triton.cdiv(PROGRAMS_PER_STEP, B * H), triton.cdiv(slots, block_n)))
-    split_len = triton.cdiv(triton.cdiv(slots, wanted), block_n) * block_n
-    n_splits = triton.cdiv(slots, split_len)
+    block_n, block_d = 64, triton.next_power_of_2(hd)
+    n_splits = triton.cdiv(slots, SPLIT_SLOTS)
     acc = torch.empty(B * H * n_splits, block_d, device=q.device, dtype=torch.float32)
     m = torch.empty(B * H * n_splits, device=q.device, dtype=torch.float32)
     l = torch.empty_like(m)
     out = torch.empty(B, H, hd, device=q.device, dtype=q.dtype)
     _attend_split[(B * H, n_splits)](
         q, cache_k, cache_v, seqlen, seqlen if mask is None else mask.view(torch.uint8), acc, m, l, H, slots,
-        split_len, hd ** -0.5, q.stride(0), q.stride(1), *cache_k.stride()[:3], *cache_v.stride()[:3],
+        SPLIT_SLOTS, hd ** -0.5, q.stride(0), q.stride(1), *cache_k.stride()[:3], *cache_v.stride()[:3],
         HEAD_DIM=hd, HAS_MASK=mask is not None, BLOCK_N=block_n, BLOCK_D=block_d)
     _attend_combine[(B * H,)](acc, m, l, out, H, n_splits, out.stride(0), out.stride(1),
-                              HEAD_DIM=hd, BLOCK_S=triton.next_power_of_2(n_splits), BLOCK_D=block_d)
+                              HEAD_DIM=hd, BLOCK_S=min(32, triton.next_power_of_2(n_splits)), BLOCK_D=block_d)
     return out
