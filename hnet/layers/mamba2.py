@@ -91,7 +91,8 @@ class Mamba2(nn.Module):
             packed, cu_seqlens = as_packed(u)
             return self._prefill(packed, cache, cu_seqlens, shared).view_as(u)
         T = u.shape[1]
-        if cu_seqlens.shape[0] == 2 and T > 0 and not (cache.ssm_state.any() | cache.conv_state.any()):
+        one_row = cache.ssm_state.shape[0] == 1 and cu_seqlens.shape[0] == 2
+        if one_row and T > 0 and not (cache.ssm_state.any() | cache.conv_state.any()):
             return self._prefill_fresh_row(u, cache)
         z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
         xBC = self._conv_continuing(xBC[0], cache, cu_seqlens.long(), shared).unsqueeze(0)
