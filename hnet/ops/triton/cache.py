@@ -1,6 +1,7 @@
-"""A decoding step's key and value written into the KV cache in one launch; equals
-`hnet.ops.cache.append_kv_`. Op by op it was seven small kernels an attention layer and byte (the row
-index, the slot, the masked rows' old entries gathered and kept, the two scatters)."""
+"""A decoding step's KV cache kernels, each equal to its reference in `hnet.ops.cache`: the new key and
+value written in one launch (`append_kv_`; op by op it was seven small kernels an attention layer and
+byte: the row index, the slot, the masked rows' old entries gathered and kept, the two scatters), and the
+attention over the filled slots (`attend_kv_cache`)."""
 
 from __future__ import annotations
 
