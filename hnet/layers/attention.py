@@ -168,16 +168,14 @@ class CausalSelfAttention(nn.Module):
         if lengths.shape[0] == 1 and cache.window < 0:  # one row, no ring: its new positions fill slots in order
             cache.k[0, :, longest_before:longest_before + T] = k.transpose(0, 1)
             cache.v[0, :, longest_before:longest_before + T] = v.transpose(0, 1)
-            cache.seqlen += lengths
-            return self.out_proj(out.reshape(1, T, -1))
-        # Every position's key and value into its slot; of a ring, only the last `slots` of each row.
-        slots = cache.k.shape[2]
-        if ("slots", slots) not in shared:
-            kept = torch.nonzero(positions >= row_end - slots).squeeze(1)
-            shared["slots", slots] = kept, seq[kept], positions[kept] % slots
-        kept, rows, slot = shared["slots", slots]
-        cache.k[rows, :, slot] = k[kept].to(cache.k.dtype)
-        cache.v[rows, :, slot] = v[kept].to(cache.v.dtype)
+        else:  # every position's key and value into its slot; of a ring, only the last `slots` of each row
+            slots = cache.k.shape[2]
+            if ("slots", slots) not in shared:
+                kept = torch.nonzero(positions >= row_end - slots).squeeze(1)
+                shared["slots", slots] = kept, seq[kept], positions[kept] % slots
+            kept, rows, slot = shared["slots", slots]
+            cache.k[rows, :, slot] = k[kept].to(cache.k.dtype)
+            cache.v[rows, :, slot] = v[kept].to(cache.v.dtype)
         cache.seqlen += lengths
         return self.out_proj(out.reshape(1, T, -1))
 

@@ -60,7 +60,7 @@ def causal_conv1d_step(conv_state, x, weight, bias=None, mask=None):
 def _state_update(S, X, DT, DT_BIAS, A_LOG, B, C, D, LIVE, Y, p, n, ssb, ssh, ssp, sxb, sxh, sdb, sbb, scb,
                   syb, syh, HAS_MASK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     """Rows BLOCK_P of head h's state of row b: dt = softplus(dt + dt_bias), new = exp(-dt exp(a_log)) S +
-    dt x B^T, Y = new C + D x, S <- new where live."""
+    dt x B^T, Y = new C + D x, S <- new where live (nothing written elsewhere)."""
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     ps = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -75,8 +75,8 @@ def _state_update(S, X, DT, DT_BIAS, A_LOG, B, C, D, LIVE, Y, p, n, ssb, ssh, ss
     new = tl.exp(dt * a) * state + (dt * x)[:, None] * tl.load(B + b * sbb + ns, mask=in_n, other=0.0)[None, :]
     y = tl.sum(new * tl.load(C + b * scb + ns, mask=in_n, other=0.0)[None, :], axis=1)
     tl.store(Y + b * syb + h * syh + ps, y + tl.load(D + h).to(tl.float32) * x, mask=in_p)
-    if HAS_MASK:
-        new = tl.where(tl.load(LIVE + b) != 0, new, state)
+    if HAS_MASK:  # a row that does not advance keeps its state: nothing is written back
+        inside = inside & (tl.load(LIVE + b + ps * 0) != 0)[:, None]  # the row's flag, as a vector
     tl.store(state_at, new, mask=inside)
 
 
