@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hnet.ops.cache import update_rows_
 from hnet.ops.dispatch import ema_scan
 from hnet.ops.ema import ema_scan_official_bf16
-from hnet.ops.packed import continued_sequences, seq_idx_from_cu_seqlens, sequence_of_position, unpack
+from hnet.ops.packed import seq_idx_from_cu_seqlens, sequence_of_position, unpack
 
 DECHUNK_P_MIN = 1e-4  # the official dechunk clamps p to [1e-4, 1 - 1e-4] (and only there)
 
@@ -48,7 +48,7 @@ def _dechunk_p(boundary_prob):
 
 
 def dechunk(z, boundary_mask, boundary_prob, next_cu_seqlens=None, official_bf16: bool = False, cache=None,
-            cu_seqlens=None):
+            cu_seqlens=None, longest: int | None = None):
     """EMA over the chunk outputs z weighted by their boundary probability, then back to byte positions.
 
     Byte t receives the EMA at the latest boundary at or before t. z is (B, M, D) padded or (1, T', D)
@@ -56,7 +56,8 @@ def dechunk(z, boundary_mask, boundary_prob, next_cu_seqlens=None, official_bf16
 
     With a DechunkCache (prefill, packed with cu_seqlens): sequence i continues row i, its EMA going on
     from the row's last value, which its bytes before its first boundary receive; the row's last value
-    becomes the one at the sequence's last byte.
+    becomes the one at the sequence's last byte. longest: the most chunks of one sequence (`chunk`'s), which
+    saves that path a host sync.
     """
     p = _dechunk_p(boundary_prob)
     if next_cu_seqlens is not None:  # z's length is the boundary count: no host sync to find them again
@@ -69,23 +70,23 @@ def dechunk(z, boundary_mask, boundary_prob, next_cu_seqlens=None, official_bf16
     ema = scan(z, p_chunks, seq_idx=seq_idx) if z.shape[1] > 0 else z.float()  # no chunk: only in a prefill
     chunk_of_byte = torch.cumsum(boundary_mask, dim=-1) - 1
     if cache is not None:
-        return _continue_ema(ema[0], p_chunks[0], chunk_of_byte[0], cu_seqlens.long(), next_cu_seqlens, cache)
+        return _continue_ema(ema[0], p_chunks[0], chunk_of_byte[0], cu_seqlens.long(), next_cu_seqlens, cache,
+                             longest)
     return torch.gather(ema, 1, chunk_of_byte.clamp(min=0)[..., None].expand(-1, -1, ema.shape[-1]))
 
 
-def _continue_ema(ema, p_chunks, chunk_of_byte, cu, next_cu, cache):
+def _continue_ema(ema, p_chunks, chunk_of_byte, cu, next_cu, cache, longest=None):
     """ema (M, D) of packed chunk sequences from a zero start -> bytes (1, T, D) of the EMA carried on from
     each row's last value: e_c + prod_{c' <= c} (1 - p_c') e_last, the product over the sequence's chunks."""
     last = cache.last_value
     M, T = ema.shape[0], chunk_of_byte.shape[0]
     if M > 0:
-        keep, valid = unpack(1 - p_chunks, next_cu)  # (s, most chunks): per sequence
+        keep, valid = unpack(1 - p_chunks, next_cu, longest)  # (s, most chunks): per sequence
         ema = ema + torch.cumprod(keep, dim=1)[valid][:, None] * last[sequence_of_position(next_cu, M)]
     seq = sequence_of_position(cu, T)
     before_first = chunk_of_byte < next_cu[seq]  # no boundary of its own sequence yet
     out = last[seq] if M == 0 else torch.where(before_first[:, None], last[seq], ema[chunk_of_byte.clamp(min=0)])
-    rows, _, last_byte = continued_sequences(cu)
-    cache.last_value.index_copy_(0, rows, out[last_byte].to(last.dtype))
+    update_rows_(last, out[(cu[1:] - 1).clamp(min=0)], cu[1:] > cu[:-1])  # an empty sequence: its row stays
     return out[None]
 
 

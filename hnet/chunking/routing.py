@@ -14,7 +14,6 @@ from torch import nn
 
 from hnet.ops.cache import update_rows_
 from hnet.ops.dispatch import rowwise_cosine
-from hnet.ops.packed import continued_sequences
 
 
 @dataclass
@@ -105,10 +104,16 @@ class RoutingModule(nn.Module):
         if cache is not None:
             if cu_seqlens is None:
                 raise ValueError("a routing prefill takes packed sequences (cu_seqlens), one per row of the cache")
-            rows, first, last = continued_sequences(cu_seqlens)
-            p = p.index_put((torch.zeros_like(first), first), self._p_after(cache, rows, h[0, first]))
-            cache.last_hidden.index_copy_(0, rows, h[0, last].to(cache.last_hidden.dtype))
-            cache.has_seen_tokens.index_fill_(0, rows, True)
+            # No host sync: every row's p after its cached position is computed; an empty sequence's goes
+            # to a slot past the end, dropped, and leaves its row of the cache as it is. (T > 0: the
+            # callers run a stage only on positions.)
+            cu, T = cu_seqlens.long(), h.shape[1]
+            live = cu[1:] > cu[:-1]
+            first = torch.where(live, cu[:-1], T)
+            p_first = self._p_after(cache, slice(None), h[0, cu[:-1].clamp(max=T - 1)])
+            p = F.pad(p, (0, 1)).index_put((torch.zeros_like(first), first), p_first)[:, :T]
+            update_rows_(cache.last_hidden, h[0, (cu[1:] - 1).clamp(min=0)].to(cache.last_hidden.dtype), live)
+            cache.has_seen_tokens |= live
         return routing_output(p, mask)
 
     def step(self, h, cache: RoutingCache, mask=None) -> RoutingOutput:

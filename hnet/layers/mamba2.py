@@ -92,7 +92,7 @@ class Mamba2(nn.Module):
             return self._prefill(packed, cache, cu_seqlens, shared).view_as(u)
         T = u.shape[1]
         one_row = cache.ssm_state.shape[0] == 1 and cu_seqlens.shape[0] == 2
-        if one_row and T > 0 and not (cache.ssm_state.any() | cache.conv_state.any()):
+        if one_row and T > 0 and _holds_nothing(cache, shared):
             return self._prefill_fresh_row(u, cache)
         z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
         xBC = self._conv_continuing(xBC[0], cache, cu_seqlens.long(), shared).unsqueeze(0)
@@ -114,8 +114,8 @@ class Mamba2(nn.Module):
         return self.out_proj(y)
 
     def _prefill_fresh_row(self, u, cache: Mamba2Cache):
-        """A cache of one row that holds nothing yet (a host sync to know it: the common first prefill of
-        one prompt): the forward's mixer, which also gives the state at the end, and the last inputs of the
+        """A cache of one row that holds nothing yet (the common first prefill of one prompt): the forward's
+        mixer, which also gives the state at the end, and the last inputs of the
         convolution kept. Equal to the general path from zero states, in fewer ops."""
         zxbcdt = self.in_proj(u)
         y, final_state = mamba2_mixer(zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias,
@@ -163,3 +163,14 @@ class Mamba2(nn.Module):
         y = ssd_state_update(cache.ssm_state, x, dt, self.dt_bias, self.A_log, B, C, self.D, mask)
         y = self.norm(y.reshape(b, self.d_inner).to(u.dtype), z)
         return self.out_proj(y)
+
+
+def _holds_nothing(cache: Mamba2Cache, shared: dict) -> bool:
+    """Whether the cache's states are all zero (nothing prefilled yet). The stack's first Mamba-2 layer asks
+    this of every Mamba-2 cache of the stack (shared["stack_caches"], set by `Isotropic.run_layers`) at
+    once, before any of them is written: one host sync a stack rather than one a layer."""
+    if "empty_caches" not in shared:
+        caches = [c for c in shared.get("stack_caches", [cache]) if isinstance(c, Mamba2Cache)]
+        held = torch.stack([c.ssm_state.any() | c.conv_state.any() for c in caches]).tolist()
+        shared["empty_caches"] = {id(c) for c, h in zip(caches, held) if not h}
+    return id(cache) in shared["empty_caches"]

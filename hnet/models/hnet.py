@@ -122,7 +122,7 @@ class HNet(nn.Module):
         if z.shape[1] > 0:  # always but in a prefill that continues rows and starts no chunk
             z, inner_routing = self.main_network(z, next_cu, next_mask, cache=cache.main_network, max_seqlen=longest)
         d = dechunk(z, routing.boundary_mask, routing.boundary_prob, next_cu, self.official_bf16_dechunk,
-                    cache=cache.dechunk, cu_seqlens=cu_seqlens)
+                    cache=cache.dechunk, cu_seqlens=cu_seqlens, longest=longest)
         h = plug_back(d, routing.selected_probs, residual).to(h.dtype)
         h = self.decoder(h, cu_seqlens, cache=cache.decoder)
         return _cut(h, d_in), [routing, *inner_routing]
