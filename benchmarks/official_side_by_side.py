@@ -127,7 +127,7 @@ def _varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window_size):
     if varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and causal \
             and (window < 0 or _VARLEN_WINDOW):
         cu_q, cu_k = cu_q.to(torch.int32), cu_k.to(torch.int32)
-        if window >= 0:  # torch's window: keys i - left .. i + right
+        if _VARLEN_WINDOW:  # torch's window: keys i - left .. i + right (left -1: causal, no window)
             return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=(window, 0))
         return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=True, scale=scale)
     bounds_q, bounds_k = cu_q.tolist(), cu_k.tolist()

@@ -113,7 +113,9 @@ def test_fused_mixer_equals_the_composition(case, dtype):
     assert rel(fused[0], ref[0]) < TOL[dtype] and rel(fused[1], ref[1]) < TOL[dtype]
     for name, g_fused, g_ref, g_true, t in zip(NAMES, fused[2], ref[2], exact[2], inputs):
         assert g_fused.dtype == t.dtype and g_fused.shape == t.shape, name
-        if g_true.norm() < 1e-20:  # zero in exact arithmetic (A_log's at one position): rounding noise only
+        # Zero in exact arithmetic (A_log's at one position): float64 leaves rounding noise (~1e-17 on a GPU),
+        # against which a relative error means nothing.
+        if g_true.norm() < 1e-10:
             assert g_fused.abs().max() < TOL[dtype], f"d{name}: {g_fused.abs().max():.2e} where it is 0"
             continue
         err, ref_err = rel(g_fused, g_true), rel(g_ref, g_true)
