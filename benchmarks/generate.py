@@ -42,7 +42,7 @@ import torch
 from hnet import HNetConfig, HNetForCausalLM
 from hnet.constants import BOS
 from hnet.eval.flops import device_info
-from hnet.eval.timing import TEXT, bench, environment, sync
+from hnet.eval.timing import TEXT, bench_alternating, environment, sync
 from hnet.generation import Decoder, prefill
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +126,8 @@ def decode_row(model, ids, context: int, steps: int, warmup: int, profile_steps:
 
 @torch.no_grad()
 def prefill_vs_forward(model, n_bytes: int, device, top: int = 0) -> tuple[float, float]:
-    """Milliseconds (`bench`'s median) of a prefill of n_bytes bytes into a fresh cache, and of one forward;
+    """Milliseconds (medians of 15 calls each, taking turns) of a prefill of n_bytes bytes into a fresh
+    cache, and of one forward;
     top > 0: also print the `top` ops of each by time (kernel time on CUDA), to see where they differ."""
     ids = text_rows(1, n_bytes).to(device)
 
@@ -136,7 +137,8 @@ def prefill_vs_forward(model, n_bytes: int, device, top: int = 0) -> tuple[float
     def forward():
         model(ids)
 
-    times = bench(fill, device), bench(forward, device)
+    medians = bench_alternating({"prefill": fill, "forward": forward}, device)
+    times = medians["prefill"], medians["forward"]
     for name, fn in (("prefill", fill), ("forward", forward)) if top else ():
         from torch.profiler import ProfilerActivity, profile
 

@@ -2,6 +2,7 @@
 text, a training step timed as the loop takes it, and a batch halved until it fits.
 
     bench(fn, device)                          # median ms of fn()
+    bench_alternating({"a": fa, "b": fb}, device)   # median ms of each, their calls taking turns
     ceilings(device)                           # (copy GB/s, bf16 matmul TFLOP/s) measured now
     text_batch(batch_size, seq_len, device)    # packed rows of the sample text, documents of 2048 bytes
     time_train_steps(model, train_config, batch, device, steps, warmup, optimizer=None)
@@ -48,6 +49,23 @@ def bench(fn, device, reps: int = 3) -> float:
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+def bench_alternating(fns: dict, device, rounds: int = 15) -> dict:
+    """Median wall-clock milliseconds of each fn, their calls taking turns (after one warmup call each), so
+    that a slow stretch of a noisy host falls on all of them alike: for a comparison of host-bound calls,
+    where do_bench's 100 ms of repetitions hold two or three calls of each."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def peak_gib(fn, device) -> float:

@@ -171,7 +171,10 @@ class CausalSelfAttention(nn.Module):
         else:  # every position's key and value into its slot; of a ring, only the last `slots` of each row
             slots = cache.k.shape[2]
             if ("slots", slots) not in shared:
-                kept = torch.nonzero(positions >= row_end - slots).squeeze(1)
+                if lengths.shape[0] == 1:  # one row: its last `slots` new positions (no host read to count them)
+                    kept = torch.arange(max(0, T - slots), T, device=x.device)
+                else:
+                    kept = torch.nonzero(positions >= row_end - slots).squeeze(1)
                 shared["slots", slots] = kept, seq[kept], positions[kept] % slots
             kept, rows, slot = shared["slots", slots]
             cache.k[rows, :, slot] = k[kept].to(cache.k.dtype)

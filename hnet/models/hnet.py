@@ -114,7 +114,7 @@ class HNet(nn.Module):
         elif cu_seqlens is None:
             raise ValueError("a prefill of an H-Net stage takes packed sequences (cu_seqlens), one a row of the cache")
 
-        h = self.encoder(x, cu_seqlens, cache=cache.encoder)
+        h = self.encoder(x, cu_seqlens, cache=cache.encoder, max_seqlen=max_seqlen)
         residual = self._residual(h)
         routing = self.routing_module(h, cu_seqlens, mask, cache=cache.routing)
         z, next_cu, next_mask, longest = chunk(h, routing.boundary_mask, cu_seqlens)
@@ -124,7 +124,7 @@ class HNet(nn.Module):
         d = dechunk(z, routing.boundary_mask, routing.boundary_prob, next_cu, self.official_bf16_dechunk,
                     cache=cache.dechunk, cu_seqlens=cu_seqlens, longest=longest)
         h = plug_back(d, routing.selected_probs, residual).to(h.dtype)
-        h = self.decoder(h, cu_seqlens, cache=cache.decoder)
+        h = self.decoder(h, cu_seqlens, cache=cache.decoder, max_seqlen=max_seqlen)
         return _cut(h, d_in), [routing, *inner_routing]
 
     def step(self, x, cache: HNetCache, mask=None):
