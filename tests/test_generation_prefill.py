@@ -1,12 +1,16 @@
 """Prefill in pieces: a prompt read in several forwards, or many prompts packed together, leaves the cache
 and the logits a single forward over each prompt does; fresh and continued rows in one pack."""
 
+import importlib
+
 import pytest
 import torch
 
 from golden import CASES, load_case, requires_golden
 from hnet.generation import prefill
-from hnet.generation.cache import tensors
+from hnet.generation.cache import layer_caches, tensors
+from hnet.layers.attention import KVCache
+from hnet.layers.mamba2 import Mamba2Cache
 from test_generation import CONFIGS, random_model
 
 
@@ -120,3 +124,34 @@ def test_prefill_in_pieces_with_fixed_space_boundaries():
     assert_caches_equal(*caches)
     text = bytes(ids[1:].tolist())
     assert model.generate([text], 12, temperature=0, prefill_bytes=5) == model.generate([text], 12, temperature=0)
+
+
+@torch.no_grad()
+def test_a_prefill_reads_once_which_caches_are_empty(monkeypatch):
+    """One host read tells every layer's cache whether it holds anything; the layers ask no more. The answer
+    is per cache: here one Mamba-2 layer of a fresh cache already holds a prompt (no model prefill leaves a
+    cache so), and the logits and caches equal those of the layers asking for themselves."""
+    model = random_model("2stage")
+    text = bytes(range(40, 100))
+
+    def cache_with_one_layer_used():
+        cache = model.allocate_inference_cache(1, 0)
+        x = torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(2))
+        model.backbone.encoder.layers[0].mixer(x, cu_seqlens=torch.tensor([0, 5]), cache=cache.encoder[0])
+        return cache
+
+    with monkeypatch.context() as m:  # the layers ask for themselves
+        m.setattr(importlib.import_module("hnet.generation.prefill"), "mark_empty", lambda cache: None)
+        want_cache = cache_with_one_layer_used()
+        want = prefill(model, want_cache, [text])
+    cache = cache_with_one_layer_used()
+    asked, reads, tolist = [], [], torch.Tensor.tolist
+    for kind in (KVCache, Mamba2Cache):
+        monkeypatch.setattr(kind, "holds_nothing", lambda c, ask=kind.holds_nothing: asked.append(c) or ask(c))
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(t.shape) or tolist(t))
+    got = prefill(model, cache, [text])
+    assert asked == list(layer_caches(cache))  # each once, by mark_empty
+    assert [c.empty for c in asked] == [None] * len(asked)  # each used, then forgotten
+    assert len(reads) == 3  # mark_empty's and each stage's chunk count: no stack of attention asked
+    assert torch.equal(got, want)
+    assert_caches_equal(cache, want_cache, tol=0)

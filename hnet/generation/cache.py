@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import torch
 
 from hnet.layers.attention import KVCache, reserve_kv_cache
+from hnet.layers.mamba2 import Mamba2Cache
 
 
 def select_rows(cache, rows: slice):
@@ -40,15 +41,20 @@ def tensors(cache, name: str = "cache") -> Iterator[tuple[str, torch.Tensor]]:
             yield from tensors(getattr(cache, f.name), f"{name}.{f.name}")
 
 
-def kv_caches(cache) -> Iterator[KVCache]:
-    if isinstance(cache, KVCache):
+def layer_caches(cache, kinds=(KVCache, Mamba2Cache)) -> Iterator:
+    """Every layer's cache of these kinds in the tree, in a fixed order."""
+    if isinstance(cache, kinds):
         yield cache
     elif isinstance(cache, list):
         for c in cache:
-            yield from kv_caches(c)
+            yield from layer_caches(c, kinds)
     elif dataclasses.is_dataclass(cache):
         for f in dataclasses.fields(cache):
-            yield from kv_caches(getattr(cache, f.name))
+            yield from layer_caches(getattr(cache, f.name), kinds)
+
+
+def kv_caches(cache) -> Iterator[KVCache]:
+    return layer_caches(cache, KVCache)
 
 
 def reserve(cache, steps: int) -> None:

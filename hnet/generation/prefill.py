@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from hnet.generation.cache import layer_caches
+
 PREFILL_BYTES = 16384  # per forward: activations of a few GB at the L models' widths
 
 
@@ -35,7 +37,18 @@ def prefill(model, cache, rows: list[bytes], max_bytes: int = PREFILL_BYTES):
         cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
         ended = [i for i, (p, row) in enumerate(zip(pieces, rows)) if p and read[i] == len(row)]
         # frombuffer: a list of 8192 ints into a tensor alone took ~1 ms of host time
+        mark_empty(cache)
         ids = torch.frombuffer(bytearray(b"".join(pieces)), dtype=torch.uint8).long().to(device)[None]
         out = model(ids, cu_seqlens=cu.to(device), cache=cache, logits_at=(cu[1:][ended] - 1).to(device))
         logits[ended] = out.logits[0].float()
     return logits
+
+
+def mark_empty(cache) -> None:
+    """Tell every layer's cache whether it holds nothing yet, for the next prefill forward: one host read
+    for the whole model, where each Mamba-2 layer and each stack of attention layers would otherwise make
+    its own (a fresh cache takes the forward's paths)."""
+    caches = list(layer_caches(cache))
+    if caches:
+        for c, empty in zip(caches, torch.stack([c.holds_nothing() for c in caches]).tolist()):
+            c.empty = empty

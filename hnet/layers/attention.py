@@ -34,6 +34,12 @@ class KVCache:
     v: torch.Tensor  # (B, H, slots, head_dim)
     seqlen: torch.Tensor  # (B,) int64: positions cached so far (the next position's index)
     window: int = -1  # the layer's window: -1, slots that grow with the sequence; else a ring of window + 1
+    # Set for one prefill by `hnet.generation.prefill.mark_empty` (one host read for every layer's cache):
+    # whether no row holds a position; None: the prefill asks itself.
+    empty: bool | None = None
+
+    def holds_nothing(self) -> torch.Tensor:
+        return (self.seqlen == 0).all()
 
 
 def reserve_kv_cache(cache: KVCache, positions: int) -> None:
@@ -139,11 +145,15 @@ class CausalSelfAttention(nn.Module):
             packed, cu_seqlens = as_packed(x)
             return self._prefill(packed, cu_seqlens, cache, x.shape[1], shared).view_as(x)
         T, cu = x.shape[1], cu_seqlens.long()
+        empty, cache.empty = cache.empty, None  # known for this prefill only
         if "prefill" not in shared:
             lengths, past = cu[1:] - cu[:-1], cache.seqlen
-            # One sync: the room the rows need, and whether a row that has new positions has cached ones (rows
-            # with no new positions may: a long prompt's pieces, or many prompts, take several forwards).
-            longest_after, longest_before = torch.stack(((past + lengths).max(), (past * (lengths > 0)).max())).tolist()
+            if empty and max_seqlen is not None:  # nothing cached: the room needed is the longest sequence
+                longest_after, longest_before = max_seqlen, 0
+            else:  # one sync: the room the rows need, and whether a row that has new positions has cached ones
+                # (rows with no new positions may: a long prompt's pieces, or many prompts, take several forwards)
+                longest_after, longest_before = torch.stack(((past + lengths).max(),
+                                                             (past * (lengths > 0)).max())).tolist()
             seq = sequence_of_position(cu, T)
             positions = past[seq] + positions_in_sequence(cu, T)  # (T,): each position's index in its row
             shared["prefill"] = lengths, longest_after, longest_before, seq, positions, (past + lengths)[seq]

@@ -85,9 +85,7 @@ class Isotropic(nn.Module):
             for layer in self.layers:
                 h, residual = layer(h, residual, cu_seqlens, seq_idx, None, max_seqlen)
         else:
-            # What the layers of a prefill compute alike (positions, gather indices, which caches are
-            # empty), made once: their caches hold the same positions.
-            shared = {"stack_caches": cache}
+            shared = {}  # what the layers of a prefill compute alike (positions, gather indices): made once
             for layer, layer_cache in zip(self.layers, cache):
                 h, residual = layer(h, residual, cu_seqlens, seq_idx, layer_cache, max_seqlen, shared)
         return self._final_norm(h, residual)

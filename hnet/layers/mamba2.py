@@ -20,6 +20,12 @@ class Mamba2Cache:
 
     conv_state: torch.Tensor  # (B, d_conv - 1, conv_dim): the last inputs of the short convolution
     ssm_state: torch.Tensor  # (B, nheads, headdim, d_state) float32
+    # Set for one prefill by `hnet.generation.prefill.mark_empty` (one host read for every layer's cache):
+    # whether the states are all zero; None: the prefill asks itself.
+    empty: bool | None = None
+
+    def holds_nothing(self) -> torch.Tensor:
+        return ~(self.ssm_state.any() | self.conv_state.any())
 
 
 class Mamba2(nn.Module):
@@ -91,8 +97,9 @@ class Mamba2(nn.Module):
             packed, cu_seqlens = as_packed(u)
             return self._prefill(packed, cache, cu_seqlens, shared).view_as(u)
         T = u.shape[1]
+        empty, cache.empty = cache.empty, None  # known for this prefill only
         one_row = cache.ssm_state.shape[0] == 1 and cu_seqlens.shape[0] == 2
-        if one_row and T > 0 and _holds_nothing(cache, shared):
+        if one_row and T > 0 and (empty if empty is not None else bool(cache.holds_nothing())):
             return self._prefill_fresh_row(u, cache)
         z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
         xBC = self._conv_continuing(xBC[0], cache, cu_seqlens.long(), shared).unsqueeze(0)
@@ -164,13 +171,3 @@ class Mamba2(nn.Module):
         y = self.norm(y.reshape(b, self.d_inner).to(u.dtype), z)
         return self.out_proj(y)
 
-
-def _holds_nothing(cache: Mamba2Cache, shared: dict) -> bool:
-    """Whether the cache's states are all zero (nothing prefilled yet). The stack's first Mamba-2 layer asks
-    this of every Mamba-2 cache of the stack (shared["stack_caches"], set by `Isotropic.run_layers`) at
-    once, before any of them is written: one host sync a stack rather than one a layer."""
-    if "empty_caches" not in shared:
-        caches = [c for c in shared.get("stack_caches", [cache]) if isinstance(c, Mamba2Cache)]
-        held = torch.stack([c.ssm_state.any() | c.conv_state.any() for c in caches]).tolist()
-        shared["empty_caches"] = {id(c) for c, h in zip(caches, held) if not h}
-    return id(cache) in shared["empty_caches"]
