@@ -36,8 +36,8 @@ def prefill(model, cache, rows: list[bytes], max_bytes: int = PREFILL_BYTES):
         lengths = torch.tensor([len(p) for p in pieces])
         cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
         ended = [i for i, (p, row) in enumerate(zip(pieces, rows)) if p and read[i] == len(row)]
-        # frombuffer: a list of 8192 ints into a tensor alone took ~1 ms of host time
         mark_empty(cache)
+        # frombuffer: a list of 8192 ints into a tensor alone took ~1 ms of host time
         ids = torch.frombuffer(bytearray(b"".join(pieces)), dtype=torch.uint8).long().to(device)[None]
         out = model(ids, cu_seqlens=cu.to(device), cache=cache, logits_at=(cu[1:][ended] - 1).to(device))
         logits[ended] = out.logits[0].float()

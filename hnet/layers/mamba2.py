@@ -122,8 +122,8 @@ class Mamba2(nn.Module):
 
     def _prefill_fresh_row(self, u, cache: Mamba2Cache):
         """A cache of one row that holds nothing yet (the common first prefill of one prompt): the forward's
-        mixer, which also gives the state at the end, and the last inputs of the
-        convolution kept. Equal to the general path from zero states, in fewer ops."""
+        mixer, which also gives the state at the end, and the last inputs of the convolution kept. Equal to
+        the general path from zero states, in fewer ops."""
         zxbcdt = self.in_proj(u)
         y, final_state = mamba2_mixer(zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias,
                                       self.A_log, self.D, self.norm.weight, self.headdim, self.chunk_size, None,
@@ -170,4 +170,3 @@ class Mamba2(nn.Module):
         y = ssd_state_update(cache.ssm_state, x, dt, self.dt_bias, self.A_log, B, C, self.D, mask)
         y = self.norm(y.reshape(b, self.d_inner).to(u.dtype), z)
         return self.out_proj(y)
-
