@@ -20,6 +20,7 @@ import os
 from contextlib import contextmanager, nullcontext
 
 import torch
+import torch.nn.functional as F
 
 from hnet.ops import cache as _cache_ref
 from hnet.ops import conv1d as _conv1d_ref
@@ -185,11 +186,14 @@ def ema_scan(x, p, seq_idx=None, chunk_size: int = 64):
     return impl(x, p, seq_idx, chunk_size)
 
 
-def swiglu(u):
-    impl = _swiglu_ref.swiglu
+def swiglu_linear(u, weight):
+    """The MLP's fc2(swiglu(u)) (weight: fc2's). Where the kernels run, the activation, half u's size, is
+    recomputed in the backward rather than kept from the forward (less memory at the peak)."""
     if use_triton(u):
-        from hnet.ops.triton.swiglu import swiglu as impl
-    return impl(u)
+        from hnet.ops.triton.swiglu import swiglu_linear
+
+        return swiglu_linear(u, weight.to(u.dtype))  # under autocast u is in autocast's dtype, weight not
+    return F.linear(_swiglu_ref.swiglu(u), weight)
 
 
 def rotary_qkv(qkv, cos, sin):
