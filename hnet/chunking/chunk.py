@@ -75,7 +75,7 @@ def dechunk(z, boundary_mask, boundary_prob, next_cu_seqlens=None, official_bf16
     return torch.gather(ema, 1, chunk_of_byte.clamp(min=0)[..., None].expand(-1, -1, ema.shape[-1]))
 
 
-def _continue_ema(ema, p_chunks, chunk_of_byte, cu, next_cu, cache, longest=None):
+def _continue_ema(ema, p_chunks, chunk_of_byte, cu, next_cu, cache, longest):
     """ema (M, D) of packed chunk sequences from a zero start -> bytes (1, T, D) of the EMA carried on from
     each row's last value: e_c + prod_{c' <= c} (1 - p_c') e_last, the product over the sequence's chunks."""
     last = cache.last_value

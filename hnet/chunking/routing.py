@@ -110,7 +110,7 @@ class RoutingModule(nn.Module):
             cu, T = cu_seqlens.long(), h.shape[1]
             live = cu[1:] > cu[:-1]
             first = torch.where(live, cu[:-1], T)
-            p_first = self._p_after(cache, slice(None), h[0, cu[:-1].clamp(max=T - 1)])
+            p_first = self._p_after(cache, h[0, cu[:-1].clamp(max=T - 1)])
             p = F.pad(p, (0, 1)).index_put((torch.zeros_like(first), first), p_first)[:, :T]
             update_rows_(cache.last_hidden, h[0, (cu[1:] - 1).clamp(min=0)].to(cache.last_hidden.dtype), live)
             cache.has_seen_tokens |= live
@@ -119,13 +119,13 @@ class RoutingModule(nn.Module):
     def step(self, h, cache: RoutingCache, mask=None) -> RoutingOutput:
         """One position: h (B, D). p compares it with the row's previous position (p = 1 at a row's first);
         rows where mask (B,) is False keep their cache and get no boundary."""
-        p = self._p_after(cache, slice(None), h)
+        p = self._p_after(cache, h)
         update_rows_(cache.last_hidden, h, mask)
         update_rows_(cache.has_seen_tokens, torch.ones_like(cache.has_seen_tokens), mask)
         return routing_output(p, mask)
 
-    def _p_after(self, cache: RoutingCache, rows, h):
-        """p of positions h (n, D) that follow the cached last positions of `rows` (p = 1 after none)."""
-        q = F.normalize(self.q_proj_layer(cache.last_hidden[rows]), dim=-1)
+    def _p_after(self, cache: RoutingCache, h):
+        """p of positions h (B, D), one a row, each after its row's cached last position (p = 1 after none)."""
+        q = F.normalize(self.q_proj_layer(cache.last_hidden), dim=-1)
         cos = (q * F.normalize(self.k_proj_layer(h), dim=-1)).sum(-1)
-        return torch.where(cache.has_seen_tokens[rows], torch.clamp((1 - cos) / 2, min=0.0, max=1.0), 1.0)
+        return torch.where(cache.has_seen_tokens, torch.clamp((1 - cos) / 2, min=0.0, max=1.0), 1.0)
