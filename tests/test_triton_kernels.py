@@ -110,22 +110,25 @@ def test_swiglu(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", [(1, 2), (3, 5, 40), (2, 33, 2200)], ids=str)
-def test_swiglu_linear_keeps_only_its_input(shape, dtype):
-    """fc2(swiglu(u)) as one Function: the reference composition's output and gradients (u and fc2's
-    weight), with only u and the weight saved for the backward (the activation is recomputed there)."""
+@pytest.mark.parametrize("shape", [(1, 3), (3, 5, 40), (2, 33, 200)], ids=str)
+def test_swiglu_mlp_keeps_only_its_input(shape, dtype):
+    """fc2(swiglu(fc1(x))) as one Function: the reference composition's output and gradients (x and both
+    weights), with only x and the weights saved for the backward (fc1's output and the activation are
+    recomputed there)."""
     torch.manual_seed(0)
-    u = torch.randn(shape, device=DEVICE, dtype=dtype) * 3
-    w = torch.randn(7, shape[-1] // 2, device=DEVICE, dtype=dtype) / 10
-    fast, ref = leaves(u, w), leaves(u, w)
+    hidden = 2 * shape[-1] + 6
+    x = torch.randn(shape, device=DEVICE, dtype=dtype)
+    w1 = torch.randn(2 * hidden, shape[-1], device=DEVICE, dtype=dtype) / shape[-1] ** 0.5
+    w2 = torch.randn(7, hidden, device=DEVICE, dtype=dtype) / hidden ** 0.5
+    fast, ref = leaves(x, w1, w2), leaves(x, w1, w2)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        y_fast = triton_swiglu.swiglu_linear(*fast)
-    assert [t.shape for t in saved] == [u.shape, w.shape]
-    y_ref = F.linear(swiglu(ref[0]), ref[1])
+        y_fast = triton_swiglu.swiglu_mlp(*fast)
+    assert [t.shape for t in saved] == [x.shape, w1.shape, w2.shape]
+    y_ref = F.linear(swiglu(F.linear(ref[0], ref[1])), ref[2])
     assert y_fast.shape == y_ref.shape and y_fast.dtype == dtype
     assert rel(y_fast, y_ref) < TOL[dtype]
-    check_grads(y_fast, fast, y_ref, ref, TOL[dtype], ["u", "weight"])
+    check_grads(y_fast, fast, y_ref, ref, TOL[dtype], ["x", "fc1 weight", "fc2 weight"])
 
 
 ROTARY_CASES = [(1, 1, 8, 8), (37, 3, 12, 8), (50, 16, 96, 48), (70, 5, 20, 4)] + real_shapes((21504, 16, 96, 48))

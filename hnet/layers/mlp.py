@@ -1,6 +1,6 @@
 from torch import nn
 
-from hnet.ops.dispatch import swiglu_linear
+from hnet.ops.dispatch import swiglu_mlp
 
 
 class SwiGLU(nn.Module):
@@ -13,4 +13,4 @@ class SwiGLU(nn.Module):
         self.fc2 = nn.Linear(hidden, d_model, bias=False, device=device, dtype=dtype)
 
     def forward(self, x):
-        return swiglu_linear(self.fc1(x), self.fc2.weight)  # fc2(swiglu(fc1(x)))
+        return swiglu_mlp(x, self.fc1.weight, self.fc2.weight)  # fc2(swiglu(fc1(x)))

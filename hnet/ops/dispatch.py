@@ -186,14 +186,17 @@ def ema_scan(x, p, seq_idx=None, chunk_size: int = 64):
     return impl(x, p, seq_idx, chunk_size)
 
 
-def swiglu_linear(u, weight):
-    """The MLP's fc2(swiglu(u)) (weight: fc2's). Where the kernels run, the activation, half u's size, is
-    recomputed in the backward rather than kept from the forward (less memory at the peak)."""
-    if use_triton(u):
-        from hnet.ops.triton.swiglu import swiglu_linear
+def swiglu_mlp(x, fc1_weight, fc2_weight):
+    """The Transformer's MLP, fc2(swiglu(fc1(x))). Where the kernels run, fc1's output and the activation
+    are recomputed in the backward rather than kept from the forward (less memory at the step's peak, for
+    one more GEMM a layer)."""
+    if use_triton(x):
+        from hnet.ops.triton.swiglu import swiglu_mlp
 
-        return swiglu_linear(u, weight.to(u.dtype))  # under autocast u is in autocast's dtype, weight not
-    return F.linear(_swiglu_ref.swiglu(u), weight)
+        device = x.device.type  # the Function runs in one dtype: autocast's, as its linears would have
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        return swiglu_mlp(x.to(dtype), fc1_weight.to(dtype), fc2_weight.to(dtype))
+    return F.linear(_swiglu_ref.swiglu(F.linear(x, fc1_weight)), fc2_weight)
 
 
 def rotary_qkv(qkv, cos, sin):

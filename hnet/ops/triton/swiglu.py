@@ -1,7 +1,7 @@
 """silu(gate) * value in one pass each way; equals `hnet.ops.swiglu.swiglu`. Unfused, the activation of a
 strided half, the product and, backward, their gradients and the concatenation of the halves' gradients
-were each a pass over the MLP's widest activations. `swiglu_linear` also applies the MLP's fc2 and keeps
-only u for the backward."""
+were each a pass over the MLP's widest activations. `swiglu_mlp` is the whole MLP, fc2(swiglu(fc1(x))),
+keeping only x for the backward."""
 
 from __future__ import annotations
 
@@ -70,22 +70,27 @@ class _SwiGLU(torch.autograd.Function):
         return _activation_backward(u, dout)
 
 
-class _SwiGLULinear(torch.autograd.Function):
-    """swiglu(u) @ weight.T keeping only u (and weight) for the backward, which recomputes the activation
-    (one more pass over u) rather than hold it, half u's size, from the forward to the backward."""
+class _SwiGLUMLP(torch.autograd.Function):
+    """fc2(swiglu(fc1(x))) keeping only x and the weights for the backward, which recomputes fc1's output
+    (one GEMM) and the activation. Stored, fc1's output (2 x hidden a position) and the activation (hidden)
+    were the widest activations of the main network at the step's peak."""
 
     @staticmethod
-    def forward(ctx, u, weight):
-        u = u.contiguous()
-        ctx.save_for_backward(u, weight)
-        return F.linear(_activation(u), weight)
+    def forward(ctx, x, fc1_weight, fc2_weight):
+        ctx.save_for_backward(x, fc1_weight, fc2_weight)
+        return F.linear(_activation(F.linear(x, fc1_weight).contiguous()), fc2_weight)
 
     @staticmethod
     def backward(ctx, dout):
-        u, weight = ctx.saved_tensors
-        h = _activation(u)
-        dweight = dout.flatten(0, -2).t().mm(h.flatten(0, -2)) if ctx.needs_input_grad[1] else None
-        return _activation_backward(u, dout.matmul(weight)), dweight
+        x, fc1_weight, fc2_weight = ctx.saved_tensors
+        u = F.linear(x, fc1_weight).contiguous()
+        dout_rows = dout.flatten(0, -2)
+        dfc2 = dout_rows.t().mm(_activation(u).flatten(0, -2)) if ctx.needs_input_grad[2] else None
+        du = _activation_backward(u, dout.matmul(fc2_weight))
+        del u
+        dfc1 = du.flatten(0, -2).t().mm(x.flatten(0, -2)) if ctx.needs_input_grad[1] else None
+        dx = du.matmul(fc1_weight) if ctx.needs_input_grad[0] else None
+        return dx, dfc1, dfc2
 
 
 def _check(u):
@@ -98,7 +103,9 @@ def swiglu(u):
     return _SwiGLU.apply(u)
 
 
-def swiglu_linear(u, weight):
-    """F.linear(swiglu(u), weight), the activation recomputed in the backward; weight in u's dtype."""
-    _check(u)
-    return _SwiGLULinear.apply(u, weight)
+def swiglu_mlp(x, fc1_weight, fc2_weight):
+    """F.linear(swiglu(F.linear(x, fc1_weight)), fc2_weight), fc1's output and the activation recomputed in
+    the backward; all three in one dtype."""
+    if fc1_weight.shape[0] % 2:
+        raise ValueError(f"swiglu: fc1's output holds [value, gate] and must be even, got {fc1_weight.shape[0]}")
+    return _SwiGLUMLP.apply(x, fc1_weight, fc2_weight)
