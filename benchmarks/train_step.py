@@ -41,7 +41,8 @@ the same kernels without the fused Function, to time the fusion within one run; 
 fused mixers keeping their convolution's output instead of recomputing it in the backward (time for memory). --glue N lists, for one
 fast step of each H-Net, the N call sites that fill, copy, cast or concatenate the most bytes (every such
 aten op the step dispatches from Python, forward and backward, by source line or autograd node; kernels
-that libraries launch internally, e.g. flash attention's, are not seen).
+that libraries launch internally, e.g. flash attention's, are not seen). --saved N lists what one fast step's
+forward keeps for the backward, by module and by line, beside the step's peak memory.
 
 An untrained router's compression is not the target (from 2 to 2000 bytes per chunk in
 the 1-stage L's first 7 steps, and a second stage that may keep almost nothing), so its H-Net does more or
@@ -53,6 +54,7 @@ are fixed at the targets (one every 6th byte, or every 3rd position at each stag
 from __future__ import annotations
 
 import math
+import re
 import traceback
 from pathlib import Path
 
@@ -212,6 +214,68 @@ def glue_report(config: HNetConfig, device, batch: int, seq_len: int, rows: int,
         print(f"| {op} | {where} | {calls} | {nbytes / 2**20:,.1f} |")
 
 
+class SavedLog:
+    """The bytes a forward saves for the backward, by module (layer indices folded into *) and the model's line
+    that saved them, each storage counted once, at its whole size (a view keeps all of its storage alive)."""
+
+    def __init__(self, model):
+        self.modules: list[str] = []
+        self.storages: set[int] = set()
+        self.sites: dict[tuple[str, str], list[int]] = {}
+        self.handles = []
+        for name, module in model.named_modules():
+            where = re.sub(r"\.\d+(?=\.|$)", ".*", name) or "(model)"
+            self.handles.append(module.register_forward_pre_hook(lambda m, a, w=where: self.modules.append(w)))
+            self.handles.append(module.register_forward_hook(lambda m, a, o: self.modules.pop() and None))
+        self.parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(self, t):
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key not in self.storages and key not in self.parameters:
+            self.storages.add(key)
+            entry = self.sites.setdefault((self.modules[-1] if self.modules else "(outside)", call_site() or "?"), [0, 0])
+            entry[0] += 1
+            entry[1] += storage.nbytes()
+        return t
+
+    def close(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def saved_report(config: HNetConfig, device, batch: int, seq_len: int, rows: int, targets=None) -> None:
+    """One fast-path step after one unlogged: what its forward keeps for the backward, by module and line,
+    beside the step's peak memory (the saved tensors, the parameters, their gradients and AdamW's state)."""
+    torch.manual_seed(0)
+    model = HNetForCausalLM(config, device=device)
+    if targets is not None:
+        route_every(model, targets)
+    data = text_batch(batch, seq_len, device)
+    optimizer, log = build_optimizer(model, TrainConfig()), SavedLog(model)
+    with kernel_path("fast"):
+        time_train_steps(model, TrainConfig(), data, device, 1, 0, optimizer)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with torch.autograd.graph.saved_tensors_hooks(log.pack, lambda t: t):
+            time_train_steps(model, TrainConfig(), data, device, 1, 0, optimizer)
+    log.close()
+    total = sum(b for _, b in log.sites.values())
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    print(f"{total / 2**30:.2f} GiB saved for the backward by one step's forward (parameters {params / 2**30:.2f} "
+          f"GiB, with their gradients and AdamW's state about {4 * params / 2**30:.2f}); peak {peak:.2f} GiB")
+    by_module: dict[str, int] = {}
+    for (module, _), (_, nbytes) in log.sites.items():
+        by_module[module] = by_module.get(module, 0) + nbytes
+    print("| module | GiB saved | % |\n| --- | ---: | ---: |")
+    for module, nbytes in sorted(by_module.items(), key=lambda kv: -kv[1])[:rows]:
+        print(f"| {module} | {nbytes / 2**30:.3f} | {100 * nbytes / total:.1f} |")
+    print(f"\nthe {rows} largest (module, line) sites:\n| module | where | tensors | MiB saved |\n| --- | --- | ---: | ---: |")
+    for (module, where), (count, nbytes) in sorted(log.sites.items(), key=lambda kv: -kv[1][1])[:rows]:
+        print(f"| {module} | {where} | {count} | {nbytes / 2**20:,.1f} |")
+
+
 def main(argv=None):
     parser = shape_parser(__doc__, DEFAULT_CONFIGS)
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU (default: known H100/H200)")
@@ -229,6 +293,8 @@ def main(argv=None):
                         "keeping their convolution's output for the backward instead of recomputing it")
     parser.add_argument("--glue", type=int, metavar="ROWS", help="also list, for one fast step of each H-Net, the "
                         "ROWS call sites that fill, copy, cast or concatenate the most bytes")
+    parser.add_argument("--saved", type=int, metavar="ROWS", help="also list, for one fast step of each H-Net, "
+                        "what its forward saves for the backward, by module and by line (ROWS of each)")
     parser.add_argument("--profile", type=int, metavar="ROWS", help="also profile one fast-path step of each "
                         "H-Net (and of its routed-at-targets row) at the batch that fitted, printing the ROWS "
                         "ops and kernels of most time")
@@ -316,6 +382,9 @@ def main(argv=None):
     for label, cfg, batch, fixed in fitted if args.glue else []:
         print(f"\nglue of one {label} step:")
         glue_report(cfg, device, batch, args.seq_len, args.glue, fixed)
+    for label, cfg, batch, fixed in fitted if args.saved else []:
+        print(f"\nsaved for the backward in one {label} step:")
+        saved_report(cfg, device, batch, args.seq_len, args.saved, fixed)
     print_tuning()
 
 
