@@ -18,15 +18,21 @@ def test_train_step_table_and_profile(capsys, monkeypatch):
 
 def test_train_step_unfused_rows_floor_and_glue(capsys, monkeypatch):
     """--unfused adds the rows with Mamba-2's mixer op by op; --glue lists the glue ops of a step by call site;
-    the floor columns stay empty off CUDA (no measured ceilings)."""
+    --saved what its forward keeps for the backward, by module; the floor columns stay empty off CUDA (no
+    measured ceilings)."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     load_benchmark("train_step").main(["--device", "cpu", "--quick", "--config", "hnet/configs/text/hnet_1stage_tiny.json",
-                                       "--no-reference", "--no-transformer", "--unfused", "--glue", "5"])
+                                       "--no-reference", "--no-transformer", "--unfused", "--glue", "5", "--saved", "40"])
     out = capsys.readouterr().out
     assert "| model | params | batch | ms/step | floor ms | x floor |" in out
     assert "| hnet_1stage_tiny fast, mixer unfused | 2.3M | 2 x 128 |" in out
     glue = out.split("glue of one hnet_1stage_tiny fast step:")[1]
     assert "| op | where | calls | MiB written |" in glue and "backward of" in glue
+    saved = out.split("saved for the backward in one hnet_1stage_tiny fast step:")[1].split("\n\n")[0]
+    total = float(saved.split(" GiB saved for the backward")[0].strip())
+    by_module = {row.split(" | ")[0][2:]: float(row.split(" | ")[1]) for row in saved.strip().splitlines()[3:]}
+    assert {"backbone.encoder.layers.*.mixer", "backbone.main_network.main_network.layers.*.mlp", "lm_head"} <= set(by_module)
+    assert sum(by_module.values()) == pytest.approx(total, abs=0.002)  # every module within 40 rows
 
 
 def test_step_floor_of_the_1stage_L_step():
