@@ -130,9 +130,10 @@ def prefill_vs_forward(model, n_bytes: int, device, top: int = 0) -> tuple[float
     cache, and of one forward;
     top > 0: also print the `top` ops of each by time (kernel time on CUDA), to see where they differ."""
     ids = text_rows(1, n_bytes).to(device)
+    prompt = bytes(ids[0].tolist())  # the user's bytes, on the host
 
     def fill():
-        prefill(model, model.allocate_inference_cache(1, 0), [bytes(ids[0].tolist())])
+        prefill(model, model.allocate_inference_cache(1, 0), [prompt])
 
     def forward():
         model(ids)
@@ -145,9 +146,11 @@ def prefill_vs_forward(model, n_bytes: int, device, top: int = 0) -> tuple[float
         with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
             fn()
             sync(device)
-        key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        print(f"\n{name} of {n_bytes} bytes, its top {top} ops:")
-        print(prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=60))
+        events = prof.key_averages()
+        busy = sum(e.self_device_time_total for e in events) / 1e3
+        print(f"\n{name} of {n_bytes} bytes: {busy:.1f} ms of kernels; its top {top} ops by kernel time, then by host time:")
+        for key in ("self_device_time_total",) * (device.type == "cuda") + ("self_cpu_time_total",):
+            print(events.table(sort_by=key, row_limit=top, max_name_column_width=60))
     return times
 
 
