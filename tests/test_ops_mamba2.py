@@ -143,6 +143,41 @@ def test_fused_mixer_equals_the_unfused_kernels(recompute_conv):
         assert rel(a, b) < (1e-5 if name in PER_HEAD else 1e-6), f"{name}: {rel(a, b):.2e}"
 
 
+def test_fused_mixer_recomputes_the_scan_states_bit_for_bit():
+    """The backward recomputes the scan's entering states and C.B with the forward's kernels on the same inputs
+    (packed rows, 70 positions in chunks of 16): output and every gradient equal, bit for bit, those of the
+    mixer that keeps them."""
+    inputs, seq_idx = mixer_inputs(2, 70, 3, 8, 8, 4, torch.float32, packed=True)
+    gen = torch.Generator().manual_seed(1)
+    dy, dfinal = torch.randn(2, 70, 24, generator=gen).to(DEVICE), torch.randn(2, 3, 8, 8, generator=gen).to(DEVICE)
+    recomputed, kept = (run(lambda *a, **kw: triton_mamba2.mamba2_mixer(*a, **kw, recompute_states=r), leaves(inputs),
+                            8, 16, seq_idx, dy, dfinal) for r in (True, False))
+    for name, a, b in zip(["out", "final_state", *NAMES], [recomputed[0], recomputed[1], *recomputed[2]],
+                          [kept[0], kept[1], *kept[2]]):
+        assert torch.equal(a, b), f"{name}: {rel(a, b):.2e}"
+
+
+def test_fused_mixer_keeps_no_scan_states():
+    """By default nothing saved for the backward has the shape of the scan's entering states (b, chunks, h, p, n)
+    or of its C.B (b, chunks, groups, Q, Q): the saved bytes are theirs fewer than with recompute_states=False."""
+    b, l, h, p, n, Q = 2, 70, 3, 8, 8, 16
+    inputs, seq_idx = mixer_inputs(b, l, h, p, n, 4, torch.float32, packed=True)
+
+    def saved_for_backward(recompute_states):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            triton_mamba2.mamba2_mixer(*leaves(inputs), p, Q, seq_idx, recompute_states=recompute_states)
+        return saved
+
+    chunks = -(-l // Q)
+    states_in, cb = torch.Size([b, chunks, h, p, n]), torch.Size([b, chunks, 1, Q, Q])
+    recomputed, kept = saved_for_backward(True), saved_for_backward(False)
+    assert {states_in, cb} <= {t.shape for t in kept}
+    assert not {states_in, cb} & {t.shape for t in recomputed}
+    nbytes = sum(t.numel() * t.element_size() for t in kept) - sum(t.numel() * t.element_size() for t in recomputed)
+    assert nbytes == (states_in.numel() + cb.numel()) * 4
+
+
 def nth_layout(pick: int, counts: dict, names: set):
     """A stand-in for launch_fastest: the pick-th distinct launch layout of the launchers named (warps and
     stages aside, which change scheduling, not results), the default of the others; counts their layouts."""

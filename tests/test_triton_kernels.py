@@ -490,6 +490,22 @@ def test_ssd_chunked(case, dtype):
             assert err < TOL[dtype], f"d{name}: rel err {err:.2e} vs float64"
 
 
+def test_ssd_chunked_recomputes_the_states_bit_for_bit():
+    """The backward recomputes the entering states (from the initial state, across packed sequences) and C.B
+    with the forward's kernels: every gradient equals, bit for bit, that from the states the forward kept."""
+    x, dt, A, B, C, D, s0, seq_idx = ssd_inputs(2, 70, 4, 8, 2, 16, torch.float32, packed=True, init=True)
+    gen = torch.Generator().manual_seed(1)
+    dy, ds = torch.randn(x.shape, generator=gen).to(DEVICE), torch.randn(s0.shape, generator=gen).to(DEVICE)
+    grads = []
+    for keep_states in (False, True):
+        t = leaves(x, dt, A, B, C, D, s0)
+        y, s = triton_ssd.ssd_chunked(*t[:5], 16, *t[5:], seq_idx=seq_idx, return_final_state=True,
+                                      keep_states=keep_states)
+        grads.append(torch.autograd.grad((y, s), t, (dy, ds)))
+    for name, a, b in zip(["x", "dt", "A", "B", "C", "D", "initial_state"], *grads):
+        assert torch.equal(a, b), f"d{name}: {rel(a, b):.2e}"
+
+
 def test_ssd_steep_decay():
     """Decays that underflow float32 within a block (cs falls by several hundred across a chunk): no NaN from
     0 x inf, nothing lost that the float64 recurrence keeps. Held to twice the float32 reference's own error

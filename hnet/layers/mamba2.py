@@ -64,6 +64,9 @@ class Mamba2(nn.Module):
         # The fused mixer's backward recomputes the convolution's output (one pass over xBC) rather than keep
         # it from the forward (b x l x (d_inner + 2 d_state) at the peak); False keeps it.
         self.recompute_conv = True
+        # Likewise the scan's entering states (x's size in float32, the largest tensor the scan keeps) and C.B:
+        # recomputed from x, B, C and dt (a third of the scan's forward); False keeps them.
+        self.recompute_states = True
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> Mamba2Cache:
         w = self.in_proj.weight
@@ -89,7 +92,7 @@ class Mamba2(nn.Module):
             return self._prefill(u, cache, cu_seqlens, {} if shared is None else shared)
         y = mamba2_mixer(self.in_proj(u), self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, self.A_log,
                          self.D, self.norm.weight, self.headdim, self.chunk_size, seq_idx, self.norm.eps,
-                         recompute_conv=self.recompute_conv)
+                         recompute_conv=self.recompute_conv, recompute_states=self.recompute_states)
         return self.out_proj(y)
 
     def _prefill(self, u, cache: Mamba2Cache, cu_seqlens, shared: dict):

@@ -98,16 +98,18 @@ def use_triton(x) -> bool:
 
 
 def mamba2_mixer(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, headdim: int, chunk_size: int,
-                 seq_idx=None, eps: float = 1e-5, return_final_state: bool = False, recompute_conv: bool = True):
+                 seq_idx=None, eps: float = 1e-5, return_final_state: bool = False, recompute_conv: bool = True,
+                 recompute_states: bool = True):
     """`hnet.ops.mamba2.mamba2_mixer`: fused where the kernels run and `fused_mamba2_requested()`, else the
     composition of the dispatched conv1d, SSD and gated norm (each its kernel or its reference).
-    recompute_conv: the fused backward recomputes the convolution's output rather than keep it."""
+    recompute_conv, recompute_states: the fused backward recomputes the convolution's output, and the scan's
+    entering states and C.B, rather than keep them."""
     args = (zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, headdim, chunk_size, seq_idx, eps,
             return_final_state)
     if use_triton(zxbcdt) and fused_mamba2_requested():
         from hnet.ops.triton.mamba2 import mamba2_mixer as fused
 
-        return fused(*args, recompute_conv=recompute_conv)
+        return fused(*args, recompute_conv=recompute_conv, recompute_states=recompute_states)
     return _mamba2_ref.mamba2_mixer(*args, conv=causal_conv1d, scan=ssd_chunked, norm=gated_rms_norm)
 
 

@@ -11,10 +11,13 @@ What fusing saves over the three ops composed (each its own Function, glued by t
   xBC, dt), cast dB and dC, and ran the softplus, its cast and dt_bias's sum as passes of their own;
 - the convolution's output (x, B, C: b x l x (d_inner + 2 d_state)) is not kept for the backward but
   recomputed there from in_proj's output, which is kept anyway (recompute_conv=False keeps it instead:
-  a pass less, that tensor more at the peak).
+  a pass less, that tensor more at the peak);
+- nor are the scan's entering states (x's size in float32) and C.B: the scan's backward recomputes them
+  (recompute_states=False keeps them instead: a third of the scan's forward less in the backward).
 
 Saved for the backward: in_proj's output, y (the scan's output, before the norm), the norm's rstd and the
-scan's own intermediates (`hnet.ops.triton.ssd.ssd_forward`).
+scan's dt per chunk and their cumulative sums (`hnet.ops.triton.ssd.ssd_forward`'s saved), with its
+entering states and C.B too where recompute_states is False.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def _rows(t):
 class _Mamba2Mixer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, seq_idx, headdim, chunk_size,
-                eps, recompute_conv):
+                eps, recompute_conv, recompute_states):
         b, l, _ = zxbcdt.shape
         nheads = dt_bias.shape[0]
         d_inner, conv_dim, _ = split_sizes(zxbcdt.shape[-1], conv_weight.shape[0], nheads)
@@ -55,7 +58,7 @@ class _Mamba2Mixer(torch.autograd.Function):
         x, B, C = _scan_views(xBC_conv, nheads, headdim)
         A = -torch.exp(A_log.float())
         y, final_state, saved = ssd_forward(x, dt, A, B, C, chunk_size, D, None, seq_idx, dt_bias=dt_bias,
-                                            dt_softplus=True)
+                                            dt_softplus=True, keep_states=not recompute_states)
         y2 = _rows(y.view(b, l, d_inner))
         out, rstd = gated_rms_norm_forward(y2, rows_of(z, d_inner), norm_weight, eps, y.dtype)
         kept = () if recompute_conv else (xBC_conv,)
@@ -86,21 +89,22 @@ class _Mamba2Mixer(torch.autograd.Function):
         x, B, C = _scan_views(xBC_conv, nheads, headdim)
         dx, dB, dC = _scan_views(dxBC, nheads, headdim)
         _, _, dA, _, _, dD, _, ddt_bias = ssd_backward(dy2.view(b, l, nheads, headdim), dfinal, x, A, B, C, D, seq_idx,
-                                                       saved, False, dt_raw=dt, dt_bias=dt_bias, out=(dx, dB, dC, ddt))
+                                                       saved, None, dt_raw=dt, dt_bias=dt_bias, out=(dx, dB, dC, ddt))
         del xBC_conv, x, B, C
         _, dconv_weight, dconv_bias = conv1d_backward(dxBC, xBC, conv_weight, conv_bias, seq_idx, silu=True,
                                                       dx=dxBC_in)
         dA_log = (dA * A).to(ctx.a_log_dtype)  # A = -exp(A_log)
         return (dzxbcdt, dconv_weight, dconv_bias, ddt_bias.to(dt_bias.dtype), dA_log,
-                dD.to(D.dtype) if dD is not None else None, dnorm_weight, None, None, None, None, None)
+                dD.to(D.dtype) if dD is not None else None, dnorm_weight, None, None, None, None, None, None)
 
 
 def mamba2_mixer(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, headdim: int, chunk_size: int,
-                 seq_idx=None, eps: float = 1e-5, return_final_state: bool = False, recompute_conv: bool = True):
+                 seq_idx=None, eps: float = 1e-5, return_final_state: bool = False, recompute_conv: bool = True,
+                 recompute_states: bool = True):
     if zxbcdt.stride(-1) != 1:
         zxbcdt = zxbcdt.contiguous()
     if seq_idx is not None:
         seq_idx = seq_idx.contiguous()  # the kernels step through it with unit stride
     out, final_state = _Mamba2Mixer.apply(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, seq_idx,
-                                          headdim, chunk_size, eps, recompute_conv)
+                                          headdim, chunk_size, eps, recompute_conv, recompute_states)
     return (out, final_state) if return_final_state else out
