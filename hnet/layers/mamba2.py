@@ -90,10 +90,11 @@ class Mamba2(nn.Module):
         """
         if cache is not None:
             return self._prefill(u, cache, cu_seqlens, {} if shared is None else shared)
-        y = mamba2_mixer(self.in_proj(u), self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, self.A_log,
-                         self.D, self.norm.weight, self.headdim, self.chunk_size, seq_idx, self.norm.eps,
-                         recompute_conv=self.recompute_conv, recompute_states=self.recompute_states)
-        return self.out_proj(y)
+        # out_proj's weight goes in with the rest: fused, the norm's output is not kept for its gradient
+        return mamba2_mixer(self.in_proj(u), self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, self.A_log,
+                            self.D, self.norm.weight, self.headdim, self.chunk_size, seq_idx, self.norm.eps,
+                            recompute_conv=self.recompute_conv, recompute_states=self.recompute_states,
+                            out_proj_weight=self.out_proj.weight)
 
     def _prefill(self, u, cache: Mamba2Cache, cu_seqlens, shared: dict):
         if cu_seqlens is None:

@@ -99,18 +99,26 @@ def use_triton(x) -> bool:
 
 def mamba2_mixer(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, headdim: int, chunk_size: int,
                  seq_idx=None, eps: float = 1e-5, return_final_state: bool = False, recompute_conv: bool = True,
-                 recompute_states: bool = True):
+                 recompute_states: bool = True, out_proj_weight=None):
     """`hnet.ops.mamba2.mamba2_mixer`: fused where the kernels run and `fused_mamba2_requested()`, else the
     composition of the dispatched conv1d, SSD and gated norm (each its kernel or its reference).
     recompute_conv, recompute_states: the fused backward recomputes the convolution's output, and the scan's
-    entering states and C.B, rather than keep them."""
+    entering states and C.B, rather than keep them. out_proj_weight: also apply out_proj (no bias); fused, its
+    input (the norm's output) is recomputed in the backward rather than kept."""
     args = (zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, headdim, chunk_size, seq_idx, eps,
             return_final_state)
     if use_triton(zxbcdt) and fused_mamba2_requested():
         from hnet.ops.triton.mamba2 import mamba2_mixer as fused
 
-        return fused(*args, recompute_conv=recompute_conv, recompute_states=recompute_states)
-    return _mamba2_ref.mamba2_mixer(*args, conv=causal_conv1d, scan=ssd_chunked, norm=gated_rms_norm)
+        # under autocast in_proj's output is in autocast's dtype, out_proj's weight not
+        weight = out_proj_weight.to(zxbcdt.dtype) if out_proj_weight is not None else None
+        return fused(*args, recompute_conv=recompute_conv, recompute_states=recompute_states, out_proj_weight=weight)
+    out = _mamba2_ref.mamba2_mixer(*args, conv=causal_conv1d, scan=ssd_chunked, norm=gated_rms_norm)
+    if out_proj_weight is None:
+        return out
+    if return_final_state:
+        return F.linear(out[0], out_proj_weight), out[1]
+    return F.linear(out, out_proj_weight)
 
 
 def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=None, return_final_state=False):

@@ -1,5 +1,6 @@
-"""Mamba-2's mixer, in_proj's output -> out_proj's input, as one autograd Function; equals
-`hnet.ops.mamba2.mamba2_mixer` (same signature), built from the kernels of conv1d, ssd and norm.
+"""Mamba-2's mixer, in_proj's output -> out_proj's input (or, given out_proj's weight, its output), as one
+autograd Function; equals `hnet.ops.mamba2.mamba2_mixer` (same signature), built from the kernels of
+conv1d, ssd and norm.
 
 What fusing saves over the three ops composed (each its own Function, glued by torch):
 - the forward reads z, xBC and dt in place from in_proj's output (strided rows, no split copies), and takes
@@ -13,7 +14,9 @@ What fusing saves over the three ops composed (each its own Function, glued by t
   recomputed there from in_proj's output, which is kept anyway (recompute_conv=False keeps it instead:
   a pass less, that tensor more at the peak);
 - nor are the scan's entering states (x's size in float32) and C.B: the scan's backward recomputes them
-  (recompute_states=False keeps them instead: a third of the scan's forward less in the backward).
+  (recompute_states=False keeps them instead: a third of the scan's forward less in the backward);
+- with out_proj's weight, nor is the norm's output, which out_proj would keep for its weight's gradient: the
+  backward recomputes it from y and z, kept anyway (one pass of the norm).
 
 Saved for the backward: in_proj's output, y (the scan's output, before the norm), the norm's rstd and the
 scan's dt per chunk and their cumulative sums (`hnet.ops.triton.ssd.ssd_forward`'s saved), with its
@@ -23,6 +26,7 @@ entering states and C.B too where recompute_states is False.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from hnet.ops.mamba2 import split_sizes
 from hnet.ops.triton.conv1d import conv1d_backward, conv1d_forward
@@ -47,8 +51,8 @@ def _rows(t):
 
 class _Mamba2Mixer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, seq_idx, headdim, chunk_size,
-                eps, recompute_conv, recompute_states):
+    def forward(ctx, zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_proj_weight, seq_idx, headdim,
+                chunk_size, eps, recompute_conv, recompute_states):
         b, l, _ = zxbcdt.shape
         nheads = dt_bias.shape[0]
         d_inner, conv_dim, _ = split_sizes(zxbcdt.shape[-1], conv_weight.shape[0], nheads)
@@ -61,15 +65,20 @@ class _Mamba2Mixer(torch.autograd.Function):
                                             dt_softplus=True, keep_states=not recompute_states)
         y2 = _rows(y.view(b, l, d_inner))
         out, rstd = gated_rms_norm_forward(y2, rows_of(z, d_inner), norm_weight, eps, y.dtype)
+        out = out.view(b, l, d_inner)
+        if out_proj_weight is not None:
+            out = F.linear(out, out_proj_weight)
         kept = () if recompute_conv else (xBC_conv,)
-        ctx.save_for_backward(zxbcdt, conv_weight, conv_bias, dt_bias, A, D, norm_weight, seq_idx, y2, rstd, *saved, *kept)
-        ctx.headdim, ctx.recompute_conv, ctx.a_log_dtype = headdim, recompute_conv, A_log.dtype
+        ctx.save_for_backward(zxbcdt, conv_weight, conv_bias, dt_bias, A, D, norm_weight, out_proj_weight, seq_idx, y2,
+                              rstd, *saved, *kept)
+        ctx.headdim, ctx.eps, ctx.recompute_conv, ctx.a_log_dtype = headdim, eps, recompute_conv, A_log.dtype
         ctx.set_materialize_grads(False)
-        return out.view(b, l, d_inner), final_state
+        return out, final_state
 
     @staticmethod
     def backward(ctx, dout, dfinal):
-        zxbcdt, conv_weight, conv_bias, dt_bias, A, D, norm_weight, seq_idx, y2, rstd, *saved = ctx.saved_tensors
+        zxbcdt, conv_weight, conv_bias, dt_bias, A, D, norm_weight, out_proj_weight, seq_idx, y2, rstd, *saved = \
+            ctx.saved_tensors
         b, l, _ = zxbcdt.shape
         nheads, headdim = dt_bias.shape[0], ctx.headdim
         d_inner, conv_dim = nheads * headdim, conv_weight.shape[0]
@@ -79,8 +88,15 @@ class _Mamba2Mixer(torch.autograd.Function):
         # One buffer for in_proj's gradient: each part below writes its slice of it.
         dzxbcdt = torch.empty_like(zxbcdt)
         dz, dxBC_in, ddt = torch.split(dzxbcdt, [d_inner, conv_dim, nheads], dim=-1)
+        dout_proj_weight = None
         if dout is None:  # only the final state is used
             dout = torch.zeros(b, l, d_inner, device=zxbcdt.device, dtype=y2.dtype)
+        elif out_proj_weight is not None:
+            if ctx.needs_input_grad[7]:
+                normed, _ = gated_rms_norm_forward(y2, rows_of(z, d_inner), norm_weight, ctx.eps, y2.dtype)
+                dout_proj_weight = dout.reshape(-1, dout.shape[-1]).t().mm(normed)
+                del normed
+            dout = dout.matmul(out_proj_weight)
         dy2, _, dnorm_weight = gated_rms_norm_backward(rows_of(dout, d_inner), y2, rows_of(z, d_inner), norm_weight,
                                                        rstd, dz=_rows(dz))
 
@@ -95,16 +111,18 @@ class _Mamba2Mixer(torch.autograd.Function):
                                                       dx=dxBC_in)
         dA_log = (dA * A).to(ctx.a_log_dtype)  # A = -exp(A_log)
         return (dzxbcdt, dconv_weight, dconv_bias, ddt_bias.to(dt_bias.dtype), dA_log,
-                dD.to(D.dtype) if dD is not None else None, dnorm_weight, None, None, None, None, None, None)
+                dD.to(D.dtype) if dD is not None else None, dnorm_weight, dout_proj_weight, None, None, None, None, None,
+                None)
 
 
 def mamba2_mixer(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, headdim: int, chunk_size: int,
                  seq_idx=None, eps: float = 1e-5, return_final_state: bool = False, recompute_conv: bool = True,
-                 recompute_states: bool = True):
+                 recompute_states: bool = True, out_proj_weight=None):
+    """out_proj_weight: also apply out_proj (no bias; the weight in zxbcdt's dtype): (b, l, d_model) out."""
     if zxbcdt.stride(-1) != 1:
         zxbcdt = zxbcdt.contiguous()
     if seq_idx is not None:
         seq_idx = seq_idx.contiguous()  # the kernels step through it with unit stride
-    out, final_state = _Mamba2Mixer.apply(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, seq_idx,
-                                          headdim, chunk_size, eps, recompute_conv, recompute_states)
+    out, final_state = _Mamba2Mixer.apply(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, out_proj_weight,
+                                          seq_idx, headdim, chunk_size, eps, recompute_conv, recompute_states)
     return (out, final_state) if return_final_state else out
