@@ -141,13 +141,15 @@ def prefill_vs_forward(model, n_bytes: int, device, top: int = 0) -> tuple[float
     medians = bench_alternating({"prefill": fill, "forward": forward}, device)
     times = medians["prefill"], medians["forward"]
     for name, fn in (("prefill", fill), ("forward", forward)) if top else ():
+        from torch.autograd import DeviceType
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
             fn()
             sync(device)
         events = prof.key_averages()
-        busy = sum(e.self_device_time_total for e in events) / 1e3
+        # the kernels' own rows (an op's row repeats its kernels' time)
+        busy = sum(e.self_device_time_total for e in events if e.device_type != DeviceType.CPU) / 1e3
         print(f"\n{name} of {n_bytes} bytes: {busy:.1f} ms of kernels; its top {top} ops by kernel time, then by host time:")
         for key in ("self_device_time_total",) * (device.type == "cuda") + ("self_cpu_time_total",):
             print(events.table(sort_by=key, row_limit=top, max_name_column_width=60))
