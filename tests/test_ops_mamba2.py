@@ -178,33 +178,27 @@ def test_fused_mixer_keeps_no_scan_states():
     assert nbytes == (states_in.numel() + cb.numel()) * 4
 
 
+@pytest.mark.parametrize("path", ["fast", "unfused"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_fused_mixer_applies_out_proj_without_keeping_its_input(dtype):
-    """With out_proj's weight the Function's output is out_proj's: equal to F.linear after the mixer, output and
-    every gradient (the weight's too, from the norm's output recomputed in the backward), while what it saves
-    is the mixer's and the weight, without the (b, l, d_inner) input that F.linear after would keep."""
+def test_mixer_applies_out_proj_without_keeping_its_input(dtype, path):
+    """Given out_proj's weight, the mixer's output is out_proj's (the fused Function's, or unfused the gated
+    norm's): equal to F.linear after the mixer, output and every gradient (the weight's too, from the norm's
+    output recomputed in the backward), while what it saves is the mixer's and the weight, without the
+    (b, l, d_inner) input that F.linear after would keep."""
     inputs, seq_idx = mixer_inputs(2, 70, 3, 8, 8, 4, dtype, packed=True)
     gen = torch.Generator().manual_seed(1)
     weight = (torch.randn(5, 24, generator=gen) / 5).to(DEVICE, dtype)
     dy, dfinal = torch.randn(2, 70, 5, generator=gen).to(DEVICE, dtype), torch.randn(2, 3, 8, 8, generator=gen).to(DEVICE)
 
     def inside(*args, weight, **kw):
-        return triton_mamba2.mamba2_mixer(*args, **kw, out_proj_weight=weight)
+        return dispatch.mamba2_mixer(*args, **kw, out_proj_weight=weight)
 
     def after(*args, weight, **kw):
-        out, final = triton_mamba2.mamba2_mixer(*args, **kw)
+        out, final = dispatch.mamba2_mixer(*args, **kw)
         return torch.nn.functional.linear(out, weight), final
 
-    results = []
-    for fn in (inside, after):
-        *tensors, w = leaves([*inputs, weight])
-        out, final = fn(*tensors, 8, 16, seq_idx, return_final_state=True, weight=w)
-        results.append((out, final, torch.autograd.grad((out, final), [*tensors, w], (dy, dfinal))))
-    (out, final, grads), (out_ref, final_ref, grads_ref) = results
-    assert out.shape == (2, 70, 5) and out.dtype == dtype and torch.equal(final, final_ref)
-    assert rel(out, out_ref) < TOL[dtype] / 100
-    for name, g, g_ref in zip([*NAMES, "out_proj_weight"], grads, grads_ref):
-        assert rel(g, g_ref) < TOL[dtype] / 10, f"d{name}: {rel(g, g_ref):.2e}"
+    def alone(*args, weight, **kw):
+        return dispatch.mamba2_mixer(*args, **kw)
 
     def saved_bytes(fn):
         saved = []
@@ -212,10 +206,21 @@ def test_fused_mixer_applies_out_proj_without_keeping_its_input(dtype):
             fn(*leaves(inputs), 8, 16, seq_idx, return_final_state=True, weight=weight.clone().requires_grad_())
         return sum(t.numel() * t.element_size() for t in saved)
 
-    mixer_alone = saved_bytes(lambda *a, weight, **kw: triton_mamba2.mamba2_mixer(*a, **kw))
+    results = []
+    with dispatch.kernel_path(path):
+        for fn in (inside, after):
+            *tensors, w = leaves([*inputs, weight])
+            out, final = fn(*tensors, 8, 16, seq_idx, return_final_state=True, weight=w)
+            results.append((out, final, torch.autograd.grad((out, final), [*tensors, w], (dy, dfinal))))
+        saved = {fn.__name__: saved_bytes(fn) for fn in (inside, after, alone)}
+    (out, final, grads), (out_ref, final_ref, grads_ref) = results
+    assert out.shape == (2, 70, 5) and out.dtype == dtype and torch.equal(final, final_ref)
+    assert rel(out, out_ref) < TOL[dtype] / 100
+    for name, g, g_ref in zip([*NAMES, "out_proj_weight"], grads, grads_ref):
+        assert rel(g, g_ref) < TOL[dtype] / 10, f"d{name}: {rel(g, g_ref):.2e}"
     normed = 2 * 70 * 24 * inputs[0].element_size()
-    assert saved_bytes(inside) == mixer_alone + weight.numel() * weight.element_size()
-    assert saved_bytes(after) == mixer_alone + weight.numel() * weight.element_size() + normed
+    assert saved["inside"] == saved["alone"] + weight.numel() * weight.element_size()
+    assert saved["after"] == saved["alone"] + weight.numel() * weight.element_size() + normed
 
 
 def nth_layout(pick: int, counts: dict, names: set):

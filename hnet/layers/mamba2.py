@@ -65,7 +65,8 @@ class Mamba2(nn.Module):
         # it from the forward (b x l x (d_inner + 2 d_state) at the peak); False keeps it.
         self.recompute_conv = True
         # Likewise the scan's entering states (x's size in float32, the largest tensor the scan keeps) and C.B:
-        # recomputed from x, B, C and dt (a third of the scan's forward); False keeps them.
+        # recomputed from x, B, C and dt (a third of the scan's forward); False keeps them. (Unfused, the
+        # Triton scan always recomputes them.)
         self.recompute_states = True
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> Mamba2Cache:
@@ -90,7 +91,7 @@ class Mamba2(nn.Module):
         """
         if cache is not None:
             return self._prefill(u, cache, cu_seqlens, {} if shared is None else shared)
-        # out_proj's weight goes in with the rest: fused, the norm's output is not kept for its gradient
+        # out_proj's weight goes in with the rest: where the kernels run, the norm's output is not kept for it
         return mamba2_mixer(self.in_proj(u), self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, self.A_log,
                             self.D, self.norm.weight, self.headdim, self.chunk_size, seq_idx, self.norm.eps,
                             recompute_conv=self.recompute_conv, recompute_states=self.recompute_states,

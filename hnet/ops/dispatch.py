@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from contextlib import contextmanager, nullcontext
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -103,8 +104,8 @@ def mamba2_mixer(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight,
     """`hnet.ops.mamba2.mamba2_mixer`: fused where the kernels run and `fused_mamba2_requested()`, else the
     composition of the dispatched conv1d, SSD and gated norm (each its kernel or its reference).
     recompute_conv, recompute_states: the fused backward recomputes the convolution's output, and the scan's
-    entering states and C.B, rather than keep them. out_proj_weight: also apply out_proj (no bias); fused, its
-    input (the norm's output) is recomputed in the backward rather than kept."""
+    entering states and C.B, rather than keep them. out_proj_weight: also apply out_proj (no bias); where the
+    kernels run, fused or not, its input (the norm's output) is recomputed in the backward rather than kept."""
     args = (zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, headdim, chunk_size, seq_idx, eps,
             return_final_state)
     if use_triton(zxbcdt) and fused_mamba2_requested():
@@ -113,12 +114,8 @@ def mamba2_mixer(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight,
         # under autocast in_proj's output is in autocast's dtype, out_proj's weight not
         weight = out_proj_weight.to(zxbcdt.dtype) if out_proj_weight is not None else None
         return fused(*args, recompute_conv=recompute_conv, recompute_states=recompute_states, out_proj_weight=weight)
-    out = _mamba2_ref.mamba2_mixer(*args, conv=causal_conv1d, scan=ssd_chunked, norm=gated_rms_norm)
-    if out_proj_weight is None:
-        return out
-    if return_final_state:
-        return F.linear(out[0], out_proj_weight), out[1]
-    return F.linear(out, out_proj_weight)
+    norm = gated_rms_norm if out_proj_weight is None else partial(gated_rms_norm, out_proj_weight=out_proj_weight)
+    return _mamba2_ref.mamba2_mixer(*args, conv=causal_conv1d, scan=ssd_chunked, norm=norm)
 
 
 def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_state=None, seq_idx=None, return_final_state=False):
@@ -175,11 +172,16 @@ def causal_conv1d(x, weight, bias=None, seq_idx=None, activation: str | None = "
     return impl(x, weight, bias, seq_idx, activation)
 
 
-def gated_rms_norm(x, z, weight, eps: float = 1e-5, out_dtype=torch.float32):
-    impl = _norm_ref.gated_rms_norm
+def gated_rms_norm(x, z, weight, eps: float = 1e-5, out_dtype=torch.float32, out_proj_weight=None):
+    """out_proj_weight: also apply out_proj (no bias); where the kernels run, its input (the norm's output) is
+    recomputed in the backward rather than kept."""
     if use_triton(x):
         from hnet.ops.triton.norm import gated_rms_norm as impl
-    return impl(x, z, weight, eps, out_dtype)
+
+        weight_ = out_proj_weight.to(out_dtype) if out_proj_weight is not None else None  # autocast's dtype
+        return impl(x, z, weight, eps, out_dtype, weight_)
+    out = _norm_ref.gated_rms_norm(x, z, weight, eps, out_dtype)
+    return out if out_proj_weight is None else F.linear(out, out_proj_weight)
 
 
 def add_rms_norm(h, residual, weight, eps: float = 1e-5):

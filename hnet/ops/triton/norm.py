@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -138,24 +139,38 @@ def gated_rms_norm_backward(dy2, x2, z2, weight, rstd, dx=None, dz=None):
 
 
 class _GatedRMSNorm(torch.autograd.Function):
+    """With out_proj's weight, also the projection, whose input (the norm's output) is recomputed in the
+    backward for the weight's gradient rather than kept from the forward (one pass of the norm)."""
+
     @staticmethod
-    def forward(ctx, x, z, weight, eps, out_dtype):
+    def forward(ctx, x, z, weight, eps, out_dtype, out_proj_weight):
         shape, d = x.shape, x.shape[-1]
         x2, z2 = rows_of(x, d), rows_of(z, d)
         y, rstd = gated_rms_norm_forward(x2, z2, weight, eps, out_dtype)
-        ctx.save_for_backward(x2, z2, weight, rstd)
-        ctx.shape = shape
-        return y.view(shape)
+        ctx.save_for_backward(x2, z2, weight, rstd, out_proj_weight)
+        ctx.shape, ctx.eps, ctx.out_dtype = shape, eps, out_dtype
+        if out_proj_weight is None:
+            return y.view(shape)
+        return F.linear(y, out_proj_weight).view(*shape[:-1], -1)
 
     @staticmethod
     def backward(ctx, dy):
-        x2, z2, weight, rstd = ctx.saved_tensors
+        x2, z2, weight, rstd, out_proj_weight = ctx.saved_tensors
+        dout_proj_weight = None
+        if out_proj_weight is not None:
+            dy = dy.reshape(-1, dy.shape[-1])
+            if ctx.needs_input_grad[5]:
+                y, _ = gated_rms_norm_forward(x2, z2, weight, ctx.eps, ctx.out_dtype)
+                dout_proj_weight = dy.t().mm(y)
+                del y
+            dy = dy.mm(out_proj_weight)
         dx, dz, dw = gated_rms_norm_backward(rows_of(dy, x2.shape[1]), x2, z2, weight, rstd)
-        return dx.view(ctx.shape), dz.view(ctx.shape), dw, None, None
+        return dx.view(ctx.shape), dz.view(ctx.shape), dw, None, None, dout_proj_weight
 
 
-def gated_rms_norm(x, z, weight, eps: float = 1e-5, out_dtype=torch.float32):
-    return _GatedRMSNorm.apply(x, z, weight, eps, out_dtype)
+def gated_rms_norm(x, z, weight, eps: float = 1e-5, out_dtype=torch.float32, out_proj_weight=None):
+    """out_proj_weight (no bias, in out_dtype): also apply out_proj, keeping only what the norm keeps."""
+    return _GatedRMSNorm.apply(x, z, weight, eps, out_dtype, out_proj_weight)
 
 
 class _AddRMSNorm(torch.autograd.Function):
