@@ -6,7 +6,7 @@ isotropic Transformer of matched FLOPs per byte, trained by the same step.
     python benchmarks/train_step.py --config .ref/configs/hnet_1stage_L.json --profile 30   # + where the time goes
     python benchmarks/train_step.py --config .ref/configs/hnet_1stage_L.json --no-reference --unbucketed
     python benchmarks/train_step.py --no-reference --routed-at-targets   # + each H-Net at its target compression
-    python benchmarks/train_step.py --no-reference --routed-at-targets --unfused --keep-conv --glue 25   # the fusion, glue
+    python benchmarks/train_step.py --no-reference --routed-at-targets --unfused --keep-conv --keep-states --glue 25   # fusion, recompute, glue
     TRITON_INTERPRET=1 python benchmarks/train_step.py --device cpu --quick   # tiny models: checks the code path
 
 The default configs are the official ones, which the repository does not carry: copy them into the
@@ -38,7 +38,8 @@ the step's time over it ("x floor"). Each H-Net row's floor is also printed by p
 
 --unfused adds the fast rows with Mamba-2's mixer op by op (`kernel_path("unfused")`, HNET_FUSED_MAMBA2=0),
 the same kernels without the fused Function, to time the fusion within one run; --keep-conv the rows with the
-fused mixers keeping their convolution's output instead of recomputing it in the backward (time for memory). --glue N lists, for one
+fused mixers keeping their convolution's output instead of recomputing it in the backward (time for memory),
+--keep-states the same for the scan's entering states and C.B. --glue N lists, for one
 fast step of each H-Net, the N call sites that fill, copy, cast or concatenate the most bytes (every such
 aten op the step dispatches from Python, forward and backward, by source line or autograd node; kernels
 that libraries launch internally, e.g. flash attention's, are not seen). --saved N lists what one fast step's
@@ -82,16 +83,18 @@ DEFAULT_CONFIGS = [".ref/configs/hnet_1stage_L.json", ".ref/configs/hnet_2stage_
 
 def train_step_once(config: HNetConfig, device, batch: int, seq_len: int, steps: int, warmup: int,
                     bucket_lengths: bool | None = None, targets: list[float] | None = None,
-                    cuda_graphs: bool = False, keep_conv: bool = False) -> dict:
+                    cuda_graphs: bool = False, keep: tuple[str, ...] = ()) -> dict:
     """targets: route at these compressions (`hnet.chunking.fixed.route_every`); None: as the router decides.
-    keep_conv: the fused Mamba-2 mixers keep their convolution's output for the backward (`Mamba2.recompute_conv`)."""
+    keep: what the fused Mamba-2 mixers keep for the backward instead of recomputing it: "conv" their
+    convolution's output (`Mamba2.recompute_conv`), "states" the scan's entering states and C.B
+    (`Mamba2.recompute_states`)."""
     torch.manual_seed(0)
     model = HNetForCausalLM(config, device=device)
     for module in model.modules():
         if isinstance(module, Isotropic):
             module.bucket_lengths = bucket_lengths
         elif isinstance(module, Mamba2):
-            module.recompute_conv = not keep_conv
+            module.recompute_conv, module.recompute_states = "conv" not in keep, "states" not in keep
     if targets is not None:
         route_every(model, targets)
     use_cuda_graphs(model, cuda_graphs)
@@ -291,6 +294,8 @@ def main(argv=None):
                         "(HNET_FUSED_MAMBA2=0): the fusion's gain within one run")
     parser.add_argument("--keep-conv", action="store_true", help="also the fast rows with the fused Mamba-2 mixers "
                         "keeping their convolution's output for the backward instead of recomputing it")
+    parser.add_argument("--keep-states", action="store_true", help="also the fast rows with the fused Mamba-2 "
+                        "mixers keeping the scan's entering states and C.B instead of recomputing them")
     parser.add_argument("--glue", type=int, metavar="ROWS", help="also list, for one fast step of each H-Net, the "
                         "ROWS call sites that fill, copy, cast or concatenate the most bytes")
     parser.add_argument("--saved", type=int, metavar="ROWS", help="also list, for one fast step of each H-Net, "
@@ -316,33 +321,35 @@ def main(argv=None):
         budget = flops_per_byte(config, args.seq_len, targets)
         # label, config, kernel path, bucketing, fixed routing targets, CUDA graphs, conv output kept
         stem = Path(path).stem
-        runs = [(f"{stem} fast", config, "fast", None, None, False, False)]
+        runs = [(f"{stem} fast", config, "fast", None, None, False, ())]
         if args.unbucketed:
-            runs.append((f"{stem} fast, unbucketed", config, "fast", False, None, False, False))
+            runs.append((f"{stem} fast, unbucketed", config, "fast", False, None, False, ()))
         if args.routed_at_targets:
-            runs.append((f"{stem} fast, routed at targets", config, "fast", None, stage_targets, False, False))
-        for variant, kpath, keep in (("mixer unfused", "unfused", False), ("conv kept", "fast", True)):
-            if (args.unfused if kpath == "unfused" else args.keep_conv):
+            runs.append((f"{stem} fast, routed at targets", config, "fast", None, stage_targets, False, ()))
+        for variant, kpath, keep, asked in (("mixer unfused", "unfused", (), args.unfused),
+                                            ("conv kept", "fast", ("conv",), args.keep_conv),
+                                            ("states kept", "fast", ("states",), args.keep_states)):
+            if asked:
                 runs.append((f"{stem} fast, {variant}", config, kpath, None, None, False, keep))
                 if args.routed_at_targets:
                     runs.append((f"{stem} fast, {variant}, routed at targets", config, kpath, None, stage_targets, False,
                                  keep))
         if args.cuda_graphs:
-            runs.append((f"{stem} fast, CUDA graphs", config, "fast", None, None, True, False))
+            runs.append((f"{stem} fast, CUDA graphs", config, "fast", None, None, True, ()))
             if args.routed_at_targets:
                 runs.append((f"{stem} fast, routed at targets, CUDA graphs", config, "fast", None, stage_targets, True,
-                             False))
+                             ()))
         if not args.no_reference:
-            runs.append((f"{stem} reference", config, "reference", None, None, False, False))
+            runs.append((f"{stem} reference", config, "reference", None, None, False, ()))
             if args.routed_at_targets:
                 runs.append((f"{stem} reference, routed at targets", config, "reference", None, stage_targets, False,
-                             False))
+                             ()))
         if not args.no_transformer:
             tconfig = size_baseline("transformer", budget, args.seq_len, config)
             tlabel = f"{tconfig.arch_layout[0]} d{tconfig.d_model[0]} (matched to {stem})"
-            runs.append((tlabel, tconfig, "fast", None, None, False, False))
+            runs.append((tlabel, tconfig, "fast", None, None, False, ()))
             if args.cuda_graphs:
-                runs.append((f"{tlabel}, CUDA graphs", tconfig, "fast", None, None, True, False))
+                runs.append((f"{tlabel}, CUDA graphs", tconfig, "fast", None, None, True, ()))
         for label, cfg, kpath, bucket, fixed, graphs, keep in runs:
             with kernel_path(kpath):
                 batch, r = fitting(lambda b: train_step_once(cfg, device, b, args.seq_len, args.steps, args.warmup,

@@ -17,15 +17,17 @@ def test_train_step_table_and_profile(capsys, monkeypatch):
 
 
 def test_train_step_unfused_rows_floor_and_glue(capsys, monkeypatch):
-    """--unfused adds the rows with Mamba-2's mixer op by op; --glue lists the glue ops of a step by call site;
-    --saved what its forward keeps for the backward, by module; the floor columns stay empty off CUDA (no
-    measured ceilings)."""
+    """--unfused adds the rows with Mamba-2's mixer op by op, --keep-states those keeping the scan's states;
+    --glue lists the glue ops of a step by call site; --saved what its forward keeps for the backward, by
+    module; the floor columns stay empty off CUDA (no measured ceilings)."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     load_benchmark("train_step").main(["--device", "cpu", "--quick", "--config", "hnet/configs/text/hnet_1stage_tiny.json",
-                                       "--no-reference", "--no-transformer", "--unfused", "--glue", "5", "--saved", "40"])
+                                       "--no-reference", "--no-transformer", "--unfused", "--keep-states", "--glue", "5",
+                                       "--saved", "40"])
     out = capsys.readouterr().out
     assert "| model | params | batch | ms/step | floor ms | x floor |" in out
     assert "| hnet_1stage_tiny fast, mixer unfused | 2.3M | 2 x 128 |" in out
+    assert "| hnet_1stage_tiny fast, states kept | 2.3M | 2 x 128 |" in out
     glue = out.split("glue of one hnet_1stage_tiny fast step:")[1]
     assert "| op | where | calls | MiB written |" in glue and "backward of" in glue
     saved = out.split("saved for the backward in one hnet_1stage_tiny fast step:")[1].split("\n\n")[0]
