@@ -229,6 +229,7 @@ class SavedLog:
         for name, module in model.named_modules():
             where = re.sub(r"\.\d+(?=\.|$)", ".*", name) or "(model)"
             self.handles.append(module.register_forward_pre_hook(lambda m, a, w=where: self.modules.append(w)))
+            # `and None`: a forward hook that returns something replaces the module's output
             self.handles.append(module.register_forward_hook(lambda m, a, o: self.modules.pop() and None))
         self.parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
 

@@ -94,6 +94,14 @@ def check_grads(out_fast, ins_fast, out_ref, ins_ref, tol, names):
         assert rel(a, b) < tol, f"d{name}: rel err {rel(a, b):.2e}"
 
 
+def test_host_arithmetic_equals_tritons():
+    """The launchers' cdiv and next_power_of_2 (plain Python, for their host cost) equal Triton's own."""
+    from hnet.ops.triton.host import cdiv, next_power_of_2
+
+    assert [next_power_of_2(n) for n in range(5000)] == [triton.next_power_of_2(n) for n in range(5000)]
+    assert all(cdiv(a, b) == triton.cdiv(a, b) for a in range(300) for b in range(1, 40))
+
+
 # ---- the Transformer's SwiGLU and rotary embeddings ----------------------------------------------------
 
 # The last dim holds [value, gate]: 1100 hidden channels need two blocks of 1024, the last one partial.

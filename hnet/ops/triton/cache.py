@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+from hnet.ops.triton.host import cdiv, next_power_of_2
+
 
 @triton.jit
 def _append_kv(CK, CV, SEQLEN, K, V, LIVE, n_heads, slots, sckb, sckh, scks, scvb, scvh, scvs, skb, skh, svb, svh,
@@ -34,9 +36,9 @@ def append_kv_(cache_k, cache_v, seqlen, k, v, mask=None):
     for name, t in (("cache_k", cache_k), ("cache_v", cache_v), ("k", k), ("v", v)):
         if t.stride(-1) != 1:
             raise ValueError(f"append_kv_: {name} must have unit stride along the head dim")
-    block_d = triton.next_power_of_2(hd)
-    block_h = min(triton.next_power_of_2(H), max(1, 2048 // block_d))
-    _append_kv[(B, triton.cdiv(H, block_h))](
+    block_d = next_power_of_2(hd)
+    block_h = min(next_power_of_2(H), max(1, 2048 // block_d))
+    _append_kv[(B, cdiv(H, block_h))](
         cache_k, cache_v, seqlen, k, v, seqlen if mask is None else mask.view(torch.uint8), H, slots,
         *cache_k.stride()[:3], *cache_v.stride()[:3], k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         HEAD_DIM=hd, HAS_MASK=mask is not None, BLOCK_H=block_h, BLOCK_D=block_d)
@@ -125,8 +127,8 @@ def attend_kv_cache(q, cache_k, cache_v, seqlen, mask=None):
     for name, t in (("q", q), ("cache_k", cache_k), ("cache_v", cache_v)):
         if t.stride(-1) != 1:
             raise ValueError(f"attend_kv_cache: {name} must have unit stride along the head dim")
-    block_n, block_d = 64, triton.next_power_of_2(hd)
-    n_splits = triton.cdiv(slots, SPLIT_SLOTS)
+    block_n, block_d = 64, next_power_of_2(hd)
+    n_splits = cdiv(slots, SPLIT_SLOTS)
     acc = torch.empty(B * H * n_splits, block_d, device=q.device, dtype=torch.float32)
     m = torch.empty(B * H * n_splits, device=q.device, dtype=torch.float32)
     l = torch.empty_like(m)
@@ -136,5 +138,5 @@ def attend_kv_cache(q, cache_k, cache_v, seqlen, mask=None):
         SPLIT_SLOTS, hd ** -0.5, q.stride(0), q.stride(1), *cache_k.stride()[:3], *cache_v.stride()[:3],
         HEAD_DIM=hd, HAS_MASK=mask is not None, BLOCK_N=block_n, BLOCK_D=block_d)
     _attend_combine[(B * H,)](acc, m, l, out, H, n_splits, out.stride(0), out.stride(1),
-                              HEAD_DIM=hd, BLOCK_S=min(32, triton.next_power_of_2(n_splits)), BLOCK_D=block_d)
+                              HEAD_DIM=hd, BLOCK_S=min(32, next_power_of_2(n_splits)), BLOCK_D=block_d)
     return out

@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from hnet.ops.triton.host import cdiv, next_power_of_2
 from hnet.ops.triton.tuning import launch_fastest
 
 
@@ -238,7 +239,7 @@ BWD_CANDIDATES = [dict(block_l=128, block_d=64, num_warps=4, variant="two_pass")
 
 def _halo(K: int) -> int:
     """Rows past a tile's end whose da its dx needs (K - 1), as a power of two."""
-    return triton.next_power_of_2(max(K - 1, 1))
+    return next_power_of_2(max(K - 1, 1))
 
 
 def conv1d_forward(x, weight, bias=None, seq_idx=None, silu: bool = True):
@@ -250,7 +251,7 @@ def conv1d_forward(x, weight, bias=None, seq_idx=None, silu: bool = True):
     seq_stride = seq_idx.stride(0) if seq_idx is not None else 0
 
     def launch(block_l, block_d, num_warps=4):
-        grid = (b, triton.cdiv(l, block_l), triton.cdiv(d, block_d))
+        grid = (b, cdiv(l, block_l), cdiv(d, block_d))
         _conv1d_fwd[grid](x, weight, bias, seq_idx, out, l, d, x.stride(0), x.stride(1), seq_stride,
                           K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu,
                           BLOCK_L=block_l, BLOCK_D=block_d, num_warps=num_warps)
@@ -270,15 +271,15 @@ def conv1d_backward(dout, x, weight, bias=None, seq_idx=None, silu: bool = True,
     seq_stride = seq_idx.stride(0) if seq_idx is not None else 0
 
     def launch(block_l, block_d, num_warps=4, variant="two_pass", tiles=8):  # -> dweight, dbias partial sums
-        grid = (b, triton.cdiv(l, block_l), triton.cdiv(d, block_d))
-        n_partials = b * (triton.cdiv(grid[1], tiles) if variant == "segment" else grid[1])
+        grid = (b, cdiv(l, block_l), cdiv(d, block_d))
+        n_partials = b * (cdiv(grid[1], tiles) if variant == "segment" else grid[1])
         dw_partial = torch.empty(n_partials, d, K, device=x.device, dtype=torch.float32)
         db_partial = torch.empty(n_partials, d, device=x.device, dtype=torch.float32) if bias is not None else None
         flags = dict(K=K, HAS_SEQ=seq_idx is not None, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=num_warps)
         args = (l, d, x.stride(0), x.stride(1), seq_stride, dout.stride(0), dout.stride(1))
         dx_strides = (dx.stride(0), dx.stride(1))
         if variant == "segment":
-            seg_grid = (grid[2], b, triton.cdiv(grid[1], tiles))
+            seg_grid = (grid[2], b, cdiv(grid[1], tiles))
             halo = _halo(K)
             scratch = torch.empty(*seg_grid, block_l + halo, block_d, device=x.device, dtype=torch.float32)
             _conv1d_bwd_segment[seg_grid](x, weight, bias, seq_idx, dout, dx, dw_partial, db_partial, scratch,

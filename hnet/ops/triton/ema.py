@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from hnet.ops.triton.host import cdiv
+
 
 @triton.jit
 def _compose(a_first, u_first, a_then, u_then):
@@ -92,7 +94,7 @@ class _EmaScan(torch.autograd.Function):
         b, m, d = x.shape
         p = p.float().contiguous()
         e = torch.empty(b, m, d, device=x.device, dtype=torch.float32)
-        grid = (b, triton.cdiv(d, BLOCK_D))
+        grid = (b, cdiv(d, BLOCK_D))
         _ema_fwd[grid](x, p, seq_idx, e, m, d, x.stride(0), x.stride(1),
                        HAS_SEQ=seq_idx is not None, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D)
         ctx.save_for_backward(x, p, seq_idx, e)
@@ -103,7 +105,7 @@ class _EmaScan(torch.autograd.Function):
     def backward(ctx, de):
         x, p, seq_idx, e = ctx.saved_tensors
         b, m, d = x.shape
-        grid = (b, triton.cdiv(d, BLOCK_D))
+        grid = (b, cdiv(d, BLOCK_D))
         dx = torch.empty(b, m, d, device=x.device, dtype=ctx.x_dtype)
         dp_partial = torch.empty(grid[1], b, m, device=x.device, dtype=torch.float32)
         _ema_bwd[grid](x, p, seq_idx, e, de.contiguous(), dx, dp_partial, m, d, x.stride(0), x.stride(1),

@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from hnet.ops.triton.host import cdiv, next_power_of_2
 from hnet.ops.triton.ssd.chunk_cumsum import softplus
 
 
@@ -47,9 +48,9 @@ def causal_conv1d_step(conv_state, x, weight, bias=None, mask=None):
         raise ValueError(f"causal_conv1d_step: conv_state {tuple(conv_state.shape)} must hold K - 1 = {K - 1} "
                          "inputs, it and x with unit stride along the channels")
     out = torch.empty(bsz, c, device=x.device, dtype=torch.float32)
-    block = min(1024, triton.next_power_of_2(c))
+    block = min(1024, next_power_of_2(c))
     weight = weight.reshape(c, K).contiguous()
-    _conv_step[(bsz, triton.cdiv(c, block))](
+    _conv_step[(bsz, cdiv(c, block))](
         conv_state, x, weight, weight if bias is None else bias, conv_state if mask is None else mask.view(torch.uint8),
         out, c, conv_state.stride(0), conv_state.stride(1), x.stride(0), K=K, HAS_BIAS=bias is not None,
         HAS_MASK=mask is not None, BLOCK=block)
@@ -88,9 +89,9 @@ def ssd_state_update(state, x, dt, dt_bias, A_log, B, C, D, mask=None):
     if dt.stride(-1) != 1:
         raise ValueError("ssd_state_update: dt must have unit stride along the heads")
     y = x.new_empty(bsz, h, p)
-    block_n = triton.next_power_of_2(n)
-    block_p = min(triton.next_power_of_2(p), max(1, 4096 // block_n))
-    _state_update[(bsz, h, triton.cdiv(p, block_p))](
+    block_n = next_power_of_2(n)
+    block_p = min(next_power_of_2(p), max(1, 4096 // block_n))
+    _state_update[(bsz, h, cdiv(p, block_p))](
         state, x, dt, dt_bias, A_log, B, C, D, state if mask is None else mask.view(torch.uint8), y, p, n,
         state.stride(0), state.stride(1), state.stride(2), x.stride(0), x.stride(1), dt.stride(0), B.stride(0),
         C.stride(0), y.stride(0), y.stride(1), HAS_MASK=mask is not None, BLOCK_P=block_p, BLOCK_N=block_n)

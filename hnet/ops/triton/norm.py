@@ -13,6 +13,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from hnet.ops.triton.host import cdiv, next_power_of_2
+
 
 @triton.jit(do_not_specialize=["n_rows"])
 def _gated_rms_norm_fwd(X, Z, W, Y, RSTD, n_rows, d, sx, sz, eps, ROWS_PER_PROGRAM: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -99,9 +101,9 @@ def _add_rms_norm_bwd(X, W, RSTD, DY, DRES_OUT, DH, DRES, DW_PARTIAL, n_rows, d,
 
 
 def _launch_shape(n_rows: int, d: int):
-    block_d = triton.next_power_of_2(d)
+    block_d = next_power_of_2(d)
     rows_per_program = 8 if n_rows >= 8 * 1024 else 1  # amortise the weight load when rows are plenty
-    return block_d, rows_per_program, triton.cdiv(n_rows, rows_per_program)
+    return block_d, rows_per_program, cdiv(n_rows, rows_per_program)
 
 
 def rows_of(t, d: int):

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from hnet.ops.triton.host import cdiv, next_power_of_2
+
 
 @triton.jit(do_not_specialize=["n_heads"])
 def _rotate(Q, K, V, Y, COS, SIN, n_heads, sqt, sqh, skt, skh, svt, svh, syt, sys, syh,
@@ -52,13 +54,13 @@ def _rotate_into(out, cos, sin, sign: int, q, k, v=None):
     T, H, hd = q.shape
     if T == 0:
         return out
-    block_h = min(triton.next_power_of_2(H), max(1, 2048 // triton.next_power_of_2(hd)))
+    block_h = min(next_power_of_2(H), max(1, 2048 // next_power_of_2(hd)))
     v_strides = (v.stride(0), v.stride(1)) if v is not None else (0, 0)
-    grid = (T, triton.cdiv(H, block_h), 2 if v is None else 3)
+    grid = (T, cdiv(H, block_h), 2 if v is None else 3)
     # Without v the grid has no slot 2; q stands in for its pointer, as Triton types every branch's X alike.
     _rotate[grid](q, k, q if v is None else v, out, cos, sin, H, q.stride(0), q.stride(1), k.stride(0), k.stride(1), *v_strides,
                   *out.stride()[:3], HEAD_DIM=hd, HALF=cos.shape[-1], SIGN=sign, BLOCK_H=block_h,
-                  BLOCK_D=triton.next_power_of_2(hd))
+                  BLOCK_D=next_power_of_2(hd))
     return out
 
 

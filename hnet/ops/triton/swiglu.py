@@ -10,6 +10,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from hnet.ops.triton.host import cdiv
+
 BLOCK = 1024
 
 
@@ -37,7 +39,7 @@ def _swiglu_bwd(U, DOUT, DU, hidden, BLOCK: tl.constexpr):
 
 
 def _grid(rows: int, hidden: int):
-    return (rows, triton.cdiv(hidden, BLOCK))
+    return (rows, cdiv(hidden, BLOCK))
 
 
 def _activation(u):

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from hnet.ops.triton.host import cdiv, next_power_of_2
+
 SOFTPLUS_THRESHOLD = tl.constexpr(20.0)  # torch's default: softplus(v) = v above it (a constexpr: kernels read no other globals)
 
 
@@ -58,11 +60,11 @@ def _chunk_cumsum(DT, DT_BIAS, A, DT_OUT, CS, l, h, n_chunks, stride_db, stride_
 
 def chunk_cumsum(dt, A, chunk_size: int, dt_bias=None, softplus: bool = False):
     b, l, h = dt.shape
-    n_chunks = triton.cdiv(l, chunk_size)
+    n_chunks = cdiv(l, chunk_size)
     dt_out = torch.empty(b, h, n_chunks, chunk_size, device=dt.device, dtype=torch.float32)
     cs = torch.empty_like(dt_out)
-    block_h = min(triton.next_power_of_2(h), max(1, 2048 // chunk_size))
-    grid = (b, n_chunks, triton.cdiv(h, block_h))
+    block_h = min(next_power_of_2(h), max(1, 2048 // chunk_size))
+    grid = (b, n_chunks, cdiv(h, block_h))
     _chunk_cumsum[grid](dt, dt_bias, A, dt_out, cs, l, h, n_chunks, *dt.stride(), Q=chunk_size, BLOCK_H=block_h,
                         HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus)
     return dt_out, cs
@@ -117,8 +119,8 @@ def chunk_cumsum_bwd(ds, ddt_part, dt_chunked, ds_last, A, seqlen: int, dt_raw=N
     has_bias = dt_raw is not None and dt_bias is not None
     ddt_bias = torch.empty(b, n_chunks, h, device=dt_chunked.device, dtype=torch.float32) if has_bias else None
     raw_strides = dt_raw.stride() if dt_raw is not None else (0, 0, 0)
-    block_h = min(triton.next_power_of_2(h), max(1, 2048 // Q))
-    grid = (b, n_chunks, triton.cdiv(h, block_h))
+    block_h = min(next_power_of_2(h), max(1, 2048 // Q))
+    grid = (b, n_chunks, cdiv(h, block_h))
     _chunk_cumsum_bwd[grid](*ds, *ddt_part, dt_chunked, *ds_last, A, ddt, da, dt_raw, dt_bias, ddt_bias, seqlen, h,
                             n_chunks, *ddt.stride(), *raw_strides, Q=Q, BLOCK_H=block_h, RAW=dt_raw is not None,
                             HAS_BIAS=has_bias)

@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from hnet.ops.triton.host import cdiv
 from hnet.ops.triton.ssd.chunk_state import dot_block, mm, reduction_candidates, runs_into, sum_runs
 from hnet.ops.triton.tuning import for_dtype, launch_fastest
 
@@ -84,7 +85,7 @@ def chunk_scan(x, C, cb, dt_chunked, cs, states_in, D=None, seq_idx=None):
     block_n = dot_block(n, n)  # the whole state at once
 
     def launch(block_m, block_k, block_p, **launch_options):
-        grid = (h, (Q // block_m) * triton.cdiv(p, block_p), b * n_chunks)
+        grid = (h, (Q // block_m) * cdiv(p, block_p), b * n_chunks)
         _chunk_scan[grid](x, C, cb, dt_chunked, cs, seq_idx, states_in, D, y, l, h, g, n_chunks, p, n, h // g,
                           *x.stride(), *C.stride(), *y.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
                           Q=Q, HAS_SEQ=seq_idx is not None, HAS_D=D is not None, IEEE=x.dtype == torch.float32,

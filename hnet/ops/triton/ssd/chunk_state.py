@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from hnet.ops.triton.host import cdiv, next_power_of_2
 from hnet.ops.triton.tuning import for_dtype, launch_fastest
 
 
@@ -139,7 +140,7 @@ def _chunk_state_bwd_db(X, C, DCB, DT, CS, SEQ, DSTATES, DB, l, h, g, n_chunks, 
 def dot_block(dim: int, cap: int) -> int:
     """A block size for a tl.dot dimension: a power of 2 covering dim, at most cap rounded up to a power of 2
     (cap = dim asks for the whole dimension), at least 16 (tl.dot's minimum)."""
-    return max(16, min(triton.next_power_of_2(cap), triton.next_power_of_2(dim)))
+    return max(16, min(next_power_of_2(cap), next_power_of_2(dim)))
 
 
 def chunk_state(x, B, dt_chunked, cs, seq_idx=None):
@@ -160,7 +161,7 @@ def _launch_chunk_state(x, B, dt_chunked, cs, seq_idx, from_start):
     block_p, block_n = dot_block(p, 64), dot_block(n, 128)
 
     def launch(block_k, **launch_options):
-        grid = (triton.cdiv(p, block_p) * triton.cdiv(n, block_n), b * n_chunks, h)
+        grid = (cdiv(p, block_p) * cdiv(n, block_n), b * n_chunks, h)
         _chunk_state[grid](x, B, dt_chunked, cs, seq_idx, states, l, h, n_chunks, p, n, h // g,
                            *x.stride(), *B.stride(), seq_idx.stride(0) if seq_idx is not None else 0,
                            Q=Q, HAS_SEQ=seq_idx is not None, IEEE=x.dtype == torch.float32, FROM_START=from_start,
@@ -175,7 +176,7 @@ def _launch_chunk_state(x, B, dt_chunked, cs, seq_idx, from_start):
 
 def chunk_cb(B, C, chunk_size: int):
     b, l, g, n = B.shape
-    n_chunks = triton.cdiv(l, chunk_size)
+    n_chunks = cdiv(l, chunk_size)
     # Not zeroed: blocks above the diagonal are never written, and every reader masks j > i on load or by select.
     cb = torch.empty(b, n_chunks, g, chunk_size, chunk_size, device=B.device, dtype=torch.float32)
 

@@ -13,13 +13,14 @@ import torch
 import triton
 import triton.language as tl
 
+from hnet.ops.triton.host import cdiv, next_power_of_2
 from hnet.ops.triton.tuning import launch_fastest
 
 
 def block_candidates(size: int) -> list[dict]:
     """State elements per program, and warps: the loop over chunks is sequential and latency-bound, so
     smaller blocks (more programs in flight) may win. The first is the untuned default."""
-    top = min(1024, triton.next_power_of_2(size))
+    top = min(1024, next_power_of_2(size))
     return [dict(block=top, num_warps=4)] + [dict(block=max(top // k, 16), num_warps=w)
                                              for k in (4, 2, 1) for w in (2, 4, 8)]
 
@@ -57,7 +58,7 @@ def state_passing(states, cs, initial_state=None, seq_idx=None):
     l, s_seq = (seq_idx.shape[1], seq_idx.stride(0)) if seq_idx is not None else (0, 0)  # l, s_seq: read with seq_idx only
 
     def launch(block, **launch_options):
-        _state_passing[(triton.cdiv(p * n, block), b, h)](
+        _state_passing[(cdiv(p * n, block), b, h)](
             states, cs, seq_idx, init, states_in, final, l, h, n_chunks, p * n, s_seq,
             Q=Q, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_state is not None, BLOCK=block, **launch_options)
 
@@ -111,7 +112,7 @@ def state_passing_bwd(dstates, states_in, cs, dfinal=None, seq_idx=None, has_ini
     l, s_seq = (seq_idx.shape[1], seq_idx.stride(0)) if seq_idx is not None else (0, 0)
 
     def launch(block, **launch_options):  # -> ds_carry, summed over its blocks of state elements
-        n_blocks = triton.cdiv(p * n, block)
+        n_blocks = cdiv(p * n, block)
         ds_carry = torch.empty(n_blocks, b, h, n_chunks, device=dstates.device, dtype=torch.float32)
         _state_passing_bwd[(n_blocks, b, h)](
             dstates, states_in, cs, seq_idx, dfinal, ds_out, dinit, ds_carry, l, h, n_chunks, p * n, s_seq,
