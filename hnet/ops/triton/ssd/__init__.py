@@ -1,4 +1,5 @@
-"""The chunked SSD scan of Mamba-2 in Triton; equals `hnet.ops.ssd.ssd_chunked` (same signature).
+"""The chunked SSD scan of Mamba-2 in Triton; equals `hnet.ops.ssd.ssd_chunked` (same signature, and
+keep_states).
 
 The forward is four steps, each a kernel in its own file and testable alone: chunk_cumsum (dA_cumsum
 per chunk), chunk_state (the state each chunk adds, and C.B per chunk), state_passing (the state
