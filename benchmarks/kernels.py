@@ -282,6 +282,7 @@ def mixer_rows(s: dict, device, dtype, gbps: float) -> None:
     impls = {
         "fused": lambda *t: triton_mamba2.mamba2_mixer(*t, p, Q),
         "fused, conv kept": lambda *t: triton_mamba2.mamba2_mixer(*t, p, Q, recompute_conv=False),
+        "fused, states kept": lambda *t: triton_mamba2.mamba2_mixer(*t, p, Q, recompute_states=False),
         "unfused": lambda *t: dispatch.mamba2_mixer(*t, p, Q),
     }
     names = ("dzxbcdt", "dconv_w", "dconv_b", "ddt_bias", "dA_log", "dD", "dnorm_w")
