@@ -1,8 +1,8 @@
 """The launchers' integer arithmetic, on the host. Since Triton 3.5 its own `cdiv` and `next_power_of_2` are
 constexpr functions, which cost microseconds a call from Python; a launcher makes up to dozens of such calls
 an op (its grid and its candidate block shapes), host time that bounds a prefill of one row, where every
-launch waits on the host (the SSD's wrapper took 259 us of host time with them and 112 us without, on this
-repository's CI machine with the kernels stubbed out)."""
+launch waits on the host (the SSD's wrapper took 259 us of host time with them and 113 us without, on a
+2-core CPU with the kernels stubbed out)."""
 
 
 def cdiv(a: int, b: int) -> int:
