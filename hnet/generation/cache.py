@@ -53,21 +53,17 @@ def layer_caches(cache, kinds=(KVCache, Mamba2Cache)) -> Iterator:
             yield from layer_caches(getattr(cache, f.name), kinds)
 
 
-def kv_caches(cache) -> Iterator[KVCache]:
-    return layer_caches(cache, KVCache)
-
-
 def reserve(cache, steps: int) -> None:
     """Room for `steps` more positions in every row of every attention cache without a window (a decoding
     step does not make room: it must not sync with the host). One host sync per such cache."""
-    for kv in kv_caches(cache):
+    for kv in layer_caches(cache, KVCache):
         if kv.window < 0:
             reserve_kv_cache(kv, int(kv.seqlen.max()) + steps)
 
 
 def slots(cache) -> tuple[int, ...]:
     """The slot count of every attention cache: what a CUDA graph over the cache depends on."""
-    return tuple(kv.k.shape[2] for kv in kv_caches(cache))
+    return tuple(kv.k.shape[2] for kv in layer_caches(cache, KVCache))
 
 
 def clear_(cache) -> None:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from hnet.ops.mamba2 import split_sizes
 from hnet.ops.triton.conv1d import conv1d_backward, conv1d_forward
-from hnet.ops.triton.norm import gated_rms_norm_backward, gated_rms_norm_forward, rows_of
+from hnet.ops.triton.norm import gated_rms_norm_backward, gated_rms_norm_forward, projection_backward, rows_of
 from hnet.ops.triton.ssd import ssd_forward
 from hnet.ops.triton.ssd.backward import ssd_backward
 
@@ -92,11 +92,8 @@ class _Mamba2Mixer(torch.autograd.Function):
         if dout is None:  # only the final state is used
             dout = torch.zeros(b, l, d_inner, device=zxbcdt.device, dtype=y2.dtype)
         elif out_proj_weight is not None:
-            if ctx.needs_input_grad[7]:
-                normed, _ = gated_rms_norm_forward(y2, rows_of(z, d_inner), norm_weight, ctx.eps, y2.dtype)
-                dout_proj_weight = dout.reshape(-1, dout.shape[-1]).t().mm(normed)
-                del normed
-            dout = dout.matmul(out_proj_weight)
+            dout, dout_proj_weight = projection_backward(dout, y2, rows_of(z, d_inner), norm_weight, ctx.eps, y2.dtype,
+                                                         out_proj_weight, ctx.needs_input_grad[7])
         dy2, _, dnorm_weight = gated_rms_norm_backward(rows_of(dout, d_inner), y2, rows_of(z, d_inner), norm_weight,
                                                        rstd, dz=_rows(dz))
 

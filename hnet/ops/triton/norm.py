@@ -140,6 +140,18 @@ def gated_rms_norm_backward(dy2, x2, z2, weight, rstd, dx=None, dz=None):
     return dx, dz, dw_partial.sum(0).to(weight.dtype)
 
 
+def projection_backward(dout, x2, z2, weight, eps: float, out_dtype, out_proj_weight, weight_grad: bool):
+    """The backward of F.linear(the gated norm's output of rows x2, z2, out_proj_weight) whose input was not
+    kept: (the gradient on the norm's output, as rows; out_proj's weight's gradient, from the norm's output
+    recomputed, or None if not weight_grad)."""
+    dout = dout.reshape(-1, dout.shape[-1])
+    dout_proj_weight = None
+    if weight_grad:
+        y, _ = gated_rms_norm_forward(x2, z2, weight, eps, out_dtype)
+        dout_proj_weight = dout.t().mm(y)
+    return dout.mm(out_proj_weight), dout_proj_weight
+
+
 class _GatedRMSNorm(torch.autograd.Function):
     """With out_proj's weight, also the projection, whose input (the norm's output) is recomputed in the
     backward for the weight's gradient rather than kept from the forward (one pass of the norm)."""
@@ -160,12 +172,8 @@ class _GatedRMSNorm(torch.autograd.Function):
         x2, z2, weight, rstd, out_proj_weight = ctx.saved_tensors
         dout_proj_weight = None
         if out_proj_weight is not None:
-            dy = dy.reshape(-1, dy.shape[-1])
-            if ctx.needs_input_grad[5]:
-                y, _ = gated_rms_norm_forward(x2, z2, weight, ctx.eps, ctx.out_dtype)
-                dout_proj_weight = dy.t().mm(y)
-                del y
-            dy = dy.mm(out_proj_weight)
+            dy, dout_proj_weight = projection_backward(dy, x2, z2, weight, ctx.eps, ctx.out_dtype, out_proj_weight,
+                                                       ctx.needs_input_grad[5])
         dx, dz, dw = gated_rms_norm_backward(rows_of(dy, x2.shape[1]), x2, z2, weight, rstd)
         return dx.view(ctx.shape), dz.view(ctx.shape), dw, None, None, dout_proj_weight
 
