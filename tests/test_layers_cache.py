@@ -68,7 +68,7 @@ def test_attention_prefill_of_one_fresh_row_equals_the_forward(window, length, m
         got = layer(x, cu_seqlens=torch.tensor([0, length]), cache=one)
     assert torch.equal(got, layer(x))
     assert (got - want).abs().max() < 1e-5
-    assert one.k.shape[2] == general.k.shape[2] and one.seqlen.tolist() == [length]
+    assert one.k.shape[2] == general.k.shape[2] and one.seqlen.tolist() == [length] and one.k.is_contiguous()
     assert (one.k[0] - general.k[0]).abs().max() < 1e-5 and (one.v[0] - general.v[0]).abs().max() < 1e-5
     nxt = torch.randn(1, 64)  # and a step after it sees what the prefill cached
     assert (layer.step(nxt, one) - layer(torch.cat([x, nxt[:, None]], 1))[:, -1]).abs().max() < 1e-5

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 
 from hnet.generation.cache import layer_caches
+from hnet.layers.attention import KVCache
+from hnet.layers.mamba2 import Mamba2Cache
 
 PREFILL_BYTES = 16384  # per forward: activations of a few GB at the L models' widths
 
@@ -47,8 +49,14 @@ def prefill(model, cache, rows: list[bytes], max_bytes: int = PREFILL_BYTES):
 def mark_empty(cache) -> None:
     """Tell every layer's cache whether it holds nothing yet, for the next prefill forward: one host read
     for the whole model, where each Mamba-2 layer and each stack of attention layers would otherwise make
-    its own (a fresh cache takes the forward's paths)."""
-    caches = list(layer_caches(cache))
-    if caches:
-        for c, empty in zip(caches, torch.stack([c.holds_nothing() for c in caches]).tolist()):
+    its own (a fresh cache takes the forward's paths), and a few ops for all the caches together."""
+    kv, ssm = list(layer_caches(cache, KVCache)), list(layer_caches(cache, Mamba2Cache))
+    flags = []
+    if kv:
+        flags.append(torch.stack([c.seqlen for c in kv]).eq(0).all(dim=1))
+    if ssm:  # each state's largest magnitude, in one op for them all: 0 where it is all zeros (NaN is not)
+        largest = torch._foreach_norm([t for c in ssm for t in (c.ssm_state, c.conv_state)], float("inf"))
+        flags.append(torch.stack(largest).view(-1, 2).eq(0).all(dim=1))
+    if flags:
+        for c, empty in zip(kv + ssm, torch.cat(flags).tolist()):
             c.empty = empty

@@ -205,10 +205,13 @@ class CausalSelfAttention(nn.Module):
         attention, its output bit for bit (and its host cost: fewer launches than the packed path's), then
         its keys and values into the cache; of a ring, the last `slots` positions."""
         T = x.shape[1]
-        reserve_kv_cache(cache, T)
         out, k, v = self._attend_rows(x)
         slots = cache.k.shape[2]
-        if cache.window < 0:  # room for T made above
+        if cache.window < 0 and T > slots and cache.k._base is None:  # it must grow: k, v padded are the cache
+            pad = (0, 0, 0, bucketed_length(T) - T)
+            cache.k, cache.v = F.pad(k.to(cache.k.dtype), pad), F.pad(v.to(cache.v.dtype), pad)
+        elif cache.window < 0:
+            reserve_kv_cache(cache, T)  # a view that cannot grow says so
             cache.k[0, :, :T], cache.v[0, :, :T] = k[0], v[0]
         else:  # a ring: position t into slot t mod slots, the last `slots` positions
             kept = min(T, slots)
