@@ -51,30 +51,6 @@ def test_mamba2_prefill_of_one_fresh_row_equals_the_general_path(length, monkeyp
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("window", [-1, 3, 30])
-@pytest.mark.parametrize("length", [1, 5, 20])  # shorter than a ring of 4 slots, and longer
-def test_attention_prefill_of_one_fresh_row_equals_the_forward(window, length, monkeypatch):
-    """A one-row cache that holds nothing takes the forward's attention: its output bit for bit, and the
-    cache the general path (here the same row beside an empty one) writes, ring slots included."""
-    torch.manual_seed(0)
-    layer = CausalSelfAttention(64, num_heads=2, rotary_emb_dim=16, window_size=window)
-    x = torch.randn(1, length, 64)
-    general = layer.allocate_inference_cache(2, 8)
-    want = layer(x, cu_seqlens=torch.tensor([0, length, length]), cache=general)
-    one = layer.allocate_inference_cache(1, 8)
-    with monkeypatch.context() as m:
-        m.setattr(CausalSelfAttention, "_varlen", lambda *a: pytest.fail("the one fresh row took the packed path"))
-        m.setattr(CausalSelfAttention, "_attend_after_cache", lambda *a: pytest.fail("took the general path"))
-        got = layer(x, cu_seqlens=torch.tensor([0, length]), cache=one)
-    assert torch.equal(got, layer(x))
-    assert (got - want).abs().max() < 1e-5
-    assert one.k.shape[2] == general.k.shape[2] and one.seqlen.tolist() == [length] and one.k.is_contiguous()
-    assert (one.k[0] - general.k[0]).abs().max() < 1e-5 and (one.v[0] - general.v[0]).abs().max() < 1e-5
-    nxt = torch.randn(1, 64)  # and a step after it sees what the prefill cached
-    assert (layer.step(nxt, one) - layer(torch.cat([x, nxt[:, None]], 1))[:, -1]).abs().max() < 1e-5
-
-
-@torch.no_grad()
 def test_mamba2_state_has_a_fixed_size():
     layer = mamba()
     sizes = lambda c: [tuple(c.conv_state.shape), tuple(c.ssm_state.shape)]

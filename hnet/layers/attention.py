@@ -95,18 +95,13 @@ class CausalSelfAttention(nn.Module):
             # Reference: right-padded rows, as many as sequences, each as long as the longest.
             rows, valid = unpack(x[0], cu_seqlens, max_seqlen)
             return self.forward(rows)[valid].unsqueeze(0)
-        return self._attend_rows(x)[0]
-
-    def _attend_rows(self, x):
-        """x (B, L, D) -> the output (B, L, D), and the rotated keys and the values (B, H, L, hd)."""
         B, L, _ = x.shape
         q, k, v = self.Wqkv(x).view(B, L, 3, self.num_heads, self.head_dim).unbind(2)
         if self.rotary_emb_dim > 0:
             cos, sin = rotary_tables(torch.arange(L, device=x.device), self.rotary_emb_dim)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        out = self._causal(q, k, v)
-        return self.out_proj(out.transpose(1, 2).reshape(B, L, -1)), k, v
+        out = self._causal(*(t.transpose(1, 2) for t in (q, k, v)))
+        return self.out_proj(out.transpose(1, 2).reshape(B, L, -1))
 
     def _causal(self, q, k, v):
         """q, k, v (B, H, L, hd): causal attention within the window."""
@@ -151,9 +146,6 @@ class CausalSelfAttention(nn.Module):
             return self._prefill(packed, cu_seqlens, cache, x.shape[1], shared).view_as(x)
         T, cu = x.shape[1], cu_seqlens.long()
         empty, cache.empty = cache.empty, None  # known for this prefill only
-        one_row = cache.k.shape[0] == 1 and cu.shape[0] == 2
-        if one_row and T > 0 and (empty if empty is not None else bool(cache.holds_nothing())):
-            return self._prefill_fresh_row(x, cache)
         if "prefill" not in shared:
             lengths, past = cu[1:] - cu[:-1], cache.seqlen
             if empty and max_seqlen is not None:  # nothing cached: the room needed is the longest sequence
@@ -199,26 +191,6 @@ class CausalSelfAttention(nn.Module):
             cache.v[rows, :, slot] = v[kept].to(cache.v.dtype)
         cache.seqlen += lengths
         return self.out_proj(out.reshape(1, T, -1))
-
-    def _prefill_fresh_row(self, x, cache: KVCache):
-        """A cache of one row that holds nothing yet (the common first prefill of one prompt): the forward's
-        attention, its output bit for bit (and its host cost: fewer launches than the packed path's), then
-        its keys and values into the cache; of a ring, the last `slots` positions."""
-        T = x.shape[1]
-        out, k, v = self._attend_rows(x)
-        slots = cache.k.shape[2]
-        if cache.window < 0 and T > slots and cache.k._base is None:  # it must grow: k, v padded are the cache
-            pad = (0, 0, 0, bucketed_length(T) - T)
-            cache.k, cache.v = F.pad(k.to(cache.k.dtype), pad), F.pad(v.to(cache.v.dtype), pad)
-        elif cache.window < 0:
-            reserve_kv_cache(cache, T)  # a view that cannot grow says so
-            cache.k[0, :, :T], cache.v[0, :, :T] = k[0], v[0]
-        else:  # a ring: position t into slot t mod slots, the last `slots` positions
-            kept = min(T, slots)
-            slot = torch.arange(T - kept, T, device=x.device) % slots
-            cache.k[0][:, slot], cache.v[0][:, slot] = k[0, :, T - kept:], v[0, :, T - kept:]
-        cache.seqlen += T
-        return out
 
     def _attend_after_cache(self, q, k, v, cu, cache: KVCache, longest_before: int):
         """Packed q, k, v (T, H, hd): each query attends to the cached keys of its row and to the new ones
