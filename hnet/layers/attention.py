@@ -158,7 +158,12 @@ class CausalSelfAttention(nn.Module):
             positions = past[seq] + positions_in_sequence(cu, T)  # (T,): each position's index in its row
             shared["prefill"] = lengths, longest_after, longest_before, seq, positions, (past + lengths)[seq]
         lengths, longest_after, longest_before, seq, positions, row_end = shared["prefill"]
-        reserve_kv_cache(cache, longest_after)
+        # One row, nothing cached, too few slots: its keys and values padded become the cache (one op each
+        # where growing, then writing, takes two); a view (select_rows) cannot be replaced, and says so.
+        one_row_grows = (lengths.shape[0] == 1 and cache.window < 0 and longest_before == 0
+                         and cache.k.shape[2] < T and cache.k._base is None)
+        if not one_row_grows:
+            reserve_kv_cache(cache, longest_after)
         qkv = self.Wqkv(x[0]).view(T, 3, self.num_heads, self.head_dim)
         if self.rotary_emb_dim > 0:
             if ("rotary", self.rotary_emb_dim) not in shared:
@@ -169,13 +174,19 @@ class CausalSelfAttention(nn.Module):
         if longest_before > 0:
             out = self._attend_after_cache(q, k, v, cu, cache, longest_before)
         elif self._takes_varlen(x):  # fresh rows: the attention of the forward
-            out = self._varlen(q, k, v, cu, max_seqlen)
+            if "cu32" not in shared:
+                shared["cu32"] = cu.to(torch.int32)
+            out = self._varlen(q, k, v, shared["cu32"], max_seqlen)
         else:
             if "live" not in shared:
                 shared["live"] = _live_sequences(cu)[1]
             rows, valid = unpack(torch.stack((q, k, v), dim=1), shared["live"], max_seqlen)  # (s, L, 3, H, hd)
             out = self._causal(*rows.permute(2, 0, 3, 1, 4).unbind(0)).transpose(1, 2)[valid]
-        if lengths.shape[0] == 1 and cache.window < 0:  # one row, no ring: its new positions fill slots in order
+        if one_row_grows:
+            pad = (0, 0, 0, bucketed_length(T) - T)
+            cache.k = F.pad(k.transpose(0, 1)[None].to(cache.k.dtype), pad)
+            cache.v = F.pad(v.transpose(0, 1)[None].to(cache.v.dtype), pad)
+        elif lengths.shape[0] == 1 and cache.window < 0:  # one row, no ring: its new positions fill slots in order
             cache.k[0, :, longest_before:longest_before + T] = k.transpose(0, 1)
             cache.v[0, :, longest_before:longest_before + T] = v.transpose(0, 1)
         else:  # every position's key and value into its slot; of a ring, only the last `slots` of each row
