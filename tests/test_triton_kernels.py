@@ -160,6 +160,28 @@ def test_rotary_qkv(case, dtype):
     check_grads(out_fast, fast, out_ref, ref, TOL[dtype], ["qkv"])
 
 
+@pytest.mark.parametrize("window", [-1, 4])
+def test_attention_over_rows_takes_the_rotary_kernel(window, monkeypatch):
+    """Unpacked rows (B, L, D) go through the packed rotary kernel, as B x L positions with every row's
+    angles alike: the output and the gradients equal the reference path's over each row alone."""
+    from hnet.layers.attention import CausalSelfAttention
+
+    torch.manual_seed(0)
+    layer = CausalSelfAttention(48, num_heads=3, rotary_emb_dim=8, window_size=window).to(DEVICE)
+    x = torch.randn(3, 13, 48, device=DEVICE)
+    calls, kernel = [], triton_rotary.rotary_qkv
+    monkeypatch.setattr(triton_rotary, "rotary_qkv", lambda qkv, cos, sin: calls.append(qkv.shape) or kernel(qkv, cos, sin))
+    results = []
+    for path in ("reference", "unfused"):  # unfused: the kernels (forced on CPU, under the interpreter)
+        with dispatch.kernel_path(path):
+            xi = x.clone().requires_grad_()
+            out = torch.cat([layer(row) for row in xi.split(1)]) if path == "reference" else layer(xi)
+            results.append((out, *torch.autograd.grad(out.square().sum(), [xi, layer.Wqkv.weight])))
+    assert calls == [(39, 3, 3, 16)]  # the kernel ran once, over every row's positions
+    for fast, ref in zip(results[1], results[0]):
+        assert rel(fast, ref) < 1e-5
+
+
 def test_bad_shapes_of_the_transformer_ops():
     with pytest.raises(ValueError, match="must be even"):
         triton_swiglu.swiglu(torch.zeros(2, 5, device=DEVICE))

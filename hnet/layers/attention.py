@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hnet.ops.dispatch import append_kv_, attend_kv_cache, reference_requested, rotary_qkv
-from hnet.ops.rotary import apply_rotary, rotary_tables
+from hnet.ops.rotary import rotary_tables
 from hnet.ops.packed import as_packed, bucketed_length, positions_in_sequence, sequence_of_position, unpack
 
 try:  # flash attention over packed sequences, CUDA only (torch >= 2.10; a window from 2.11)
@@ -96,11 +96,13 @@ class CausalSelfAttention(nn.Module):
             rows, valid = unpack(x[0], cu_seqlens, max_seqlen)
             return self.forward(rows)[valid].unsqueeze(0)
         B, L, _ = x.shape
-        q, k, v = self.Wqkv(x).view(B, L, 3, self.num_heads, self.head_dim).unbind(2)
-        if self.rotary_emb_dim > 0:
+        qkv = self.Wqkv(x).view(B * L, 3, self.num_heads, self.head_dim)  # the rows' positions one after another
+        if self.rotary_emb_dim > 0:  # the packed path's op (one kernel where it runs), every row's angles alike
             cos, sin = rotary_tables(torch.arange(L, device=x.device), self.rotary_emb_dim)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = self._causal(*(t.transpose(1, 2) for t in (q, k, v)))
+            q, k, v = rotary_qkv(qkv, cos.repeat(B, 1), sin.repeat(B, 1))
+        else:
+            q, k, v = qkv.unbind(1)
+        out = self._causal(*(t.view(B, L, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v)))
         return self.out_proj(out.transpose(1, 2).reshape(B, L, -1))
 
     def _causal(self, q, k, v):
