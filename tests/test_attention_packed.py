@@ -63,3 +63,25 @@ def test_flash_varlen_matches_padded_rows_on_gpu(window):
     torch.testing.assert_close(fast.float(), reference.float(), atol=2e-2, rtol=2e-2)
     grads = [torch.autograd.grad(out.float().square().sum(), layer.Wqkv.weight)[0] for out in (fast, reference)]
     torch.testing.assert_close(grads[0], grads[1], atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_stack_makes_its_rotary_angles_once(packed, monkeypatch):
+    """The layers of a stack see the same positions: the first makes the rotary angles, the next reuse
+    them; the logits equal those of each row (or sequence) alone."""
+    from test_generation import random_model
+
+    monkeypatch.setattr(attention, "varlen_attn", loop_varlen)  # the packed path's wiring, on CPU
+    monkeypatch.setattr(CausalSelfAttention, "_takes_varlen", lambda self, x: True)
+    model = random_model("isotropic_T2")  # two attention layers
+    ids = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(0))
+    made, tables = [], attention.rotary_tables
+    monkeypatch.setattr(attention, "rotary_tables", lambda *a: made.append(a[0].shape) or tables(*a))
+    with torch.no_grad():
+        if packed:
+            got = model(ids.reshape(1, -1), cu_seqlens=torch.tensor([0, 11, 22])).logits[0].view(2, 11, -1)
+        else:
+            got = model(ids).logits
+        assert made == [(22,) if packed else (11,)]
+        alone = torch.cat([model(row[None]).logits for row in ids])
+    torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-5)

@@ -170,7 +170,7 @@ def test_attention_over_rows_takes_the_rotary_kernel(window, monkeypatch):
     layer = CausalSelfAttention(48, num_heads=3, rotary_emb_dim=8, window_size=window).to(DEVICE)
     x = torch.randn(3, 13, 48, device=DEVICE)
     calls, kernel = [], triton_rotary.rotary_qkv
-    monkeypatch.setattr(triton_rotary, "rotary_qkv", lambda qkv, cos, sin: calls.append(qkv.shape) or kernel(qkv, cos, sin))
+    monkeypatch.setattr(triton_rotary, "rotary_qkv", lambda qkv, *tables: calls.append(qkv.shape) or kernel(qkv, *tables))
     results = []
     for path in ("reference", "unfused"):  # unfused: the kernels (forced on CPU, under the interpreter)
         with dispatch.kernel_path(path):

@@ -84,22 +84,26 @@ class CausalSelfAttention(nn.Module):
         With a cache (prefill), every row continues its row of the cache: its positions follow those
         cached, its queries also attend to the cached keys in their window, and its keys and values are
         written into the cache. Packed, sequence i continues row i (an empty one leaves it as it is).
-        shared: a dict the layers of a stack pass along in a prefill (their caches hold the same positions),
-        which keeps what they compute alike (positions, rotary angles, cache slots): made by the first.
+        shared: a dict the layers of a stack pass along (they see the same positions; in a prefill their
+        caches hold the same ones too), which keeps what they compute alike (rotary angles; in a prefill
+        positions and cache slots too): made by the first.
         """
+        shared = {} if shared is None else shared
         if cache is not None:
-            return self._prefill(x, cu_seqlens, cache, max_seqlen, {} if shared is None else shared)
+            return self._prefill(x, cu_seqlens, cache, max_seqlen, shared)
         if cu_seqlens is not None:
             if self._takes_varlen(x):
-                return self._forward_varlen(x, cu_seqlens, max_seqlen)
+                return self._forward_varlen(x, cu_seqlens, max_seqlen, shared)
             # Reference: right-padded rows, as many as sequences, each as long as the longest.
             rows, valid = unpack(x[0], cu_seqlens, max_seqlen)
             return self.forward(rows)[valid].unsqueeze(0)
         B, L, _ = x.shape
         qkv = self.Wqkv(x).view(B * L, 3, self.num_heads, self.head_dim)  # the rows' positions one after another
         if self.rotary_emb_dim > 0:  # the packed path's op (one kernel where it runs), every row's angles alike
-            cos, sin = rotary_tables(torch.arange(L, device=x.device), self.rotary_emb_dim)
-            q, k, v = rotary_qkv(qkv, cos.repeat(B, 1), sin.repeat(B, 1))
+            if ("rows", B, L, self.rotary_emb_dim) not in shared:
+                cos, sin = rotary_tables(torch.arange(L, device=x.device), self.rotary_emb_dim)
+                shared["rows", B, L, self.rotary_emb_dim] = cos.repeat(B, 1), sin.repeat(B, 1)
+            q, k, v = rotary_qkv(qkv, *shared["rows", B, L, self.rotary_emb_dim])
         else:
             q, k, v = qkv.unbind(1)
         out = self._causal(*(t.view(B, L, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v)))
@@ -122,13 +126,15 @@ class CausalSelfAttention(nn.Module):
         return (varlen_attn is not None and x.is_cuda and dtype in (torch.float16, torch.bfloat16)
                 and (_VARLEN_WINDOW or self.window_size < 0) and not reference_requested())
 
-    def _forward_varlen(self, x, cu_seqlens, max_seqlen=None):
-        T = x.shape[1]
+    def _forward_varlen(self, x, cu_seqlens, max_seqlen=None, shared: dict | None = None):
+        T, shared = x.shape[1], {} if shared is None else shared
         # squeeze, not x[0]: select's backward zero-fills a (1, T, D) gradient and copies into it.
         qkv = self.Wqkv(x.squeeze(0)).view(T, 3, self.num_heads, self.head_dim)
         if self.rotary_emb_dim > 0:
-            cos, sin = rotary_tables(positions_in_sequence(cu_seqlens, T), self.rotary_emb_dim)
-            q, k, v = rotary_qkv(qkv, cos, sin)
+            if ("packed", self.rotary_emb_dim) not in shared:
+                positions = positions_in_sequence(cu_seqlens, T)
+                shared["packed", self.rotary_emb_dim] = rotary_tables(positions, self.rotary_emb_dim)
+            q, k, v = rotary_qkv(qkv, *shared["packed", self.rotary_emb_dim])
         else:
             q, k, v = qkv.unbind(1)
         return self.out_proj(self._varlen(q, k, v, cu_seqlens, max_seqlen).reshape(1, T, -1))

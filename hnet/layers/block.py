@@ -25,7 +25,7 @@ class Block(nn.Module):
 
     def forward(self, h, residual=None, cu_seqlens=None, seq_idx=None, cache=None, max_seqlen=None,
                 shared: dict | None = None):
-        """shared: in a prefill, what the layers of a stack compute alike (`Isotropic.run_layers`)."""
+        """shared: what the layers of a stack compute alike (`Isotropic.run_layers`)."""
         if isinstance(self.mixer, Mamba2):
             return self._residual(h, residual, lambda x: self.mixer(x, seq_idx=seq_idx, cache=cache,
                                                                     cu_seqlens=cu_seqlens, shared=shared))

@@ -81,13 +81,9 @@ class Isotropic(nn.Module):
         """The layers and the final norm on an input already padded, its seq_idx made: the part of the
         forward that `hnet.layers.cuda_graphs` replays."""
         h, residual = x, None
-        if cache is None:
-            for layer in self.layers:
-                h, residual = layer(h, residual, cu_seqlens, seq_idx, None, max_seqlen)
-        else:
-            shared = {}  # what the layers of a prefill compute alike (positions, gather indices): made once
-            for layer, layer_cache in zip(self.layers, cache):
-                h, residual = layer(h, residual, cu_seqlens, seq_idx, layer_cache, max_seqlen, shared)
+        shared = {}  # what the layers compute alike (rotary angles; in a prefill positions, gather indices): once
+        for layer, layer_cache in zip(self.layers, [None] * len(self.layers) if cache is None else cache):
+            h, residual = layer(h, residual, cu_seqlens, seq_idx, layer_cache, max_seqlen, shared)
         return self._final_norm(h, residual)
 
     def _buckets(self, x) -> bool:
