@@ -137,13 +137,17 @@ class CausalSelfAttention(nn.Module):
             q, k, v = rotary_qkv(qkv, *shared["packed", self.rotary_emb_dim])
         else:
             q, k, v = qkv.unbind(1)
-        return self.out_proj(self._varlen(q, k, v, cu_seqlens, max_seqlen).reshape(1, T, -1))
+        return self.out_proj(self._varlen(q, k, v, cu_seqlens, max_seqlen, shared).reshape(1, T, -1))
 
-    def _varlen(self, q, k, v, cu_seqlens, max_seqlen=None):
-        """Flash attention of packed q, k, v (T, H, hd), each sequence causal within itself."""
+    def _varlen(self, q, k, v, cu_seqlens, max_seqlen=None, shared: dict | None = None):
+        """Flash attention of packed q, k, v (T, H, hd), each sequence causal within itself (shared: the
+        stack's, which keeps cu_seqlens in int32 for all its layers)."""
         if max_seqlen is None:
             max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-        cu = cu_seqlens.to(torch.int32)
+        shared = {} if shared is None else shared
+        if "cu32" not in shared:
+            shared["cu32"] = cu_seqlens.to(torch.int32)
+        cu = shared["cu32"]
         if _VARLEN_WINDOW:
             return varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, window_size=(self.window_size, 0))
         return varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, is_causal=True)
@@ -182,9 +186,7 @@ class CausalSelfAttention(nn.Module):
         if longest_before > 0:
             out = self._attend_after_cache(q, k, v, cu, cache, longest_before)
         elif self._takes_varlen(x):  # fresh rows: the attention of the forward
-            if "cu32" not in shared:
-                shared["cu32"] = cu.to(torch.int32)
-            out = self._varlen(q, k, v, shared["cu32"], max_seqlen)
+            out = self._varlen(q, k, v, cu, max_seqlen, shared)
         else:
             if "live" not in shared:
                 shared["live"] = _live_sequences(cu)[1]
