@@ -9,6 +9,7 @@ import torch
 from golden import CASES, load_case, requires_golden
 from hnet.generation import prefill
 from hnet.generation.cache import layer_caches, tensors
+from hnet.generation.prefill import mark_empty
 from hnet.layers.attention import KVCache
 from hnet.layers.mamba2 import Mamba2Cache
 from test_generation import CONFIGS, random_model
@@ -159,8 +160,6 @@ def test_a_prefill_reads_once_which_caches_are_empty(monkeypatch):
 def test_mark_empty_answers_as_each_cache_would():
     """One read for all the caches gives each layer's own `holds_nothing`: a state with only its conv
     inputs set, or only one row of a KV cache filled, holds something."""
-    from hnet.generation.prefill import mark_empty
-
     cache = random_model("2stage").allocate_inference_cache(2, 4)
     ssm, kv = list(layer_caches(cache, Mamba2Cache)), list(layer_caches(cache, KVCache))
     ssm[1].conv_state[1, 0, 3] = 0.5
