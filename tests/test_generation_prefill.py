@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from golden import CASES, load_case, requires_golden
+from hnet.chunking.routing import RoutingCache
 from hnet.generation import prefill
 from hnet.generation.cache import layer_caches, tensors
 from hnet.generation.prefill import mark_empty
@@ -147,25 +148,29 @@ def test_a_prefill_reads_once_which_caches_are_empty(monkeypatch):
         want = prefill(model, want_cache, [text])
     cache = cache_with_one_layer_used()
     reads, tolist = [], torch.Tensor.tolist
-    for kind in (KVCache, Mamba2Cache):
+    for kind in (KVCache, Mamba2Cache, RoutingCache):
         monkeypatch.setattr(kind, "holds_nothing", lambda c: pytest.fail("a layer asked for itself"))
     monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(t.shape) or tolist(t))
     got = prefill(model, cache, [text])
-    assert [c.empty for c in layer_caches(cache)] == [None] * len(list(layer_caches(cache)))  # used, forgotten
+    marked = list(layer_caches(cache, (KVCache, Mamba2Cache, RoutingCache)))
+    assert [c.empty for c in marked] == [None] * len(marked)  # used, forgotten
     assert len(reads) == 3  # mark_empty's and each stage's chunk count: no stack of attention asked
     assert torch.equal(got, want)
     assert_caches_equal(cache, want_cache, tol=0)
 
 
 def test_mark_empty_answers_as_each_cache_would():
-    """One read for all the caches gives each layer's own `holds_nothing`: a state with only its conv
-    inputs set, or only one row of a KV cache filled, holds something."""
+    """One read for all the caches gives each layer's and each stage's own `holds_nothing`: a state with only
+    its conv inputs set, only one row of a KV cache filled, or one row of a stage's routing that has seen a
+    position, holds something."""
     cache = random_model("2stage").allocate_inference_cache(2, 4)
+    kinds = (KVCache, Mamba2Cache, RoutingCache)
     ssm, kv = list(layer_caches(cache, Mamba2Cache)), list(layer_caches(cache, KVCache))
     ssm[1].conv_state[1, 0, 3] = 0.5
     ssm[2].ssm_state[0, 0, 0, 0] = -1e-30
     kv[0].seqlen[1] = 3
+    list(layer_caches(cache, RoutingCache))[1].has_seen_tokens[1] = True
     mark_empty(cache)
-    got = [c.empty for c in layer_caches(cache)]
-    assert got == [bool(c.holds_nothing()) for c in layer_caches(cache)]
-    assert got.count(False) == 3
+    got = [c.empty for c in layer_caches(cache, kinds)]
+    assert got == [bool(c.holds_nothing()) for c in layer_caches(cache, kinds)]
+    assert got.count(False) == 4 and len(got) == len(ssm) + len(kv) + 2

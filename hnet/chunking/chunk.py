@@ -48,7 +48,7 @@ def _dechunk_p(boundary_prob):
 
 
 def dechunk(z, boundary_mask, boundary_prob, next_cu_seqlens=None, official_bf16: bool = False, cache=None,
-            cu_seqlens=None, longest: int | None = None):
+            cu_seqlens=None, longest: int | None = None, fresh: bool = False):
     """EMA over the chunk outputs z weighted by their boundary probability, then back to byte positions.
 
     Byte t receives the EMA at the latest boundary at or before t. z is (B, M, D) padded or (1, T', D)
@@ -57,7 +57,8 @@ def dechunk(z, boundary_mask, boundary_prob, next_cu_seqlens=None, official_bf16
     With a DechunkCache (prefill, packed with cu_seqlens): sequence i continues row i, its EMA going on
     from the row's last value, which its bytes before its first boundary receive; the row's last value
     becomes the one at the sequence's last byte. longest: the most chunks of one sequence (`chunk`'s), which
-    saves that path a host sync.
+    saves that path a host sync. fresh: no row of the cache has seen a position (every sequence begins with
+    a boundary of p = 1 and nothing to carry on): the forward's dechunk, and the rows' last values kept.
     """
     p = _dechunk_p(boundary_prob)
     if next_cu_seqlens is not None:  # z's length is the boundary count: no host sync to find them again
@@ -69,10 +70,14 @@ def dechunk(z, boundary_mask, boundary_prob, next_cu_seqlens=None, official_bf16
     scan = ema_scan_official_bf16 if official_bf16 else ema_scan
     ema = scan(z, p_chunks, seq_idx=seq_idx) if z.shape[1] > 0 else z.float()  # no chunk: only in a prefill
     chunk_of_byte = torch.cumsum(boundary_mask, dim=-1) - 1
-    if cache is not None:
+    if cache is not None and not fresh:
         return _continue_ema(ema[0], p_chunks[0], chunk_of_byte[0], cu_seqlens.long(), next_cu_seqlens, cache,
                              longest)
-    return torch.gather(ema, 1, chunk_of_byte.clamp(min=0)[..., None].expand(-1, -1, ema.shape[-1]))
+    out = torch.gather(ema, 1, chunk_of_byte.clamp(min=0)[..., None].expand(-1, -1, ema.shape[-1]))
+    if cache is not None:
+        cu = cu_seqlens.long()
+        update_rows_(cache.last_value, out[0, (cu[1:] - 1).clamp(min=0)], cu[1:] > cu[:-1])
+    return out
 
 
 def _continue_ema(ema, p_chunks, chunk_of_byte, cu, next_cu, cache, longest):

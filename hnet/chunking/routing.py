@@ -6,7 +6,7 @@ wherever p > 0.5.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,12 @@ class RoutingOutput:
 class RoutingCache:
     last_hidden: torch.Tensor  # (B, D): the encoder output at the row's previous position
     has_seen_tokens: torch.Tensor  # (B,) bool: False before the row's first position (whose p is 1)
+    # Set for one prefill by `hnet.generation.prefill.mark_empty`: whether no row has seen a position (then the
+    # stage's routing and dechunk are the forward's); None: not known, the general path.
+    empty: bool | None = field(default=None, kw_only=True)
+
+    def holds_nothing(self) -> torch.Tensor:
+        return ~self.has_seen_tokens.any()
 
 
 def routing_output(p, mask=None) -> RoutingOutput:
@@ -109,9 +115,11 @@ class RoutingModule(nn.Module):
             # callers run a stage only on positions.)
             cu, T = cu_seqlens.long(), h.shape[1]
             live = cu[1:] > cu[:-1]
-            first = torch.where(live, cu[:-1], T)
-            p_first = self._p_after(cache, h[0, cu[:-1].clamp(max=T - 1)])
-            p = F.pad(p, (0, 1)).index_put((torch.zeros_like(first), first), p_first)[:, :T]
+            empty, cache.empty = cache.empty, None  # known for this prefill only
+            if not empty:  # (a fresh row's first p is 1, as set above)
+                first = torch.where(live, cu[:-1], T)
+                p_first = self._p_after(cache, h[0, cu[:-1].clamp(max=T - 1)])
+                p = F.pad(p, (0, 1)).index_put((torch.zeros_like(first), first), p_first)[:, :T]
             update_rows_(cache.last_hidden, h[0, (cu[1:] - 1).clamp(min=0)].to(cache.last_hidden.dtype), live)
             cache.has_seen_tokens |= live
         return routing_output(p, mask)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from hnet.chunking.routing import RoutingCache
 from hnet.generation.cache import layer_caches
 from hnet.layers.attention import KVCache
 from hnet.layers.mamba2 import Mamba2Cache
@@ -47,16 +48,20 @@ def prefill(model, cache, rows: list[bytes], max_bytes: int = PREFILL_BYTES):
 
 
 def mark_empty(cache) -> None:
-    """Tell every layer's cache whether it holds nothing yet, for the next prefill forward: one host read
-    for the whole model, where each Mamba-2 layer and each stack of attention layers would otherwise make
-    its own (a fresh cache takes the forward's paths), and a few ops for all the caches together."""
+    """Tell every layer's cache, and every stage's routing cache, whether it holds nothing yet, for the next
+    prefill forward: one host read for the whole model, where each Mamba-2 layer and each stack of attention
+    layers would otherwise make its own (a fresh cache takes the forward's paths), and a few ops for all the
+    caches together."""
     kv, ssm = list(layer_caches(cache, KVCache)), list(layer_caches(cache, Mamba2Cache))
+    routing = list(layer_caches(cache, RoutingCache))
     flags = []
     if kv:
         flags.append(torch.stack([c.seqlen for c in kv]).eq(0).all(dim=1))
     if ssm:  # each state's largest magnitude, in one op for them all: 0 where it is all zeros (NaN is not)
         largest = torch._foreach_norm([t for c in ssm for t in (c.ssm_state, c.conv_state)], float("inf"))
         flags.append(torch.stack(largest).view(-1, 2).eq(0).all(dim=1))
+    if routing:
+        flags.append(~torch.stack([c.has_seen_tokens for c in routing]).any(dim=1))
     if flags:
-        for c, empty in zip(kv + ssm, torch.cat(flags).tolist()):
+        for c, empty in zip(kv + ssm + routing, torch.cat(flags).tolist()):
             c.empty = empty

@@ -160,16 +160,16 @@ class CausalSelfAttention(nn.Module):
         empty, cache.empty = cache.empty, None  # known for this prefill only
         if "prefill" not in shared:
             lengths, past = cu[1:] - cu[:-1], cache.seqlen
+            positions = positions_in_sequence(cu, T)  # (T,): each position's index in its row
             if empty and max_seqlen is not None:  # nothing cached: the room needed is the longest sequence
                 longest_after, longest_before = max_seqlen, 0
             else:  # one sync: the room the rows need, and whether a row that has new positions has cached ones
                 # (rows with no new positions may: a long prompt's pieces, or many prompts, take several forwards)
                 longest_after, longest_before = torch.stack(((past + lengths).max(),
                                                              (past * (lengths > 0)).max())).tolist()
-            seq = sequence_of_position(cu, T)
-            positions = past[seq] + positions_in_sequence(cu, T)  # (T,): each position's index in its row
-            shared["prefill"] = lengths, longest_after, longest_before, seq, positions, (past + lengths)[seq]
-        lengths, longest_after, longest_before, seq, positions, row_end = shared["prefill"]
+                positions = positions + past[sequence_of_position(cu, T)]
+            shared["prefill"] = lengths, longest_after, longest_before, positions
+        lengths, longest_after, longest_before, positions = shared["prefill"]
         # One row, nothing cached, too few slots: its keys and values padded become the cache (one op each
         # where growing, then writing, takes two); a view (select_rows) cannot be replaced, and says so.
         one_row_grows = (lengths.shape[0] == 1 and cache.window < 0 and longest_before == 0
@@ -202,10 +202,11 @@ class CausalSelfAttention(nn.Module):
         else:  # every position's key and value into its slot; of a ring, only the last `slots` of each row
             slots = cache.k.shape[2]
             if ("slots", slots) not in shared:
+                seq = sequence_of_position(cu, T)
                 if lengths.shape[0] == 1:  # one row: its last `slots` new positions (no host read to count them)
                     kept = torch.arange(max(0, T - slots), T, device=x.device)
-                else:
-                    kept = torch.nonzero(positions >= row_end - slots).squeeze(1)
+                else:  # each row's positions from its last `slots` (its cache not yet advanced)
+                    kept = torch.nonzero(positions >= (cache.seqlen + lengths)[seq] - slots).squeeze(1)
                 shared["slots", slots] = kept, seq[kept], positions[kept] % slots
             kept, rows, slot = shared["slots", slots]
             cache.k[rows, :, slot] = k[kept].to(cache.k.dtype)

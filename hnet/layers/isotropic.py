@@ -69,7 +69,8 @@ class Isotropic(nn.Module):
             x, cu_seqlens = pad_packed(x, cu_seqlens, length)
         seq_idx = None
         if cu_seqlens is not None:
-            seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, x.shape[1])
+            if cache is None:  # a prefill's layers continue their rows from cu_seqlens itself
+                seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, x.shape[1])
             if max_seqlen is None and self.has_attention:  # one host sync per stack, not one per layer
                 max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
             elif max_seqlen is not None and padded:

@@ -116,13 +116,14 @@ class HNet(nn.Module):
 
         h = self.encoder(x, cu_seqlens, cache=cache.encoder, max_seqlen=max_seqlen)
         residual = self._residual(h)
+        fresh = cache.routing is not None and bool(cache.routing.empty)  # the routing takes the mark, the dechunk too
         routing = self.routing_module(h, cu_seqlens, mask, cache=cache.routing)
         z, next_cu, next_mask, longest = chunk(h, routing.boundary_mask, cu_seqlens)
         inner_routing = []
         if z.shape[1] > 0:  # always but in a prefill that continues rows and starts no chunk
             z, inner_routing = self.main_network(z, next_cu, next_mask, cache=cache.main_network, max_seqlen=longest)
         d = dechunk(z, routing.boundary_mask, routing.boundary_prob, next_cu, self.official_bf16_dechunk,
-                    cache=cache.dechunk, cu_seqlens=cu_seqlens, longest=longest)
+                    cache=cache.dechunk, cu_seqlens=cu_seqlens, longest=longest, fresh=fresh)
         h = plug_back(d, routing.selected_probs, residual).to(h.dtype)
         h = self.decoder(h, cu_seqlens, cache=cache.decoder, max_seqlen=max_seqlen)
         return _cut(h, d_in), [routing, *inner_routing]
