@@ -27,7 +27,8 @@ def test_every_kernel_launched_on_the_interpreter_compiles_for_a_gpu(tmp_path):
             model = random_model(name).train()
             with kernel_path(path):
                 model(torch.randint(0, 256, (1, 40))).logits.sum().backward()
-                model.eval().generate([b"packed", b"prefill"], 2)  # the prefill's rotary kernel
+                model.eval().generate([b"packed", b"prefill"], 2)  # the prefill's rotary kernels:
+                model.generate([b"one fresh row"], 2)  # over packed rows, and into a new cache
     launches = tmp_path / "launches.json"
     launches.write_text(json.dumps(list(triton_launches.launches.values())))
     names = {name for _, name, _, _ in triton_launches.launches.values()}

@@ -24,7 +24,7 @@ from hnet.ops.conv1d import causal_conv1d  # noqa: E402
 from hnet.ops.cosine import rowwise_cosine  # noqa: E402
 from hnet.ops.ema import ema_scan  # noqa: E402
 from hnet.ops.norm import add_rms_norm, gated_rms_norm  # noqa: E402
-from hnet.ops.rotary import rotary_qkv, rotary_tables  # noqa: E402
+from hnet.ops.rotary import rotary_qkv, rotary_qkv_into, rotary_tables  # noqa: E402
 from hnet.ops.ssd import ssd_chunked, ssd_sequential  # noqa: E402
 from hnet.ops.swiglu import swiglu  # noqa: E402
 from hnet.ops.triton import conv1d as triton_conv1d  # noqa: E402
@@ -158,6 +158,27 @@ def test_rotary_qkv(case, dtype):
     assert rel(out_fast, out_ref) < TOL[dtype]
     assert torch.equal(out_fast[2], qkv[:, 2]) and torch.equal(out_fast[:2, ..., rot:], qkv.transpose(0, 1)[:2, ..., rot:])
     check_grads(out_fast, fast, out_ref, ref, TOL[dtype], ["qkv"])
+
+
+@pytest.mark.parametrize("slots", [0, 5], ids=["full", "free slots"])
+@pytest.mark.parametrize("case", ROTARY_CASES[:3], ids=str)  # positions, heads, head dim, rotary dim
+def test_rotary_qkv_into_a_kv_cache(case, slots):
+    """A prefill's keys and values written by the kernel into a cache's (H, slots, hd) layout equal the
+    reference's, q too, and the slots after the positions hold zeros whatever was there."""
+    T, H, hd, rot = case
+    torch.manual_seed(0)
+    qkv = torch.randn(T, 3, H, hd, device=DEVICE, dtype=torch.bfloat16)
+    cos, sin = rotary_tables(torch.randint(0, 3000, (T,), device=DEVICE), rot)
+    results = []
+    for impl in (rotary_qkv_into, triton_rotary.rotary_qkv_into):
+        cache_k, cache_v = (torch.full((1, H, T + slots, hd), float("nan"), device=DEVICE, dtype=qkv.dtype) for _ in "kv")
+        q = impl(qkv, cos, sin, cache_k[0].transpose(0, 1), cache_v[0].transpose(0, 1))
+        results.append((q, cache_k, cache_v))
+    (q, k, v), (q_ref, k_ref, v_ref) = results[1], results[0]
+    assert torch.equal(v, v_ref) and torch.equal(v[0, :, :T], qkv[:, 2].transpose(0, 1))
+    assert rel(q, q_ref) < TOL[torch.bfloat16] and rel(k, k_ref) < TOL[torch.bfloat16]
+    assert torch.equal(q, triton_rotary.rotary_qkv(qkv, cos, sin)[0])  # the forward's rounding
+    assert k[0, :, T:].eq(0).all() and v[0, :, T:].eq(0).all()
 
 
 @pytest.mark.parametrize("window", [-1, 4])

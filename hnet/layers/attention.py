@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hnet.ops.dispatch import append_kv_, attend_kv_cache, reference_requested, rotary_qkv
+from hnet.ops.dispatch import append_kv_, attend_kv_cache, reference_requested, rotary_qkv, rotary_qkv_into
 from hnet.ops.rotary import rotary_tables
 from hnet.ops.packed import as_packed, bucketed_length, positions_in_sequence, sequence_of_position, unpack
 
@@ -170,17 +170,25 @@ class CausalSelfAttention(nn.Module):
                 positions = positions + past[sequence_of_position(cu, T)]
             shared["prefill"] = lengths, longest_after, longest_before, positions
         lengths, longest_after, longest_before, positions = shared["prefill"]
-        # One row, nothing cached, too few slots: its keys and values padded become the cache (one op each
-        # where growing, then writing, takes two); a view (select_rows) cannot be replaced, and says so.
+        # One row, nothing cached, too few slots: a new cache replaces it, its keys and values written there by
+        # the rotation (or padded: one op each where growing, then writing, takes two); a view (select_rows)
+        # cannot be replaced, and says so.
         one_row_grows = (lengths.shape[0] == 1 and cache.window < 0 and longest_before == 0
                          and cache.k.shape[2] < T and cache.k._base is None)
         if not one_row_grows:
             reserve_kv_cache(cache, longest_after)
         qkv = self.Wqkv(x[0]).view(T, 3, self.num_heads, self.head_dim)
+        written = one_row_grows and self.rotary_emb_dim > 0 and cache.k.dtype == qkv.dtype
         if self.rotary_emb_dim > 0:
             if ("rotary", self.rotary_emb_dim) not in shared:
                 shared["rotary", self.rotary_emb_dim] = rotary_tables(positions, self.rotary_emb_dim)
-            q, k, v = rotary_qkv(qkv, *shared["rotary", self.rotary_emb_dim])
+            tables = shared["rotary", self.rotary_emb_dim]
+            if written:  # (1, H, slots, hd) each, seen position-major; the slots past T zeroed
+                cache.k, cache.v = (qkv.new_empty(1, self.num_heads, bucketed_length(T), self.head_dim) for _ in "kv")
+                k, v = cache.k[0].transpose(0, 1), cache.v[0].transpose(0, 1)
+                q, k, v = rotary_qkv_into(qkv, *tables, k, v), k[:T], v[:T]
+            else:
+                q, k, v = rotary_qkv(qkv, *tables)
         else:
             q, k, v = qkv.unbind(1)
         if longest_before > 0:
@@ -192,7 +200,9 @@ class CausalSelfAttention(nn.Module):
                 shared["live"] = _live_sequences(cu)[1]
             rows, valid = unpack(torch.stack((q, k, v), dim=1), shared["live"], max_seqlen)  # (s, L, 3, H, hd)
             out = self._causal(*rows.permute(2, 0, 3, 1, 4).unbind(0)).transpose(1, 2)[valid]
-        if one_row_grows:
+        if written:
+            pass  # by the rotation, above
+        elif one_row_grows:
             pad = (0, 0, 0, bucketed_length(T) - T)
             cache.k = F.pad(k.transpose(0, 1)[None].to(cache.k.dtype), pad)
             cache.v = F.pad(v.transpose(0, 1)[None].to(cache.v.dtype), pad)

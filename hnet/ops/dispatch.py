@@ -218,6 +218,13 @@ def rotary_qkv(qkv, cos, sin):
     return impl(qkv, cos, sin)
 
 
+def rotary_qkv_into(qkv, cos, sin, k_out, v_out):
+    impl = _rotary_ref.rotary_qkv_into
+    if use_triton(qkv):
+        from hnet.ops.triton.rotary import rotary_qkv_into as impl
+    return impl(qkv, cos, sin, k_out, v_out)
+
+
 def rowwise_cosine(q, k, eps: float = 1e-12):
     impl = _cosine_ref.rowwise_cosine
     # The kernel computes in float32: float32 inputs, or any under autocast (whose roundings it makes).

@@ -23,3 +23,14 @@ def rotary_qkv(qkv, cos, sin):
     rotated by cos/sin (T, rot/2)."""
     q, k, v = qkv.unbind(1)
     return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+
+def rotary_qkv_into(qkv, cos, sin, k_out, v_out):
+    """A prefill's rotary_qkv: returns q (T, H, hd) rotated and writes k rotated and v into the first T rows of
+    k_out and v_out (rows >= T, H, hd: a KV cache's slots, seen position-major), zeros into the rows after."""
+    q, k, v = rotary_qkv(qkv, cos, sin)
+    T = q.shape[0]
+    for out, new in ((k_out, k), (v_out, v)):
+        out[:T] = new
+        out[T:] = 0
+    return q
