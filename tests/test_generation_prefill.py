@@ -195,3 +195,19 @@ def test_prefill_through_the_kernels_equals_the_reference(name):
     assert (out["unfused"][0] - out["reference"][0]).abs().max() < 1e-4
     for fast, ref in zip(out["unfused"][1:], out["reference"][1:]):
         assert_caches_equal(fast, ref, tol=1e-4)
+
+
+def test_a_model_cache_is_zeroed_in_one_op_per_dtype(monkeypatch):
+    """allocate_inference_cache zeroes every tensor of the tree (whatever the memory held) with one
+    `_foreach_zero_` per dtype, not a zeros each; outside a model's allocation `cache_zeros` is torch.zeros."""
+    from hnet.ops import cache as cache_ops
+
+    calls, foreach_zero = [], torch._foreach_zero_
+    monkeypatch.setattr(torch, "_foreach_zero_", lambda ts: calls.append(ts) or foreach_zero(ts))
+    monkeypatch.setattr(torch, "empty", lambda *a, empty=torch.empty, **k: empty(*a, **k).fill_(7))  # garbage
+    cache = random_model("2stage").allocate_inference_cache(3, 4)
+    made = [t for _, t in tensors(cache) if t.numel()]
+    assert len(made) > 20 and all(t.eq(0).all() for t in made)
+    assert sorted(str(ts[0].dtype) for ts in calls) == ["torch.bool", "torch.float32", "torch.int64"]
+    assert sum(len(ts) for ts in calls) == len(made)
+    assert cache_ops.cache_zeros(2, 3).eq(0).all()

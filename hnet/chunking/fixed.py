@@ -30,7 +30,7 @@ import torch
 
 from hnet.chunking.routing import RoutingCache, RoutingModule, RoutingOutput, routing_output
 from hnet.config import FIXED_RULES
-from hnet.ops.cache import update_rows_
+from hnet.ops.cache import cache_zeros, update_rows_
 from hnet.ops.packed import continued_sequences, positions_in_sequence
 
 
@@ -121,7 +121,7 @@ class FixedRouting(RoutingModule):
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> FixedRoutingCache:
         cache = super().allocate_inference_cache(batch_size, max_seqlen, dtype)
         return FixedRoutingCache(cache.last_hidden, cache.has_seen_tokens,
-                                 torch.zeros(batch_size, dtype=torch.bool, device=cache.last_hidden.device))
+                                 cache_zeros(batch_size, dtype=torch.bool, device=cache.last_hidden.device))
 
     def forward(self, h, cu_seqlens=None, mask=None, cache=None) -> RoutingOutput:
         """With a cache (prefill, packed), sequence i continues row i: under the space rule its first byte

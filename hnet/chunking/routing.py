@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hnet.ops.cache import update_rows_
+from hnet.ops.cache import cache_zeros, update_rows_
 from hnet.ops.dispatch import rowwise_cosine
 
 
@@ -90,8 +90,8 @@ class RoutingModule(nn.Module):
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None) -> RoutingCache:
         w = self.q_proj_layer.weight
         return RoutingCache(
-            torch.zeros(batch_size, w.shape[1], device=w.device, dtype=dtype or w.dtype),
-            torch.zeros(batch_size, dtype=torch.bool, device=w.device),
+            cache_zeros(batch_size, w.shape[1], device=w.device, dtype=dtype or w.dtype),
+            cache_zeros(batch_size, dtype=torch.bool, device=w.device),
         )
 
     def forward(self, h, cu_seqlens=None, mask=None, cache=None) -> RoutingOutput:

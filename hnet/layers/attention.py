@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hnet.ops.cache import cache_zeros
 from hnet.ops.dispatch import append_kv_, attend_kv_cache, reference_requested, rotary_qkv, rotary_qkv_into
 from hnet.ops.rotary import rotary_tables
 from hnet.ops.packed import as_packed, bucketed_length, positions_in_sequence, sequence_of_position, unpack
@@ -74,8 +75,8 @@ class CausalSelfAttention(nn.Module):
         slots = max_seqlen if self.window_size < 0 else self.window_size + 1
         shape = (batch_size, self.num_heads, slots, self.head_dim)
         kw = {"device": w.device, "dtype": dtype or w.dtype}
-        seqlen = torch.zeros(batch_size, dtype=torch.long, device=w.device)
-        return KVCache(torch.zeros(shape, **kw), torch.zeros(shape, **kw), seqlen, self.window_size)
+        seqlen = cache_zeros(batch_size, dtype=torch.long, device=w.device)
+        return KVCache(cache_zeros(shape, **kw), cache_zeros(shape, **kw), seqlen, self.window_size)
 
     def forward(self, x, cu_seqlens=None, cache=None, max_seqlen=None, shared: dict | None = None):
         """x (B, L, D); or packed (1, T, D) with cu_seqlens, every sequence attending only to itself

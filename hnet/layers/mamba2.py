@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hnet.layers.norm import GatedRMSNorm
+from hnet.ops.cache import cache_zeros
 from hnet.ops.dispatch import causal_conv1d, causal_conv1d_step, mamba2_mixer, ssd_state_update, ssd_varlen
 from hnet.ops.packed import as_packed, sequence_of_position
 
@@ -73,9 +74,9 @@ class Mamba2(nn.Module):
         w = self.in_proj.weight
         conv_dim, _, d_conv = self.conv1d.weight.shape
         return Mamba2Cache(
-            torch.zeros(batch_size, d_conv - 1, conv_dim, device=w.device, dtype=dtype or w.dtype),
+            cache_zeros(batch_size, d_conv - 1, conv_dim, device=w.device, dtype=dtype or w.dtype),
             # The state is a running sum over the whole sequence: kept in fp32 whatever the weights' dtype.
-            torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=w.device, dtype=torch.float32),
+            cache_zeros(batch_size, self.nheads, self.headdim, self.d_state, device=w.device, dtype=torch.float32),
         )
 
     def forward(self, u, seq_idx=None, cache=None, cu_seqlens=None, shared: dict | None = None):

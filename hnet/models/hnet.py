@@ -14,6 +14,7 @@ from hnet.chunking.routing import RoutingCache, RoutingModule, RoutingOutput
 from hnet.config import HNetConfig
 from hnet.layers.isotropic import Isotropic
 from hnet.models.weights import WeightsMixin
+from hnet.ops.cache import cache_zeros, zeroed_together
 from hnet.ops.packed import as_packed
 
 
@@ -87,7 +88,7 @@ class HNet(nn.Module):
         main = self.main_network.allocate_inference_cache(batch_size, max_seqlen, dtype)
         if self.is_innermost:
             return HNetCache(main)
-        last_value = torch.zeros(batch_size, self.residual_proj.in_features, device=self.residual_proj.weight.device)
+        last_value = cache_zeros(batch_size, self.residual_proj.in_features, device=self.residual_proj.weight.device)
         return HNetCache(
             main,
             self.encoder.allocate_inference_cache(batch_size, max_seqlen, dtype),
@@ -246,7 +247,8 @@ class HNetForCausalLM(WeightsMixin, nn.Module):
         """Caches for decoding `batch_size` rows of up to `max_seqlen` positions (prompt + new bytes; a
         prefill makes more room as it needs, steps do not: `hnet.generation.cache.reserve`). dtype: of the
         cached activations (default: the weights'); SSM states and the EMA stay fp32."""
-        return self.backbone.allocate_inference_cache(batch_size, max_seqlen, dtype)
+        with zeroed_together():  # a few ops for the whole tree, not one per tensor
+            return self.backbone.allocate_inference_cache(batch_size, max_seqlen, dtype)
 
     def step(self, input_ids, cache: HNetCache, mask=None) -> ModelOutput:
         """One byte per row: input_ids (B,) -> logits (B, vocab) for the next byte. Rows where mask (B,) is
