@@ -211,3 +211,20 @@ def test_a_model_cache_is_zeroed_in_one_op_per_dtype(monkeypatch):
     assert sorted(str(ts[0].dtype) for ts in calls) == ["torch.bool", "torch.float32", "torch.int64"]
     assert sum(len(ts) for ts in calls) == len(made)
     assert cache_ops.cache_zeros(2, 3).eq(0).all()
+
+
+@torch.no_grad()
+def test_a_stack_writes_its_layers_caches_together(monkeypatch):
+    """In a prefill a stack's Mamba-2 layers store their states, and its attention layers advance their
+    positions, in one foreach op each after the stack, not an op per layer; then they hold what the forward
+    and the steps after it need (`test_packed_prefill_of_many_rows_in_small_forwards` and the others)."""
+    model, ids = model_and_text("isotropic_m2T1")  # one stack: two Mamba-2 layers, one attention layer
+    calls = []
+    for name in ("_foreach_copy_", "_foreach_add_"):
+        op = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda dst, src, op=op, name=name: calls.append((name, len(dst))) or op(dst, src))
+    cache = model.allocate_inference_cache(1, 0)
+    prefill(model, cache, [bytes(ids[:30].tolist())])
+    prefill(model, cache, [bytes(ids[30:].tolist())])  # continued: the general paths
+    assert calls == [("_foreach_copy_", 2), ("_foreach_add_", 1)] * 2
+    assert [int(c.seqlen) for c in layer_caches(cache, KVCache)] == [len(ids)]

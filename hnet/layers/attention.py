@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hnet.ops.cache import cache_zeros
+from hnet.ops.cache import cache_zeros, write_cache
 from hnet.ops.dispatch import append_kv_, attend_kv_cache, reference_requested, rotary_qkv, rotary_qkv_into
 from hnet.ops.rotary import rotary_tables
 from hnet.ops.packed import as_packed, bucketed_length, positions_in_sequence, sequence_of_position, unpack
@@ -222,7 +222,7 @@ class CausalSelfAttention(nn.Module):
             kept, rows, slot = shared["slots", slots]
             cache.k[rows, :, slot] = k[kept].to(cache.k.dtype)
             cache.v[rows, :, slot] = v[kept].to(cache.v.dtype)
-        cache.seqlen += lengths
+        write_cache(shared, cache.seqlen, lengths, add=True)
         return self.out_proj(out.reshape(1, T, -1))
 
     def _attend_after_cache(self, q, k, v, cu, cache: KVCache, longest_before: int):

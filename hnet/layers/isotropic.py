@@ -8,6 +8,7 @@ from torch import nn
 
 from hnet.layers.block import make_block
 from hnet.layers.norm import RMSNorm
+from hnet.ops.cache import write_caches
 from hnet.ops.packed import bucketed_length, pad_packed, seq_idx_from_cu_seqlens
 
 # A layout string: letters with counts. m / M: Mamba-2, t / T: attention; upper case adds a SwiGLU MLP.
@@ -82,9 +83,13 @@ class Isotropic(nn.Module):
         """The layers and the final norm on an input already padded, its seq_idx made: the part of the
         forward that `hnet.layers.cuda_graphs` replays."""
         h, residual = x, None
-        shared = {}  # what the layers compute alike (rotary angles; in a prefill positions, gather indices): once
+        # What the layers compute alike (rotary angles; in a prefill positions, gather indices): once. In a
+        # prefill the layers' small cache writes are done together at the end (`write_caches`).
+        shared = {} if cache is None else {"cache writes": []}
         for layer, layer_cache in zip(self.layers, [None] * len(self.layers) if cache is None else cache):
             h, residual = layer(h, residual, cu_seqlens, seq_idx, layer_cache, max_seqlen, shared)
+        if cache is not None:
+            write_caches(shared)
         return self._final_norm(h, residual)
 
     def _buckets(self, x) -> bool:

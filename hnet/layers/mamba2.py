@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hnet.layers.norm import GatedRMSNorm
-from hnet.ops.cache import cache_zeros
+from hnet.ops.cache import cache_zeros, write_cache
 from hnet.ops.dispatch import causal_conv1d, causal_conv1d_step, mamba2_mixer, ssd_state_update, ssd_varlen
 from hnet.ops.packed import as_packed, sequence_of_position
 
@@ -106,7 +106,7 @@ class Mamba2(nn.Module):
         empty, cache.empty = cache.empty, None  # known for this prefill only
         one_row = cache.ssm_state.shape[0] == 1 and cu_seqlens.shape[0] == 2
         if one_row and T > 0 and (empty if empty is not None else bool(cache.holds_nothing())):
-            return self._prefill_fresh_row(u, cache)
+            return self._prefill_fresh_row(u, cache, shared)
         z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1)
         xBC = self._conv_continuing(xBC[0], cache, cu_seqlens.long(), shared).unsqueeze(0)
         x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
@@ -122,11 +122,11 @@ class Mamba2(nn.Module):
             initial_states=cache.ssm_state,
             shared=shared,
         )
-        cache.ssm_state.copy_(final_states)
+        write_cache(shared, cache.ssm_state, final_states)
         y = self.norm(y.reshape(1, T, self.d_inner), z)
         return self.out_proj(y)
 
-    def _prefill_fresh_row(self, u, cache: Mamba2Cache):
+    def _prefill_fresh_row(self, u, cache: Mamba2Cache, shared: dict):
         """A cache of one row that holds nothing yet (the common first prefill of one prompt): the forward's
         mixer, which also gives the state at the end, and the last inputs of the convolution kept. Equal to
         the general path from zero states, in fewer ops."""
@@ -134,7 +134,7 @@ class Mamba2(nn.Module):
         y, final_state = mamba2_mixer(zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias,
                                       self.A_log, self.D, self.norm.weight, self.headdim, self.chunk_size, None,
                                       self.norm.eps, return_final_state=True)
-        cache.ssm_state.copy_(final_state)
+        write_cache(shared, cache.ssm_state, final_state)
         held, T = cache.conv_state.shape[1], u.shape[1]
         xBC = zxbcdt[0, -held:, self.d_inner:self.d_inner + cache.conv_state.shape[2]]
         cache.conv_state[0, max(0, held - T):].copy_(xBC)  # a prompt shorter than that leaves zeros before it

@@ -39,6 +39,30 @@ def zeroed_together():
         torch._foreach_zero_(tensors)
 
 
+def write_cache(shared: dict, dst, src, add: bool = False) -> None:
+    """dst.copy_(src) (or dst.add_(src)) for a layer's cache in a prefill: now, or, where the layer's stack
+    collects them (shared["cache writes"], a list), all its layers' at the end (`write_caches`)."""
+    later = shared.get("cache writes")
+    if later is not None:
+        later.append((add, dst, src))
+    elif add:
+        dst.add_(src)
+    else:
+        dst.copy_(src)
+
+
+def write_caches(shared: dict) -> None:
+    """The writes a stack's layers left (`write_cache`): one foreach op for those alike, where each was an op
+    (a launch each on CUDA: a 22-layer stack's positions advanced, its SSM states stored)."""
+    alike = defaultdict(lambda: ([], []))
+    for add, dst, src in shared.pop("cache writes", []):
+        dsts, srcs = alike[add, dst.dtype, src.dtype, dst.device]
+        dsts.append(dst)
+        srcs.append(src)
+    for (add, *_), (dsts, srcs) in alike.items():
+        (torch._foreach_add_ if add else torch._foreach_copy_)(dsts, srcs)
+
+
 def update_rows_(cache, new, mask=None):
     """cache[b] = new[b] for every row b where mask (B,) is True (every row when mask is None).
 
