@@ -103,7 +103,7 @@ class RoutingModule(nn.Module):
         previous, current = neighbours(h)
         cos = rowwise_cosine(self.q_proj_layer(previous), self.k_proj_layer(current))
         p = F.pad(torch.clamp((1 - cos) / 2, min=0.0, max=1.0), (1, 0), value=1.0)
-        if cu_seqlens is not None:
+        if cu_seqlens is not None and cu_seqlens.shape[0] > 2:  # (a single sequence's p = 1 is set)
             # One slot past the end, for empty sequences there (a prefill); no host copy.
             starts = F.pad(torch.zeros_like(p, dtype=torch.bool), (0, 1)).index_fill_(1, cu_seqlens[:-1].long(), True)
             p = p.masked_fill(starts[:, :-1], 1.0)

@@ -14,6 +14,8 @@ def seq_idx_from_cu_seqlens(cu_seqlens, total: int):
 
 def positions_in_sequence(cu_seqlens, total: int):
     """(T,) int64: each packed position's index inside its own sequence."""
+    if cu_seqlens.shape[0] == 2:  # one sequence (from 0, as cu_seqlens are): nothing to repeat
+        return torch.arange(total, device=cu_seqlens.device)
     starts = torch.repeat_interleave(cu_seqlens[:-1], cu_seqlens[1:] - cu_seqlens[:-1], output_size=total)
     return torch.arange(total, device=cu_seqlens.device) - starts
 
