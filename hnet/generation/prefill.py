@@ -60,8 +60,8 @@ def mark_empty(cache) -> None:
     prefill forward: one host read for the whole model, where each Mamba-2 layer and each stack of attention
     layers would otherwise make its own (a fresh cache takes the forward's paths), and a few ops for all the
     caches together."""
-    kv, ssm = list(layer_caches(cache, KVCache)), list(layer_caches(cache, Mamba2Cache))
-    routing = list(layer_caches(cache, RoutingCache))
+    caches = list(layer_caches(cache, (KVCache, Mamba2Cache, RoutingCache)))  # one walk of the tree
+    kv, ssm, routing = ([c for c in caches if isinstance(c, kind)] for kind in (KVCache, Mamba2Cache, RoutingCache))
     flags = []
     if kv:
         flags.append(torch.stack([c.seqlen for c in kv]).eq(0).all(dim=1))
