@@ -25,6 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import hnet.layers.attention as attention  # noqa: E402
 from hnet import HNetConfig, HNetForCausalLM  # noqa: E402
+from hnet.eval.timing import load_model_config  # noqa: E402
 from hnet.generation import prefill  # noqa: E402
 from hnet.ops.dispatch import force_triton  # noqa: E402
 
@@ -78,8 +79,8 @@ def count(fn) -> tuple[Count, int]:
 
 
 def tiny(config_path: str) -> HNetForCausalLM:
-    """The config's layers at widths 64, 96, 128 by stage."""
-    cfg = HNetConfig.from_json(config_path).to_dict()
+    """The config's layers (an official model JSON, or a run preset's model) at widths 64, 96, 128 by stage."""
+    cfg = load_model_config(config_path).to_dict()
     widths = [64, 96, 128][: len(cfg["d_model"])]
     cfg["d_model"] = widths
     cfg["d_intermediate"] = [2 * w if d else 0 for w, d in zip(widths, cfg["d_intermediate"])]
@@ -100,8 +101,16 @@ def main(argv=None):
     parser.add_argument("--bytes", type=int, default=128, help="the prompt's length (default 128)")
     parser.add_argument("--ops", type=int, default=0, metavar="N")
     args = parser.parse_args(argv)
+    takes_varlen, varlen = attention.CausalSelfAttention._takes_varlen, attention.varlen_attn
     attention.CausalSelfAttention._takes_varlen = lambda self, x: True  # CUDA's choice for half precision
     attention.varlen_attn = varlen_stand_in
+    try:
+        table(args)
+    finally:
+        attention.CausalSelfAttention._takes_varlen, attention.varlen_attn = takes_varlen, varlen
+
+
+def table(args):
     text = (Path(__file__).parents[1] / "hnet/samples/tinyshakespeare.txt").read_bytes()[: args.bytes]
     ids = torch.tensor([list(text)])
     print(f"torch {torch.__version__}; {args.bytes} bytes; counted per call\n")

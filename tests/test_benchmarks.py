@@ -160,3 +160,29 @@ def test_official_side_by_side_standins():
     y_ref, summed_ref = add_rms_norm(h, r, norm.weight)
     assert torch.equal(summed, summed_ref) and torch.allclose(y, y_ref, atol=1e-6)
     assert torch.allclose(norm(h), add_rms_norm(h, None, norm.weight)[0], atol=1e-6)
+
+
+
+def test_host_ops_of_a_prefill_and_a_forward(capsys, tmp_path):
+    """The counts of benchmarks/host_ops.py: a fresh row's prefill runs the forward's Triton kernels, no more,
+    and its attention layers launch nothing beyond the forward's (their caches are written by the rotation,
+    and advanced after the stack): two more layers, the same difference."""
+    import json
+
+    paths = []
+    for layers in (1, 3):
+        paths.append(tmp_path / f"T{layers}.json")
+        paths[-1].write_text(json.dumps({"arch_layout": ["m1", [f"T{layers}"], "m1"], "d_model": [32, 48],
+                                         "d_intermediate": [0, 96], "attn_cfg": {"num_heads": [2, 2], "rotary_emb_dim": [16, 16],
+                                                                      "window_size": [-1, -1]}}))
+    load_benchmark("host_ops").main(["--config", *map(str, paths), "--bytes", "40", "--ops", "3"])
+    out = capsys.readouterr().out
+    cells = [line.strip("| ").split(" | ") for line in out.splitlines() if line.startswith("| T")]
+    rows = {(c[0], c[1]): [int(x) for x in c[2:]] for c in cells}
+    extra = []
+    for name in ("T1", "T3"):
+        (_, fwd_launching, fwd_triton), (_, launching, triton) = rows[name, "forward"], rows[name, "prefill"]
+        assert triton == fwd_triton > 0
+        extra.append(launching - fwd_launching)
+    assert extra[0] == extra[1] and rows["T3", "forward"][1] > rows["T1", "forward"][1]
+    assert "launching ops (prefill, forward)" in out
