@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from hnet.ops.cache import update_rows_
+from hnet.ops.cache import keep_last_, update_rows_
 from hnet.ops.dispatch import ema_scan
 from hnet.ops.ema import ema_scan_official_bf16
 from hnet.ops.packed import seq_idx_from_cu_seqlens, sequence_of_position, unpack
@@ -76,8 +76,7 @@ def dechunk(z, boundary_mask, boundary_prob, next_cu_seqlens=None, official_bf16
                              longest)
     out = torch.gather(ema, 1, chunk_of_byte.clamp(min=0)[..., None].expand(-1, -1, ema.shape[-1]))
     if cache is not None:
-        cu = cu_seqlens.long()
-        update_rows_(cache.last_value, out[0, (cu[1:] - 1).clamp(min=0)], cu[1:] > cu[:-1])
+        keep_last_(cache.last_value, out, cu_seqlens)
     return out
 
 

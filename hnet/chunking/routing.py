@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hnet.ops.cache import cache_zeros, update_rows_
+from hnet.ops.cache import cache_zeros, keep_last_, update_rows_
 from hnet.ops.dispatch import rowwise_cosine
 
 
@@ -120,8 +120,11 @@ class RoutingModule(nn.Module):
                 first = torch.where(live, cu[:-1], T)
                 p_first = self._p_after(cache, h[0, cu[:-1].clamp(max=T - 1)])
                 p = F.pad(p, (0, 1)).index_put((torch.zeros_like(first), first), p_first)[:, :T]
-            update_rows_(cache.last_hidden, h[0, (cu[1:] - 1).clamp(min=0)].to(cache.last_hidden.dtype), live)
-            cache.has_seen_tokens |= live
+            keep_last_(cache.last_hidden, h, cu)
+            if cu.shape[0] == 2:  # one row, which has positions
+                cache.has_seen_tokens.fill_(True)
+            else:
+                cache.has_seen_tokens |= live
         return routing_output(p, mask)
 
     def step(self, h, cache: RoutingCache, mask=None) -> RoutingOutput:

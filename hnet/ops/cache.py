@@ -63,6 +63,16 @@ def write_caches(shared: dict) -> None:
         (torch._foreach_add_ if add else torch._foreach_copy_)(dsts, srcs)
 
 
+def keep_last_(cache, packed, cu_seqlens) -> None:
+    """cache[b] = packed[0, t] for t the last position of packed sequence b, for every sequence with positions
+    (a prefill: sequence b continues row b; an empty one leaves its row as it is)."""
+    if cu_seqlens.shape[0] == 2:  # one sequence: it has the positions (a prefill runs on some)
+        cache.copy_(packed[0, -1:])
+        return
+    cu = cu_seqlens.long()
+    update_rows_(cache, packed[0, (cu[1:] - 1).clamp(min=0)], cu[1:] > cu[:-1])
+
+
 def update_rows_(cache, new, mask=None):
     """cache[b] = new[b] for every row b where mask (B,) is True (every row when mask is None).
 
