@@ -175,3 +175,24 @@ def test_prefill_in_packed_pieces_equals_the_forward(make):
     for i, row in enumerate(rows):
         full = layer(torch.cat([row, nxt[i:i + 1]])[None])[0, -1]
         assert (stepped[i] - full).abs().max() < 1e-5
+
+
+@torch.no_grad()
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash varlen attention and the kernels: CUDA only")
+def test_one_fresh_row_prefilled_on_the_gpu():
+    """CUDA, bf16: the rotary kernel writes a fresh row's keys and values into the new cache, flash varlen
+    attention reads them there (strided), and the output equals the layer's forward; the cache holds the
+    forward's rotated keys and values, zeros after them."""
+    from hnet.ops.dispatch import rotary_qkv
+    from hnet.ops.rotary import rotary_tables
+
+    torch.manual_seed(0)
+    layer = CausalSelfAttention(96, num_heads=3, rotary_emb_dim=16).to("cuda", torch.bfloat16)
+    x = torch.randn(1, 50, 96, device="cuda", dtype=torch.bfloat16)
+    cache = layer.allocate_inference_cache(1, 0)
+    out = layer(x, cache=cache)
+    torch.testing.assert_close(out, layer(x), atol=2e-2, rtol=2e-2)
+    q, k, v = rotary_qkv(layer.Wqkv(x[0]).view(50, 3, 3, 32), *rotary_tables(torch.arange(50, device="cuda"), 16))
+    assert int(cache.seqlen) == 50 and cache.k.shape[2] > 50
+    assert torch.equal(cache.k[0, :, :50], k.transpose(0, 1)) and torch.equal(cache.v[0, :, :50], v.transpose(0, 1))
+    assert cache.k[0, :, 50:].eq(0).all() and cache.v[0, :, 50:].eq(0).all()
