@@ -63,8 +63,8 @@ def dechunk(z, boundary_mask, boundary_prob, next_cu_seqlens=None, official_bf16
     p = _dechunk_p(boundary_prob)
     if next_cu_seqlens is not None:  # z's length is the boundary count: no host sync to find them again
         p_chunks = p[0, torch.nonzero_static(boundary_mask[0], size=z.shape[1]).squeeze(1)].unsqueeze(0)
-        one = next_cu_seqlens.shape[0] == 2  # a single sequence: nothing to reset
-        seq_idx = None if one else seq_idx_from_cu_seqlens(next_cu_seqlens, z.shape[1])
+        one_sequence = next_cu_seqlens.shape[0] == 2  # nothing to reset
+        seq_idx = None if one_sequence else seq_idx_from_cu_seqlens(next_cu_seqlens, z.shape[1])
     else:
         p_chunks = torch.gather(p, 1, _boundaries_first(boundary_mask)[:, : z.shape[1]])
         seq_idx = None

@@ -121,10 +121,7 @@ class RoutingModule(nn.Module):
                 p_first = self._p_after(cache, h[0, cu[:-1].clamp(max=T - 1)])
                 p = F.pad(p, (0, 1)).index_put((torch.zeros_like(first), first), p_first)[:, :T]
             keep_last_(cache.last_hidden, h, cu)
-            if cu.shape[0] == 2:  # one row, which has positions
-                cache.has_seen_tokens.fill_(True)
-            else:
-                cache.has_seen_tokens |= live
+            cache.has_seen_tokens |= live
         return routing_output(p, mask)
 
     def step(self, h, cache: RoutingCache, mask=None) -> RoutingOutput:

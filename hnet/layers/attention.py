@@ -140,12 +140,11 @@ class CausalSelfAttention(nn.Module):
             q, k, v = qkv.unbind(1)
         return self.out_proj(self._varlen(q, k, v, cu_seqlens, max_seqlen, shared).reshape(1, T, -1))
 
-    def _varlen(self, q, k, v, cu_seqlens, max_seqlen=None, shared: dict | None = None):
+    def _varlen(self, q, k, v, cu_seqlens, max_seqlen, shared: dict):
         """Flash attention of packed q, k, v (T, H, hd), each sequence causal within itself (shared: the
         stack's, which keeps cu_seqlens in int32 for all its layers)."""
         if max_seqlen is None:
             max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-        shared = {} if shared is None else shared
         if "cu32" not in shared:
             shared["cu32"] = cu_seqlens.to(torch.int32)
         cu = shared["cu32"]
