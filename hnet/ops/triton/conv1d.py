@@ -146,6 +146,26 @@ def _conv1d_bwd_dx(DA, W, SEQ, DX, l, d, stride_sb, stride_dxb, stride_dxl, K: t
     tl.store(DX + b * stride_dxb + t[:, None] * stride_dxl + cols[None, :], dx, mask=(t < l)[:, None] & in_d[None, :])
 
 
+@triton.jit
+def _reach(SEQ, b, t, l, stride_sb, K: tl.constexpr, HAS_SEQ: tl.constexpr, AHEAD: tl.constexpr):
+    """How many of the K-1 positions after t (AHEAD) or before it share t's row and packed sequence. A
+    sequence is one run of positions (as cu_seqlens make them), so the taps that reach them are the first ones."""
+    if HAS_SEQ:
+        seq_t = tl.load(SEQ + b * stride_sb + t, mask=t < l, other=-1)
+        n = tl.zeros_like(t)
+        live = t < l
+        for r in tl.static_range(1, K):
+            other = t + r if AHEAD else t - r
+            live &= (other < l) & (other >= 0)
+            live &= tl.load(SEQ + b * stride_sb + other, mask=live, other=-2) == seq_t
+            n += live.to(tl.int32)
+    elif AHEAD:
+        n = tl.minimum(l - 1 - t, K - 1)
+    else:
+        n = tl.minimum(t, K - 1)
+    return n
+
+
 @triton.jit(do_not_specialize=["l", "stride_sb"])
 def _conv1d_bwd_segment(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, SCRATCH, l, d, stride_xb, stride_xl,
                         stride_sb, stride_ob, stride_ol, stride_dxb, stride_dxl, K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr,
@@ -153,7 +173,9 @@ def _conv1d_bwd_segment(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, SCRAT
                         TILES: tl.constexpr):
     """The one-pass backward over TILES tiles of positions, one after the other, of one row and channel
     block: da parked in the program's slot of SCRATCH (with the HALO rows after it) and read back shifted
-    by each tap, and dweight and dbias summed elementwise over the tiles, reduced once at the end (K <= 4)."""
+    by each tap, and dweight and dbias summed elementwise over the tiles, reduced once at the end (K <= 4).
+    A tile's K taps of x are loaded once, for its pre-activation and its dweight, and which taps stay in the
+    packed sequence is found once a tile (`_reach`), not at every tap."""
     cols = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     b, seg = tl.program_id(1), tl.program_id(2)
     in_d = cols < d
@@ -161,7 +183,12 @@ def _conv1d_bwd_segment(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, SCRAT
     halo = tl.arange(0, HALO)
     offs = tl.arange(0, BLOCK_D)
     slot = SCRATCH + ((b * tl.num_programs(2) + seg) * tl.num_programs(0) + tl.program_id(0)) * (BLOCK_L + HALO) * BLOCK_D
-    w_last = tl.load(W + cols * K + (K - 1), mask=in_d, other=0.0).to(tl.float32)
+    w0 = tl.load(W + cols * K + 0, mask=in_d, other=0.0).to(tl.float32)[None, :]
+    w1 = tl.load(W + cols * K + 1, mask=in_d & (K > 1), other=0.0).to(tl.float32)[None, :]
+    w2 = tl.load(W + cols * K + 2, mask=in_d & (K > 2), other=0.0).to(tl.float32)[None, :]
+    w3 = tl.load(W + cols * K + 3, mask=in_d & (K > 3), other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:
+        bias = tl.load(BIAS + cols, mask=in_d, other=0.0).to(tl.float32)[None, :]
     dw0 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
     dw1 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
     dw2 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
@@ -169,40 +196,62 @@ def _conv1d_bwd_segment(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, SCRAT
     db = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
     for i in range(TILES):
         t = (seg * TILES + i) * BLOCK_L + rows
-        if HAS_SEQ:
-            seq_t = tl.load(SEQ + b * stride_sb + t, mask=t < l, other=-1)
-        da = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
-                                 stride_ob, stride_ol, K, HAS_BIAS, HAS_SEQ, SILU)
+        in_l = t < l
+        behind = _reach(SEQ, b, t, l, stride_sb, K, HAS_SEQ, False)
+        ahead = _reach(SEQ, b, t, l, stride_sb, K, HAS_SEQ, True)
+        x_at = X + b * stride_xb + cols[None, :]
+        # tap k reads x_{t-(K-1)+k}: 0 when K-1-k reaches before t's sequence
+        x0 = tl.load(x_at + (t - (K - 1))[:, None] * stride_xl, mask=(in_l & (K - 1 <= behind))[:, None] & in_d[None, :], other=0.0).to(tl.float32)
+        a = x0 * w0
+        if K > 1:
+            x1 = tl.load(x_at + (t - (K - 2))[:, None] * stride_xl, mask=(in_l & (K - 2 <= behind))[:, None] & in_d[None, :], other=0.0).to(tl.float32)
+            a += x1 * w1
+        if K > 2:
+            x2 = tl.load(x_at + (t - (K - 3))[:, None] * stride_xl, mask=(in_l & (K - 3 <= behind))[:, None] & in_d[None, :], other=0.0).to(tl.float32)
+            a += x2 * w2
+        if K > 3:
+            x3 = tl.load(x_at + (t - (K - 4))[:, None] * stride_xl, mask=(in_l & (K - 4 <= behind))[:, None] & in_d[None, :], other=0.0).to(tl.float32)
+            a += x3 * w3
+        if HAS_BIAS:
+            a += bias
+        da = tl.load(DOUT + b * stride_ob + t[:, None] * stride_ol + cols[None, :], mask=in_l[:, None] & in_d[None, :],
+                     other=0.0).to(tl.float32)
+        if SILU:
+            sig = tl.sigmoid(a)
+            da = da * sig * (1 + a * (1 - sig))
         db += da
-        for k in tl.static_range(K):  # the taps again (cached): dweight[:, k] += da_t x_{t-(K-1)+k}
-            src = t - (K - 1 - k)
-            ok = (src >= 0) & (t < l)
-            if HAS_SEQ:
-                ok &= tl.load(SEQ + b * stride_sb + src, mask=ok, other=-2) == seq_t
-            xs = tl.load(X + b * stride_xb + src[:, None] * stride_xl + cols[None, :], mask=ok[:, None] & in_d[None, :],
-                         other=0.0).to(tl.float32)
-            if k == 0:
-                dw0 += da * xs
-            elif k == 1:
-                dw1 += da * xs
-            elif k == 2:
-                dw2 += da * xs
-            else:
-                dw3 += da * xs
+        dw0 += da * x0
+        if K > 1:
+            dw1 += da * x1
+        if K > 2:
+            dw2 += da * x2
+        if K > 3:
+            dw3 += da * x3
         da_next = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, (seg * TILES + i + 1) * BLOCK_L + halo, cols, l, d,
                                       stride_xb, stride_xl, stride_sb, stride_ob, stride_ol, K, HAS_BIAS, HAS_SEQ, SILU)
         tl.debug_barrier()  # the previous tile's reads of the slot are done
         tl.store(slot + rows[:, None] * BLOCK_D + offs[None, :], da)
         tl.store(slot + (BLOCK_L + halo)[:, None] * BLOCK_D + offs[None, :], da_next)
         tl.debug_barrier()  # the whole tile is in the slot
-        dx = da * w_last[None, :]  # tap s = 0: the position's own da
+        # dx_t = sum_s w[:, K-1-s] da_{t+s}, s = 0 being the position's own da
+        if K == 1:
+            dx = da * w0
+        elif K == 2:
+            dx = da * w1
+        elif K == 3:
+            dx = da * w2
+        else:
+            dx = da * w3
         for s in tl.static_range(1, K):
-            live = t + s < l
-            if HAS_SEQ:
-                live &= tl.load(SEQ + b * stride_sb + t + s, mask=live, other=-2) == seq_t
             da_s = tl.load(slot + (rows + s)[:, None] * BLOCK_D + offs[None, :])
-            dx += tl.where(live[:, None], da_s, 0.0) * tl.load(W + cols * K + (K - 1 - s), mask=in_d, other=0.0).to(tl.float32)[None, :]
-        tl.store(DX + b * stride_dxb + t[:, None] * stride_dxl + cols[None, :], dx, mask=(t < l)[:, None] & in_d[None, :])
+            da_s = tl.where((s <= ahead)[:, None], da_s, 0.0)
+            if K - 1 - s == 0:
+                dx += da_s * w0
+            elif K - 1 - s == 1:
+                dx += da_s * w1
+            else:
+                dx += da_s * w2
+        tl.store(DX + b * stride_dxb + t[:, None] * stride_dxl + cols[None, :], dx, mask=in_l[:, None] & in_d[None, :])
     partial = b * tl.num_programs(2) + seg
     if HAS_BIAS:
         tl.store(DB_PARTIAL + partial * d + cols, tl.sum(db, axis=0), mask=in_d)
