@@ -262,16 +262,18 @@ def test_fused_mixer_under_every_output_layout(monkeypatch):
     assert set(counts) == names and min(counts.values()) > 1
 
 
-def test_conv_backward_into_a_strided_slice(monkeypatch):
+@pytest.mark.parametrize("K", [4, 2, 3, 5])
+def test_conv_backward_into_a_strided_slice(monkeypatch, K):
     """Every conv backward variant reads dout and writes dx through row strides (the fused mixer's gradient
-    buffer), leaving the rest of the buffer alone."""
+    buffer), leaving the rest of the buffer alone; for every kernel width (the variants that unroll 4 taps
+    are not offered past 4)."""
     from hnet.ops.conv1d import causal_conv1d
     from hnet.ops.triton import conv1d as triton_conv1d
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 20, 20, generator=gen).to(DEVICE)[..., 3:19]  # a slice of a wider tensor, as xBC is
-    w, bias = torch.randn(16, 4, generator=gen).to(DEVICE), torch.randn(16, generator=gen).to(DEVICE)
-    seq_idx = torch.cat([torch.zeros(2, 8), torch.ones(2, 12)], 1).int().to(DEVICE)
+    w, bias = torch.randn(16, K, generator=gen).to(DEVICE), torch.randn(16, generator=gen).to(DEVICE)
+    seq_idx = torch.cat([torch.zeros(2, 8), torch.ones(2, 2), 2 + torch.zeros(2, 10)], 1).int().to(DEVICE)
     dout = torch.randn(2, 20, 19, generator=gen).to(DEVICE)[..., :16]
     ref = leaves([x, w, bias])
     expected = torch.autograd.grad(causal_conv1d(*ref, seq_idx=seq_idx), ref, dout)

@@ -118,11 +118,21 @@ def _conv1d_bwd_da(X, W, BIAS, SEQ, DOUT, DA, DW_PARTIAL, DB_PARTIAL, l, d, stri
     b = tl.program_id(0)
     t = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     cols = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
-    da = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
-                             stride_ob, stride_ol, K, HAS_BIAS, HAS_SEQ, SILU)
-    tl.store(DA + b * l * d + t[:, None] * d + cols[None, :], da, mask=(t < l)[:, None] & (cols < d)[None, :])
-    _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
-                        K, HAS_BIAS, HAS_SEQ)
+    in_d = cols < d
+    w0, w1, w2, w3 = _weights(W, cols, in_d, K)
+    da, x0, x1, x2, x3 = _da_and_taps(X, BIAS, SEQ, DOUT, w0, w1, w2, w3, b, t, cols, l, d, stride_xb, stride_xl,
+                                      stride_sb, stride_ob, stride_ol, K, HAS_BIAS, HAS_SEQ, SILU)
+    tl.store(DA + b * l * d + t[:, None] * d + cols[None, :], da, mask=(t < l)[:, None] & in_d[None, :])
+    partial = b * tl.num_programs(1) + tl.program_id(1)
+    if HAS_BIAS:
+        tl.store(DB_PARTIAL + partial * d + cols, tl.sum(da, axis=0), mask=in_d)
+    tl.store(DW_PARTIAL + (partial * d + cols) * K, tl.sum(da * x0, axis=0), mask=in_d)
+    if K > 1:
+        tl.store(DW_PARTIAL + (partial * d + cols) * K + 1, tl.sum(da * x1, axis=0), mask=in_d)
+    if K > 2:
+        tl.store(DW_PARTIAL + (partial * d + cols) * K + 2, tl.sum(da * x2, axis=0), mask=in_d)
+    if K > 3:
+        tl.store(DW_PARTIAL + (partial * d + cols) * K + 3, tl.sum(da * x3, axis=0), mask=in_d)
 
 
 @triton.jit(do_not_specialize=["l", "stride_sb"])
@@ -166,6 +176,52 @@ def _reach(SEQ, b, t, l, stride_sb, K: tl.constexpr, HAS_SEQ: tl.constexpr, AHEA
     return n
 
 
+@triton.jit
+def _weights(W, cols, in_d, K: tl.constexpr):
+    """The K <= 4 taps' weights at channels cols, float32 rows (1, BLOCK_D); zero past K."""
+    w0 = tl.load(W + cols * K + 0, mask=in_d, other=0.0).to(tl.float32)[None, :]
+    w1 = tl.load(W + cols * K + 1, mask=in_d & (K > 1), other=0.0).to(tl.float32)[None, :]
+    w2 = tl.load(W + cols * K + 2, mask=in_d & (K > 2), other=0.0).to(tl.float32)[None, :]
+    w3 = tl.load(W + cols * K + 3, mask=in_d & (K > 3), other=0.0).to(tl.float32)[None, :]
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def _da_and_taps(X, BIAS, SEQ, DOUT, w0, w1, w2, w3, b, t, cols, l, d, stride_xb, stride_xl, stride_sb, stride_ob,
+                 stride_ol, K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr):
+    """da at positions t (float32, zero past l) and the K <= 4 taps of x it came from, x0 the farthest back
+    (float32, zero where a tap leaves the row or t's packed sequence), each loaded once for the pre-activation
+    and the dweight. Taps past K come back as x0 and are not to be used."""
+    in_l = t < l
+    in_d = cols < d
+    behind = _reach(SEQ, b, t, l, stride_sb, K, HAS_SEQ, False)
+    x_at = X + b * stride_xb + cols[None, :]
+    x0 = tl.load(x_at + (t - (K - 1))[:, None] * stride_xl, mask=(in_l & (K - 1 <= behind))[:, None] & in_d[None, :],
+                 other=0.0).to(tl.float32)
+    a = x0 * w0
+    x1, x2, x3 = x0, x0, x0
+    if K > 1:
+        x1 = tl.load(x_at + (t - (K - 2))[:, None] * stride_xl, mask=(in_l & (K - 2 <= behind))[:, None] & in_d[None, :],
+                     other=0.0).to(tl.float32)
+        a += x1 * w1
+    if K > 2:
+        x2 = tl.load(x_at + (t - (K - 3))[:, None] * stride_xl, mask=(in_l & (K - 3 <= behind))[:, None] & in_d[None, :],
+                     other=0.0).to(tl.float32)
+        a += x2 * w2
+    if K > 3:
+        x3 = tl.load(x_at + (t - (K - 4))[:, None] * stride_xl, mask=(in_l & (K - 4 <= behind))[:, None] & in_d[None, :],
+                     other=0.0).to(tl.float32)
+        a += x3 * w3
+    if HAS_BIAS:
+        a += tl.load(BIAS + cols, mask=in_d, other=0.0).to(tl.float32)[None, :]
+    da = tl.load(DOUT + b * stride_ob + t[:, None] * stride_ol + cols[None, :], mask=in_l[:, None] & in_d[None, :],
+                 other=0.0).to(tl.float32)
+    if SILU:
+        sig = tl.sigmoid(a)
+        da = da * sig * (1 + a * (1 - sig))
+    return da, x0, x1, x2, x3
+
+
 @triton.jit(do_not_specialize=["l", "stride_sb"])
 def _conv1d_bwd_segment(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, SCRATCH, l, d, stride_xb, stride_xl,
                         stride_sb, stride_ob, stride_ol, stride_dxb, stride_dxl, K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr,
@@ -183,12 +239,7 @@ def _conv1d_bwd_segment(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, SCRAT
     halo = tl.arange(0, HALO)
     offs = tl.arange(0, BLOCK_D)
     slot = SCRATCH + ((b * tl.num_programs(2) + seg) * tl.num_programs(0) + tl.program_id(0)) * (BLOCK_L + HALO) * BLOCK_D
-    w0 = tl.load(W + cols * K + 0, mask=in_d, other=0.0).to(tl.float32)[None, :]
-    w1 = tl.load(W + cols * K + 1, mask=in_d & (K > 1), other=0.0).to(tl.float32)[None, :]
-    w2 = tl.load(W + cols * K + 2, mask=in_d & (K > 2), other=0.0).to(tl.float32)[None, :]
-    w3 = tl.load(W + cols * K + 3, mask=in_d & (K > 3), other=0.0).to(tl.float32)[None, :]
-    if HAS_BIAS:
-        bias = tl.load(BIAS + cols, mask=in_d, other=0.0).to(tl.float32)[None, :]
+    w0, w1, w2, w3 = _weights(W, cols, in_d, K)
     dw0 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
     dw1 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
     dw2 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
@@ -197,28 +248,9 @@ def _conv1d_bwd_segment(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, SCRAT
     for i in range(TILES):
         t = (seg * TILES + i) * BLOCK_L + rows
         in_l = t < l
-        behind = _reach(SEQ, b, t, l, stride_sb, K, HAS_SEQ, False)
+        da, x0, x1, x2, x3 = _da_and_taps(X, BIAS, SEQ, DOUT, w0, w1, w2, w3, b, t, cols, l, d, stride_xb, stride_xl,
+                                          stride_sb, stride_ob, stride_ol, K, HAS_BIAS, HAS_SEQ, SILU)
         ahead = _reach(SEQ, b, t, l, stride_sb, K, HAS_SEQ, True)
-        x_at = X + b * stride_xb + cols[None, :]
-        # tap k reads x_{t-(K-1)+k}: 0 when K-1-k reaches before t's sequence
-        x0 = tl.load(x_at + (t - (K - 1))[:, None] * stride_xl, mask=(in_l & (K - 1 <= behind))[:, None] & in_d[None, :], other=0.0).to(tl.float32)
-        a = x0 * w0
-        if K > 1:
-            x1 = tl.load(x_at + (t - (K - 2))[:, None] * stride_xl, mask=(in_l & (K - 2 <= behind))[:, None] & in_d[None, :], other=0.0).to(tl.float32)
-            a += x1 * w1
-        if K > 2:
-            x2 = tl.load(x_at + (t - (K - 3))[:, None] * stride_xl, mask=(in_l & (K - 3 <= behind))[:, None] & in_d[None, :], other=0.0).to(tl.float32)
-            a += x2 * w2
-        if K > 3:
-            x3 = tl.load(x_at + (t - (K - 4))[:, None] * stride_xl, mask=(in_l & (K - 4 <= behind))[:, None] & in_d[None, :], other=0.0).to(tl.float32)
-            a += x3 * w3
-        if HAS_BIAS:
-            a += bias
-        da = tl.load(DOUT + b * stride_ob + t[:, None] * stride_ol + cols[None, :], mask=in_l[:, None] & in_d[None, :],
-                     other=0.0).to(tl.float32)
-        if SILU:
-            sig = tl.sigmoid(a)
-            da = da * sig * (1 + a * (1 - sig))
         db += da
         dw0 += da * x0
         if K > 1:
@@ -345,7 +377,7 @@ def conv1d_backward(dout, x, weight, bias=None, seq_idx=None, silu: bool = True,
         return dw_partial, db_partial
 
     key = (d, K, x.dtype, bias is None, seq_idx is None, silu)
-    candidates = [c for c in BWD_CANDIDATES if K <= 4 or c["variant"] != "segment"]  # its 4 dweight sums
+    candidates = [c for c in BWD_CANDIDATES if K <= 4 or c["variant"] == "recompute"]  # the others unroll 4 taps
     dw_partial, db_partial = launch_fastest("conv1d_bwd", key, b * l, candidates, launch)
     dw = dw_partial.sum(0).to(weight.dtype)
     db = db_partial.sum(0).to(bias.dtype) if bias is not None else None
