@@ -193,6 +193,9 @@ class CausalSelfAttention(nn.Module):
             q, k, v = qkv.unbind(1)
         if longest_before > 0:
             out = self._attend_after_cache(q, k, v, cu, cache, longest_before)
+        elif written:  # one fresh row: the unpacked forward's attention, keys and values read from the cache
+            rows = q.view(1, T, self.num_heads, self.head_dim).transpose(1, 2), cache.k[:, :, :T], cache.v[:, :, :T]
+            out = self._causal(*rows).transpose(1, 2)
         elif self._takes_varlen(x):  # fresh rows: the attention of the forward
             out = self._varlen(q, k, v, cu, max_seqlen, shared)
         else:

@@ -118,21 +118,11 @@ def _conv1d_bwd_da(X, W, BIAS, SEQ, DOUT, DA, DW_PARTIAL, DB_PARTIAL, l, d, stri
     b = tl.program_id(0)
     t = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     cols = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
-    in_d = cols < d
-    w0, w1, w2, w3 = _weights(W, cols, in_d, K)
-    da, x0, x1, x2, x3 = _da_and_taps(X, BIAS, SEQ, DOUT, w0, w1, w2, w3, b, t, cols, l, d, stride_xb, stride_xl,
-                                      stride_sb, stride_ob, stride_ol, K, HAS_BIAS, HAS_SEQ, SILU)
-    tl.store(DA + b * l * d + t[:, None] * d + cols[None, :], da, mask=(t < l)[:, None] & in_d[None, :])
-    partial = b * tl.num_programs(1) + tl.program_id(1)
-    if HAS_BIAS:
-        tl.store(DB_PARTIAL + partial * d + cols, tl.sum(da, axis=0), mask=in_d)
-    tl.store(DW_PARTIAL + (partial * d + cols) * K, tl.sum(da * x0, axis=0), mask=in_d)
-    if K > 1:
-        tl.store(DW_PARTIAL + (partial * d + cols) * K + 1, tl.sum(da * x1, axis=0), mask=in_d)
-    if K > 2:
-        tl.store(DW_PARTIAL + (partial * d + cols) * K + 2, tl.sum(da * x2, axis=0), mask=in_d)
-    if K > 3:
-        tl.store(DW_PARTIAL + (partial * d + cols) * K + 3, tl.sum(da * x3, axis=0), mask=in_d)
+    da = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
+                             stride_ob, stride_ol, K, HAS_BIAS, HAS_SEQ, SILU)
+    tl.store(DA + b * l * d + t[:, None] * d + cols[None, :], da, mask=(t < l)[:, None] & (cols < d)[None, :])
+    _store_weight_grads(X, SEQ, DW_PARTIAL, DB_PARTIAL, da, b, t, cols, l, d, stride_xb, stride_xl, stride_sb,
+                        K, HAS_BIAS, HAS_SEQ)
 
 
 @triton.jit(do_not_specialize=["l", "stride_sb"])
@@ -377,7 +367,7 @@ def conv1d_backward(dout, x, weight, bias=None, seq_idx=None, silu: bool = True,
         return dw_partial, db_partial
 
     key = (d, K, x.dtype, bias is None, seq_idx is None, silu)
-    candidates = [c for c in BWD_CANDIDATES if K <= 4 or c["variant"] == "recompute"]  # the others unroll 4 taps
+    candidates = [c for c in BWD_CANDIDATES if K <= 4 or c["variant"] != "segment"]  # it unrolls 4 taps
     dw_partial, db_partial = launch_fastest("conv1d_bwd", key, b * l, candidates, launch)
     dw = dw_partial.sum(0).to(weight.dtype)
     db = db_partial.sum(0).to(bias.dtype) if bias is not None else None
