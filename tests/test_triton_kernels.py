@@ -625,7 +625,7 @@ def test_every_launch_candidate(monkeypatch):
         pick += 1
     # 11 launchers (chunk_state serves two), each with more than one layout; every conv backward variant ran.
     assert len(counts) == 11 and min(counts.values()) > 1
-    assert {c["variant"] for c in triton_conv1d.BWD_CANDIDATES} == {"two_pass", "segment", "recompute"}
+    assert {c["variant"] for c in triton_conv1d.BWD_CANDIDATES} == {"two_pass", "segment", "recompute", "gather"}
 
 
 # ---- dispatch and the whole model ------------------------------------------------------------------------

@@ -289,14 +289,83 @@ def _conv1d_bwd_segment(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, SCRAT
         tl.store(DW_PARTIAL + (partial * d + cols) * K + k, tl.sum(acc, axis=0), mask=in_d)
 
 
+@triton.jit(do_not_specialize=["l", "stride_sb"])
+def _conv1d_bwd_gather(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, l, d, stride_xb, stride_xl, stride_sb,
+                       stride_ob, stride_ol, stride_dxb, stride_dxl, K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       HAS_SEQ: tl.constexpr, SILU: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+                       TILES: tl.constexpr):
+    """The one-pass backward over TILES overlapping tiles of one row and channel block. A tile computes da at
+    BLOCK_L positions and owns the first BLOCK_L - (K-1): their dx reads the da of the K-1 after them, in the
+    same tile, shifted by tl.gather (through shared memory, no round trip to L2). dweight and dbias are
+    summed over the owned positions elementwise and reduced once at the end (K <= 4)."""
+    OWN: tl.constexpr = BLOCK_L - (K - 1)
+    cols = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    b, seg = tl.program_id(1), tl.program_id(2)
+    in_d = cols < d
+    rows = tl.arange(0, BLOCK_L)
+    w0, w1, w2, w3 = _weights(W, cols, in_d, K)
+    dw0 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+    dw1 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+    dw2 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+    dw3 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+    db = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+    for i in range(TILES):
+        t = (seg * TILES + i) * OWN + rows
+        owned = (rows < OWN) & (t < l)
+        da, x0, x1, x2, x3 = _da_and_taps(X, BIAS, SEQ, DOUT, w0, w1, w2, w3, b, t, cols, l, d, stride_xb, stride_xl,
+                                          stride_sb, stride_ob, stride_ol, K, HAS_BIAS, HAS_SEQ, SILU)
+        da_own = tl.where(owned[:, None], da, 0.0)
+        db += da_own
+        dw0 += da_own * x0
+        if K > 1:
+            dw1 += da_own * x1
+        if K > 2:
+            dw2 += da_own * x2
+        if K > 3:
+            dw3 += da_own * x3
+        ahead = _reach(SEQ, b, t, l, stride_sb, K, HAS_SEQ, True)
+        # dx_t = sum_s w[:, K-1-s] da_{t+s}, s = 0 being the position's own da
+        if K == 1:
+            dx = da * w0
+        elif K == 2:
+            dx = da * w1
+        elif K == 3:
+            dx = da * w2
+        else:
+            dx = da * w3
+        for s in tl.static_range(1, K):
+            later = tl.broadcast_to(tl.minimum(rows + s, BLOCK_L - 1)[:, None], (BLOCK_L, BLOCK_D))
+            da_s = tl.where((s <= ahead)[:, None], tl.gather(da, later, axis=0), 0.0)
+            if K - 1 - s == 0:
+                dx += da_s * w0
+            elif K - 1 - s == 1:
+                dx += da_s * w1
+            else:
+                dx += da_s * w2
+        tl.store(DX + b * stride_dxb + t[:, None] * stride_dxl + cols[None, :], dx, mask=owned[:, None] & in_d[None, :])
+    partial = b * tl.num_programs(2) + seg
+    if HAS_BIAS:
+        tl.store(DB_PARTIAL + partial * d + cols, tl.sum(db, axis=0), mask=in_d)
+    for k in tl.static_range(K):
+        if k == 0:
+            acc = dw0
+        elif k == 1:
+            acc = dw1
+        elif k == 2:
+            acc = dw2
+        else:
+            acc = dw3
+        tl.store(DW_PARTIAL + (partial * d + cols) * K + k, tl.sum(acc, axis=0), mask=in_d)
+
+
 # Positions x channels per program, the default first. Tiles of 128 x 128 or more take 8 warps: with 4 they
-# spill registers, compile for 5-20 s each and ran 10-20x slower on the H200. The backward comes in three
+# spill registers, compile for 5-20 s each and ran 10-20x slower on the H200. The backward comes in four
 # variants (its da_{t+s} reach past a tile's end): "two_pass" (da written out in float32, then read back
 # shifted), "segment" (one pass, da parked in an L2-resident slot per program, over `tiles` consecutive
-# tiles) and "recompute" (each pre-activation recomputed K times). Timing decides. On the H200 (session 10)
-# "segment" was fastest on unpacked rows (674 us against 993 for "two_pass", 8 x 8192 x 1792, bf16), and
-# "two_pass" on packed ones (1211 us, 8 x 8192 x 2304, the 1-stage L step), where "segment" reads the
-# sequence ids at every tap.
+# tiles), "gather" (one pass, overlapping tiles, da shifted in shared memory by tl.gather) and "recompute"
+# (each pre-activation recomputed K times). Timing decides. On the H100 (session 19; 8 x 8192 x 2304, bf16,
+# the 1-stage L step's shape) "segment" was the fastest of the first three, packed (1093 us against 1238
+# for "two_pass") and not (844 against 1305).
 CANDIDATES = [dict(block_l=128, block_d=64, num_warps=4)] + [
     dict(block_l=bl, block_d=bd, num_warps=w) for bl in (64, 128, 256) for bd in (64, 128) for w in (4, 8)
     if w == 8 or bl * bd < 128 * 128]
@@ -305,7 +374,9 @@ BWD_CANDIDATES = [dict(block_l=128, block_d=64, num_warps=4, variant="two_pass")
     for w in (4, 8) if w == 8 or bl * bd < 128 * 128] + [
     dict(block_l=bl, block_d=bd, num_warps=w, variant="segment", tiles=n)
     for bl, bd, w, n in ((32, 64, 4, 32), (32, 64, 4, 8), (64, 64, 8, 32), (16, 128, 4, 32))] + [
-    dict(block_l=bl, block_d=bd, num_warps=w, variant="recompute") for bl, bd, w in ((64, 64, 4), (64, 64, 8), (128, 64, 8), (64, 128, 8))]
+    dict(block_l=bl, block_d=bd, num_warps=w, variant="recompute") for bl, bd, w in ((64, 64, 4), (64, 64, 8), (128, 64, 8), (64, 128, 8))] + [
+    dict(block_l=bl, block_d=bd, num_warps=w, variant="gather", tiles=n)
+    for bl, bd, w, n in ((64, 64, 4, 16), (64, 64, 8, 16), (128, 64, 8, 8), (32, 128, 4, 16), (64, 128, 8, 8))]
 
 
 def _halo(K: int) -> int:
@@ -343,7 +414,9 @@ def conv1d_backward(dout, x, weight, bias=None, seq_idx=None, silu: bool = True,
 
     def launch(block_l, block_d, num_warps=4, variant="two_pass", tiles=8):  # -> dweight, dbias partial sums
         grid = (b, cdiv(l, block_l), cdiv(d, block_d))
-        n_partials = b * (cdiv(grid[1], tiles) if variant == "segment" else grid[1])
+        if variant == "gather":  # overlapping tiles, each owning all but its last K - 1 positions
+            grid = (b, cdiv(l, block_l - (K - 1)), grid[2])
+        n_partials = b * (cdiv(grid[1], tiles) if variant in ("segment", "gather") else grid[1])
         dw_partial = torch.empty(n_partials, d, K, device=x.device, dtype=torch.float32)
         db_partial = torch.empty(n_partials, d, device=x.device, dtype=torch.float32) if bias is not None else None
         flags = dict(K=K, HAS_SEQ=seq_idx is not None, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=num_warps)
@@ -356,6 +429,10 @@ def conv1d_backward(dout, x, weight, bias=None, seq_idx=None, silu: bool = True,
             _conv1d_bwd_segment[seg_grid](x, weight, bias, seq_idx, dout, dx, dw_partial, db_partial, scratch,
                                           *args, *dx_strides, HAS_BIAS=bias is not None, SILU=silu, HALO=halo,
                                           TILES=tiles, **flags)
+        elif variant == "gather":
+            _conv1d_bwd_gather[(grid[2], b, cdiv(grid[1], tiles))](
+                x, weight, bias, seq_idx, dout, dx, dw_partial, db_partial, *args, *dx_strides,
+                HAS_BIAS=bias is not None, SILU=silu, TILES=tiles, **flags)
         elif variant == "two_pass":
             da = torch.empty(b, l, d, device=x.device, dtype=torch.float32)
             _conv1d_bwd_da[grid](x, weight, bias, seq_idx, dout, da, dw_partial, db_partial, *args,
@@ -367,7 +444,7 @@ def conv1d_backward(dout, x, weight, bias=None, seq_idx=None, silu: bool = True,
         return dw_partial, db_partial
 
     key = (d, K, x.dtype, bias is None, seq_idx is None, silu)
-    candidates = [c for c in BWD_CANDIDATES if K <= 4 or c["variant"] != "segment"]  # it unrolls 4 taps
+    candidates = [c for c in BWD_CANDIDATES if K <= 4 or c["variant"] not in ("segment", "gather")]  # 4 taps unrolled
     dw_partial, db_partial = launch_fastest("conv1d_bwd", key, b * l, candidates, launch)
     dw = dw_partial.sum(0).to(weight.dtype)
     db = db_partial.sum(0).to(bias.dtype) if bias is not None else None
