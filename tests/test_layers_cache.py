@@ -180,8 +180,8 @@ def test_prefill_in_packed_pieces_equals_the_forward(make):
 @torch.no_grad()
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash varlen attention and the kernels: CUDA only")
 def test_one_fresh_row_prefilled_on_the_gpu():
-    """CUDA, bf16: the rotary kernel writes a fresh row's keys and values into the new cache, flash varlen
-    attention reads them there (strided), and the output equals the layer's forward; the cache holds the
+    """CUDA, bf16: the rotary kernel writes a fresh row's keys and values into the new cache, the forward's
+    attention (SDPA) reads them there, and the output equals the layer's forward; the cache holds the
     forward's rotated keys and values, zeros after them."""
     from hnet.ops.dispatch import rotary_qkv
     from hnet.ops.rotary import rotary_tables
