@@ -21,6 +21,8 @@ def picker(monkeypatch):
         timed.append(launched[-1])
         if launched[-1] == 4:
             raise tuning.OutOfResources(300000, 232448, "shared memory")
+        if launched[-1] == 5:
+            raise tuning.CompilationError("src", None, "an op this Triton does not have")
         return costs[launched[-1]]
 
     launched = []
@@ -30,12 +32,13 @@ def picker(monkeypatch):
 
 def test_fastest_candidate_is_chosen_once_and_kept(picker):
     launched, timed = picker
-    candidates = [dict(size=1), dict(size=4), dict(size=2), dict(size=3), dict(size=2)]
+    candidates = [dict(size=1), dict(size=4), dict(size=2), dict(size=5), dict(size=3), dict(size=2)]
     result = tuning.launch_fastest("k", ("shape",), 1 << 20, candidates, lambda size: launched.append(size) or size)
-    assert result == 2 and timed == [1, 4, 2, 3]  # duplicates timed once; the one out of resources passed over
+    # duplicates timed once; the one out of resources and the one that does not compile passed over
+    assert result == 2 and timed == [1, 4, 2, 5, 3]
     launched.clear()
     assert tuning.launch_fastest("k", ("shape",), 1 << 20, candidates, lambda size: launched.append(size) or size) == 2
-    assert launched == [2] and timed == [1, 4, 2, 3]  # the second call launches the kept choice, untimed
+    assert launched == [2] and timed == [1, 4, 2, 5, 3]  # the second call launches the kept choice, untimed
     assert "size': 2" in tuning.tuning_report()[0]
 
 

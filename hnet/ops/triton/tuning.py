@@ -17,6 +17,7 @@ import time
 from typing import Callable
 
 import torch
+from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources, PTXASError
 from triton.testing import do_bench
 
@@ -57,7 +58,9 @@ def _time(launch: Callable, config: dict, required: bool, label: str) -> float:
         launch(**config)  # the first launch compiles
         first = time.perf_counter() - start
         ms = do_bench(lambda: launch(**config), warmup=5, rep=20)
-    except (OutOfResources, PTXASError):  # more shared memory or registers than the GPU has: not a candidate
+    # More shared memory or registers than the GPU has, or code this Triton cannot compile (a language op of a
+    # newer one, such as conv1d's tl.gather): not a candidate.
+    except (OutOfResources, PTXASError, CompilationError):
         if required:
             raise
         first, ms = time.perf_counter() - start, float("inf")
