@@ -376,7 +376,7 @@ BWD_CANDIDATES = [dict(block_l=128, block_d=64, num_warps=4, variant="two_pass")
     for bl, bd, w, n in ((32, 64, 4, 32), (32, 64, 4, 8), (64, 64, 8, 32), (16, 128, 4, 32))] + [
     dict(block_l=bl, block_d=bd, num_warps=w, variant="recompute") for bl, bd, w in ((64, 64, 4), (64, 64, 8), (128, 64, 8), (64, 128, 8))] + [
     dict(block_l=bl, block_d=bd, num_warps=w, variant="gather", tiles=n)
-    for bl, bd, w, n in ((64, 64, 4, 16), (64, 64, 8, 16), (128, 64, 8, 8), (32, 128, 4, 16), (64, 128, 8, 8))]
+    for bl, bd, w, n in ((64, 64, 4, 16), (64, 64, 8, 16), (128, 64, 8, 8), (32, 64, 4, 32))]
 
 
 def _halo(K: int) -> int:
