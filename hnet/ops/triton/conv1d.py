@@ -177,6 +177,30 @@ def _weights(W, cols, in_d, K: tl.constexpr):
 
 
 @triton.jit
+def _tap(w0, w1, w2, w3, k: tl.constexpr):
+    """The weight row of tap k (0 <= k < 4) of `_weights`."""
+    if k == 0:
+        w = w0
+    elif k == 1:
+        w = w1
+    elif k == 2:
+        w = w2
+    else:
+        w = w3
+    return w
+
+
+@triton.jit
+def _store_weight_sums(DW_PARTIAL, DB_PARTIAL, partial, d, cols, in_d, db, dw0, dw1, dw2, dw3, K: tl.constexpr,
+                       HAS_BIAS: tl.constexpr):
+    """One program's partial dweight (d, K) and dbias (d,) from its elementwise sums (BLOCK_L, BLOCK_D)."""
+    if HAS_BIAS:
+        tl.store(DB_PARTIAL + partial * d + cols, tl.sum(db, axis=0), mask=in_d)
+    for k in tl.static_range(K):
+        tl.store(DW_PARTIAL + (partial * d + cols) * K + k, tl.sum(_tap(dw0, dw1, dw2, dw3, k), axis=0), mask=in_d)
+
+
+@triton.jit
 def _da_and_taps(X, BIAS, SEQ, DOUT, w0, w1, w2, w3, b, t, cols, l, d, stride_xb, stride_xl, stride_sb, stride_ob,
                  stride_ol, K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr):
     """da at positions t (float32, zero past l) and the K <= 4 taps of x it came from, x0 the farthest back
@@ -255,38 +279,13 @@ def _conv1d_bwd_segment(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, SCRAT
         tl.store(slot + rows[:, None] * BLOCK_D + offs[None, :], da)
         tl.store(slot + (BLOCK_L + halo)[:, None] * BLOCK_D + offs[None, :], da_next)
         tl.debug_barrier()  # the whole tile is in the slot
-        # dx_t = sum_s w[:, K-1-s] da_{t+s}, s = 0 being the position's own da
-        if K == 1:
-            dx = da * w0
-        elif K == 2:
-            dx = da * w1
-        elif K == 3:
-            dx = da * w2
-        else:
-            dx = da * w3
+        dx = da * _tap(w0, w1, w2, w3, K - 1)  # dx_t = sum_s w[:, K-1-s] da_{t+s}; s = 0: the position's own
         for s in tl.static_range(1, K):
             da_s = tl.load(slot + (rows + s)[:, None] * BLOCK_D + offs[None, :])
-            da_s = tl.where((s <= ahead)[:, None], da_s, 0.0)
-            if K - 1 - s == 0:
-                dx += da_s * w0
-            elif K - 1 - s == 1:
-                dx += da_s * w1
-            else:
-                dx += da_s * w2
+            dx += tl.where((s <= ahead)[:, None], da_s, 0.0) * _tap(w0, w1, w2, w3, K - 1 - s)
         tl.store(DX + b * stride_dxb + t[:, None] * stride_dxl + cols[None, :], dx, mask=in_l[:, None] & in_d[None, :])
-    partial = b * tl.num_programs(2) + seg
-    if HAS_BIAS:
-        tl.store(DB_PARTIAL + partial * d + cols, tl.sum(db, axis=0), mask=in_d)
-    for k in tl.static_range(K):
-        if k == 0:
-            acc = dw0
-        elif k == 1:
-            acc = dw1
-        elif k == 2:
-            acc = dw2
-        else:
-            acc = dw3
-        tl.store(DW_PARTIAL + (partial * d + cols) * K + k, tl.sum(acc, axis=0), mask=in_d)
+    _store_weight_sums(DW_PARTIAL, DB_PARTIAL, b * tl.num_programs(2) + seg, d, cols, in_d, db, dw0, dw1, dw2, dw3,
+                       K, HAS_BIAS)
 
 
 @triton.jit(do_not_specialize=["l", "stride_sb"])
@@ -324,38 +323,13 @@ def _conv1d_bwd_gather(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, l, d, 
         if K > 3:
             dw3 += da_own * x3
         ahead = _reach(SEQ, b, t, l, stride_sb, K, HAS_SEQ, True)
-        # dx_t = sum_s w[:, K-1-s] da_{t+s}, s = 0 being the position's own da
-        if K == 1:
-            dx = da * w0
-        elif K == 2:
-            dx = da * w1
-        elif K == 3:
-            dx = da * w2
-        else:
-            dx = da * w3
+        dx = da * _tap(w0, w1, w2, w3, K - 1)  # dx_t = sum_s w[:, K-1-s] da_{t+s}; s = 0: the position's own
         for s in tl.static_range(1, K):
             later = tl.broadcast_to(tl.minimum(rows + s, BLOCK_L - 1)[:, None], (BLOCK_L, BLOCK_D))
-            da_s = tl.where((s <= ahead)[:, None], tl.gather(da, later, axis=0), 0.0)
-            if K - 1 - s == 0:
-                dx += da_s * w0
-            elif K - 1 - s == 1:
-                dx += da_s * w1
-            else:
-                dx += da_s * w2
+            dx += tl.where((s <= ahead)[:, None], tl.gather(da, later, axis=0), 0.0) * _tap(w0, w1, w2, w3, K - 1 - s)
         tl.store(DX + b * stride_dxb + t[:, None] * stride_dxl + cols[None, :], dx, mask=owned[:, None] & in_d[None, :])
-    partial = b * tl.num_programs(2) + seg
-    if HAS_BIAS:
-        tl.store(DB_PARTIAL + partial * d + cols, tl.sum(db, axis=0), mask=in_d)
-    for k in tl.static_range(K):
-        if k == 0:
-            acc = dw0
-        elif k == 1:
-            acc = dw1
-        elif k == 2:
-            acc = dw2
-        else:
-            acc = dw3
-        tl.store(DW_PARTIAL + (partial * d + cols) * K + k, tl.sum(acc, axis=0), mask=in_d)
+    _store_weight_sums(DW_PARTIAL, DB_PARTIAL, b * tl.num_programs(2) + seg, d, cols, in_d, db, dw0, dw1, dw2, dw3,
+                       K, HAS_BIAS)
 
 
 # Positions x channels per program, the default first. Tiles of 128 x 128 or more take 8 warps: with 4 they
