@@ -5,7 +5,8 @@
 At batch 1 both calls are bound by the host (#23: a quarter of their wall-clock on an H200 is GPU work), so
 what a prefill does beyond the forward shows in these counts before any GPU times it. A model with the
 config's layers at tiny widths runs in float32 through the Triton kernels under the interpreter, with the
-attention CUDA takes (flash varlen over packed positions; here an SDPA stand-in). Counted per call: torch
+attention CUDA takes (the forward's SDPA for a fresh row's prefill; flash varlen over packed positions, here
+an SDPA stand-in). Counted per call: torch
 ops (views and the interpreter's own left out), those of them that launch a kernel on CUDA (not
 allocations, not empty outputs), and Triton launches. --ops N lists the N launching ops of which the prefill
 has the most more than the forward, with where it calls them.
