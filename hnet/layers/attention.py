@@ -203,12 +203,11 @@ class CausalSelfAttention(nn.Module):
                 shared["live"] = _live_sequences(cu)[1]
             rows, valid = unpack(torch.stack((q, k, v), dim=1), shared["live"], max_seqlen)  # (s, L, 3, H, hd)
             out = self._causal(*rows.permute(2, 0, 3, 1, 4).unbind(0)).transpose(1, 2)[valid]
-        if written:
-            pass  # by the rotation, above
-        elif one_row_grows:
-            pad = (0, 0, 0, bucketed_length(T) - T)
-            cache.k = F.pad(k.transpose(0, 1)[None].to(cache.k.dtype), pad)
-            cache.v = F.pad(v.transpose(0, 1)[None].to(cache.v.dtype), pad)
+        if one_row_grows:
+            if not written:  # (written: by the rotation, above)
+                pad = (0, 0, 0, bucketed_length(T) - T)
+                cache.k = F.pad(k.transpose(0, 1)[None].to(cache.k.dtype), pad)
+                cache.v = F.pad(v.transpose(0, 1)[None].to(cache.v.dtype), pad)
         elif lengths.shape[0] == 1 and cache.window < 0:  # one row, no ring: its new positions fill slots in order
             cache.k[0, :, longest_before:longest_before + T] = k.transpose(0, 1)
             cache.v[0, :, longest_before:longest_before + T] = v.transpose(0, 1)

@@ -191,6 +191,19 @@ def _tap(w0, w1, w2, w3, k: tl.constexpr):
 
 
 @triton.jit
+def _add_weight_sums(db, dw0, dw1, dw2, dw3, da, x0, x1, x2, x3, K: tl.constexpr):
+    """A tile's share of dbias and of dweight's K <= 4 taps (da times the tap's x), added elementwise."""
+    dw0 += da * x0
+    if K > 1:
+        dw1 += da * x1
+    if K > 2:
+        dw2 += da * x2
+    if K > 3:
+        dw3 += da * x3
+    return db + da, dw0, dw1, dw2, dw3
+
+
+@triton.jit
 def _store_weight_sums(DW_PARTIAL, DB_PARTIAL, partial, d, cols, in_d, db, dw0, dw1, dw2, dw3, K: tl.constexpr,
                        HAS_BIAS: tl.constexpr):
     """One program's partial dweight (d, K) and dbias (d,) from its elementwise sums (BLOCK_L, BLOCK_D)."""
@@ -254,25 +267,15 @@ def _conv1d_bwd_segment(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, SCRAT
     offs = tl.arange(0, BLOCK_D)
     slot = SCRATCH + ((b * tl.num_programs(2) + seg) * tl.num_programs(0) + tl.program_id(0)) * (BLOCK_L + HALO) * BLOCK_D
     w0, w1, w2, w3 = _weights(W, cols, in_d, K)
-    dw0 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
-    dw1 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
-    dw2 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
-    dw3 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
-    db = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+    zero = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+    db, dw0, dw1, dw2, dw3 = zero, zero, zero, zero, zero  # elementwise sums over the tiles
     for i in range(TILES):
         t = (seg * TILES + i) * BLOCK_L + rows
         in_l = t < l
         da, x0, x1, x2, x3 = _da_and_taps(X, BIAS, SEQ, DOUT, w0, w1, w2, w3, b, t, cols, l, d, stride_xb, stride_xl,
                                           stride_sb, stride_ob, stride_ol, K, HAS_BIAS, HAS_SEQ, SILU)
         ahead = _reach(SEQ, b, t, l, stride_sb, K, HAS_SEQ, True)
-        db += da
-        dw0 += da * x0
-        if K > 1:
-            dw1 += da * x1
-        if K > 2:
-            dw2 += da * x2
-        if K > 3:
-            dw3 += da * x3
+        db, dw0, dw1, dw2, dw3 = _add_weight_sums(db, dw0, dw1, dw2, dw3, da, x0, x1, x2, x3, K)
         da_next = _preactivation_grad(X, W, BIAS, SEQ, DOUT, b, (seg * TILES + i + 1) * BLOCK_L + halo, cols, l, d,
                                       stride_xb, stride_xl, stride_sb, stride_ob, stride_ol, K, HAS_BIAS, HAS_SEQ, SILU)
         tl.debug_barrier()  # the previous tile's reads of the slot are done
@@ -303,25 +306,15 @@ def _conv1d_bwd_gather(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, l, d, 
     in_d = cols < d
     rows = tl.arange(0, BLOCK_L)
     w0, w1, w2, w3 = _weights(W, cols, in_d, K)
-    dw0 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
-    dw1 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
-    dw2 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
-    dw3 = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
-    db = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+    zero = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+    db, dw0, dw1, dw2, dw3 = zero, zero, zero, zero, zero  # elementwise sums over the tiles
     for i in range(TILES):
         t = (seg * TILES + i) * OWN + rows
         owned = (rows < OWN) & (t < l)
         da, x0, x1, x2, x3 = _da_and_taps(X, BIAS, SEQ, DOUT, w0, w1, w2, w3, b, t, cols, l, d, stride_xb, stride_xl,
                                           stride_sb, stride_ob, stride_ol, K, HAS_BIAS, HAS_SEQ, SILU)
-        da_own = tl.where(owned[:, None], da, 0.0)
-        db += da_own
-        dw0 += da_own * x0
-        if K > 1:
-            dw1 += da_own * x1
-        if K > 2:
-            dw2 += da_own * x2
-        if K > 3:
-            dw3 += da_own * x3
+        db, dw0, dw1, dw2, dw3 = _add_weight_sums(db, dw0, dw1, dw2, dw3, tl.where(owned[:, None], da, 0.0),
+                                                  x0, x1, x2, x3, K)
         ahead = _reach(SEQ, b, t, l, stride_sb, K, HAS_SEQ, True)
         dx = da * _tap(w0, w1, w2, w3, K - 1)  # dx_t = sum_s w[:, K-1-s] da_{t+s}; s = 0: the position's own
         for s in tl.static_range(1, K):
