@@ -330,9 +330,10 @@ def _conv1d_bwd_gather(X, W, BIAS, SEQ, DOUT, DX, DW_PARTIAL, DB_PARTIAL, l, d, 
 # variants (its da_{t+s} reach past a tile's end): "two_pass" (da written out in float32, then read back
 # shifted), "segment" (one pass, da parked in an L2-resident slot per program, over `tiles` consecutive
 # tiles), "gather" (one pass, overlapping tiles, da shifted in shared memory by tl.gather) and "recompute"
-# (each pre-activation recomputed K times). Timing decides. On the H100 (session 19; 8 x 8192 x 2304, bf16,
-# the 1-stage L step's shape) "segment" was the fastest of the first three, packed (1093 us against 1238
-# for "two_pass") and not (844 against 1305).
+# (each pre-activation recomputed K times). Timing decides. On the H100 (session 20; 8 x 8192 x 2304, bf16,
+# the 1-stage L step's shape) "gather" 32 x 64 was the fastest packed (1008 us, "segment" 1069, "two_pass"
+# 1236) and "segment" 32 x 64 unpacked (834 us, "gather" 899); gather's 64 x 64 x 4 warps and 128 x 64 tiles
+# took 1.8-2.7 ms and were dropped.
 CANDIDATES = [dict(block_l=128, block_d=64, num_warps=4)] + [
     dict(block_l=bl, block_d=bd, num_warps=w) for bl in (64, 128, 256) for bd in (64, 128) for w in (4, 8)
     if w == 8 or bl * bd < 128 * 128]
@@ -343,7 +344,7 @@ BWD_CANDIDATES = [dict(block_l=128, block_d=64, num_warps=4, variant="two_pass")
     for bl, bd, w, n in ((32, 64, 4, 32), (32, 64, 4, 8), (64, 64, 8, 32), (16, 128, 4, 32))] + [
     dict(block_l=bl, block_d=bd, num_warps=w, variant="recompute") for bl, bd, w in ((64, 64, 4), (64, 64, 8), (128, 64, 8), (64, 128, 8))] + [
     dict(block_l=bl, block_d=bd, num_warps=w, variant="gather", tiles=n)
-    for bl, bd, w, n in ((64, 64, 4, 16), (64, 64, 8, 16), (128, 64, 8, 8), (32, 64, 4, 32))]
+    for bl, bd, w, n in ((32, 64, 4, 32), (64, 64, 8, 16))]
 
 
 def _halo(K: int) -> int:
