@@ -120,11 +120,13 @@ class CausalSelfAttention(nn.Module):
         allowed = (offset >= 0) & (offset <= self.window_size)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
 
+    def _projection_dtype(self, x):
+        """Wqkv's output dtype: autocast's where it runs (a stack's first layer may read a float32 input)."""
+        return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+
     def _takes_varlen(self, x) -> bool:
         """Flash attention over the packed positions (no padding) where it runs: CUDA, half precision."""
-        # The projections' dtype: autocast's where it runs (a stack's first layer may read a float32 input).
-        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
-        return (varlen_attn is not None and x.is_cuda and dtype in (torch.float16, torch.bfloat16)
+        return (varlen_attn is not None and x.is_cuda and self._projection_dtype(x) in (torch.float16, torch.bfloat16)
                 and (_VARLEN_WINDOW or self.window_size < 0) and not reference_requested())
 
     def _forward_varlen(self, x, cu_seqlens, max_seqlen=None, shared: dict | None = None):
@@ -158,6 +160,9 @@ class CausalSelfAttention(nn.Module):
             return self._prefill(packed, cu_seqlens, cache, x.shape[1], shared).view_as(x)
         T, cu = x.shape[1], cu_seqlens.long()
         empty, cache.empty = cache.empty, None  # known for this prefill only
+        if (empty and cu.shape[0] == 2 and cache.window < 0 and self.rotary_emb_dim > 0 and cache.k.shape[2] < T
+                and cache.k._base is None and cache.k.dtype == self._projection_dtype(x)):
+            return self._prefill_fresh_row(x, cu, cache, shared)
         if "prefill" not in shared:
             lengths, past = cu[1:] - cu[:-1], cache.seqlen
             positions = positions_in_sequence(cu, T)  # (T,): each position's index in its row
@@ -170,32 +175,22 @@ class CausalSelfAttention(nn.Module):
                 positions = positions + past[sequence_of_position(cu, T)]
             shared["prefill"] = lengths, longest_after, longest_before, positions
         lengths, longest_after, longest_before, positions = shared["prefill"]
-        # One row, nothing cached, too few slots: a new cache replaces it, its keys and values written there by
-        # the rotation (or padded: one op each where growing, then writing, takes two); a view (select_rows)
-        # cannot be replaced, and says so.
+        # One row, nothing cached, too few slots (the rotation did not write them: no rotary): a new cache
+        # replaces it, padded (one op each where growing, then writing, takes two); a view (select_rows) cannot
+        # be replaced, and says so.
         one_row_grows = (lengths.shape[0] == 1 and cache.window < 0 and longest_before == 0
                          and cache.k.shape[2] < T and cache.k._base is None)
         if not one_row_grows:
             reserve_kv_cache(cache, longest_after)
         qkv = self.Wqkv(x[0]).view(T, 3, self.num_heads, self.head_dim)
-        written = one_row_grows and self.rotary_emb_dim > 0 and cache.k.dtype == qkv.dtype
         if self.rotary_emb_dim > 0:
             if ("rotary", self.rotary_emb_dim) not in shared:
                 shared["rotary", self.rotary_emb_dim] = rotary_tables(positions, self.rotary_emb_dim)
-            tables = shared["rotary", self.rotary_emb_dim]
-            if written:  # (1, H, slots, hd) each, seen position-major; the slots past T zeroed
-                cache.k, cache.v = (qkv.new_empty(1, self.num_heads, bucketed_length(T), self.head_dim) for _ in "kv")
-                k, v = cache.k[0].transpose(0, 1), cache.v[0].transpose(0, 1)
-                q, k, v = rotary_qkv_into(qkv, *tables, k, v), k[:T], v[:T]
-            else:
-                q, k, v = rotary_qkv(qkv, *tables)
+            q, k, v = rotary_qkv(qkv, *shared["rotary", self.rotary_emb_dim])
         else:
             q, k, v = qkv.unbind(1)
         if longest_before > 0:
             out = self._attend_after_cache(q, k, v, cu, cache, longest_before)
-        elif written:  # one fresh row: the unpacked forward's attention, keys and values read from the cache
-            rows = q.view(1, T, self.num_heads, self.head_dim).transpose(1, 2), cache.k[:, :, :T], cache.v[:, :, :T]
-            out = self._causal(*rows).transpose(1, 2)
         elif self._takes_varlen(x):  # fresh rows: the attention of the forward
             out = self._varlen(q, k, v, cu, max_seqlen, shared)
         else:
@@ -204,10 +199,9 @@ class CausalSelfAttention(nn.Module):
             rows, valid = unpack(torch.stack((q, k, v), dim=1), shared["live"], max_seqlen)  # (s, L, 3, H, hd)
             out = self._causal(*rows.permute(2, 0, 3, 1, 4).unbind(0)).transpose(1, 2)[valid]
         if one_row_grows:
-            if not written:  # (written: by the rotation, above)
-                pad = (0, 0, 0, bucketed_length(T) - T)
-                cache.k = F.pad(k.transpose(0, 1)[None].to(cache.k.dtype), pad)
-                cache.v = F.pad(v.transpose(0, 1)[None].to(cache.v.dtype), pad)
+            pad = (0, 0, 0, bucketed_length(T) - T)
+            cache.k = F.pad(k.transpose(0, 1)[None].to(cache.k.dtype), pad)
+            cache.v = F.pad(v.transpose(0, 1)[None].to(cache.v.dtype), pad)
         elif lengths.shape[0] == 1 and cache.window < 0:  # one row, no ring: its new positions fill slots in order
             cache.k[0, :, longest_before:longest_before + T] = k.transpose(0, 1)
             cache.v[0, :, longest_before:longest_before + T] = v.transpose(0, 1)
@@ -225,6 +219,24 @@ class CausalSelfAttention(nn.Module):
             cache.v[rows, :, slot] = v[kept].to(cache.v.dtype)
         write_cache(shared, cache.seqlen, lengths, add=True)
         return self.out_proj(out.reshape(1, T, -1))
+
+    def _prefill_fresh_row(self, x, cu, cache: KVCache, shared: dict):
+        """One row that holds nothing, too few slots, rotary (the common first prefill of one prompt): the
+        rotation writes the keys and values into a new cache, (1, H, slots, hd) each seen position-major, the
+        slots past T zeroed, and the unpacked forward's attention reads them there. Equal to the general
+        path, in the fewest ops a layer."""
+        T = x.shape[1]
+        key = "fresh row", self.rotary_emb_dim
+        if key not in shared:  # the stack's positions are 0 .. T - 1
+            shared[key] = rotary_tables(torch.arange(T, device=x.device), self.rotary_emb_dim), cu[1:] - cu[:-1]
+        tables, lengths = shared[key]
+        qkv = self.Wqkv(x[0]).view(T, 3, self.num_heads, self.head_dim)
+        cache.k, cache.v = (qkv.new_empty(1, self.num_heads, bucketed_length(T), self.head_dim) for _ in "kv")
+        q = rotary_qkv_into(qkv, *tables, cache.k[0].transpose(0, 1), cache.v[0].transpose(0, 1))
+        out = self._causal(q.view(1, T, self.num_heads, self.head_dim).transpose(1, 2), cache.k[:, :, :T],
+                           cache.v[:, :, :T])
+        write_cache(shared, cache.seqlen, lengths, add=True)
+        return self.out_proj(out.transpose(1, 2).reshape(1, T, -1))
 
     def _attend_after_cache(self, q, k, v, cu, cache: KVCache, longest_before: int):
         """Packed q, k, v (T, H, hd): each query attends to the cached keys of its row and to the new ones
