@@ -175,9 +175,9 @@ class CausalSelfAttention(nn.Module):
                 positions = positions + past[sequence_of_position(cu, T)]
             shared["prefill"] = lengths, longest_after, longest_before, positions
         lengths, longest_after, longest_before, positions = shared["prefill"]
-        # One row, nothing cached, too few slots (the rotation did not write them: no rotary): a new cache
-        # replaces it, padded (one op each where growing, then writing, takes two); a view (select_rows) cannot
-        # be replaced, and says so.
+        # One row, nothing cached, too few slots, not `_prefill_fresh_row`'s case (no rotary, a cache dtype of its
+        # own, or not known to be empty): a new cache replaces it, padded (one op each where growing, then
+        # writing, takes two); a view (select_rows) cannot be replaced, and says so.
         one_row_grows = (lengths.shape[0] == 1 and cache.window < 0 and longest_before == 0
                          and cache.k.shape[2] < T and cache.k._base is None)
         if not one_row_grows:
