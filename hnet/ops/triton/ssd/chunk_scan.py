@@ -105,7 +105,7 @@ def _chunk_scan_bwd_dx(X, B, DY, CB, DT, CS, SEQ, DSTATES, D, DX, DDT, DD, DS_ST
                        heads_per_group, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, sdb, sdl, sdh, sdp,
                        sob, sol, soh, sop, s_seq,
                        Q: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, IEEE: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+                       BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     """For a block of steps j of one head, with U_j = B_j dS_out^T and P_ji = (C_i . B_j) exp(cs_i - cs_j) M_ij:
         dx_j  = W_j dt_j U_j + sum_{i >= j} P_ji dt_j dy_i + D dy_j
         ddt_j = W_j (x_j . U_j)        (the state's part; the within-chunk part comes from _chunk_scan_bwd_dcb)
@@ -145,10 +145,11 @@ def _chunk_scan_bwd_dx(X, B, DY, CB, DT, CS, SEQ, DSTATES, D, DX, DDT, DD, DS_ST
         tl.store(DD + (bc * tl.num_programs(1) + blk) * h + hd,
                  tl.sum(tl.sum(dyj.to(tl.float32) * xj.to(tl.float32), axis=1), axis=0))
 
-    # Within the chunk: the blocks of steps i at and below the diagonal.
+    # Within the chunk: the blocks of BLOCK_I steps i at and below the diagonal (BLOCK_I, a multiple or a divisor
+    # of BLOCK_M: the first block starts at or before j0; its rows above the diagonal are masked).
     cb_base = ((b * n_chunks + c) * g + grp) * Q * Q
-    for i0 in range(j0, Q, BLOCK_M):
-        i = i0 + tl.arange(0, BLOCK_M)
+    for i0 in range(j0 - j0 % BLOCK_I, Q, BLOCK_I):
+        i = i0 + tl.arange(0, BLOCK_I)
         ti = c * Q + i
         keep = i[None, :] >= j[:, None]
         if HAS_SEQ:
@@ -278,7 +279,7 @@ def chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D=None, seq_idx=Non
     dx = torch.empty_like(x) if dx is None else dx
     ddt = torch.empty_like(cs)
 
-    def launch(block_m, **launch_options):  # -> the partial sums of dD and ds_state, one row per program
+    def launch(block_m, block_i=None, **launch_options):  # -> the partial sums of dD and ds_state, one row per program
         grid = (h, Q // block_m, b * n_chunks)
         dd = torch.empty(grid[1] * grid[2], h, device=x.device, dtype=torch.float32) if D is not None else None
         ds_state = torch.empty(grid[1], b, h, n_chunks, device=x.device, dtype=torch.float32)
@@ -286,12 +287,16 @@ def chunk_scan_bwd_dx(x, B, dy, cb, dt_chunked, cs, dstates, D=None, seq_idx=Non
                                  l, h, g, n_chunks, p, n, h // g, *x.stride(), *B.stride(), *dy.stride(), *dx.stride(),
                                  seq_idx.stride(0) if seq_idx is not None else 0,
                                  Q=Q, HAS_SEQ=seq_idx is not None, HAS_D=D is not None, IEEE=x.dtype == torch.float32,
-                                 BLOCK_M=block_m, BLOCK_P=dot_block(p, p), BLOCK_N=dot_block(n, n), **launch_options)
+                                 BLOCK_M=block_m, BLOCK_I=block_i or block_m, BLOCK_P=dot_block(p, p),
+                                 BLOCK_N=dot_block(n, n), **launch_options)
         return dd, ds_state
 
+    # block_i: the steps i of the within-chunk product a loop takes (block_m's by default); a longer one makes
+    # its products K-deeper and the loop shorter, for more masked work on the diagonal.
     candidates = [dict(block_m=min(64, Q), num_warps=4)] + [
         dict(block_m=m, num_warps=w, num_stages=s) for m in (32, 64, 128) for w, s in ((4, 2), (8, 2), (8, 3))
-        if m <= Q]
+        if m <= Q] + [dict(block_m=m, block_i=i, num_warps=4, num_stages=2) for m, i in ((32, 64), (32, 128), (64, 128))
+                      if i <= Q]
     dd, ds_state = launch_fastest("chunk_scan_bwd_dx", (Q, p, n, h // g, x.dtype, seq_idx is None, D is None),
                                   b * l, for_dtype(candidates, x.dtype), launch)
     return dx, ddt, dd.sum(0) if D is not None else None, ds_state.sum(0)
