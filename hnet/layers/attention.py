@@ -160,8 +160,9 @@ class CausalSelfAttention(nn.Module):
             return self._prefill(packed, cu_seqlens, cache, x.shape[1], shared).view_as(x)
         T, cu = x.shape[1], cu_seqlens.long()
         empty, cache.empty = cache.empty, None  # known for this prefill only
-        if (empty and cu.shape[0] == 2 and cache.window < 0 and self.rotary_emb_dim > 0 and cache.k.shape[2] < T
-                and cache.k._base is None and cache.k.dtype == self._projection_dtype(x)):
+        # One row, no ring, too few slots, not a view (select_rows): if it holds nothing, a new cache replaces it.
+        one_row_may_grow = cu.shape[0] == 2 and cache.window < 0 and cache.k.shape[2] < T and cache.k._base is None
+        if empty and one_row_may_grow and self.rotary_emb_dim > 0 and cache.k.dtype == self._projection_dtype(x):
             return self._prefill_fresh_row(x, cu, cache, shared)
         if "prefill" not in shared:
             lengths, past = cu[1:] - cu[:-1], cache.seqlen
@@ -175,11 +176,10 @@ class CausalSelfAttention(nn.Module):
                 positions = positions + past[sequence_of_position(cu, T)]
             shared["prefill"] = lengths, longest_after, longest_before, positions
         lengths, longest_after, longest_before, positions = shared["prefill"]
-        # One row, nothing cached, too few slots, not `_prefill_fresh_row`'s case (no rotary, a cache dtype of its
-        # own, or not known to be empty): a new cache replaces it, padded (one op each where growing, then
-        # writing, takes two); a view (select_rows) cannot be replaced, and says so.
-        one_row_grows = (lengths.shape[0] == 1 and cache.window < 0 and longest_before == 0
-                         and cache.k.shape[2] < T and cache.k._base is None)
+        # Not `_prefill_fresh_row`'s case (no rotary, a cache dtype of its own, or not known to be empty): a row
+        # that grows gets its keys and values padded (one op each where growing, then writing, takes two); a view
+        # cannot be replaced, and reserve_kv_cache says so.
+        one_row_grows = one_row_may_grow and longest_before == 0
         if not one_row_grows:
             reserve_kv_cache(cache, longest_after)
         qkv = self.Wqkv(x[0]).view(T, 3, self.num_heads, self.head_dim)
